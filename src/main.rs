@@ -1,0 +1,53 @@
+//! `pvnet`: a vhost-user multi-queue virtual switch for QEMU guests.
+
+mod datapathbench;
+mod grantbench;
+mod lockbench;
+mod report;
+mod serve;
+
+use clap::{Parser, Subcommand};
+
+/// pvnet — a vhost-user multi-queue network backend that switches Ethernet frames between
+/// QEMU guests. With no subcommand it runs the switch.
+#[derive(Debug, Parser)]
+#[command(name = "pvnet", version, args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Option<Cmd>,
+    #[command(flatten)]
+    serve: serve::Args,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Run the switch (the default when no subcommand is given).
+    Serve(serve::Args),
+    /// Lock scaling benchmark: rwlock and spinlock kinds side by side.
+    Lockbench(lockbench::Args),
+    /// Grant-table lookup and copy benchmark, per rwlock kind.
+    Grantbench(grantbench::Args),
+    /// Switching benchmark through real vhost-user sockets with in-process guests.
+    Datapathbench(datapathbench::Args),
+}
+
+fn main() {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            // clap prints help/version to stdout (exit 0) and usage errors to stderr (exit 2).
+            e.exit();
+        }
+    };
+    let res = match cli.cmd {
+        None => serve::run(cli.serve),
+        Some(Cmd::Serve(a)) => serve::run(a),
+        Some(Cmd::Lockbench(a)) => lockbench::run(a),
+        Some(Cmd::Grantbench(a)) => grantbench::run(a),
+        Some(Cmd::Datapathbench(a)) => datapathbench::run(a),
+    };
+    if let Err(e) = res {
+        eprintln!("pvnet: {e:#}");
+        std::process::exit(1);
+    }
+}
