@@ -19,6 +19,7 @@ pub mod registry;
 pub mod rw;
 pub mod spin;
 pub mod stats;
+pub(crate) mod sync;
 
 pub use kind::{RwLockKind, SpinLockKind, UnknownKind};
 pub use rw::{AnyRwLock, AnyRwLockReadGuard, AnyRwLockWriteGuard};
