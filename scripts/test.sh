@@ -43,5 +43,5 @@ fi
 echo
 echo "==== summary"
 printf '%s\n' "${summary[@]}"
-echo "test steps: $passed passed, $failed failed, $skipped skipped"
+echo "steps: $passed passed, $failed failed, $skipped skipped"
 [ "$failed" -eq 0 ]
