@@ -1,1 +1,64 @@
-//! placeholder
+//! # pvnet-grant
+//!
+//! The layer through which pvnet reaches guest memory, modelled on Xen's grant table: one
+//! [`GrantTable`] per attached guest lists the guest-physical ranges pvnet may touch, where
+//! each is mapped in this process (an `Arc` of a vm-memory mapping, as vhost-user-backend
+//! builds them), with which [`Access`] rights, and since which generation.
+//!
+//! ## Read side (every buffer of every packet)
+//! [`GrantTable::read`] takes the table's read lock — an [`pvnet_locks::AnyRwLock`] of the
+//! [`pvnet_locks::RwLockKind`] chosen at run time, the per-CPU rwlock of Xen's 2015 change by
+//! default in pvnet — and returns a [`GrantReadGuard`]; one hold covers a descriptor chain or
+//! a batch of chains. Through it: [`GrantReadGuard::translate`] (guest range → host
+//! `VolatileSlice`s, possibly spanning adjacent grants), [`GrantReadGuard::read_into`],
+//! [`GrantReadGuard::write_from`] and [`grant_copy`] (guest A → guest B, under the guards of
+//! both tables, taken with [`read_pair`]). The per-buffer forms on the table
+//! ([`GrantTable::copy_from_guest`], [`GrantTable::copy_to_guest`],
+//! [`GrantTable::grant_copy_to`], [`GrantTable::check`]) take the lock per call. Everything
+//! is bounds-, overflow- and permission-checked with [`GrantError`]s before any byte moves;
+//! nothing outside a grant is ever read or written, whatever a guest puts in a descriptor.
+//! Nothing allocates.
+//!
+//! ## Write side
+//! Writers hold the write lock: [`GrantTable::replace_from_memory`] (SET_MEM_TABLE and every
+//! `VhostUserBackend::update_memory`, keeping unchanged regions), [`GrantTable::add_region`]
+//! / [`GrantTable::remove_region`] (ADD_MEM_REG / REM_MEM_REG), [`GrantTable::revoke_all`],
+//! and the generic [`GrantTable::grant`] / [`GrantTable::revoke`]; [`GrantTable::update`]
+//! groups several in one lock hold. When a writer returns, no reader still uses what it
+//! revoked (readers touch memory only while holding a guard, and the write lock waited for
+//! them), so the revoked mapping's last `Arc` can be dropped — unmapped — at once; the table
+//! drops its own references after releasing the lock.
+//!
+//! ## A vIOMMU source is one more writer
+//! With `VIRTIO_F_ACCESS_PLATFORM`, descriptors carry I/O virtual addresses and the frontend
+//! sends IOTLB messages (iova, size, user address, permission) and invalidations. A second
+//! `GrantTable` per guest, keyed by iova, serves them without touching the data path:
+//! * update: find the memory-table region holding `uaddr` (vhost-user gives each region's
+//!   user address), build `HostMapping::new(region.get_mmap(), uaddr - region_uaddr)` and
+//!   call `iotlb.grant(iova, size, mapping, access)` with `Access::ReadOnly`, `WriteOnly`
+//!   or `ReadWrite` from `VHOST_ACCESS_RO/WO/RW` (an overlapping update: `update(|w| {
+//!   w.revoke(..); w.grant(..) })`);
+//! * invalidation: `iotlb.revoke(iova, size)` — partial overlaps are trimmed or split;
+//! * memory-table change: the IOTLB grants keep their mapping alive through their `Arc`, so
+//!   nothing dangles; the backend revokes them (`revoke_all`) and the frontend re-sends.
+//!
+//! The workers then translate with the iova table instead of the memory table: same type,
+//! same guard, same errors (a miss is [`GrantError::NotGranted`], upon which the backend
+//! sends an IOTLB miss).
+//!
+//! ## Lock order
+//! At most one read guard per table per thread; guards of two tables through [`read_pair`]
+//! (address order, Xen's `double_gt_lock` rule); no writer call while holding a guard.
+
+mod entry;
+mod error;
+pub mod memfd;
+mod read;
+mod table;
+#[cfg(test)]
+mod tests;
+
+pub use entry::{Access, GrantInfo, HostMapping};
+pub use error::GrantError;
+pub use read::{grant_copy, GrantReadGuard, Pieces};
+pub use table::{read_pair, GrantTable, GrantWriter, GuardPair, ReplaceSummary};

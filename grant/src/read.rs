@@ -1,0 +1,225 @@
+//! The read side: translations and copies under one read-lock hold.
+//!
+//! Every operation first validates the whole guest range against the table (present,
+//! contiguous across adjacent grants, rights sufficient, no overflow) and only then touches
+//! memory, so an operation that fails has no effect, and nothing outside a grant is ever
+//! read or written. Memory is only accessed through vm-memory's `VolatileSlice`s (guest
+//! memory is shared with a running guest). No allocation happens here.
+
+use pvnet_locks::AnyRwLockReadGuard;
+use vm_memory::bitmap::{Bitmap, BS};
+use vm_memory::{GuestAddress, VolatileMemory, VolatileSlice};
+
+use crate::entry::Entry;
+use crate::table::State;
+use crate::{Access, GrantError, GrantInfo};
+
+/// A read-lock hold on a [`GrantTable`](crate::GrantTable): the batched form. Hold it for a
+/// whole descriptor chain or a batch of chains, not across blocking waits.
+pub struct GrantReadGuard<'a, B> {
+    guard: AnyRwLockReadGuard<'a, State<B>>,
+}
+
+/// The host pieces of a validated guest range, in address order: one per grant the range
+/// touches. Yields an error only if vm-memory refuses a slice the table validated (a bug
+/// of this crate), after which it stops.
+pub struct Pieces<'g, B> {
+    entries: &'g [Entry<B>],
+    gpa: u64,
+    left: usize,
+}
+
+impl<'g, B: Bitmap> Iterator for Pieces<'g, B> {
+    type Item = Result<VolatileSlice<'g, BS<'g, B>>, GrantError>;
+
+    #[inline]
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.left == 0 {
+            return None;
+        }
+        let gpa = self.gpa;
+        let Some((e, rest)) = self.entries.split_first() else {
+            self.left = 0;
+            return Some(Err(GrantError::Internal { gpa }));
+        };
+        // Validation guarantees e.start <= gpa < e.end(); both differences fit usize
+        // because e.len does.
+        let n = ((e.end() - gpa) as usize).min(self.left);
+        let off = e.host.offset + (gpa - e.start) as usize;
+        match e.host.map.get_slice(off, n) {
+            Ok(s) => {
+                self.entries = rest;
+                self.gpa = gpa.wrapping_add(n as u64);
+                self.left -= n;
+                Some(Ok(s))
+            }
+            Err(_) => {
+                self.left = 0;
+                Some(Err(GrantError::Internal { gpa }))
+            }
+        }
+    }
+}
+
+impl<'a, B: Bitmap> GrantReadGuard<'a, B> {
+    pub(crate) fn new(guard: AnyRwLockReadGuard<'a, State<B>>) -> Self {
+        GrantReadGuard { guard }
+    }
+
+    #[inline]
+    fn entries(&self) -> &[Entry<B>] {
+        &self.guard.entries
+    }
+
+    /// The table's generation while this guard is held.
+    pub fn generation(&self) -> u64 {
+        self.guard.generation
+    }
+
+    /// The grants, in address order.
+    pub fn grants(&self) -> impl ExactSizeIterator<Item = GrantInfo> + '_ {
+        self.entries().iter().map(Entry::info)
+    }
+
+    /// The grant containing `gpa`, if any.
+    pub fn lookup(&self, gpa: GuestAddress) -> Option<GrantInfo> {
+        self.find(gpa.0).map(|i| self.entries()[i].info())
+    }
+
+    #[inline]
+    fn find(&self, gpa: u64) -> Option<usize> {
+        let es = self.entries();
+        let i = es.partition_point(|e| e.start <= gpa).checked_sub(1)?;
+        (gpa < es[i].end()).then_some(i)
+    }
+
+    /// Validates `[gpa, gpa + len)` for `need`; returns the index of the first grant.
+    #[inline]
+    fn validate(&self, gpa: u64, len: usize, need: Access) -> Result<usize, GrantError> {
+        if len == 0 {
+            return Err(GrantError::ZeroLength { gpa });
+        }
+        let len64 =
+            u64::try_from(len).map_err(|_| GrantError::LengthOverflow { gpa, len: u64::MAX })?;
+        let end = gpa
+            .checked_add(len64)
+            .ok_or(GrantError::LengthOverflow { gpa, len: len64 })?;
+        let first = self.find(gpa).ok_or(GrantError::NotGranted { gpa })?;
+        let es = self.entries();
+        let mut i = first;
+        let mut at = gpa;
+        loop {
+            let e = &es[i];
+            e.access.check(need, at)?;
+            if end <= e.end() {
+                return Ok(first);
+            }
+            at = e.end();
+            i += 1;
+            match es.get(i) {
+                Some(next) if next.start == at => {}
+                _ => return Err(GrantError::CrossesHole { gpa: at }),
+            }
+        }
+    }
+
+    /// Checks that `len` bytes from `gpa` are granted with rights for `need`.
+    #[inline]
+    pub fn check(&self, gpa: GuestAddress, len: usize, need: Access) -> Result<(), GrantError> {
+        self.validate(gpa.0, len, need).map(|_| ())
+    }
+
+    /// Translates `len` bytes from `gpa` to host slices (one per grant the range spans),
+    /// after checking the whole range for `need`. The slices live as long as the guard.
+    #[inline]
+    pub fn translate(
+        &self,
+        gpa: GuestAddress,
+        len: usize,
+        need: Access,
+    ) -> Result<Pieces<'_, B>, GrantError> {
+        let first = self.validate(gpa.0, len, need)?;
+        Ok(Pieces {
+            entries: &self.entries()[first..],
+            gpa: gpa.0,
+            left: len,
+        })
+    }
+
+    /// Copies `buf.len()` guest bytes from `gpa` into `buf` (guest → local).
+    #[inline]
+    pub fn read_into(&self, gpa: GuestAddress, buf: &mut [u8]) -> Result<(), GrantError> {
+        let mut done = 0;
+        for piece in self.translate(gpa, buf.len(), Access::ReadOnly)? {
+            let rest = buf.get_mut(done..).unwrap_or_default();
+            done += piece?.copy_to(rest);
+        }
+        Ok(())
+    }
+
+    /// Copies `buf` into guest memory at `gpa` (local → guest).
+    #[inline]
+    pub fn write_from(&self, gpa: GuestAddress, buf: &[u8]) -> Result<(), GrantError> {
+        let mut done = 0;
+        for piece in self.translate(gpa, buf.len(), Access::WriteOnly)? {
+            let piece = piece?;
+            let rest = buf.get(done..).unwrap_or_default();
+            piece.copy_from(rest);
+            done += piece.len();
+        }
+        Ok(())
+    }
+
+    /// Grant copy from this guard's guest to `dst`'s (see [`grant_copy`]).
+    #[inline]
+    pub fn copy_to<B2: Bitmap>(
+        &self,
+        src_gpa: GuestAddress,
+        dst: &GrantReadGuard<'_, B2>,
+        dst_gpa: GuestAddress,
+        len: usize,
+    ) -> Result<(), GrantError> {
+        grant_copy(self, src_gpa, dst, dst_gpa, len)
+    }
+}
+
+/// Grant copy: `len` bytes from `src_gpa` in `src`'s guest (which must grant read) to
+/// `dst_gpa` in `dst`'s guest (which must grant write). Both ranges are validated before any
+/// byte moves. `src` and `dst` may be the same guard; overlapping ranges within one grant
+/// are copied as by `memmove`, ranges spanning several grants piece by piece in address
+/// order (safe either way: only the destination range is written).
+#[inline]
+pub fn grant_copy<B1: Bitmap, B2: Bitmap>(
+    src: &GrantReadGuard<'_, B1>,
+    src_gpa: GuestAddress,
+    dst: &GrantReadGuard<'_, B2>,
+    dst_gpa: GuestAddress,
+    len: usize,
+) -> Result<(), GrantError> {
+    let mut sp = src.translate(src_gpa, len, Access::ReadOnly)?;
+    let mut dp = dst.translate(dst_gpa, len, Access::WriteOnly)?;
+    let internal = GrantError::Internal { gpa: src_gpa.0 };
+    let (Some(s), Some(d)) = (sp.next(), dp.next()) else {
+        return Err(internal);
+    };
+    let (mut s, mut d) = (s?, d?);
+    loop {
+        let n = s.len().min(d.len());
+        // Copies min(s.len(), d.len()) = n bytes (memmove semantics, marks dst dirty).
+        s.copy_to_volatile_slice(d.clone());
+        s = match s.len() == n {
+            true => match sp.next() {
+                Some(next) => next?,
+                None => return Ok(()),
+            },
+            false => s.offset(n).map_err(|_| internal)?,
+        };
+        d = match d.len() == n {
+            true => match dp.next() {
+                Some(next) => next?,
+                None => return Err(internal),
+            },
+            false => d.offset(n).map_err(|_| internal)?,
+        };
+    }
+}
