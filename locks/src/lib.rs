@@ -24,4 +24,6 @@ pub(crate) mod sync;
 pub use kind::{RwLockKind, SpinLockKind, UnknownKind};
 pub use rw::{AnyRwLock, AnyRwLockReadGuard, AnyRwLockWriteGuard};
 pub use spin::{AnySpinLock, AnySpinLockGuard};
+#[cfg(not(loom))]
+pub use spin::{PvQSpinLock, QSpinLock, TasLock, TicketLock};
 pub use stats::{rw_stats, spin_stats, LockStats};

@@ -1,0 +1,423 @@
+//! `PvQSpinLock`: the paravirt queued spinlock (Linux `qspinlock_paravirt.h`) for threads
+//! that may be descheduled at any time, e.g. 32 worker threads on 2 cores.
+//!
+//! Same lock word and queue as [`qspin`](super::qspin) (the slow path is shared through its
+//! `Hooks`), plus:
+//!
+//! * locked byte `_Q_SLOW_VAL` (3): the queue head is asleep and hashed; the owner must
+//!   unhash it and wake it at unlock. Byte 2 is the transient "slow unlock in flight".
+//! * per-node state (the futex word each waiter sleeps on, in `node.rs`):
+//!   `RUNNING` (spinning), `HALTED` (queued, not head, asleep or about to be),
+//!   `HASHED` (head, in the hash table; the unlocker will wake it).
+//!
+//! # Protocol
+//!
+//! * entry: no pending path; one bounded *hybrid unfair trylock* (Linux
+//!   `pv_hybrid_queued_unfair_trylock`): steal the lock while `locked == 0 && pending == 0`,
+//!   i.e. while the queue head is not actively spinning (pending is its "I am spinning" flag).
+//! * `wait_node` (not head): spin `SPIN_THRESHOLD` iterations polling `node.locked`, bumping
+//!   our heartbeat and checking the predecessor every `PV_PREV_CHECK_MASK + 1` iterations:
+//!   if its state is not `RUNNING`, or its heartbeat did not move for `PV_STALE_CHECKS`
+//!   checks (it is descheduled), stop early ("wait early"). Then `state = HALTED`, re-check
+//!   `locked`, and `futex_wait(state, HALTED)`.
+//! * `kick_node` (new owner, right after `next.locked = 1`): if `next` is `HALTED`, CAS it
+//!   to `HASHED`, set `_Q_SLOW_VAL`, hash `(lock -> next)`. It is *not* woken now: it will be
+//!   woken once, at unlock, already as queue head (the seed's "only kick at unlock time").
+//! * `wait_head` (head): set pending, spin `SPIN_THRESHOLD` trying to take the lock, clear
+//!   pending. If not yet hashed: hash itself, `state = HASHED`, then CAS the locked byte
+//!   1 -> 3 (or 0 -> 1: the lock was free, unhash and own it). Then `futex_wait(state,
+//!   HASHED)`; loop (a wake-up with `state` still `HASHED` is spurious).
+//! * unlock: `fetch_sub(1)`: 1 -> 0 is the fast path. 3 -> 2 means slow: unhash the node,
+//!   `swap(state, RUNNING)`, *then* release (2 -> 0), then `futex_wake(state)`.
+//!
+//! # Why no wake-up is lost (and why the kick targets the node, not the lock word)
+//!
+//! * `wait_node` vs `kick_node` is a Dekker pair: waiter `[swap state=HALTED; fence(SeqCst);
+//!   load locked]`, owner `[store locked=1; fence(SeqCst); CAS state HALTED->HASHED]`. Either
+//!   the waiter sees `locked` and does not sleep, or the owner sees `HALTED` and hashes it.
+//!   Both may happen; then exactly one of the waiter's `CAS HALTED->RUNNING` and the owner's
+//!   `CAS HALTED->HASHED` wins, and the waiter reads the outcome in `state` (`HASHED` means
+//!   "do not hash again": two entries for one lock would be fatal).
+//! * A hashed head sleeps only while `state == HASHED` (checked by the kernel atomically with
+//!   the wake), and the unlocker changes `state` before it wakes: single-word handshake.
+//! * `_Q_SLOW_VAL` is published by a Release RMW after the hash entry is written; the
+//!   unlocker's `fetch_sub` observes it and an Acquire fence orders its hash look-up after.
+//! * The unlocker resets `state` *before* releasing the lock, so the head cannot have moved
+//!   on (to another lock, reusing the node) when its state is written: no ABA on `state`.
+//!   The only access after the release is `futex_wake`, which at worst wakes a reused node
+//!   spuriously. While the byte is 2 the head does not hash itself (it spins again).
+//! * Linux sleeps the head on the lock byte (`pv_wait(&l->locked, _Q_SLOW_VAL)`); a user-space
+//!   futex compares 32 bits, so every enqueue (tail change) would wake the head spuriously.
+//!   Sleeping on the node's own state word avoids that, and it is also what `pv_kick(cpu)`
+//!   means: wake that waiter, not "whoever waits on this address".
+
+use super::futex::{futex_wait, futex_wake};
+use super::node::{decode_tail, Node, TAIL_MASK};
+use super::pvhash::{pv_hash, pv_unhash, pv_unhash_slot};
+use super::qspin::{
+    lock_slowpath, plain_trylock, Episode, Hooks, LOCKED_MASK, LOCKED_PENDING_MASK, LOCKED_VAL,
+    PENDING_VAL,
+};
+use crate::stats::{spin_add, Event};
+use crate::sync::{fence, AtomicU32, Ordering};
+use crate::SpinLockKind;
+
+/// Locked-byte value: held, and the queue head is hashed and asleep.
+pub(crate) const SLOW_VAL: u32 = 3;
+
+/// Node states.
+pub(crate) const RUNNING: u32 = 0;
+pub(crate) const HALTED: u32 = 1;
+pub(crate) const HASHED: u32 = 2;
+
+/// Spin iterations (`spin_loop` hints, 10-150 cycles each depending on the CPU) before a
+/// waiter sleeps. Linux uses 2^15 because a hypervisor halt/kick (VM exit) costs tens of
+/// microseconds; a futex sleep + wake-up costs a few microseconds, so 2^10 (roughly
+/// 5-50 µs of spinning, around the cost of sleeping) keeps the usual "spin for about what
+/// blocking costs" balance. A few so loom explores the halt/hash/kick paths.
+#[cfg(not(loom))]
+pub const SPIN_THRESHOLD: u32 = 1 << 10;
+#[cfg(loom)]
+pub const SPIN_THRESHOLD: u32 = 2;
+
+/// Check the predecessor every `PV_PREV_CHECK_MASK + 1` iterations (Linux: 256; we check
+/// more often because our threshold is shorter), so its cache line is not pounded.
+#[cfg(not(loom))]
+const PV_PREV_CHECK_MASK: u32 = 0x3f;
+#[cfg(loom)]
+const PV_PREV_CHECK_MASK: u32 = 0;
+
+/// A spinning waiter bumps its heartbeat every `HEARTBEAT_MASK + 1` iterations: four times
+/// per check interval of its successor.
+#[cfg(not(loom))]
+const HEARTBEAT_MASK: u32 = 0xf;
+#[cfg(loom)]
+const HEARTBEAT_MASK: u32 = 0;
+
+/// Consecutive predecessor checks with an unchanged heartbeat after which the predecessor is
+/// deemed descheduled and we wait early: 3 checks = 192 of our iterations during which a
+/// running predecessor would have bumped about 12 times.
+pub const PV_STALE_CHECKS: u32 = 3;
+
+/// Bound of the entry-time unfair trylock loop (Linux spins unboundedly while the head is
+/// halted; a user-space thread may instead be descheduled there, so we give up and queue,
+/// where we can sleep).
+const STEAL_SPINS: u32 = SPIN_THRESHOLD;
+
+pub(crate) struct Pv;
+
+/// Lock address: the hash key.
+#[inline]
+fn key(lock: &AtomicU32) -> usize {
+    lock as *const AtomicU32 as usize
+}
+
+#[inline]
+fn bump(node: &Node, i: u32) {
+    if i & HEARTBEAT_MASK == 0 {
+        let hb = node.heartbeat.load(Ordering::Relaxed);
+        node.heartbeat.store(hb.wrapping_add(1), Ordering::Relaxed);
+    }
+}
+
+/// `trylock_clear_pending`: takes a free lock and clears our pending bit in one RMW.
+#[inline]
+fn trylock_clear_pending(lock: &AtomicU32) -> Option<u32> {
+    let mut v = lock.load(Ordering::Relaxed);
+    loop {
+        if v & LOCKED_MASK != 0 {
+            return None;
+        }
+        let new = (v & !PENDING_VAL) | LOCKED_VAL;
+        match lock.compare_exchange_weak(v, new, Ordering::Acquire, Ordering::Relaxed) {
+            Ok(_) => return Some(new),
+            Err(x) => v = x,
+        }
+    }
+}
+
+impl Hooks for Pv {
+    const KIND: SpinLockKind = SpinLockKind::Pvqspin;
+    const USE_PENDING: bool = false;
+
+    #[inline]
+    fn init_node(node: &Node) {
+        node.state.store(RUNNING, Ordering::Relaxed);
+    }
+
+    /// `pv_hybrid_queued_unfair_trylock`: steal while the head is not spinning.
+    fn trylock(lock: &AtomicU32, ep: &mut Episode) -> bool {
+        for _ in 0..STEAL_SPINS {
+            let v = lock.load(Ordering::Relaxed);
+            if v & LOCKED_PENDING_MASK == 0 {
+                if lock
+                    .compare_exchange(v, v | LOCKED_VAL, Ordering::Acquire, Ordering::Relaxed)
+                    .is_ok()
+                {
+                    if v & TAIL_MASK != 0 {
+                        spin_add(Self::KIND, Event::Steals, 1);
+                    }
+                    return true;
+                }
+                continue;
+            }
+            if v & TAIL_MASK == 0 || v & PENDING_VAL != 0 {
+                return false;
+            }
+            ep.relax();
+        }
+        false
+    }
+
+    fn wait_node(node: &Node, prev: &Node, ep: &mut Episode) {
+        let mut slept = false;
+        loop {
+            let mut early = false;
+            let mut last_hb = prev.heartbeat.load(Ordering::Relaxed);
+            let mut stale = 0;
+            for i in 1..=SPIN_THRESHOLD {
+                if node.locked.load(Ordering::Acquire) != 0 {
+                    return;
+                }
+                bump(node, i);
+                if i & PV_PREV_CHECK_MASK == 0 {
+                    if prev.state.load(Ordering::Relaxed) != RUNNING {
+                        early = true;
+                        break;
+                    }
+                    let hb = prev.heartbeat.load(Ordering::Relaxed);
+                    if hb == last_hb {
+                        stale += 1;
+                        if stale >= PV_STALE_CHECKS {
+                            early = true;
+                            break;
+                        }
+                    } else {
+                        last_hb = hb;
+                        stale = 0;
+                    }
+                }
+                ep.relax();
+            }
+
+            // [S] state = HALTED; MB; [L] locked  -- pairs with kick_node.
+            node.state.swap(HALTED, Ordering::Relaxed);
+            fence(Ordering::SeqCst);
+            if node.locked.load(Ordering::Relaxed) == 0 {
+                spin_add(Self::KIND, Event::Halts, 1);
+                if early {
+                    spin_add(Self::KIND, Event::WaitEarly, 1);
+                }
+                futex_wait(&node.state, HALTED, None);
+                slept = true;
+            }
+            // Back to running unless kick_node made us HASHED (then keep it: we are hashed
+            // and must not hash again in wait_head).
+            let _ =
+                node.state
+                    .compare_exchange(HALTED, RUNNING, Ordering::Relaxed, Ordering::Relaxed);
+            if node.locked.load(Ordering::Acquire) != 0 {
+                return;
+            }
+            if slept {
+                spin_add(Self::KIND, Event::SpuriousWakeups, 1);
+                slept = false;
+            }
+        }
+    }
+
+    fn kick_node(lock: &AtomicU32, next: &Node, next_tail: u32) {
+        // [S] next.locked = 1 (by the caller); MB; [RmW] state  -- pairs with wait_node.
+        fence(Ordering::SeqCst);
+        if next
+            .state
+            .compare_exchange(HALTED, HASHED, Ordering::Relaxed, Ordering::Relaxed)
+            .is_err()
+        {
+            return;
+        }
+        // We own the lock (byte 1) and will unlock it ourselves, so program order suffices
+        // between these two and our unlock.
+        lock.fetch_or(SLOW_VAL, Ordering::Relaxed);
+        pv_hash(key(lock), next_tail);
+        spin_add(Self::KIND, Event::HashedHandoffs, 1);
+    }
+
+    fn wait_head_or_lock(lock: &AtomicU32, node: &Node, tail: u32, ep: &mut Episode) -> u32 {
+        'outer: loop {
+            // Active spinning, with pending set so nobody steals the lock from us.
+            lock.fetch_or(PENDING_VAL, Ordering::Relaxed);
+            for i in 1..=SPIN_THRESHOLD {
+                if let Some(v) = trylock_clear_pending(lock) {
+                    return v;
+                }
+                bump(node, i);
+                ep.relax();
+            }
+            lock.fetch_and(!PENDING_VAL, Ordering::Relaxed);
+
+            if node.state.load(Ordering::Acquire) != HASHED {
+                // Hash ourselves, then publish _Q_SLOW_VAL (Release) so that the unlocker
+                // that sees it finds the entry and our HASHED state.
+                let slot = pv_hash(key(lock), tail);
+                node.state.store(HASHED, Ordering::Relaxed);
+                let mut v = lock.load(Ordering::Relaxed);
+                loop {
+                    let r = match v & LOCKED_MASK {
+                        0 => lock.compare_exchange(
+                            v,
+                            v | LOCKED_VAL,
+                            Ordering::Acquire,
+                            Ordering::Relaxed,
+                        ),
+                        LOCKED_VAL => lock.compare_exchange(
+                            v,
+                            v | SLOW_VAL,
+                            Ordering::Release,
+                            Ordering::Relaxed,
+                        ),
+                        _ => {
+                            // A slow unlock is in flight (it already made us RUNNING):
+                            // undo and spin again, the lock is about to be free.
+                            pv_unhash_slot(slot);
+                            node.state.store(RUNNING, Ordering::Relaxed);
+                            continue 'outer;
+                        }
+                    };
+                    match r {
+                        Ok(old) if old & LOCKED_MASK == 0 => {
+                            // It was free: it is ours, no need to be woken.
+                            pv_unhash_slot(slot);
+                            node.state.store(RUNNING, Ordering::Relaxed);
+                            return old | LOCKED_VAL;
+                        }
+                        Ok(_) => break,
+                        Err(x) => v = x,
+                    }
+                }
+            }
+
+            // Hashed: the unlocker will set RUNNING and wake us exactly once.
+            spin_add(Self::KIND, Event::Halts, 1);
+            futex_wait(&node.state, HASHED, None);
+            if node.state.load(Ordering::Acquire) == HASHED {
+                spin_add(Self::KIND, Event::SpuriousWakeups, 1);
+            }
+        }
+    }
+}
+
+/// Raw paravirt queued spinlock (`lock_api::RawMutex` outside loom).
+pub struct RawPvQSpinLock {
+    val: AtomicU32,
+}
+
+impl RawPvQSpinLock {
+    /// A free lock.
+    #[cfg(not(loom))]
+    pub const fn new() -> Self {
+        RawPvQSpinLock {
+            val: AtomicU32::new(0),
+        }
+    }
+
+    /// A free lock.
+    #[cfg(loom)]
+    pub fn new() -> Self {
+        RawPvQSpinLock {
+            val: AtomicU32::new(0),
+        }
+    }
+
+    /// Acquires the lock.
+    #[inline]
+    pub fn lock(&self) {
+        if let Err(v) =
+            self.val
+                .compare_exchange(0, LOCKED_VAL, Ordering::Acquire, Ordering::Relaxed)
+        {
+            lock_slowpath::<Pv>(&self.val, v);
+        }
+    }
+
+    /// Acquires the lock if it is completely free right now.
+    #[inline]
+    pub fn try_lock(&self) -> bool {
+        plain_trylock(&self.val)
+    }
+
+    /// Releases the lock, waking the hashed queue head if there is one.
+    ///
+    /// # Safety
+    /// The caller holds the lock.
+    #[inline]
+    pub unsafe fn unlock(&self) {
+        let old = self.val.fetch_sub(LOCKED_VAL, Ordering::Release);
+        if old & LOCKED_MASK != LOCKED_VAL {
+            self.unlock_slow();
+        }
+    }
+
+    /// The locked byte was `_Q_SLOW_VAL` and is now 2: unhash, reset, release, wake.
+    #[cold]
+    #[inline(never)]
+    fn unlock_slow(&self) {
+        // Pairs with the Release RMW that published _Q_SLOW_VAL (read by our fetch_sub).
+        fence(Ordering::Acquire);
+        let Some(code) = pv_unhash(key(&self.val)) else {
+            // Ruled out by the protocol (SLOW is only published after hashing).
+            log::error!("pvqspin: _Q_SLOW_VAL without a hash entry; releasing anyway");
+            self.val.fetch_sub(SLOW_VAL - LOCKED_VAL, Ordering::Release);
+            return;
+        };
+        let node = decode_tail(code);
+        // Before the release: the head cannot have moved on yet.
+        let old = node.state.swap(RUNNING, Ordering::AcqRel);
+        self.val.fetch_sub(SLOW_VAL - LOCKED_VAL, Ordering::Release);
+        if old != RUNNING {
+            futex_wake(&node.state, 1);
+            spin_add(SpinLockKind::Pvqspin, Event::Kicks, 1);
+        }
+    }
+
+    /// Whether the lock is held (a racy snapshot).
+    #[inline]
+    pub fn is_locked(&self) -> bool {
+        self.val.load(Ordering::Relaxed) & LOCKED_MASK != 0
+    }
+}
+
+impl Default for RawPvQSpinLock {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(not(loom))]
+// SAFETY: as for `RawQSpinLock`: every acquisition path ends in an Acquire RMW that claimed
+// the free locked byte (fast path, steal, head trylock, head CAS 0 -> 1); the owner's unlock
+// releases with Release (fast `fetch_sub`, or the slow path's final `fetch_sub`), and the
+// byte stays non-zero (3, then 2) throughout a slow unlock, so nobody enters early.
+unsafe impl lock_api::RawMutex for RawPvQSpinLock {
+    #[allow(clippy::declare_interior_mutable_const)]
+    const INIT: Self = RawPvQSpinLock::new();
+    type GuardMarker = lock_api::GuardSend;
+
+    #[inline]
+    fn lock(&self) {
+        RawPvQSpinLock::lock(self)
+    }
+    #[inline]
+    fn try_lock(&self) -> bool {
+        RawPvQSpinLock::try_lock(self)
+    }
+    #[inline]
+    unsafe fn unlock(&self) {
+        // SAFETY: forwarded contract: the caller holds the lock.
+        unsafe { RawPvQSpinLock::unlock(self) }
+    }
+    #[inline]
+    fn is_locked(&self) -> bool {
+        RawPvQSpinLock::is_locked(self)
+    }
+}
