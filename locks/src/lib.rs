@@ -23,6 +23,7 @@ pub(crate) mod sync;
 
 pub use kind::{RwLockKind, SpinLockKind, UnknownKind};
 pub use rw::{AnyRwLock, AnyRwLockReadGuard, AnyRwLockWriteGuard};
+pub use rw::{PerCpuFencedRwLock, PerCpuRwLock, PlainRwLock};
 pub use spin::{AnySpinLock, AnySpinLockGuard};
 #[cfg(not(loom))]
 pub use spin::{PvQSpinLock, QSpinLock, TasLock, TicketLock};

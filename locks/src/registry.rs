@@ -9,49 +9,97 @@
 //!
 //! Assignment and release take a mutex; they happen once per thread lifetime, never on a
 //! lock path.
+//!
+//! Under `--cfg loom` the shared state lives in `loom::lazy_static!` and the index in a
+//! `loom::thread_local!`, so every model execution starts from a fresh registry and index
+//! reuse is model-checked too.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
+use crate::sync::Ordering;
 
 /// Most threads that may use pvnet locks at once. Bounded by the qspinlock tail encoding
 /// (14 bits of "CPU + 1").
 pub const MAX_THREADS: usize = (1 << 14) - 2;
 
-static HIGH_WATER: AtomicUsize = AtomicUsize::new(0);
-static FREE: Mutex<Vec<usize>> = Mutex::new(Vec::new());
+#[cfg(not(loom))]
+mod state {
+    use crate::sync::AtomicUsize;
+    use std::sync::Mutex;
+
+    static HIGH_WATER: AtomicUsize = AtomicUsize::new(0);
+    static FREE: Mutex<Vec<usize>> = Mutex::new(Vec::new());
+
+    pub(super) fn high_water() -> &'static AtomicUsize {
+        &HIGH_WATER
+    }
+
+    pub(super) fn with_free<R>(f: impl FnOnce(&mut Vec<usize>) -> R) -> R {
+        f(&mut FREE.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+#[cfg(loom)]
+mod state {
+    use crate::sync::AtomicUsize;
+    use loom::sync::Mutex;
+
+    loom::lazy_static! {
+        static ref HIGH_WATER: AtomicUsize = AtomicUsize::new(0);
+        static ref FREE: Mutex<Vec<usize>> = Mutex::new(Vec::new());
+    }
+
+    pub(super) fn high_water() -> &'static AtomicUsize {
+        &HIGH_WATER
+    }
+
+    pub(super) fn with_free<R>(f: impl FnOnce(&mut Vec<usize>) -> R) -> R {
+        f(&mut FREE.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
 
 struct ThreadIndex(usize);
 
 impl ThreadIndex {
     fn acquire() -> ThreadIndex {
-        let mut free = FREE.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(pos) = free
-            .iter()
-            .enumerate()
-            .min_by_key(|(_, v)| **v)
-            .map(|(i, _)| i)
-        {
-            return ThreadIndex(free.swap_remove(pos));
-        }
-        let idx = HIGH_WATER.load(Ordering::Relaxed);
-        assert!(
-            idx < MAX_THREADS,
-            "pvnet-locks: more than {MAX_THREADS} threads use pvnet locks at once"
-        );
-        // Release: a scanner that sees the new high-water mark also sees the slot tables
-        // initialised for this index (they are written before the thread uses any lock).
-        HIGH_WATER.store(idx + 1, Ordering::Release);
-        ThreadIndex(idx)
+        state::with_free(|free| {
+            if let Some(pos) = free
+                .iter()
+                .enumerate()
+                .min_by_key(|(_, v)| **v)
+                .map(|(i, _)| i)
+            {
+                return ThreadIndex(free.swap_remove(pos));
+            }
+            let hw = state::high_water();
+            let idx = hw.load(Ordering::Relaxed);
+            assert!(
+                idx < MAX_THREADS,
+                "pvnet-locks: more than {MAX_THREADS} threads use pvnet locks at once"
+            );
+            // Release: a scanner that sees the new high-water mark also sees the slot tables
+            // initialised for this index (they are written before the thread uses any lock).
+            hw.store(idx + 1, Ordering::Release);
+            ThreadIndex(idx)
+        })
     }
 }
 
 impl Drop for ThreadIndex {
     fn drop(&mut self) {
-        FREE.lock().unwrap_or_else(|e| e.into_inner()).push(self.0);
+        // An index whose per-thread lock state is still in use (a leaked read guard, or one
+        // that a later thread-local destructor still holds) is never handed out again.
+        if crate::rw::percpu::thread_exit(self.0) {
+            state::with_free(|free| free.push(self.0));
+        }
     }
 }
 
+#[cfg(not(loom))]
 thread_local! {
+    static INDEX: ThreadIndex = ThreadIndex::acquire();
+}
+
+#[cfg(loom)]
+loom::thread_local! {
     static INDEX: ThreadIndex = ThreadIndex::acquire();
 }
 
@@ -65,10 +113,10 @@ pub fn current() -> Option<usize> {
 /// One past the largest index ever handed out: per-thread tables need scanning only below it.
 #[inline]
 pub fn high_water() -> usize {
-    HIGH_WATER.load(Ordering::Acquire)
+    state::high_water().load(Ordering::Acquire)
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
 

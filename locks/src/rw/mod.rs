@@ -7,21 +7,66 @@
 use crate::RwLockKind;
 use std::ops::{Deref, DerefMut};
 
+mod backoff;
+pub mod membarrier;
+pub(crate) mod percpu;
+pub mod plain;
+
+pub use membarrier::asymmetric_fence_available;
+pub use percpu::{RawPerCpuRwLock, SLOTS};
+pub use plain::RawPlainRwLock;
+
+// Under `--cfg loom` the raw locks cannot be built in a `const` (loom atomics are not
+// const-constructible), so they have no `lock_api` wrapper: loom models drive the raw types
+// directly, and the hard-wired aliases fall back to parking_lot only to keep the crate
+// compiling.
+#[cfg(not(loom))]
+type PercpuRaw = RawPerCpuRwLock<false>;
+#[cfg(not(loom))]
+type PercpuFencedRaw = RawPerCpuRwLock<true>;
+#[cfg(not(loom))]
+type PlainRaw = RawPlainRwLock;
+#[cfg(loom)]
+type PercpuRaw = parking_lot::RawRwLock;
+#[cfg(loom)]
+type PercpuFencedRaw = parking_lot::RawRwLock;
+#[cfg(loom)]
+type PlainRaw = parking_lot::RawRwLock;
+
+/// Per-CPU rwlock, reader fast path with a compiler fence only (`membarrier` on the writer),
+/// or fenced where membarrier is unavailable.
+pub type PerCpuRwLock<T> = lock_api::RwLock<PercpuRaw, T>;
+/// Per-CPU rwlock with a full fence on the reader fast path (the seed's "after").
+pub type PerCpuFencedRwLock<T> = lock_api::RwLock<PercpuFencedRaw, T>;
+/// Single-word atomic rwlock (the seed's "before").
+pub type PlainRwLock<T> = lock_api::RwLock<PlainRaw, T>;
+
+type ReadG<'a, R, T> = lock_api::RwLockReadGuard<'a, R, T>;
+type WriteG<'a, R, T> = lock_api::RwLockWriteGuard<'a, R, T>;
+
 /// A reader-writer lock whose algorithm is chosen at run time.
 pub enum AnyRwLock<T> {
-    // TEMPORARY: percpu, percpu-fenced and rwlock variants land with their algorithms.
+    Percpu(PerCpuRwLock<T>),
+    PercpuFenced(PerCpuFencedRwLock<T>),
+    Rwlock(PlainRwLock<T>),
     Std(std::sync::RwLock<T>),
     ParkingLot(parking_lot::RwLock<T>),
 }
 
 /// Shared access guard of an [`AnyRwLock`].
 pub enum AnyRwLockReadGuard<'a, T> {
+    Percpu(ReadG<'a, PercpuRaw, T>),
+    PercpuFenced(ReadG<'a, PercpuFencedRaw, T>),
+    Rwlock(ReadG<'a, PlainRaw, T>),
     Std(std::sync::RwLockReadGuard<'a, T>),
     ParkingLot(parking_lot::RwLockReadGuard<'a, T>),
 }
 
 /// Exclusive access guard of an [`AnyRwLock`].
 pub enum AnyRwLockWriteGuard<'a, T> {
+    Percpu(WriteG<'a, PercpuRaw, T>),
+    PercpuFenced(WriteG<'a, PercpuFencedRaw, T>),
+    Rwlock(WriteG<'a, PlainRaw, T>),
     Std(std::sync::RwLockWriteGuard<'a, T>),
     ParkingLot(parking_lot::RwLockWriteGuard<'a, T>),
 }
@@ -30,15 +75,21 @@ impl<T> AnyRwLock<T> {
     /// A lock of kind `kind` protecting `value`.
     pub fn new(kind: RwLockKind, value: T) -> Self {
         match kind {
+            RwLockKind::Percpu => AnyRwLock::Percpu(PerCpuRwLock::new(value)),
+            RwLockKind::PercpuFenced => AnyRwLock::PercpuFenced(PerCpuFencedRwLock::new(value)),
+            RwLockKind::Rwlock => AnyRwLock::Rwlock(PlainRwLock::new(value)),
             RwLockKind::Std => AnyRwLock::Std(std::sync::RwLock::new(value)),
-            // TEMPORARY mapping until the algorithms land.
-            _ => AnyRwLock::ParkingLot(parking_lot::RwLock::new(value)),
+            RwLockKind::ParkingLot => AnyRwLock::ParkingLot(parking_lot::RwLock::new(value)),
         }
     }
 
-    /// The kind this lock was built with.
+    /// The kind this lock was built with (`Percpu` stays `Percpu` even where membarrier is
+    /// unavailable and it behaves as `PercpuFenced`; see [`asymmetric_fence_available`]).
     pub fn kind(&self) -> RwLockKind {
         match self {
+            AnyRwLock::Percpu(_) => RwLockKind::Percpu,
+            AnyRwLock::PercpuFenced(_) => RwLockKind::PercpuFenced,
+            AnyRwLock::Rwlock(_) => RwLockKind::Rwlock,
             AnyRwLock::Std(_) => RwLockKind::Std,
             AnyRwLock::ParkingLot(_) => RwLockKind::ParkingLot,
         }
@@ -49,6 +100,9 @@ impl<T> AnyRwLock<T> {
     #[inline]
     pub fn read(&self) -> AnyRwLockReadGuard<'_, T> {
         match self {
+            AnyRwLock::Percpu(l) => AnyRwLockReadGuard::Percpu(l.read()),
+            AnyRwLock::PercpuFenced(l) => AnyRwLockReadGuard::PercpuFenced(l.read()),
+            AnyRwLock::Rwlock(l) => AnyRwLockReadGuard::Rwlock(l.read()),
             AnyRwLock::Std(l) => {
                 AnyRwLockReadGuard::Std(l.read().unwrap_or_else(|e| e.into_inner()))
             }
@@ -60,6 +114,9 @@ impl<T> AnyRwLock<T> {
     #[inline]
     pub fn write(&self) -> AnyRwLockWriteGuard<'_, T> {
         match self {
+            AnyRwLock::Percpu(l) => AnyRwLockWriteGuard::Percpu(l.write()),
+            AnyRwLock::PercpuFenced(l) => AnyRwLockWriteGuard::PercpuFenced(l.write()),
+            AnyRwLock::Rwlock(l) => AnyRwLockWriteGuard::Rwlock(l.write()),
             AnyRwLock::Std(l) => {
                 AnyRwLockWriteGuard::Std(l.write().unwrap_or_else(|e| e.into_inner()))
             }
@@ -70,6 +127,9 @@ impl<T> AnyRwLock<T> {
     /// Mutable access without locking (the borrow checker proves exclusivity).
     pub fn get_mut(&mut self) -> &mut T {
         match self {
+            AnyRwLock::Percpu(l) => l.get_mut(),
+            AnyRwLock::PercpuFenced(l) => l.get_mut(),
+            AnyRwLock::Rwlock(l) => l.get_mut(),
             AnyRwLock::Std(l) => l.get_mut().unwrap_or_else(|e| e.into_inner()),
             AnyRwLock::ParkingLot(l) => l.get_mut(),
         }
@@ -81,6 +141,9 @@ impl<T> Deref for AnyRwLockReadGuard<'_, T> {
     #[inline]
     fn deref(&self) -> &T {
         match self {
+            AnyRwLockReadGuard::Percpu(g) => g,
+            AnyRwLockReadGuard::PercpuFenced(g) => g,
+            AnyRwLockReadGuard::Rwlock(g) => g,
             AnyRwLockReadGuard::Std(g) => g,
             AnyRwLockReadGuard::ParkingLot(g) => g,
         }
@@ -92,6 +155,9 @@ impl<T> Deref for AnyRwLockWriteGuard<'_, T> {
     #[inline]
     fn deref(&self) -> &T {
         match self {
+            AnyRwLockWriteGuard::Percpu(g) => g,
+            AnyRwLockWriteGuard::PercpuFenced(g) => g,
+            AnyRwLockWriteGuard::Rwlock(g) => g,
             AnyRwLockWriteGuard::Std(g) => g,
             AnyRwLockWriteGuard::ParkingLot(g) => g,
         }
@@ -102,6 +168,9 @@ impl<T> DerefMut for AnyRwLockWriteGuard<'_, T> {
     #[inline]
     fn deref_mut(&mut self) -> &mut T {
         match self {
+            AnyRwLockWriteGuard::Percpu(g) => g,
+            AnyRwLockWriteGuard::PercpuFenced(g) => g,
+            AnyRwLockWriteGuard::Rwlock(g) => g,
             AnyRwLockWriteGuard::Std(g) => g,
             AnyRwLockWriteGuard::ParkingLot(g) => g,
         }
