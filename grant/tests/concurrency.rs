@@ -143,6 +143,7 @@ fn retire(old: Vec<Arc<GuestRegionMmap>>) {
 fn run(kind: RwLockKind) {
     let a = GrantTable::new(kind);
     let b = GrantTable::new(kind);
+    assert_eq!(a.kind(), kind, "the table must use the requested lock kind");
     let mut mem = fresh_memory();
     a.replace_from_memory(&mem).unwrap();
     b.replace_from_memory(&fresh_memory()).unwrap();
