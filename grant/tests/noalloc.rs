@@ -45,11 +45,15 @@ fn ops(a: &GrantTable, b: &GrantTable, buf: &mut [u8]) -> usize {
     ok += a.copy_from_guest(span, buf).is_ok() as usize;
     ok += a.copy_to_guest(span, buf).is_ok() as usize;
     ok += a.check(span, buf.len(), Access::ReadWrite).is_ok() as usize;
-    ok += a.grant_copy_to(span, b, GuestAddress(0x10000), buf.len()).is_ok() as usize;
+    ok += a
+        .grant_copy_to(span, b, GuestAddress(0x10000), buf.len())
+        .is_ok() as usize;
     let g = a.read();
     ok += g.read_into(span, buf).is_ok() as usize;
     ok += g.write_from(span, buf).is_ok() as usize;
-    ok += g.translate(span, buf.len(), Access::ReadOnly).map_or(0, |p| p.count());
+    ok += g
+        .translate(span, buf.len(), Access::ReadOnly)
+        .map_or(0, |p| p.count());
     drop(g);
     let pair = read_pair(a, b);
     ok += pair.copy(span, GuestAddress(0x10000), buf.len()).is_ok() as usize;
