@@ -3,6 +3,7 @@
 mod datapathbench;
 mod grantbench;
 mod lockbench;
+mod plot;
 mod report;
 mod serve;
 
