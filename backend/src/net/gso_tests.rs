@@ -244,7 +244,10 @@ fn invalid_frames_are_rejected_before_any_emit() {
     let mut h = tso4_hdr(1000);
     h.hdr_len = 0; // hdr_len is only a hint; the parsed headers decide
     assert!(matches!(bad(h, &f[..40]), InvalidGso::Parse(_)));
-    assert!(matches!(bad(tso4_hdr(1000), &f[..40]), InvalidGso::HdrLen { .. }));
+    assert!(matches!(
+        bad(tso4_hdr(1000), &f[..40]),
+        InvalidGso::HdrLen { .. }
+    ));
     let mut frag = f.clone();
     frag[20] |= 0x20;
     assert_eq!(bad(tso4_hdr(1000), &frag), InvalidGso::Fragment);

@@ -28,5 +28,7 @@ pub(crate) mod testutil;
 pub use csum::{complete_csum, csum_patch, internet_checksum, CsumError};
 pub use eth::{is_multicast, parse_packet, EthInfo, L3Hdr, L4Hdr, PacketInfo, ParseError};
 pub use flow::flow_hash;
-pub use gso::{plan, segment, Delivery, GsoError};
+pub use gso::{
+    plan, segment, segment_all, segments_needed, Delivery, GsoError, InvalidGso, SCRATCH_LEN,
+};
 pub use hdr::{net_hdr_len, HdrError, VirtioNetHdr};
