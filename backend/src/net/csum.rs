@@ -95,6 +95,52 @@ pub fn internet_checksum(data: &[u8]) -> u16 {
     finish(partial_csum(data, 0))
 }
 
+/// A streaming internet checksum over data that arrives in pieces of any length (e.g. the
+/// descriptors of a chain), with odd-length pieces handled: feeding the pieces in order gives
+/// the same sum as [`partial_csum`] over their concatenation.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Checksum {
+    sum: u32,
+    odd: bool,
+}
+
+impl Checksum {
+    /// An empty sum.
+    pub const fn new() -> Self {
+        Self { sum: 0, odd: false }
+    }
+
+    /// Starts from a partial sum (e.g. a pseudo-header) at an even stream offset.
+    pub const fn with_initial(sum: u32) -> Self {
+        Self { sum, odd: false }
+    }
+
+    /// Adds the next piece of the stream.
+    pub fn update(&mut self, mut data: &[u8]) {
+        if self.odd {
+            let Some((&first, rest)) = data.split_first() else {
+                return;
+            };
+            // The previous piece ended in the high byte of a 16-bit word: this is its low byte.
+            self.sum = add(self.sum, u32::from(first));
+            data = rest;
+            self.odd = false;
+        }
+        self.sum = partial_csum(data, self.sum);
+        self.odd = data.len() % 2 == 1;
+    }
+
+    /// The partial sum so far (see [`fold`] / [`finish`]).
+    pub fn sum(&self) -> u32 {
+        self.sum
+    }
+
+    /// The checksum field value: the complemented, folded sum.
+    pub fn finish(&self) -> u16 {
+        finish(self.sum)
+    }
+}
+
 /// Partial sum of the IPv4 pseudo-header (source, destination, protocol, L4 length).
 pub fn pseudo_header_v4(src: &[u8; 4], dst: &[u8; 4], proto: u8, l4_len: u32) -> u32 {
     let mut s = partial_csum(src, 0);
@@ -244,6 +290,26 @@ mod tests {
         let whole = partial_csum(&data, 0);
         let split = partial_csum(&data[400..], partial_csum(&data[..400], 0));
         assert_eq!(fold(whole), fold(split));
+    }
+
+    #[test]
+    fn streaming_matches_contiguous_for_any_split() {
+        let data: Vec<u8> = (0..301u32).map(|i| (i * 97 + 11) as u8).collect();
+        let want = internet_checksum(&data);
+        for a in 0..data.len() {
+            for b in [a, a + 1, a + 2, a + 7, data.len()] {
+                let b = b.min(data.len());
+                let mut c = Checksum::new();
+                c.update(&data[..a]);
+                c.update(&data[a..b]);
+                c.update(&[]);
+                c.update(&data[b..]);
+                assert_eq!(c.finish(), want, "split {a}/{b}");
+            }
+        }
+        let mut c = Checksum::with_initial(0x1234);
+        c.update(&data);
+        assert_eq!(c.sum(), partial_csum(&data, 0x1234));
     }
 
     #[test]

@@ -6,11 +6,20 @@
 //! that changes within a flow (sequence numbers, flags, lengths, payload) is hashed, so a TCP
 //! flow always maps to the same queue and is never reordered. Not direction-symmetric.
 //!
+//! Only header bytes are read (IPv4 `tot_len` and IPv6 `payload_len` are not checked against
+//! the frame), so hashing a prefix that holds all headers, e.g. the first [`HASH_PREFIX`]
+//! bytes of a chain, gives the same value as hashing the whole frame.
+//!
 //! The mix is a multiply/xor-shift over 64-bit words with a murmur3 `fmix64` finaliser, so
 //! the low bits used by `%` are well spread. No allocation, no panics: a frame too broken to
 //! parse at some layer is hashed on the layers below it.
 
 use super::eth::{EthInfo, Ipv4Hdr, Ipv6Hdr, ETH_P_IPV4, ETH_P_IPV6, IPPROTO_TCP, IPPROTO_UDP};
+
+/// A prefix length that holds the headers of all common frames (Ethernet + 2 VLAN tags +
+/// IPv6 with extension headers + ports); `flow_hash(&frame[..HASH_PREFIX.min(len)])` equals
+/// `flow_hash(frame)` for them.
+pub const HASH_PREFIX: usize = 128;
 
 const SEED: u64 = 0x243f_6a88_85a3_08d3;
 const K: u64 = 0x9e37_79b9_7f4a_7c15;
@@ -117,6 +126,18 @@ mod tests {
         assert_eq!(c, d);
         // Deterministic: the same value on every call.
         assert_eq!(a, flow_hash(&tcp_v4_frame(&[], 3, 0, 4000)));
+    }
+
+    #[test]
+    fn prefix_hashes_like_whole_frame() {
+        for f in [
+            tcp_v4_frame(&[5; 1400], 9, 0x10, 33),
+            tcp_v6_frame(&[5; 1400], 9, 0x10, 33),
+            udp_v4_frame(&[5; 700], 33),
+        ] {
+            assert_eq!(flow_hash(&f[..HASH_PREFIX]), flow_hash(&f));
+            assert_eq!(flow_hash(&f[..58]), flow_hash(&f));
+        }
     }
 
     #[test]

@@ -25,9 +25,9 @@ mod proptests;
 #[cfg(test)]
 pub(crate) mod testutil;
 
-pub use csum::{complete_csum, csum_patch, internet_checksum, CsumError};
+pub use csum::{complete_csum, csum_patch, internet_checksum, Checksum, CsumError};
 pub use eth::{is_multicast, parse_packet, EthInfo, L3Hdr, L4Hdr, PacketInfo, ParseError};
-pub use flow::flow_hash;
+pub use flow::{flow_hash, HASH_PREFIX};
 pub use gso::{
     plan, segment, segment_all, segments_needed, Delivery, GsoError, InvalidGso, SCRATCH_LEN,
 };
