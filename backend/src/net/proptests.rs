@@ -19,7 +19,7 @@ fn any_hdr() -> impl Strategy<Value = VirtioNetHdr> {
             Just(GSO_UDP_L4),
             any::<u8>()
         ],
-        any::<u16>(),
+        prop_oneof![Just(0u16), 0u16..128, any::<u16>()],
         prop_oneof![Just(0u16), 1u16..2000, any::<u16>()],
         prop_oneof![Just(34u16), Just(54u16), any::<u16>()],
         prop_oneof![Just(16u16), Just(6u16), any::<u16>()],
