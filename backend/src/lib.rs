@@ -1,3 +1,26 @@
-//! placeholder
+//! # pvnet-backend
+//!
+//! The vhost-user virtio-net device of every port, the learning L2 switch between ports, and
+//! the per-queue-pair workers that move frames between guests:
+//!
+//! * [`config`]: the validated [`Config`] (`pvnet` flags turn into it);
+//! * [`server`]: [`Server::start`] binds one socket per port and runs its connection loop;
+//! * [`device`]: the `VhostUserBackend` implementation (features, config space, memory);
+//! * [`datapath`]: TX → switch → RX with grant copies, back-pressure and offloads;
+//! * [`switch`], [`fdb`]: ports, RX queue slots under the `--queue-lock` kind, MAC table;
+//! * [`stats`], [`report`]: per-port, per-queue counters and their text/JSON rendering;
+//! * [`net`]: header parsing, flow hash, checksums, software segmentation.
 
+pub mod config;
+pub mod datapath;
+pub mod device;
+pub mod fdb;
 pub mod net;
+pub mod report;
+pub mod server;
+pub mod stats;
+pub mod switch;
+
+pub use config::{parse_mac, Config, ConfigError};
+pub use server::{ServeError, Server};
+pub use switch::Switch;

@@ -1,0 +1,121 @@
+//! Forwarding database of the learning switch: source MAC -> port.
+//!
+//! A direct-mapped table of atomic words, lock-free on both sides. Each slot packs
+//! `mac (48 bits) << 16 | port (8 bits) << 8 | 1` into one `AtomicU64` plus the coarse time the
+//! entry was last refreshed. Lookups are one load; learning writes only when the entry
+//! changes (new MAC, station moved) or its timestamp is more than a second old, so the hot
+//! path does not bounce cache lines between workers. A collision evicts the older entry,
+//! which at worst causes flooding (always correct for a learning switch). Entries older
+//! than [`AGE_SECS`] are ignored.
+
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::time::Instant;
+
+/// Entries not refreshed for this long are treated as unknown (flooded).
+pub const AGE_SECS: u32 = 300;
+const SLOTS: usize = 4096;
+
+struct Slot {
+    word: AtomicU64,
+    seen: AtomicU32,
+}
+
+/// The switch's MAC table.
+pub struct Fdb {
+    slots: Box<[Slot]>,
+    epoch: Instant,
+}
+
+impl Default for Fdb {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn mac_key(mac: &[u8; 6]) -> u64 {
+    mac.iter().fold(0u64, |k, &b| (k << 8) | u64::from(b))
+}
+
+fn slot_of(key: u64) -> usize {
+    (key.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 52) as usize % SLOTS
+}
+
+impl Fdb {
+    /// An empty table.
+    pub fn new() -> Self {
+        Fdb {
+            slots: (0..SLOTS)
+                .map(|_| Slot {
+                    word: AtomicU64::new(0),
+                    seen: AtomicU32::new(0),
+                })
+                .collect(),
+            epoch: Instant::now(),
+        }
+    }
+
+    fn now(&self) -> u32 {
+        // +1 so that 0 never means "fresh".
+        self.epoch.elapsed().as_secs() as u32 + 1
+    }
+
+    /// Records that `mac` (a unicast source address) was seen on `port`.
+    pub fn learn(&self, mac: &[u8; 6], port: usize) {
+        let key = mac_key(mac);
+        let slot = &self.slots[slot_of(key)];
+        let word = (key << 16) | ((port as u64 & 0xff) << 8) | 1;
+        let now = self.now();
+        if slot.word.load(Relaxed) != word {
+            slot.word.store(word, Relaxed);
+            slot.seen.store(now, Relaxed);
+        } else if slot.seen.load(Relaxed) != now {
+            slot.seen.store(now, Relaxed);
+        }
+    }
+
+    /// The port `mac` was last seen on, if known and fresh.
+    pub fn lookup(&self, mac: &[u8; 6]) -> Option<usize> {
+        let key = mac_key(mac);
+        let slot = &self.slots[slot_of(key)];
+        let w = slot.word.load(Relaxed);
+        if w & 1 == 0 || w >> 16 != key {
+            return None;
+        }
+        if self.now().saturating_sub(slot.seen.load(Relaxed)) > AGE_SECS {
+            return None;
+        }
+        Some(((w >> 8) & 0xff) as usize)
+    }
+
+    /// Forgets every address learned on `port` (its guest went away).
+    pub fn purge_port(&self, port: usize) {
+        for s in self.slots.iter() {
+            let w = s.word.load(Relaxed);
+            if w & 1 == 1 && ((w >> 8) & 0xff) as usize == port {
+                let _ = s.word.compare_exchange(w, 0, Relaxed, Relaxed);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn learn_move_purge() {
+        let f = Fdb::new();
+        let a = [0x52, 0x54, 0, 0, 0, 1];
+        let b = [0x52, 0x54, 0, 0, 0, 2];
+        assert_eq!(f.lookup(&a), None);
+        f.learn(&a, 3);
+        f.learn(&b, 1);
+        assert_eq!(f.lookup(&a), Some(3));
+        assert_eq!(f.lookup(&b), Some(1));
+        f.learn(&a, 0);
+        assert_eq!(f.lookup(&a), Some(0), "station move overwrites");
+        f.purge_port(0);
+        assert_eq!(f.lookup(&a), None);
+        assert_eq!(f.lookup(&b), Some(1));
+    }
+}

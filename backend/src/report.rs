@@ -1,0 +1,131 @@
+//! Rendering of the switch's counters: a text table or JSON lines, per port and per queue
+//! pair, with the lock counters of the grant-lock and queue-lock kinds.
+
+use crate::stats::Drop as DropReason;
+use crate::stats::{QueueSnapshot, NR_DROPS};
+use crate::switch::Switch;
+use pvnet_locks::{rw_stats, spin_stats};
+use std::fmt::Write;
+use std::sync::atomic::Ordering;
+
+/// Output format of the statistics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum StatsFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+fn port_total(sw: &Switch, p: usize) -> QueueSnapshot {
+    let mut t = QueueSnapshot::default();
+    for q in 0..usize::from(sw.cfg.queue_pairs) {
+        t.add(&sw.ports[p].queue_snapshot(q));
+    }
+    t
+}
+
+/// Renders the counters of every port (per-queue rows only for queues with traffic).
+pub fn render(sw: &Switch, fmt: StatsFormat) -> String {
+    match fmt {
+        StatsFormat::Text => render_text(sw),
+        StatsFormat::Json => render_json(sw),
+    }
+}
+
+fn drops_text(s: &QueueSnapshot) -> String {
+    let mut out = String::new();
+    for d in DropReason::ALL.iter().take(NR_DROPS) {
+        let n = s.drops_for(*d);
+        if n > 0 {
+            let _ = write!(out, " {}={n}", d.name());
+        }
+    }
+    if out.is_empty() {
+        out.push_str(" -");
+    }
+    out
+}
+
+fn render_text(sw: &Switch) -> String {
+    let mut o = String::new();
+    let _ = writeln!(
+        o,
+        "{:<6} {:<5} {:>12} {:>14} {:>12} {:>14} {:>8} {:>10} {:>10}  drops",
+        "port",
+        "queue",
+        "tx_frames",
+        "tx_bytes",
+        "rx_frames",
+        "rx_bytes",
+        "bp",
+        "tx_notif",
+        "rx_notif"
+    );
+    for p in 0..sw.ports.len() {
+        let mut rows = Vec::new();
+        for q in 0..usize::from(sw.cfg.queue_pairs) {
+            let s = sw.ports[p].queue_snapshot(q);
+            if s != QueueSnapshot::default() {
+                rows.push((q.to_string(), s));
+            }
+        }
+        rows.push(("all".to_string(), port_total(sw, p)));
+        for (q, s) in rows {
+            let _ = writeln!(
+                o,
+                "{:<6} {:<5} {:>12} {:>14} {:>12} {:>14} {:>8} {:>10} {:>10} {}",
+                p,
+                q,
+                s.tx_frames,
+                s.tx_bytes,
+                s.rx_frames,
+                s.rx_bytes,
+                s.backpressure,
+                s.tx_notifications,
+                s.rx_notifications,
+                drops_text(&s)
+            );
+        }
+    }
+    let g = rw_stats(sw.cfg.grant_lock);
+    let l = spin_stats(sw.cfg.queue_lock);
+    let f = |v: &[(&str, u64)]| {
+        v.iter()
+            .filter(|(_, n)| *n > 0)
+            .map(|(k, n)| format!("{k}={n}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let _ = writeln!(o, "grant-lock {}: {}", sw.cfg.grant_lock, f(&g.fields()));
+    let _ = writeln!(o, "queue-lock {}: {}", sw.cfg.queue_lock, f(&l.fields()));
+    o
+}
+
+fn render_json(sw: &Switch) -> String {
+    let mut o = String::new();
+    for (p, port) in sw.ports.iter().enumerate() {
+        let queues: Vec<serde_json::Value> = (0..usize::from(sw.cfg.queue_pairs))
+            .map(|q| port.queue_snapshot(q).to_json())
+            .collect();
+        let v = serde_json::json!({
+            "port": p,
+            "connected": port.connected.load(Ordering::Acquire),
+            "enabled_pairs": port.enabled_pairs(),
+            "total": port_total(sw, p).to_json(),
+            "queues": queues,
+        });
+        let _ = writeln!(o, "{v}");
+    }
+    let lockj = |v: &[(&str, u64)]| -> serde_json::Value {
+        v.iter()
+            .map(|(k, n)| (k.to_string(), serde_json::Value::from(*n)))
+            .collect::<serde_json::Map<_, _>>()
+            .into()
+    };
+    let v = serde_json::json!({
+        "grant_lock": {"kind": sw.cfg.grant_lock.to_string(), "stats": lockj(&rw_stats(sw.cfg.grant_lock).fields())},
+        "queue_lock": {"kind": sw.cfg.queue_lock.to_string(), "stats": lockj(&spin_stats(sw.cfg.queue_lock).fields())},
+    });
+    let _ = writeln!(o, "{v}");
+    o
+}

@@ -1,0 +1,187 @@
+//! Ports and their connection loops: one listening socket per port, a fresh device and
+//! `VhostUserDaemon` per accepted frontend; on disconnect the port's workers stop, its RX
+//! rings leave the switch, its grants are revoked and the socket accepts the next frontend.
+
+use crate::config::{Config, ConfigError};
+use crate::datapath::lock;
+use crate::device::{NetDevice, TOKEN_TIMER, TOKEN_WAKE};
+use crate::switch::Switch;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileTypeExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+use vhost::vhost_user::Listener;
+use vhost_user_backend::{ShutdownHandle, VhostUserBackend, VhostUserDaemon};
+use vmm_sys_util::epoll::EventSet;
+
+/// Errors starting the switch.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("cannot use socket path {path}: {reason}")]
+    Socket { path: String, reason: String },
+    #[error("cannot start port {port}: {err}")]
+    Start { port: usize, err: io::Error },
+}
+
+struct PortCtl {
+    handle: Mutex<Option<ShutdownHandle>>,
+}
+
+/// A running switch.
+pub struct Server {
+    sw: Arc<Switch>,
+    stop: Arc<AtomicBool>,
+    ctl: Vec<Arc<PortCtl>>,
+    threads: Vec<JoinHandle<()>>,
+    paths: Vec<PathBuf>,
+}
+
+fn bind(path: &Path) -> Result<Listener, ServeError> {
+    let err = |reason: String| ServeError::Socket {
+        path: path.display().to_string(),
+        reason,
+    };
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_socket() => std::fs::remove_file(path)
+            .map_err(|e| err(format!("cannot remove stale socket: {e}")))?,
+        Ok(_) => return Err(err("exists and is not a socket".into())),
+        Err(_) => {}
+    }
+    let l = Listener::new(path, false).map_err(|e| err(e.to_string()))?;
+    Ok(l)
+}
+
+impl Server {
+    /// Validates `cfg`, binds every socket, and starts one connection loop per port.
+    pub fn start(cfg: Config) -> Result<Server, ServeError> {
+        cfg.validate()?;
+        let mut listeners = Vec::new();
+        for p in &cfg.sockets {
+            match bind(p) {
+                Ok(l) => listeners.push(l),
+                Err(e) => {
+                    // Listener's Drop removes the sockets bound so far.
+                    drop(listeners);
+                    return Err(e);
+                }
+            }
+        }
+        let paths = cfg.sockets.clone();
+        let sw = Switch::new(cfg);
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut ctl = Vec::new();
+        let mut threads = Vec::new();
+        for (idx, listener) in listeners.into_iter().enumerate() {
+            let c = Arc::new(PortCtl {
+                handle: Mutex::new(None),
+            });
+            ctl.push(c.clone());
+            let (sw2, stop2) = (sw.clone(), stop.clone());
+            let t = std::thread::Builder::new()
+                .name(format!("pvnet-port{idx}"))
+                .spawn(move || port_loop(sw2, idx, listener, stop2, c))
+                .map_err(|err| ServeError::Start { port: idx, err })?;
+            threads.push(t);
+        }
+        Ok(Server {
+            sw,
+            stop,
+            ctl,
+            threads,
+            paths,
+        })
+    }
+
+    /// The switch state (ports, counters, FDB).
+    pub fn switch(&self) -> &Arc<Switch> {
+        &self.sw
+    }
+
+    /// The socket paths, by port.
+    pub fn paths(&self) -> &[PathBuf] {
+        &self.paths
+    }
+
+    /// Stops every port (disconnecting frontends), joins the loops and removes the sockets.
+    pub fn shutdown(mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        for (c, p) in self.ctl.iter().zip(self.paths.iter()) {
+            if let Some(h) = lock(&c.handle).as_ref() {
+                h.shutdown();
+            }
+            // Unblock a pending accept().
+            let _ = std::os::unix::net::UnixStream::connect(p);
+        }
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+        for p in &self.paths {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+fn port_loop(
+    sw: Arc<Switch>,
+    idx: usize,
+    mut listener: Listener,
+    stop: Arc<AtomicBool>,
+    ctl: Arc<PortCtl>,
+) {
+    while !stop.load(Ordering::SeqCst) {
+        if let Err(e) = serve_one(&sw, idx, &mut listener, &stop, &ctl) {
+            log::error!("port {idx}: {e}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+fn serve_one(
+    sw: &Arc<Switch>,
+    idx: usize,
+    listener: &mut Listener,
+    stop: &AtomicBool,
+    ctl: &PortCtl,
+) -> io::Result<()> {
+    let dev = Arc::new(NetDevice::new(sw.clone(), idx)?);
+    let mut daemon = VhostUserDaemon::new(format!("pvnet-port{idx}"), dev.clone(), dev.memory())
+        .map_err(|e| io::Error::other(e.to_string()))?;
+    let nq = dev.num_queues() as u64;
+    for (q, h) in daemon.get_epoll_handlers().iter().enumerate() {
+        let w = lock(&dev.workers[q]);
+        h.register_listener(w.wake.as_raw_fd(), EventSet::IN, nq + TOKEN_WAKE)?;
+        h.register_listener(w.timer.as_raw_fd(), EventSet::IN, nq + TOKEN_TIMER)?;
+    }
+    daemon
+        .start(listener)
+        .map_err(|e| io::Error::other(e.to_string()))?;
+    let port = &sw.ports[idx];
+    if stop.load(Ordering::SeqCst) {
+        daemon.request_shutdown();
+    } else {
+        let n = port.connections.fetch_add(1, Ordering::AcqRel) + 1;
+        log::info!("port {idx}: frontend connected (connection {n})");
+        port.connected.store(true, Ordering::Release);
+    }
+    *lock(&ctl.handle) = daemon.shutdown_handle();
+    let res = daemon.wait();
+    *lock(&ctl.handle) = None;
+    // Teardown: leave the switch, stop the workers, revoke the grants, forget the MACs.
+    port.connected.store(false, Ordering::Release);
+    dev.detach();
+    for h in daemon.get_epoll_handlers() {
+        h.send_exit_event();
+    }
+    drop(daemon);
+    let revoked = port.grants.revoke_all();
+    sw.fdb.purge_port(idx);
+    port.features.store(0, Ordering::Release);
+    log::info!("port {idx}: frontend disconnected ({revoked} grants revoked)");
+    res.map_err(|e| io::Error::other(e.to_string()))
+}

@@ -1,0 +1,252 @@
+//! Per-port, per-queue counters.
+//!
+//! Sender-side counters ([`TxStats`]) belong to one queue pair and are written only by that
+//! pair's worker thread; receiver-side counters ([`RxStats`]) belong to one RX queue and are
+//! written only under that queue's lock. Both are relaxed atomics on their own cache lines,
+//! so no counter is a shared hot spot; readers (the stats printer) get a slightly stale but
+//! consistent-enough snapshot.
+
+use crossbeam_utils::CachePadded;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+/// Why a frame (or a chain) was dropped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(usize)]
+pub enum Drop {
+    /// TX chain whose descriptors loop or outnumber the queue (iteration cut short).
+    ChainLoop = 0,
+    /// TX chain with no usable descriptor (empty, bad indirect table).
+    BadChain,
+    /// Write-only descriptor in a TX chain (must be device-readable).
+    WritableInTx,
+    /// A descriptor address outside every grant.
+    NotGranted,
+    /// Chain too short for the virtio-net header plus an Ethernet header.
+    TooShort,
+    /// Frame larger than 64 KiB plus headers.
+    TooLarge,
+    /// Destination RX ring stayed full past the back-pressure bound.
+    RxFullTimeout,
+    /// Flooded copy not delivered to a port whose RX ring was full.
+    FloodFull,
+    /// No destination (no other port attached, or known destination is the source).
+    NoDest,
+    /// Destination RX chain malformed (readable descriptor, not granted, ...).
+    RxBadChain,
+    /// Destination RX buffer too small for the frame (without MRG_RXBUF).
+    RxTooSmall,
+    /// GSO/checksum metadata that cannot be honoured in software.
+    BadOffload,
+}
+
+/// Number of [`Drop`] reasons.
+pub const NR_DROPS: usize = Drop::BadOffload as usize + 1;
+
+impl Drop {
+    /// Every reason, in counter order.
+    pub const ALL: [Drop; NR_DROPS] = [
+        Drop::ChainLoop,
+        Drop::BadChain,
+        Drop::WritableInTx,
+        Drop::NotGranted,
+        Drop::TooShort,
+        Drop::TooLarge,
+        Drop::RxFullTimeout,
+        Drop::FloodFull,
+        Drop::NoDest,
+        Drop::RxBadChain,
+        Drop::RxTooSmall,
+        Drop::BadOffload,
+    ];
+
+    /// Short name used in tables and JSON.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Drop::ChainLoop => "chain_loop",
+            Drop::BadChain => "bad_chain",
+            Drop::WritableInTx => "writable_in_tx",
+            Drop::NotGranted => "not_granted",
+            Drop::TooShort => "too_short",
+            Drop::TooLarge => "too_large",
+            Drop::RxFullTimeout => "rx_full_timeout",
+            Drop::FloodFull => "flood_full",
+            Drop::NoDest => "no_dest",
+            Drop::RxBadChain => "rx_bad_chain",
+            Drop::RxTooSmall => "rx_too_small",
+            Drop::BadOffload => "bad_offload",
+        }
+    }
+}
+
+#[derive(Default)]
+struct TxInner {
+    frames: AtomicU64,
+    bytes: AtomicU64,
+    backpressure: AtomicU64,
+    notifications: AtomicU64,
+    drops: [AtomicU64; NR_DROPS],
+}
+
+/// Counters of one queue pair's transmit side (single writer: the pair's worker).
+#[derive(Default)]
+pub struct TxStats(CachePadded<TxInner>);
+
+fn bump(c: &AtomicU64, n: u64) {
+    // Single writer: a load + store is enough and avoids a locked RMW.
+    c.store(c.load(Relaxed).wrapping_add(n), Relaxed);
+}
+
+impl TxStats {
+    /// A frame of `bytes` (without the virtio header) taken from the guest's TX ring.
+    pub fn frame(&self, bytes: usize) {
+        bump(&self.0.frames, 1);
+        bump(&self.0.bytes, bytes as u64);
+    }
+    /// A sender was held back by a full destination ring.
+    pub fn backpressure(&self) {
+        bump(&self.0.backpressure, 1);
+    }
+    /// The guest was notified of used TX buffers.
+    pub fn notified(&self) {
+        bump(&self.0.notifications, 1);
+    }
+    /// A drop for `reason`.
+    pub fn drop(&self, reason: Drop) {
+        bump(&self.0.drops[reason as usize], 1);
+    }
+    /// Drops counted for `reason` so far.
+    pub fn drops(&self, reason: Drop) -> u64 {
+        self.0.drops[reason as usize].load(Relaxed)
+    }
+    /// Snapshot.
+    pub fn snapshot(&self) -> QueueSnapshot {
+        let mut s = QueueSnapshot {
+            tx_frames: self.0.frames.load(Relaxed),
+            tx_bytes: self.0.bytes.load(Relaxed),
+            backpressure: self.0.backpressure.load(Relaxed),
+            tx_notifications: self.0.notifications.load(Relaxed),
+            ..QueueSnapshot::default()
+        };
+        for (d, c) in s.drops.iter_mut().zip(self.0.drops.iter()) {
+            *d = c.load(Relaxed);
+        }
+        s
+    }
+}
+
+#[derive(Default)]
+struct RxInner {
+    frames: AtomicU64,
+    bytes: AtomicU64,
+    notifications: AtomicU64,
+    drops: [AtomicU64; NR_DROPS],
+}
+
+/// Counters of one RX queue (written only under the queue's lock).
+#[derive(Default)]
+pub struct RxStats(CachePadded<RxInner>);
+
+impl RxStats {
+    /// A frame of `bytes` (without the virtio header) delivered into the ring.
+    pub fn frame(&self, bytes: usize) {
+        bump(&self.0.frames, 1);
+        bump(&self.0.bytes, bytes as u64);
+    }
+    /// The guest was notified of used RX buffers.
+    pub fn notified(&self) {
+        bump(&self.0.notifications, 1);
+    }
+    /// A drop attributed to this RX queue.
+    pub fn drop(&self, reason: Drop) {
+        bump(&self.0.drops[reason as usize], 1);
+    }
+    /// Adds these counters into `s`.
+    pub fn add_to(&self, s: &mut QueueSnapshot) {
+        s.rx_frames += self.0.frames.load(Relaxed);
+        s.rx_bytes += self.0.bytes.load(Relaxed);
+        s.rx_notifications += self.0.notifications.load(Relaxed);
+        for (d, c) in s.drops.iter_mut().zip(self.0.drops.iter()) {
+            *d += c.load(Relaxed);
+        }
+    }
+}
+
+/// A snapshot of one queue pair's counters (both directions).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct QueueSnapshot {
+    pub tx_frames: u64,
+    pub tx_bytes: u64,
+    pub rx_frames: u64,
+    pub rx_bytes: u64,
+    pub backpressure: u64,
+    pub tx_notifications: u64,
+    pub rx_notifications: u64,
+    pub drops: [u64; NR_DROPS],
+}
+
+impl QueueSnapshot {
+    /// Field-wise sum.
+    pub fn add(&mut self, o: &QueueSnapshot) {
+        self.tx_frames += o.tx_frames;
+        self.tx_bytes += o.tx_bytes;
+        self.rx_frames += o.rx_frames;
+        self.rx_bytes += o.rx_bytes;
+        self.backpressure += o.backpressure;
+        self.tx_notifications += o.tx_notifications;
+        self.rx_notifications += o.rx_notifications;
+        for (a, b) in self.drops.iter_mut().zip(o.drops.iter()) {
+            *a += b;
+        }
+    }
+
+    /// Sum of all drop counters.
+    pub fn total_drops(&self) -> u64 {
+        self.drops.iter().sum()
+    }
+
+    /// Drops for one reason.
+    pub fn drops_for(&self, d: Drop) -> u64 {
+        self.drops[d as usize]
+    }
+
+    /// Counters as a JSON object.
+    pub fn to_json(&self) -> serde_json::Value {
+        let drops: serde_json::Map<String, serde_json::Value> = Drop::ALL
+            .iter()
+            .map(|d| (d.name().to_string(), self.drops[*d as usize].into()))
+            .collect();
+        serde_json::json!({
+            "tx_frames": self.tx_frames, "tx_bytes": self.tx_bytes,
+            "rx_frames": self.rx_frames, "rx_bytes": self.rx_bytes,
+            "backpressure": self.backpressure,
+            "tx_notifications": self.tx_notifications,
+            "rx_notifications": self.rx_notifications,
+            "drops": drops,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_add_up() {
+        let t = TxStats::default();
+        let r = RxStats::default();
+        t.frame(100);
+        t.frame(50);
+        t.drop(Drop::TooShort);
+        r.frame(60);
+        r.drop(Drop::FloodFull);
+        let mut s = t.snapshot();
+        r.add_to(&mut s);
+        assert_eq!(
+            (s.tx_frames, s.tx_bytes, s.rx_frames, s.rx_bytes),
+            (2, 150, 1, 60)
+        );
+        assert_eq!(s.total_drops(), 2);
+        assert_eq!(s.drops_for(Drop::TooShort), 1);
+        assert_eq!(s.to_json()["drops"]["flood_full"], 1);
+    }
+}

@@ -1,0 +1,157 @@
+//! The switch's shared state: ports (grant table, RX queue slots, enabled pairs, counters)
+//! and the forwarding database. Lives as long as the process; connections come and go.
+
+use crate::config::Config;
+use crate::fdb::Fdb;
+use crate::stats::{QueueSnapshot, RxStats, TxStats};
+use pvnet_grant::GrantTable;
+use pvnet_locks::AnySpinLock;
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use vhost_user_backend::VringRwLock;
+use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
+use vmm_sys_util::eventfd::EventFd;
+
+/// Guest memory as vhost-user-backend shares it (rings are read through it).
+pub type Gm = GuestMemoryAtomic<GuestMemoryMmap>;
+/// The vring type of every port.
+pub type Vring = VringRwLock<Gm>;
+
+/// An attached RX ring: the vring of the connected guest and its memory (for the ring
+/// itself; buffers go through the port's grant table).
+pub struct RxRing {
+    pub vring: Vring,
+    pub mem: Gm,
+    /// Used index when the guest was last considered for a notification (EVENT_IDX).
+    pub signalled: AtomicU16,
+}
+
+/// One RX queue of a port, reachable by every sending worker.
+pub struct RxSlot {
+    /// The ring, under the `--queue-lock` kind. `None` while no guest has it enabled.
+    pub ring: AnySpinLock<Option<RxRing>>,
+    /// Senders held back by this full ring: woken when the guest posts RX buffers.
+    pub waiters: Mutex<Vec<Arc<EventFd>>>,
+    /// Receive counters (written under `ring`'s lock).
+    pub stats: RxStats,
+}
+
+impl RxSlot {
+    /// Wakes every sender waiting for this ring.
+    pub fn wake_waiters(&self) {
+        // Serialize with a sender that found the ring full and is registering (it holds the
+        // ring lock from its last look at the avail ring until its registration).
+        drop(self.ring.lock());
+        let list = match self.waiters.lock() {
+            Ok(mut l) => std::mem::take(&mut *l),
+            Err(p) => std::mem::take(&mut *p.into_inner()),
+        };
+        for w in list {
+            let _ = w.write(1);
+        }
+    }
+
+    /// Registers `w` to be woken (once) when the guest posts buffers.
+    pub fn add_waiter(&self, w: &Arc<EventFd>) {
+        let mut l = match self.waiters.lock() {
+            Ok(l) => l,
+            Err(p) => p.into_inner(),
+        };
+        if !l.iter().any(|x| Arc::ptr_eq(x, w)) {
+            l.push(w.clone());
+        }
+    }
+}
+
+/// One switch port (one vhost-user socket).
+pub struct Port {
+    pub idx: usize,
+    pub mac: [u8; 6],
+    /// Grants of the connected guest's memory (revoked on disconnect).
+    pub grants: GrantTable,
+    /// RX queues, one per pair.
+    pub rx: Box<[RxSlot]>,
+    /// Per-pair transmit counters.
+    pub tx: Box<[TxStats]>,
+    /// Bit i set: RX queue i is attached and enabled.
+    pub enabled: AtomicU64,
+    /// Virtio features the connected guest acknowledged.
+    pub features: AtomicU64,
+    /// A guest is connected.
+    pub connected: AtomicBool,
+    /// Number of connections accepted so far.
+    pub connections: AtomicU64,
+}
+
+impl Port {
+    /// Number of enabled RX queues.
+    pub fn enabled_pairs(&self) -> u32 {
+        self.enabled.load(Ordering::Acquire).count_ones()
+    }
+
+    /// The RX queue for a frame with flow hash `hash`: the `(hash % n)`-th enabled queue.
+    pub fn pick_queue(&self, hash: u32) -> Option<usize> {
+        let mask = self.enabled.load(Ordering::Acquire);
+        let n = mask.count_ones();
+        if n == 0 {
+            return None;
+        }
+        let mut k = hash % n;
+        let mut m = mask;
+        loop {
+            let bit = m.trailing_zeros() as usize;
+            if k == 0 {
+                return Some(bit);
+            }
+            k -= 1;
+            m &= m - 1;
+        }
+    }
+
+    /// Counters of pair `q`.
+    pub fn queue_snapshot(&self, q: usize) -> QueueSnapshot {
+        let mut s = self.tx.get(q).map(|t| t.snapshot()).unwrap_or_default();
+        if let Some(r) = self.rx.get(q) {
+            r.stats.add_to(&mut s);
+        }
+        s
+    }
+}
+
+/// The whole switch.
+pub struct Switch {
+    pub cfg: Config,
+    pub ports: Vec<Port>,
+    pub fdb: Fdb,
+}
+
+impl Switch {
+    /// Builds the ports of a validated configuration.
+    pub fn new(cfg: Config) -> Arc<Self> {
+        let pairs = usize::from(cfg.queue_pairs);
+        let ports = (0..cfg.sockets.len())
+            .map(|idx| Port {
+                idx,
+                mac: cfg.mac_of(idx),
+                grants: GrantTable::new(cfg.grant_lock),
+                rx: (0..pairs)
+                    .map(|_| RxSlot {
+                        ring: AnySpinLock::new(cfg.queue_lock, None),
+                        waiters: Mutex::new(Vec::new()),
+                        stats: RxStats::default(),
+                    })
+                    .collect(),
+                tx: (0..pairs).map(|_| TxStats::default()).collect(),
+                enabled: AtomicU64::new(0),
+                features: AtomicU64::new(0),
+                connected: AtomicBool::new(false),
+                connections: AtomicU64::new(0),
+            })
+            .collect();
+        Arc::new(Switch {
+            cfg,
+            ports,
+            fdb: Fdb::new(),
+        })
+    }
+}
