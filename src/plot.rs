@@ -64,7 +64,15 @@ struct Axis {
 
 impl Axis {
     /// `log_ratio`: switch to a log scale when max/min of positive data reaches it.
-    fn new(vals: &[f64], from: f64, to: f64, log_ratio: f64, zero_based: bool) -> Axis {
+    /// `tight`: a log axis ends at the data instead of at whole decades.
+    fn new(
+        vals: &[f64],
+        from: f64,
+        to: f64,
+        log_ratio: f64,
+        zero_based: bool,
+        tight: bool,
+    ) -> Axis {
         let fin: Vec<f64> = vals.iter().copied().filter(|v| v.is_finite()).collect();
         let mut lo = fin.iter().copied().fold(f64::INFINITY, f64::min);
         let mut hi = fin.iter().copied().fold(f64::NEG_INFINITY, f64::max);
@@ -72,7 +80,9 @@ impl Axis {
             (lo, hi) = (0.0, 1.0);
         }
         let log = lo > 0.0 && hi / lo >= log_ratio;
-        if log {
+        if log && tight {
+            // Nothing to round: lo > 0 and hi >= lo * log_ratio.
+        } else if log {
             lo = 10f64.powf(lo.log10().floor());
             hi = 10f64.powf(hi.log10().ceil());
             if hi <= lo {
@@ -140,10 +150,19 @@ fn nice_step(range: f64) -> f64 {
 }
 
 fn label(v: f64) -> String {
-    if v != 0.0 && v.abs() < 1.0 {
+    if v.fract() == 0.0 && v.abs() < 1000.0 {
+        format!("{v:.0}")
+    } else if v.abs() < 1.0 {
         format!("{v}")
     } else {
-        report::si(v)
+        // "10.00G" -> "10G", "2.50M" -> "2.5M": tick labels need no trailing zeros.
+        let s = report::si(v);
+        let (num, unit) = s.split_at(s.trim_end_matches(|c: char| c.is_ascii_alphabetic()).len());
+        if num.contains('.') {
+            format!("{}{unit}", num.trim_end_matches('0').trim_end_matches('.'))
+        } else {
+            s
+        }
     }
 }
 
@@ -220,8 +239,8 @@ pub fn lines(c: &Chart, series: &[Series]) -> String {
         .iter()
         .flat_map(|s| s.points.iter().map(|p| p.1))
         .collect();
-    let x = Axis::new(&xs, LEFT + 20.0, W - RIGHT - 20.0, 4.0, false);
-    let y = Axis::new(&ys, H - BOTTOM, TOP, 50.0, true);
+    let x = Axis::new(&xs, LEFT + 20.0, W - RIGHT - 20.0, 4.0, false, true);
+    let y = Axis::new(&ys, H - BOTTOM, TOP, 20.0, true, false);
     let mut out = String::new();
     header(&mut out, c, &y);
     let mut xticks: Vec<f64> = xs.iter().copied().filter(|v| v.is_finite()).collect();
@@ -283,7 +302,7 @@ pub fn bars(c: &Chart, categories: &[String], series: &[Series]) -> String {
         .flat_map(|s| s.points.iter().map(|p| p.1))
         .collect();
     ys.push(0.0);
-    let y = Axis::new(&ys, H - BOTTOM, TOP, f64::INFINITY, true);
+    let y = Axis::new(&ys, H - BOTTOM, TOP, f64::INFINITY, true, false);
     let mut out = String::new();
     header(&mut out, c, &y);
     let ncat = categories.len().max(1) as f64;
