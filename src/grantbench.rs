@@ -160,17 +160,43 @@ struct Memories {
     b: [GuestMemoryMmap; 2],
 }
 
+/// One measurement: operations per second, writer replacements, and the share of the CPU
+/// time the workers could have had that this process got (`cpu`: process CPU time over
+/// wall time × min(threads, CPUs)); a low share means other processes took the CPUs.
+#[derive(Clone, Copy, Debug)]
+struct Sample {
+    ops: f64,
+    writes: u64,
+    cpu: f64,
+}
+
+/// CPU time (user + system) of this process so far, in seconds.
+fn process_cpu_secs() -> f64 {
+    let mut ru = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: getrusage writes a `rusage` into the valid, writable pointer it is given.
+    let rc = unsafe { libc::getrusage(libc::RUSAGE_SELF, ru.as_mut_ptr()) };
+    if rc != 0 {
+        return 0.0;
+    }
+    // SAFETY: zero-initialised and, rc being 0, filled in by getrusage.
+    let ru = unsafe { ru.assume_init() };
+    let t = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
+    t(ru.ru_utime) + t(ru.ru_stime)
+}
+
 /// Runs `threads` workers for `secs`, each calling `work(thread)` (which returns operations
-/// done, or an error) until stopped, with an optional writer; returns (ops/s, writes).
+/// done, or an error) until stopped, with an optional writer.
 fn measure<F>(
     threads: usize,
     secs: f64,
     writer: Option<(&Tables, &Memories, u64)>,
     work: F,
-) -> anyhow::Result<(f64, u64)>
+) -> anyhow::Result<Sample>
 where
     F: Fn(usize) -> Result<u64, pvnet_grant::GrantError> + Sync,
 {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let cpu0 = process_cpu_secs();
     let stop = AtomicBool::new(false);
     let counts: Vec<CachePadded<AtomicU64>> = (0..threads)
         .map(|_| CachePadded::new(AtomicU64::new(0)))
@@ -227,8 +253,14 @@ where
     if let Some(e) = *failed.lock().unwrap_or_else(|p| p.into_inner()) {
         bail!("a grant operation failed during the benchmark: {e}");
     }
+    let cpu = process_cpu_secs() - cpu0;
     let total: u64 = counts.iter().map(|c| c.load(Ordering::Relaxed)).sum();
-    Ok((total as f64 / elapsed.as_secs_f64(), writes))
+    let wall = elapsed.as_secs_f64();
+    Ok(Sample {
+        ops: total as f64 / wall,
+        writes,
+        cpu: cpu / (wall * threads.min(cpus) as f64),
+    })
 }
 
 /// One grant-table measurement: op, size, mode, threads, kind.
@@ -240,7 +272,7 @@ fn measure_grant(
     batched: bool,
     layout: Layout,
     threads: usize,
-) -> anyhow::Result<(f64, u64)> {
+) -> anyhow::Result<Sample> {
     let writer = (args.write_every_ms > 0).then_some((tables, mems, args.write_every_ms));
     let (a, b) = (&tables.a, &tables.b);
     let size = layout.size;
@@ -285,12 +317,12 @@ fn measure_grant(
 }
 
 /// The baseline: the same copies between two local buffers per thread.
-fn measure_memcpy(layout: Layout, threads: usize, secs: f64) -> anyhow::Result<f64> {
+fn measure_memcpy(layout: Layout, threads: usize, secs: f64) -> anyhow::Result<Sample> {
     let span = (layout.batch * layout.stride) as usize;
     let bufs: Vec<std::sync::Mutex<(Vec<u8>, Vec<u8>)>> = (0..threads)
         .map(|_| std::sync::Mutex::new((vec![0x5au8; span], vec![0xa5u8; span])))
         .collect();
-    let (ops, _) = measure(threads, secs, None, |t| {
+    measure(threads, secs, None, |t| {
         let mut guard = bufs[t].lock().unwrap_or_else(|p| p.into_inner());
         let (src, dst) = &mut *guard;
         for i in 0..layout.batch as usize {
@@ -299,16 +331,26 @@ fn measure_memcpy(layout: Layout, threads: usize, secs: f64) -> anyhow::Result<f
             black_box(&mut dst[at]);
         }
         Ok(layout.batch)
-    })?;
-    Ok(ops)
+    })
 }
 
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    match v.len() {
-        0 => 0.0,
-        n if n % 2 == 1 => v[n / 2],
-        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+/// The sample with the median throughput (the upper one of an even count), with the
+/// smallest and largest throughput and the writes of all samples.
+fn summarize(v: &mut [Sample]) -> (Sample, f64, f64, u64) {
+    v.sort_by(|a, b| a.ops.total_cmp(&b.ops));
+    let writes = v.iter().map(|x| x.writes).sum();
+    match (v.first(), v.get(v.len() / 2), v.last()) {
+        (Some(lo), Some(mid), Some(hi)) => (*mid, lo.ops, hi.ops, writes),
+        _ => (
+            Sample {
+                ops: 0.0,
+                writes: 0,
+                cpu: 0.0,
+            },
+            0.0,
+            0.0,
+            writes,
+        ),
     }
 }
 
@@ -354,8 +396,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         tables.push(t);
     }
 
-    let mut grant: BTreeMap<Key, (Vec<f64>, u64)> = BTreeMap::new();
-    let mut memcpy: BTreeMap<(usize, usize), Vec<f64>> = BTreeMap::new();
+    // Per configuration, the memcpy baseline and every kind are measured back to back, and
+    // the whole matrix is repeated `--rounds` times.
+    let mut grant: BTreeMap<Key, Vec<Sample>> = BTreeMap::new();
+    let mut memcpy: BTreeMap<(usize, usize), Vec<Sample>> = BTreeMap::new();
     for _round in 0..args.rounds {
         for &size in &args.sizes {
             let layout = Layout {
@@ -364,18 +408,18 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 batch: u64::from(args.batch),
             };
             for &threads in &args.threads {
-                if args.ops.contains(&Op::Copy) {
-                    let v = measure_memcpy(layout, threads, args.secs)?;
-                    memcpy.entry((size, threads)).or_default().push(v);
-                }
                 for &op in &args.ops {
                     for &batched in modes {
+                        if op == Op::Copy {
+                            let v = measure_memcpy(layout, threads, args.secs)?;
+                            memcpy.entry((size, threads)).or_default().push(v);
+                        }
                         for (li, t) in tables.iter().enumerate() {
-                            let (v, w) =
-                                measure_grant(t, &mems, &args, op, batched, layout, threads)?;
-                            let e = grant.entry((op, size, batched, threads, li)).or_default();
-                            e.0.push(v);
-                            e.1 += w;
+                            let v = measure_grant(t, &mems, &args, op, batched, layout, threads)?;
+                            grant
+                                .entry((op, size, batched, threads, li))
+                                .or_default()
+                                .push(v);
                         }
                     }
                 }
@@ -387,33 +431,25 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let mut rows = Vec::new();
     let mut memcpy_med: BTreeMap<(usize, usize), f64> = BTreeMap::new();
     for ((size, threads), mut v) in memcpy {
-        let (lo, hi) = (
-            v.iter().cloned().fold(f64::MAX, f64::min),
-            v.iter().cloned().fold(0.0, f64::max),
-        );
-        let m = median(&mut v);
-        memcpy_med.insert((size, threads), m);
+        let (m, lo, hi, _) = summarize(&mut v);
+        memcpy_med.insert((size, threads), m.ops);
         rows.push(
             Row::new(
                 "grantbench",
                 &format!("memcpy {size}B"),
                 "memcpy",
                 threads,
-                m,
+                m.ops,
             )
-            .with("op", "memcpy")
             .with("size", size as u64)
-            .with("gbit_s", gbit(m, size))
+            .with("gbit_s", gbit(m.ops, size))
             .with("min", lo as u64)
-            .with("max", hi as u64),
+            .with("max", hi as u64)
+            .with("cpu", m.cpu),
         );
     }
-    for ((op, size, batched, threads, li), (mut v, writes)) in grant {
-        let (lo, hi) = (
-            v.iter().cloned().fold(f64::MAX, f64::min),
-            v.iter().cloned().fold(0.0, f64::max),
-        );
-        let m = median(&mut v);
+    for ((op, size, batched, threads, li), mut v) in grant {
+        let (m, lo, hi, writes) = summarize(&mut v);
         let mode = if batched { "batched" } else { "per-buffer" };
         let op_name = match op {
             Op::Lookup => "lookup",
@@ -424,18 +460,20 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             &format!("{op_name} {size}B {mode}"),
             args.locks[li].as_str(),
             threads,
-            m,
+            m.ops,
         )
-        .with("op", op_name)
         .with("size", size as u64)
         .with("mode", mode);
         if op == Op::Copy {
-            row = row.with("gbit_s", gbit(m, size));
+            row = row.with("gbit_s", gbit(m.ops, size));
             if let Some(&mc) = memcpy_med.get(&(size, threads)) {
-                row = row.with("of_memcpy", if mc > 0.0 { m / mc } else { 0.0 });
+                row = row.with("of_memcpy", if mc > 0.0 { m.ops / mc } else { 0.0 });
             }
         }
-        row = row.with("min", lo as u64).with("max", hi as u64);
+        row = row
+            .with("min", lo as u64)
+            .with("max", hi as u64)
+            .with("cpu", m.cpu);
         if args.write_every_ms > 0 {
             row = row.with("writes", writes);
         }
