@@ -1,0 +1,119 @@
+#!/usr/bin/env bash
+# Compare lock back-ends (and DPDK testpmd as the reference switch) with real guests.
+#
+#   scripts/compare.sh [flags] [-- flags for every scripts/vm2vm.sh run]
+#
+#   --configs LIST    comma-separated GRANT+QUEUE lock pairs, first = baseline of the ratios
+#                     (default percpu+pvqspin,rwlock+qspin,percpu+qspin,rwlock+pvqspin)
+#   --with-testpmd    add DPDK testpmd (installs Debian's dpdk-dev when missing)
+#   --no-testpmd      leave testpmd out (default: included when dpdk-testpmd is installed)
+#   --rounds N        rounds (default 3); each round runs every configuration once, in an
+#                     order rotated per round, so slow drift of the machine hits all alike
+#   --secs N (10) --streams N (1) --queues N (16) --vcpus N (1) --guests 2|3 (2)
+#   --offload on|off (on) --accel auto|kvm|tcg (auto)
+#   --out DIR         results.csv, table.txt, chart.svg (default target/compare/<time>)
+# Prints a table of medians (Gbit/s) with ratios to the first configuration.
+set -euo pipefail
+. "$(dirname "$0")/lib/common.sh"
+
+configs="percpu+pvqspin,rwlock+qspin,percpu+qspin,rwlock+pvqspin"
+testpmd=auto rounds=3 out=""
+vm=(--secs 10 --streams 1 --queues 16 --vcpus 1 --guests 2 --offload on --accel auto)
+setvm() { # flag value: replace the flag's value in vm[]
+  local i
+  for i in "${!vm[@]}"; do [ "${vm[$i]}" = "$1" ] && vm[$((i + 1))]=$2; done
+}
+while [ $# -gt 0 ]; do
+  case $1 in
+    --configs) configs=${2:?}; shift ;;
+    --with-testpmd) testpmd=yes ;;
+    --no-testpmd) testpmd=no ;;
+    --rounds) rounds=${2:?}; shift ;;
+    --secs | --streams | --queues | --vcpus | --guests | --offload | --accel) setvm "$1" "${2:?}"; shift ;;
+    --out) out=${2:?}; shift ;;
+    -h | --help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --) shift; vm+=("$@"); break ;;
+    *) die "unknown flag '$1' (see --help)" ;;
+  esac
+  shift
+done
+[[ $rounds =~ ^[1-9][0-9]*$ ]] || die "--rounds must be a positive integer"
+if [ "$testpmd" = auto ]; then
+  command -v dpdk-testpmd >/dev/null && testpmd=yes || testpmd=no
+fi
+if [ "$testpmd" = yes ] && ! command -v dpdk-testpmd >/dev/null; then
+  ensure_pkgs dpdk-dev librte-net-vhost23 librte-mempool-ring23 || die "cannot install dpdk-testpmd"
+fi
+IFS=, read -r -a cfgs <<<"$configs"
+[ "$testpmd" = yes ] && cfgs+=(testpmd)
+[ -n "$out" ] || out=$PVNET_ROOT/target/compare/$(date +%Y%m%d-%H%M%S)
+mkdir -p "$out"
+
+log "cargo build --release -p pvnet"
+(cd "$PVNET_ROOT" && cargo build --release -q -p pvnet) >&2 || die "cargo build failed"
+
+csv=$out/results.csv
+echo "config,round,gbps,retransmits,status" >"$csv"
+n=${#cfgs[@]}
+for r in $(seq 1 "$rounds"); do
+  for k in $(seq 0 $((n - 1))); do
+    c=${cfgs[$(((k + r - 1) % n))]}
+    if [ "$c" = testpmd ]; then
+      a=(--switch testpmd)
+    else
+      a=(--switch pvnet --grant-lock "${c%%+*}" --queue-lock "${c##*+}" --no-build)
+    fi
+    log "round $r/$rounds: $c"
+    res=$("$PVNET_ROOT/scripts/vm2vm.sh" "${a[@]}" --label "$c" --format csv \
+      --log-dir "$out/logs/$c-r$r" "${vm[@]}") || log "run failed: $c round $r (logs in $out/logs/$c-r$r)"
+    # Sum the clients of this run (1 with --guests 2, 2 with --guests 3).
+    row=$(printf '%s\n' "$res" | awk -F, -v c="$c" -v r="$r" 'NR > 1 && NF >= 16 {g += $14; t += $15; s = $16}
+      END {printf "%s,%s,%.4f,%d,%s\n", c, r, g, t, (s == "" ? "failed" : s)}')
+    echo "$row" >>"$csv"
+    log "  -> $row"
+  done
+done
+
+# ---------------------------------------------------------------- table of medians
+table=$(awk -F, -v order="$(IFS=,; echo "${cfgs[*]}")" '
+  NR > 1 { if ($5 == "ok") v[$1] = v[$1] " " $3; else bad[$1]++ }
+  function median(s,   a, n, i, j, t) {
+    n = split(s, a, " ")
+    for (i = 2; i <= n; i++) for (j = i; j > 1 && a[j - 1] + 0 > a[j] + 0; j--) { t = a[j]; a[j] = a[j - 1]; a[j - 1] = t }
+    if (n == 0) return 0
+    return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
+  }
+  END {
+    m = split(order, cs, ",")
+    printf "%-22s %10s %8s %6s %6s  %s\n", "configuration", "Gbit/s", "ratio", "runs", "failed", "all runs (Gbit/s)"
+    base = median(v[cs[1]])
+    for (i = 1; i <= m; i++) {
+      c = cs[i]; med = median(v[c]); k = split(v[c], tmp, " ")
+      printf "%-22s %10.3f %8s %6d %6d  %s\n", c, med, (base > 0 ? sprintf("%.2fx", med / base) : "-"), k, bad[c] + 0, v[c]
+    }
+  }' "$csv")
+{
+  echo "# scripts/compare.sh --configs $configs --rounds $rounds $([ "$testpmd" = yes ] && echo --with-testpmd) ${vm[*]}"
+  echo "# $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) CPUs, QEMU $("$PVNET_QEMU" --version | awk 'NR==1 {print $4}'), median of $rounds rounds, ratio to the first row"
+  echo "$table"
+} | tee "$out/table.txt"
+
+# ---------------------------------------------------------------- SVG bar chart
+printf '%s\n' "$table" | awk -v title="VM-to-VM iperf3, median Gbit/s ($rounds rounds)" '
+  NR > 1 { n++; name[n] = $1; val[n] = $2 + 0; if (val[n] > max) max = val[n] }
+  END {
+    if (max <= 0) max = 1
+    w = 640; bh = 28; top = 40; left = 170; h = top + n * (bh + 10) + 20
+    printf "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%d\" height=\"%d\" font-family=\"sans-serif\" font-size=\"13\">\n", w, h
+    printf "<rect width=\"100%%\" height=\"100%%\" fill=\"white\"/>\n"
+    printf "<text x=\"10\" y=\"22\" font-size=\"15\">%s</text>\n", title
+    for (i = 1; i <= n; i++) {
+      y = top + (i - 1) * (bh + 10); bw = (w - left - 90) * val[i] / max
+      color = (name[i] == "testpmd") ? "#999999" : (i == 1 ? "#1f77b4" : "#6baed6")
+      printf "<text x=\"%d\" y=\"%d\" text-anchor=\"end\">%s</text>\n", left - 8, y + bh * 0.65, name[i]
+      printf "<rect x=\"%d\" y=\"%d\" width=\"%.1f\" height=\"%d\" fill=\"%s\"/>\n", left, y, bw, bh, color
+      printf "<text x=\"%.1f\" y=\"%d\">%.3f</text>\n", left + bw + 6, y + bh * 0.65, val[i]
+    }
+    print "</svg>"
+  }' >"$out/chart.svg"
+log "results: $csv, $out/table.txt, $out/chart.svg"

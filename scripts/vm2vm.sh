@@ -1,0 +1,288 @@
+#!/usr/bin/env bash
+# VM-to-VM iperf3 through pvnet (or DPDK testpmd as the reference switch).
+#
+#   scripts/vm2vm.sh [flags] [-- extra pvnet flags]
+#
+# Builds pvnet (cargo build --release), starts it on vhost-user sockets in a temp dir, boots
+# QEMU guests (Debian kernel, scripts/guest-image.sh) with N virtio-net queue pairs, runs
+# iperf3 from guest A (10.0.0.1) to guest B (10.0.0.2), prints Gbit/s, retransmits and
+# pvnet's statistics. Every process and socket it starts is cleaned up, also on Ctrl-C.
+#
+# Switch:
+#   --switch pvnet|testpmd   the vhost-user switch (default pvnet)
+#   --grant-lock KIND        pvnet --grant-lock (percpu, percpu-fenced, rwlock, std, parking-lot)
+#   --queue-lock KIND        pvnet --queue-lock (pvqspin, qspin, ticket, tas, std, parking-lot)
+#   --pvnet-arg ARG          one more pvnet flag (repeatable); so is everything after `--`
+#   --no-build               use the existing release binary
+# Guests:
+#   --queues N               queue pairs per guest (default 16); guests run ethtool -L combined N
+#   --vcpus N                vCPUs per guest (default 1; 2 oversubscribes a 2-core host)
+#   --guests 2|3             3: guest C (10.0.0.3) pings A and B, then runs a second iperf3
+#                            client into B at the same time (flooding + learning, 3 ports)
+#   --mem MB                 guest memory (default 512, memfd-backed and shared)
+#   --offload on|off         guest TSO/GSO/checksum offloads (default on)
+#   --accel auto|kvm|tcg     auto (default) boots the guest kernel under KVM once and falls
+#                            back to TCG (-accel tcg,thread=multi -cpu max) when that fails
+# Traffic:
+#   --streams N (1)  --secs N (10)  --repeat N (1)  --reverse (B sends to A)
+# Output:
+#   --format text|json|csv   (default text); --label NAME names the configuration
+#   --log-dir DIR            keep serial consoles and switch output there
+#   --timeout S              give up after S seconds (default: computed from secs/repeat)
+# Exit status: 0 traffic passed, 1 failure, 77 QEMU or the guest image cannot be installed.
+set -euo pipefail
+. "$(dirname "$0")/lib/common.sh"
+
+switch=pvnet grant_lock="" queue_lock="" build=1
+queues=16 vcpus=1 guests=2 mem=512 offload=on accel=auto
+streams=1 secs=10 repeat=1 reverse=0
+format=text label="" log_dir="" timeout_s=""
+pvnet_args=()
+need() { [ $# -ge 2 ] || die "$1 needs a value"; }
+while [ $# -gt 0 ]; do
+  case $1 in
+    --switch) need "$@"; switch=$2; shift ;;
+    --grant-lock) need "$@"; grant_lock=$2; shift ;;
+    --queue-lock) need "$@"; queue_lock=$2; shift ;;
+    --pvnet-arg) need "$@"; pvnet_args+=("$2"); shift ;;
+    --no-build) build=0 ;;
+    --queues) need "$@"; queues=$2; shift ;;
+    --vcpus) need "$@"; vcpus=$2; shift ;;
+    --guests) need "$@"; guests=$2; shift ;;
+    --mem) need "$@"; mem=$2; shift ;;
+    --offload) need "$@"; offload=$2; shift ;;
+    --accel) need "$@"; accel=$2; shift ;;
+    --streams) need "$@"; streams=$2; shift ;;
+    --secs) need "$@"; secs=$2; shift ;;
+    --repeat) need "$@"; repeat=$2; shift ;;
+    --reverse) reverse=1 ;;
+    --format) need "$@"; format=$2; shift ;;
+    --label) need "$@"; label=$2; shift ;;
+    --log-dir) need "$@"; log_dir=$2; shift ;;
+    --timeout) need "$@"; timeout_s=$2; shift ;;
+    -h | --help) sed -n '2,33p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --) shift; pvnet_args+=("$@"); break ;;
+    *) die "unknown flag '$1' (see --help; pvnet flags go after --)" ;;
+  esac
+  shift
+done
+isnum() { [[ $1 =~ ^[0-9]+$ ]] && [ "$1" -ge "${2:-1}" ]; }
+isnum "$queues" && [ "$queues" -le 32 ] || die "--queues must be 1..32"
+isnum "$vcpus" && isnum "$streams" && isnum "$secs" && isnum "$repeat" && isnum "$mem" 64 ||
+  die "--vcpus/--streams/--secs/--repeat/--mem must be positive integers"
+[ "$guests" = 2 ] || [ "$guests" = 3 ] || die "--guests must be 2 or 3"
+case $switch in pvnet | testpmd) ;; *) die "--switch must be pvnet or testpmd" ;; esac
+case $format in text | json | csv) ;; *) die "--format must be text, json or csv" ;; esac
+case $offload in on | off) ;; *) die "--offload must be on or off" ;; esac
+[ "$switch" = testpmd ] && [ "$guests" = 3 ] && die "testpmd io forwarding pairs ports: use --guests 2"
+[ -n "$label" ] || label=$switch${grant_lock:+ $grant_lock}${queue_lock:++$queue_lock}
+[ -n "$timeout_s" ] || timeout_s=$((150 + repeat * (secs + 20)))
+
+# ---------------------------------------------------------------- cleanup
+work=$(mktemp -d /tmp/pvnet-vm.XXXXXX)
+pids=() switch_pid=""
+cleanup() {
+  local p
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  if [ -n "$switch_pid" ] && kill -0 "$switch_pid" 2>/dev/null; then
+    kill -TERM "$switch_pid" 2>/dev/null || true
+    for _ in $(seq 50); do kill -0 "$switch_pid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$switch_pid" 2>/dev/null || true
+  fi
+  for p in "${pids[@]}" $switch_pid; do wait "$p" 2>/dev/null || true; done
+  if [ -n "$log_dir" ]; then mkdir -p "$log_dir" && cp -r "$work"/*.log "$log_dir"/ 2>/dev/null || true; fi
+  rm -rf "$work"
+  [ "$switch" = testpmd ] && rm -rf "/var/run/dpdk/pvnet-$$" 2>/dev/null
+  return 0
+}
+trap cleanup EXIT
+trap 'log "interrupted"; exit 130' INT TERM HUP
+
+# ---------------------------------------------------------------- prerequisites
+ensure_qemu || { echo "SKIP: cannot install QEMU (qemu-system-x86)"; exit "$PVNET_SKIP_RC"; }
+img_env=$("$PVNET_ROOT/scripts/guest-image.sh" --print-env) ||
+  { echo "SKIP: cannot build the guest image"; exit "$PVNET_SKIP_RC"; }
+eval "$img_env"
+acc=$(pick_accel "$accel" "$GUEST_KERNEL" "$GUEST_INITRD")
+vectors=$(qemu_net_vectors "$queues")
+log "QEMU $("$PVNET_QEMU" --version | awk 'NR==1 {print $4}'), accel $acc, vectors=$vectors"
+
+socks=()
+for i in $(seq 0 $((guests - 1))); do socks+=("$work/sock$i"); done
+if [ "$switch" = pvnet ]; then
+  tdir=${CARGO_TARGET_DIR:-$PVNET_ROOT/target}
+  if [ "$build" = 1 ]; then
+    log "cargo build --release -p pvnet"
+    (cd "$PVNET_ROOT" && cargo build --release -q -p pvnet) >&2 || die "cargo build failed"
+  fi
+  bin=$tdir/release/pvnet
+  [ -x "$bin" ] || die "no pvnet binary at $bin (drop --no-build)"
+  cmd=("$bin")
+  for s in "${socks[@]}"; do cmd+=(--socket "$s"); done
+  cmd+=(--queues "$queues" --stats-format json)
+  [ -n "$grant_lock" ] && cmd+=(--grant-lock "$grant_lock")
+  [ -n "$queue_lock" ] && cmd+=(--queue-lock "$queue_lock")
+  cmd+=("${pvnet_args[@]}")
+else
+  [ -z "$grant_lock$queue_lock" ] || die "--grant-lock/--queue-lock are pvnet flags"
+  command -v dpdk-testpmd >/dev/null || ensure_pkgs dpdk-dev librte-net-vhost23 librte-mempool-ring23 ||
+    die "cannot install dpdk-testpmd (Debian package dpdk-dev)"
+  tso=1
+  [ "$offload" = off ] && tso=0
+  # io forwarding port0 <-> port1 on one polling lcore; no hugepages, no PCI.
+  cmd=(dpdk-testpmd -l 0-1 --no-pci --no-huge -m 1024 --file-prefix "pvnet-$$"
+    --vdev "net_vhost0,iface=${socks[0]},queues=$queues,tso=$tso"
+    --vdev "net_vhost1,iface=${socks[1]},queues=$queues,tso=$tso"
+    -- --forward-mode=io --rxq="$queues" --txq="$queues" --nb-cores=1 -a --stats-period 3600
+    "${pvnet_args[@]}")
+fi
+log "starting: ${cmd[*]}"
+"${cmd[@]}" </dev/null >"$work/switch.log" 2>&1 &
+switch_pid=$!
+for _ in $(seq 300); do
+  ok=1
+  for s in "${socks[@]}"; do [ -S "$s" ] || ok=0; done
+  [ "$ok" = 1 ] && break
+  kill -0 "$switch_pid" 2>/dev/null || { tail -20 "$work/switch.log" >&2; die "$switch exited at start"; }
+  sleep 0.1
+done
+[ "$ok" = 1 ] || die "$switch did not create its sockets"
+
+# ---------------------------------------------------------------- guests
+boot() { # index role ip extra-cmdline
+  local i=$1 role=$2 ip=$3 extra=$4 mac
+  mac=$(printf '52:54:00:00:00:%02x' $((i + 1)))
+  # shellcheck disable=SC2046
+  "$PVNET_QEMU" -nodefaults -no-user-config -display none -no-reboot -name "pvnet-g$i" \
+    $(accel_args "$acc") -smp "$vcpus" -m "${mem}M" \
+    -object "memory-backend-memfd,id=mem,size=${mem}M,share=on" -numa node,memdev=mem \
+    -kernel "$GUEST_KERNEL" -initrd "$GUEST_INITRD" \
+    -append "console=ttyS0 quiet loglevel=3 panic=-1 mitigations=off pvnet.role=$role pvnet.ip=$ip/24 pvnet.queues=$queues pvnet.offload=$offload $extra" \
+    -chardev "socket,id=chr0,path=${socks[$i]}" \
+    -netdev "vhost-user,id=net0,chardev=chr0,queues=$queues" \
+    -device "virtio-net-pci,netdev=net0,mac=$mac,mq=on,vectors=$vectors" \
+    -serial "file:$work/guest$i.log" </dev/null >"$work/qemu$i.log" 2>&1 &
+  pids+=($!)
+}
+traffic="pvnet.streams=$streams pvnet.secs=$secs pvnet.repeat=$repeat pvnet.reverse=$reverse"
+boot 1 server 10.0.0.2 ""
+boot 0 client 10.0.0.1 "pvnet.peer=10.0.0.2 pvnet.port=5201 $traffic"
+clients=(0)
+if [ "$guests" = 3 ]; then
+  boot 2 client 10.0.0.3 "pvnet.peer=10.0.0.2 pvnet.port=5202 pvnet.ping=10.0.0.1 $traffic"
+  clients+=(2)
+fi
+log "guests booting ($guests x $vcpus vCPU, $queues queue pairs), timeout ${timeout_s}s"
+
+t0=$SECONDS failed=""
+for c in "${clients[@]}"; do
+  while kill -0 "${pids[$c]}" 2>/dev/null; do
+    if [ $((SECONDS - t0)) -ge "$timeout_s" ]; then failed="timeout after ${timeout_s}s"; break 2; fi
+    kill -0 "$switch_pid" 2>/dev/null || { failed="$switch died"; break 2; }
+    grep -q PVNET-ERROR "$work/guest$c.log" 2>/dev/null && { failed="guest $c error"; break 2; }
+    # A powered-off guest can keep QEMU waiting on its vhost-user backend: done is done.
+    grep -q PVNET-DONE "$work/guest$c.log" 2>/dev/null && break
+    sleep 0.5
+  done
+done
+# Statistics while the guests are still attached, then at exit.
+if [ "$switch" = pvnet ] && kill -0 "$switch_pid" 2>/dev/null; then
+  kill -USR1 "$switch_pid" 2>/dev/null || true
+  sleep 0.5
+fi
+for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+pids=()
+if kill -0 "$switch_pid" 2>/dev/null; then
+  kill -TERM "$switch_pid" 2>/dev/null || true
+  for _ in $(seq 50); do kill -0 "$switch_pid" 2>/dev/null || break; sleep 0.1; done
+fi
+kill -KILL "$switch_pid" 2>/dev/null && log "$switch ignored SIGTERM; killed"
+wait "$switch_pid" 2>/dev/null || true
+switch_pid=""
+
+# ---------------------------------------------------------------- results
+# rows: client round recv_bps sent_bps retransmits
+rows=$(for c in "${clients[@]}"; do
+  awk -v c="$c" '/^PVNET-RESULT/ {
+    for (i = 2; i <= NF; i++) { split($i, kv, "="); v[kv[1]] = kv[2] }
+    print c, v["round"], v["recv_bps"] + 0, v["sent_bps"] + 0, v["retransmits"] + 0 }' \
+    "$work/guest$c.log" 2>/dev/null | tr -d '\r'
+done)
+nres=$(printf '%s\n' "$rows" | grep -c . || true)
+[ -z "$failed" ] && [ "$nres" -lt $((repeat * ${#clients[@]})) ] && failed="missing iperf3 results"
+guest_queues=$(grep -h '^PVNET-NET' "$work/guest0.log" 2>/dev/null | tr -d '\r' |
+  awk '{for (i = 2; i <= NF; i++) if ($i ~ /^queues=/) {sub("queues=", "", $i); print $i + 0; exit}}')
+guest_queues=${guest_queues:-0}
+ping_loss=$(grep -h '^PVNET-PING' "$work"/guest*.log 2>/dev/null | tr -d '\r' |
+  awk '{sub("loss=", "", $3); printf "%s%s:%s", sep, substr($2, 6), $3; sep=" "}')
+# pvnet's statistics: its last JSON report (exit report; one line per port, then the locks).
+stats_json="" bad_drops=0 other_drops=0 log_errors=0
+if [ "$switch" = pvnet ]; then
+  grep -E '^\{' "$work/switch.log" >"$work/stats-all.json" 2>/dev/null || true
+  first=$(grep -nE '"port":0[,}]' "$work/stats-all.json" | tail -1 | cut -d: -f1)
+  if [ -n "$first" ]; then
+    tail -n "+$first" "$work/stats-all.json" >"$work/stats.json"
+    stats_json="[$(paste -sd, "$work/stats.json")]"
+    # Drops caused by bad guest input (malformed chains, addresses outside the grants, bad
+    # offload metadata) vs flow-control drops; counted from each port's "total" object.
+    read -r bad_drops other_drops < <(awk '
+      match($0, /"total":\{[^{}]*\{[^{}]*\}[^{}]*\}/) {
+        t = substr($0, RSTART, RLENGTH); n = split(t, kv, /[{},]/)
+        for (i = 1; i <= n; i++) if (split(kv[i], a, ":") == 2) {
+          k = a[1]; gsub(/"/, "", k)
+          if (k ~ /^(chain_loop|bad_chain|writable_in_tx|not_granted|too_short|too_large|rx_bad_chain|rx_too_small|bad_offload)$/) bad += a[2]
+          else if (k ~ /^(rx_full_timeout|flood_full|no_dest)$/) other += a[2]
+        } }
+      END {print bad + 0, other + 0}' "$work/stats.json")
+  fi
+  log_errors=$(grep -vE '^\{' "$work/switch.log" | grep -cE '(^|[ \[])ERROR[ \]]' || true)
+fi
+gbps_list=$(printf '%s\n' "$rows" | awk 'NF {printf "%s%.3f", sep, $3 / 1e9; sep=" "}')
+# Total per round (sum over clients), then the median over rounds.
+median=$(printf '%s\n' "$rows" | awk 'NF {t[$2] += $3} END {for (r in t) print t[r] / 1e9}' |
+  sort -g | awk '{v[NR] = $1} END {if (NR == 0) print "0"; else if (NR % 2) printf "%.3f", v[(NR + 1) / 2];
+    else printf "%.3f", (v[NR / 2] + v[NR / 2 + 1]) / 2}')
+retr=$(printf '%s\n' "$rows" | awk 'NF {s += $5} END {print s + 0}')
+
+status=ok
+[ -n "$failed" ] && status="failed: $failed"
+case $format in
+  text)
+    echo "== $label: $switch, $guests guests x $vcpus vCPU, $queues queue pairs, offload $offload, accel $acc, $streams stream(s) x ${secs}s x $repeat${reverse:+ }$([ $reverse = 1 ] && echo reverse)"
+    printf '%s\n' "$rows" | awk 'NF {printf "  guest %s round %s: %7.3f Gbit/s received, %7.3f sent, %s retransmits\n", $1, $2, $3 / 1e9, $4 / 1e9, $5}'
+    echo "  median: $median Gbit/s   retransmits: $retr   ping loss: ${ping_loss:-?}   guest queues: $guest_queues   status: $status"
+    if [ "$switch" = pvnet ]; then
+      echo "  pvnet: bad-input drops $bad_drops, flow-control drops $other_drops, ERROR log lines $log_errors"
+      if [ -s "$work/stats.json" ] && command -v python3 >/dev/null; then
+        python3 "$PVNET_ROOT/scripts/lib/stats-table.py" <"$work/stats.json" | sed 's/^/    /'
+      elif [ -s "$work/stats.json" ]; then
+        sed 's/^/    /' "$work/stats.json"
+      else
+        echo "    (no statistics in pvnet's output)"; tail -5 "$work/switch.log" | sed 's/^/    /'
+      fi
+    fi
+    ;;
+  json)
+    rounds_json=$(printf '%s\n' "$rows" | awk 'NF {printf "%s{\"guest\":%s,\"round\":%s,\"gbps\":%.4f,\"sent_gbps\":%.4f,\"retransmits\":%s}", sep, $1, $2, $3 / 1e9, $4 / 1e9, $5; sep=","}')
+    printf '{"label":"%s","switch":"%s","grant_lock":"%s","queue_lock":"%s","queues":%s,"vcpus":%s,"guests":%s,"streams":%s,"secs":%s,"reverse":%s,"offload":"%s","accel":"%s","status":"%s","gbps_median":%s,"retransmits":%s,"ping_loss":"%s","guest_queues":%s,"bad_input_drops":%s,"flow_control_drops":%s,"log_errors":%s,"rounds":[%s],"pvnet_stats":%s}\n' \
+      "$label" "$switch" "$grant_lock" "$queue_lock" "$queues" "$vcpus" "$guests" "$streams" "$secs" \
+      "$([ $reverse = 1 ] && echo true || echo false)" "$offload" "$acc" "$status" "$median" "$retr" \
+      "$ping_loss" "$guest_queues" "$bad_drops" "$other_drops" "$log_errors" "$rounds_json" "${stats_json:-null}"
+    ;;
+  csv)
+    echo "label,switch,grant_lock,queue_lock,queues,vcpus,guests,streams,secs,offload,accel,guest,round,gbps,retransmits,status"
+    printf '%s\n' "$rows" | awk -v p="$label,$switch,$grant_lock,$queue_lock,$queues,$vcpus,$guests,$streams,$secs,$offload,$acc" -v s="$status" \
+      'NF {printf "%s,%s,%s,%.4f,%s,%s\n", p, $1, $2, $3 / 1e9, $5, s}'
+    ;;
+esac
+if [ -n "$failed" ]; then
+  {
+    echo "vm2vm: FAILED ($failed). Last console lines:"
+    for f in "$work"/guest*.log "$work"/qemu*.log "$work"/switch.log; do
+      [ -s "$f" ] && { echo "--- ${f##*/}"; tail -15 "$f"; }
+    done
+  } >&2
+  exit 1
+fi
+awk -v m="$median" 'BEGIN {exit !(m > 0)}' || { echo "vm2vm: FAILED (zero throughput)" >&2; exit 1; }
