@@ -35,8 +35,17 @@ enum Cmd {
 fn main() {
     let cli = match Cli::try_parse() {
         Ok(c) => c,
+        Err(e) if e.use_stderr() => {
+            // A usage error: one line on stderr, exit code 2 (clap's own rendering adds a
+            // usage block and hints over several lines).
+            let msg = e.kind().to_string();
+            let first = e.to_string();
+            let first = first.lines().next().unwrap_or(&msg);
+            eprintln!("pvnet: {}", first.trim_start_matches("error: "));
+            std::process::exit(2);
+        }
         Err(e) => {
-            // clap prints help/version to stdout (exit 0) and usage errors to stderr (exit 2).
+            // Help and version go to stdout, exit 0.
             e.exit();
         }
     };

@@ -183,5 +183,11 @@ fn serve_one(
     sw.fdb.purge_port(idx);
     port.features.store(0, Ordering::Release);
     log::info!("port {idx}: frontend disconnected ({revoked} grants revoked)");
-    res.map_err(|e| io::Error::other(e.to_string()))
+    match res {
+        Ok(())
+        | Err(vhost_user_backend::Error::HandleRequest(
+            vhost::vhost_user::Error::Disconnected | vhost::vhost_user::Error::PartialMessage,
+        )) => Ok(()),
+        Err(e) => Err(io::Error::other(e.to_string())),
+    }
 }
