@@ -279,6 +279,9 @@ fn ns_per_iter() -> f64 {
 struct Sample {
     ops: u64,
     secs: f64,
+    /// CPU time of the workers over wall time: how many cores they actually had (the
+    /// machine may be shared; figures with few cores behind them are not comparable).
+    cores: f64,
     stats: Option<LockStats>,
     writer_lat_ns: Vec<u64>,
 }
@@ -293,10 +296,32 @@ impl Sample {
     }
 }
 
+/// CPU time consumed by the calling thread so far, in seconds.
+fn thread_cpu_secs() -> f64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec; the clock id is a constant the kernel knows.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    if rc != 0 {
+        return 0.0;
+    }
+    ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
+}
+
+/// What [`timed`] measured.
+struct Timed {
+    ops: u64,
+    secs: f64,
+    cpu_secs: f64,
+    side: Vec<u64>,
+}
+
 /// Runs `n` workers (and an optional extra thread, `side`) for `secs`: all start together
-/// at a barrier and stop when the stop flag rises. Returns the summed worker results, the
-/// measured wall time and the side thread's result.
-fn timed<W, S>(n: usize, secs: f64, worker: W, side: Option<S>) -> (u64, f64, Vec<u64>)
+/// at a barrier and stop when the stop flag rises. Returns the summed worker results and
+/// CPU time, the measured wall time and the side thread's result.
+fn timed<W, S>(n: usize, secs: f64, worker: W, side: Option<S>) -> Timed
 where
     W: Fn(usize, &AtomicBool, &Barrier) -> u64 + Sync,
     S: FnOnce(&AtomicBool, &Barrier) -> Vec<u64> + Send,
@@ -307,7 +332,10 @@ where
         let workers: Vec<_> = (0..n)
             .map(|i| {
                 let (worker, stop, barrier) = (&worker, &*stop, &barrier);
-                s.spawn(move || worker(i, stop, barrier))
+                s.spawn(move || {
+                    let ops = worker(i, stop, barrier);
+                    (ops, thread_cpu_secs())
+                })
             })
             .collect();
         let side = side.map(|f| {
@@ -319,11 +347,21 @@ where
         std::thread::sleep(Duration::from_secs_f64(secs));
         stop.store(true, Ordering::Relaxed);
         let elapsed = t0.elapsed().as_secs_f64();
-        let ops = workers.into_iter().map(|h| h.join().unwrap_or(0)).sum();
-        let lat = side
+        let (mut ops, mut cpu_secs) = (0, 0.0);
+        for h in workers {
+            let (o, c) = h.join().unwrap_or((0, 0.0));
+            ops += o;
+            cpu_secs += c;
+        }
+        let side = side
             .map(|h| h.join().unwrap_or_default())
             .unwrap_or_default();
-        (ops, elapsed, lat)
+        Timed {
+            ops,
+            secs: elapsed,
+            cpu_secs,
+            side,
+        }
     })
 }
 
@@ -371,7 +409,7 @@ impl RwTarget for AtomicU64 {
     }
 }
 
-fn measure_rw<L: RwTarget>(lock: &L, n: usize, cfg: &Config, cs: u64) -> (u64, f64, Vec<u64>) {
+fn measure_rw<L: RwTarget>(lock: &L, n: usize, cfg: &Config, cs: u64) -> Timed {
     let worker = |_i: usize, stop: &AtomicBool, barrier: &Barrier| {
         // Register this thread with the lock class and warm the caches before the clock runs.
         black_box(lock.read_op(0));
@@ -420,7 +458,7 @@ impl Rng {
     }
 }
 
-fn measure_spin(lock: &AnySpinLock<u64>, n: usize, cfg: &Config, cs: u64) -> (u64, f64) {
+fn measure_spin(lock: &AnySpinLock<u64>, n: usize, cfg: &Config, cs: u64) -> Timed {
     let preempt = cfg.preempt;
     let worker = |i: usize, stop: &AtomicBool, barrier: &Barrier| {
         let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ ((i as u64 + 1) << 17));
@@ -447,18 +485,17 @@ fn measure_spin(lock: &AnySpinLock<u64>, n: usize, cfg: &Config, cs: u64) -> (u6
         }
         ops
     };
-    let (ops, secs, _) = timed(
+    timed(
         n,
         cfg.secs,
         worker,
         None::<fn(&AtomicBool, &Barrier) -> Vec<u64>>,
-    );
-    (ops, secs)
+    )
 }
 
 fn one(lock: BenchLock, n: usize, cfg: &Config, cs: u64) -> anyhow::Result<Sample> {
     let before = lock.stats();
-    let (ops, secs, writer_lat_ns) = match lock {
+    let t = match lock {
         BenchLock::Rw(k) => {
             let l = CachePadded::new(AnyRwLock::new(k, 0u64));
             measure_rw(&*l, n, cfg, cs)
@@ -473,14 +510,15 @@ fn one(lock: BenchLock, n: usize, cfg: &Config, cs: u64) -> anyhow::Result<Sampl
         }
         BenchLock::Spin(k) => {
             let l = CachePadded::new(AnySpinLock::new(k, 0u64));
-            let (ops, secs) = measure_spin(&l, n, cfg, cs);
+            let t = measure_spin(&l, n, cfg, cs);
             let counted = *l.lock();
             anyhow::ensure!(
-                counted == ops,
-                "{}: mutual exclusion violated: counter {counted} after {ops} increments",
-                lock.name()
+                counted == t.ops,
+                "{}: mutual exclusion violated: counter {counted} after {} increments",
+                lock.name(),
+                t.ops
             );
-            (ops, secs, Vec::new())
+            t
         }
     };
     let stats = match (before, lock.stats()) {
@@ -488,10 +526,15 @@ fn one(lock: BenchLock, n: usize, cfg: &Config, cs: u64) -> anyhow::Result<Sampl
         _ => None,
     };
     Ok(Sample {
-        ops,
-        secs,
+        ops: t.ops,
+        secs: t.secs,
+        cores: if t.secs > 0.0 {
+            t.cpu_secs / t.secs
+        } else {
+            0.0
+        },
         stats,
-        writer_lat_ns,
+        writer_lat_ns: t.side,
     })
 }
 
@@ -573,7 +616,8 @@ fn summarise(lock: BenchLock, n: usize, group: &str, s: &mut [Sample], cfg: &Con
     let med = &s[s.len() / 2];
     let mut row = Row::new("lockbench", group, lock.name(), n, med.rate())
         .with("min", s[0].rate().round() as u64)
-        .with("max", s[s.len() - 1].rate().round() as u64);
+        .with("max", s[s.len() - 1].rate().round() as u64)
+        .with("cores", (med.cores * 100.0).round() / 100.0);
     if cfg.write_every.is_some() {
         let mut lat: Vec<u64> = s
             .iter()
@@ -689,6 +733,7 @@ mod tests {
             assert_eq!((r.threads, r.lock.as_str()), (t, l));
             assert!(r.ops_per_sec > 0.0, "{r:?}");
             assert!(r.extra.contains_key("w_p99_us"), "{r:?}");
+            assert!(r.extra["cores"].as_f64().is_some_and(|c| c > 0.0), "{r:?}");
         }
         assert_eq!(rows[0].ratio, 1.0);
         let csv = report::render(&rows, Format::Csv);
