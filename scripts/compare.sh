@@ -11,13 +11,15 @@
 #                     order rotated per round, so slow drift of the machine hits all alike
 #   --secs N (10) --streams N (1) --queues N (16) --vcpus N (1) --guests 2|3 (2)
 #   --offload on|off (on) --accel auto|kvm|tcg (auto)
+#   --pvnet-bin PATH  use this pvnet binary instead of building one
 #   --out DIR         results.csv, table.txt, chart.svg (default target/compare/<time>)
 # Prints a table of medians (Gbit/s) with ratios to the first configuration.
 set -euo pipefail
+# shellcheck source=scripts/lib/common.sh
 . "$(dirname "$0")/lib/common.sh"
 
 configs="percpu+pvqspin,rwlock+qspin,percpu+qspin,rwlock+pvqspin"
-testpmd=auto rounds=3 out=""
+testpmd=auto rounds=3 out="" pvnet_bin=""
 vm=(--secs 10 --streams 1 --queues 16 --vcpus 1 --guests 2 --offload on --accel auto)
 setvm() { # flag value: replace the flag's value in vm[]
   local i
@@ -31,7 +33,8 @@ while [ $# -gt 0 ]; do
     --rounds) rounds=${2:?}; shift ;;
     --secs | --streams | --queues | --vcpus | --guests | --offload | --accel) setvm "$1" "${2:?}"; shift ;;
     --out) out=${2:?}; shift ;;
-    -h | --help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --pvnet-bin) pvnet_bin=${2:?}; shift ;;
+    -h | --help) usage "$0"; exit 0 ;;
     --) shift; vm+=("$@"); break ;;
     *) die "unknown flag '$1' (see --help)" ;;
   esac
@@ -49,8 +52,11 @@ IFS=, read -r -a cfgs <<<"$configs"
 [ -n "$out" ] || out=$PVNET_ROOT/target/compare/$(date +%Y%m%d-%H%M%S)
 mkdir -p "$out"
 
-log "cargo build --release -p pvnet"
-(cd "$PVNET_ROOT" && cargo build --release -q -p pvnet) >&2 || die "cargo build failed"
+if [ -z "$pvnet_bin" ]; then
+  log "cargo build --release -p pvnet"
+  (cd "$PVNET_ROOT" && cargo build --release -q -p pvnet) >&2 || die "cargo build failed"
+  pvnet_bin=${CARGO_TARGET_DIR:-$PVNET_ROOT/target}/release/pvnet
+fi
 
 csv=$out/results.csv
 echo "config,round,gbps,retransmits,status" >"$csv"
@@ -61,7 +67,7 @@ for r in $(seq 1 "$rounds"); do
     if [ "$c" = testpmd ]; then
       a=(--switch testpmd)
     else
-      a=(--switch pvnet --grant-lock "${c%%+*}" --queue-lock "${c##*+}" --no-build)
+      a=(--switch pvnet --grant-lock "${c%%+*}" --queue-lock "${c##*+}" --pvnet-bin "$pvnet_bin")
     fi
     log "round $r/$rounds: $c"
     res=$("$PVNET_ROOT/scripts/vm2vm.sh" "${a[@]}" --label "$c" --format csv \

@@ -13,6 +13,7 @@
 # dependency, or $PVNET_KERNEL_PKG) is fetched with `apt-get download` and unpacked with
 # `dpkg-deb -x` under target/guest/.
 set -euo pipefail
+# shellcheck source=scripts/lib/common.sh
 . "$(dirname "$0")/lib/common.sh"
 
 print_env=0 force=0
@@ -20,7 +21,7 @@ while [ $# -gt 0 ]; do
   case $1 in
     --print-env) print_env=1 ;;
     --force) force=1 ;;
-    -h | --help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h | --help) usage "$0"; exit 0 ;;
     *) die "unknown flag $1 (see --help)" ;;
   esac
   shift

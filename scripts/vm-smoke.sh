@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # CI smoke test: real QEMU + the real Linux virtio-net driver through pvnet.
 #
-#   scripts/vm-smoke.sh [--accel auto|kvm|tcg] [--keep-logs DIR]
+#   scripts/vm-smoke.sh [--accel auto|kvm|tcg] [--keep-logs DIR] [--pvnet-bin PATH]
 #
 # Two guests, 16 queue pairs each, ping and a 3-second iperf3 through a release build of pvnet.
 # Passes when: the guests ping each other without loss, iperf3 moves data (> 0 Gbit/s), the
@@ -12,14 +12,16 @@
 # Exit status: 0 pass; 1 fail (with the reason and the consoles' last lines);
 # 77 SKIP (a needed component, e.g. QEMU, cannot be installed here; a "SKIP:" line says which).
 set -uo pipefail
+# shellcheck source=scripts/lib/common.sh
 . "$(dirname "$0")/lib/common.sh"
 
-accel=auto keep=""
+accel=auto keep="" bin=""
 while [ $# -gt 0 ]; do
   case $1 in
     --accel) accel=${2:?}; shift ;;
     --keep-logs) keep=${2:?}; shift ;;
-    -h | --help) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --pvnet-bin) bin=${2:?}; shift ;;
+    -h | --help) usage "$0"; exit 0 ;;
     *) echo "vm-smoke: unknown flag $1" >&2; exit 2 ;;
   esac
   shift
@@ -28,6 +30,7 @@ done
 t0=$SECONDS
 args=(--queues 16 --guests 2 --secs 3 --streams 2 --format json --timeout 300 --accel "$accel")
 [ -n "$keep" ] && args+=(--log-dir "$keep")
+[ -n "$bin" ] && args+=(--pvnet-bin "$bin")
 out=$("$PVNET_ROOT/scripts/vm2vm.sh" "${args[@]}")
 rc=$?
 if [ "$rc" = "$PVNET_SKIP_RC" ]; then

@@ -14,6 +14,7 @@
 #   --queue-lock KIND        pvnet --queue-lock (pvqspin, qspin, ticket, tas, std, parking-lot)
 #   --pvnet-arg ARG          one more pvnet flag (repeatable); so is everything after `--`
 #   --no-build               use the existing release binary
+#   --pvnet-bin PATH         run this pvnet binary (no build)
 # Guests:
 #   --queues N               queue pairs per guest (default 16); guests run ethtool -L combined N
 #   --vcpus N                vCPUs per guest (default 1; 2 oversubscribes a 2-core host)
@@ -31,9 +32,10 @@
 #   --timeout S              give up after S seconds (default: computed from secs/repeat)
 # Exit status: 0 traffic passed, 1 failure, 77 QEMU or the guest image cannot be installed.
 set -euo pipefail
+# shellcheck source=scripts/lib/common.sh
 . "$(dirname "$0")/lib/common.sh"
 
-switch=pvnet grant_lock="" queue_lock="" build=1
+switch=pvnet grant_lock="" queue_lock="" build=1 pvnet_bin=""
 queues=16 vcpus=1 guests=2 mem=512 offload=on accel=auto
 streams=1 secs=10 repeat=1 reverse=0
 format=text label="" log_dir="" timeout_s=""
@@ -46,6 +48,7 @@ while [ $# -gt 0 ]; do
     --queue-lock) need "$@"; queue_lock=$2; shift ;;
     --pvnet-arg) need "$@"; pvnet_args+=("$2"); shift ;;
     --no-build) build=0 ;;
+    --pvnet-bin) need "$@"; pvnet_bin=$2; build=0; shift ;;
     --queues) need "$@"; queues=$2; shift ;;
     --vcpus) need "$@"; vcpus=$2; shift ;;
     --guests) need "$@"; guests=$2; shift ;;
@@ -60,7 +63,7 @@ while [ $# -gt 0 ]; do
     --label) need "$@"; label=$2; shift ;;
     --log-dir) need "$@"; log_dir=$2; shift ;;
     --timeout) need "$@"; timeout_s=$2; shift ;;
-    -h | --help) sed -n '2,33p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h | --help) usage "$0"; exit 0 ;;
     --) shift; pvnet_args+=("$@"); break ;;
     *) die "unknown flag '$1' (see --help; pvnet flags go after --)" ;;
   esac
@@ -115,7 +118,7 @@ if [ "$switch" = pvnet ]; then
     log "cargo build --release -p pvnet"
     (cd "$PVNET_ROOT" && cargo build --release -q -p pvnet) >&2 || die "cargo build failed"
   fi
-  bin=$tdir/release/pvnet
+  bin=${pvnet_bin:-$tdir/release/pvnet}
   [ -x "$bin" ] || die "no pvnet binary at $bin (drop --no-build)"
   cmd=("$bin")
   for s in "${socks[@]}"; do cmd+=(--socket "$s"); done
@@ -238,7 +241,6 @@ if [ "$switch" = pvnet ]; then
   fi
   log_errors=$(grep -vE '^\{' "$work/switch.log" | grep -cE '(^|[ \[])ERROR[ \]]' || true)
 fi
-gbps_list=$(printf '%s\n' "$rows" | awk 'NF {printf "%s%.3f", sep, $3 / 1e9; sep=" "}')
 # Total per round (sum over clients), then the median over rounds.
 median=$(printf '%s\n' "$rows" | awk 'NF {t[$2] += $3} END {for (r in t) print t[r] / 1e9}' |
   sort -g | awk '{v[NR] = $1} END {if (NR == 0) print "0"; else if (NR % 2) printf "%.3f", v[(NR + 1) / 2];
@@ -249,7 +251,7 @@ status=ok
 [ -n "$failed" ] && status="failed: $failed"
 case $format in
   text)
-    echo "== $label: $switch, $guests guests x $vcpus vCPU, $queues queue pairs, offload $offload, accel $acc, $streams stream(s) x ${secs}s x $repeat${reverse:+ }$([ $reverse = 1 ] && echo reverse)"
+    echo "== $label: $switch, $guests guests x $vcpus vCPU, $queues queue pairs, offload $offload, accel $acc, $streams stream(s) x ${secs}s x $repeat round(s)$([ $reverse = 1 ] && echo ", reverse")"
     printf '%s\n' "$rows" | awk 'NF {printf "  guest %s round %s: %7.3f Gbit/s received, %7.3f sent, %s retransmits\n", $1, $2, $3 / 1e9, $4 / 1e9, $5}'
     echo "  median: $median Gbit/s   retransmits: $retr   ping loss: ${ping_loss:-?}   guest queues: $guest_queues   status: $status"
     if [ "$switch" = pvnet ]; then

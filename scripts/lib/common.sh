@@ -11,7 +11,7 @@ PVNET_ROOT=${PVNET_ROOT:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)}
 PVNET_GUEST_DIR=${PVNET_GUEST_DIR:-$PVNET_ROOT/target/guest}
 PVNET_QEMU=${PVNET_QEMU:-qemu-system-x86_64}
 # Exit code for "a needed component cannot be installed here" (automake's SKIP convention).
-PVNET_SKIP_RC=77
+export PVNET_SKIP_RC=77
 
 log() { echo "[$(date +%H:%M:%S)] $*" >&2; }
 die() { echo "ERROR: $*" >&2; exit 1; }
@@ -148,3 +148,6 @@ accel_args() {
     *) echo "-accel tcg,thread=multi -cpu max" ;;
   esac
 }
+
+# usage SCRIPT: print the script's header comment (from line 2 to the first non-comment line).
+usage() { awk 'NR > 1 && /^#/ {sub(/^# ?/, ""); print; next} NR > 1 {exit}' "$1"; }
