@@ -17,6 +17,7 @@ pub mod device;
 pub mod fdb;
 pub mod net;
 pub mod report;
+mod rx;
 pub mod server;
 pub mod stats;
 pub mod switch;
