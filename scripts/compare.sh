@@ -23,7 +23,9 @@ testpmd=auto rounds=3 out="" pvnet_bin=""
 vm=(--secs 10 --streams 1 --queues 16 --vcpus 1 --guests 2 --offload on --accel auto)
 setvm() { # flag value: replace the flag's value in vm[]
   local i
-  for i in "${!vm[@]}"; do [ "${vm[$i]}" = "$1" ] && vm[$((i + 1))]=$2; done
+  for i in "${!vm[@]}"; do
+    if [ "${vm[$i]}" = "$1" ]; then vm[i + 1]=$2; fi
+  done
 }
 while [ $# -gt 0 ]; do
   case $1 in

@@ -34,7 +34,7 @@ args=(--queues 16 --guests 2 --secs 3 --streams 2 --format json --timeout 300 --
 out=$("$PVNET_ROOT/scripts/vm2vm.sh" "${args[@]}")
 rc=$?
 if [ "$rc" = "$PVNET_SKIP_RC" ]; then
-  echo "SKIP: vm-smoke: $(printf '%s\n' "$out" | grep -m1 SKIP || echo 'a component could not be installed')"
+  echo "SKIP: vm-smoke: $(printf '%s\n' "$out" | grep -m1 '^SKIP' | sed 's/^SKIP: *//' || true)"
   exit "$PVNET_SKIP_RC"
 fi
 echo "$out" | cut -c1-400
