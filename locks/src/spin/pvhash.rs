@@ -38,11 +38,14 @@ struct Line([Entry; ENTRIES_PER_LINE]);
 impl Line {
     #[cfg(not(loom))]
     const fn new() -> Self {
-        const E: Entry = Entry {
-            lock: AtomicUsize::new(0),
-            node: AtomicU32::new(0),
-        };
-        Line([E; ENTRIES_PER_LINE])
+        Line(
+            [const {
+                Entry {
+                    lock: AtomicUsize::new(0),
+                    node: AtomicU32::new(0),
+                }
+            }; ENTRIES_PER_LINE],
+        )
     }
 
     #[cfg(loom)]

@@ -112,9 +112,15 @@ fn key(lock: &AtomicU32) -> usize {
     lock as *const AtomicU32 as usize
 }
 
+/// True on every `mask + 1`-th iteration (`mask` is 2^k - 1; 0 means every iteration).
+#[inline]
+fn every(i: u32, mask: u32) -> bool {
+    i & mask == 0
+}
+
 #[inline]
 fn bump(node: &Node, i: u32) {
-    if i & HEARTBEAT_MASK == 0 {
+    if every(i, HEARTBEAT_MASK) {
         let hb = node.heartbeat.load(Ordering::Relaxed);
         node.heartbeat.store(hb.wrapping_add(1), Ordering::Relaxed);
     }
@@ -164,7 +170,7 @@ impl Hooks for Pv {
             if v & TAIL_MASK == 0 || v & PENDING_VAL != 0 {
                 return false;
             }
-            ep.relax();
+            ep.relax_bounded();
         }
         false
     }
@@ -180,7 +186,7 @@ impl Hooks for Pv {
                     return;
                 }
                 bump(node, i);
-                if i & PV_PREV_CHECK_MASK == 0 {
+                if every(i, PV_PREV_CHECK_MASK) {
                     if prev.state.load(Ordering::Relaxed) != RUNNING {
                         early = true;
                         break;
@@ -197,7 +203,7 @@ impl Hooks for Pv {
                         stale = 0;
                     }
                 }
-                ep.relax();
+                ep.relax_bounded();
             }
 
             // [S] state = HALTED; MB; [L] locked  -- pairs with kick_node.
@@ -252,7 +258,7 @@ impl Hooks for Pv {
                     return v;
                 }
                 bump(node, i);
-                ep.relax();
+                ep.relax_bounded();
             }
             lock.fetch_and(!PENDING_VAL, Ordering::Relaxed);
 

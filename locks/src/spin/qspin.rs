@@ -64,9 +64,21 @@ pub(crate) struct Episode {
 }
 
 impl Episode {
+    /// One iteration of an unbounded spin-wait (yields under loom so the model progresses).
     #[inline]
     pub(crate) fn relax(&mut self) {
         self.spins += 1;
+        spin_hint();
+    }
+
+    /// One iteration of a spin loop bounded by a threshold. Under loom it does not yield
+    /// (a loom yield lets every other thread run first, so the threshold would never run
+    /// out and the halt paths would stay unexplored); the atomics in the loop are
+    /// preemption points anyway.
+    #[inline]
+    pub(crate) fn relax_bounded(&mut self) {
+        self.spins += 1;
+        #[cfg(not(loom))]
         spin_hint();
     }
 }
