@@ -11,8 +11,8 @@
 //! lock path.
 //!
 //! Under `--cfg loom` the shared state lives in `loom::lazy_static!` and the index in a
-//! `loom::thread_local!`, so every model execution starts from a fresh registry and index
-//! reuse is model-checked too.
+//! `loom::thread_local!`, so every model execution starts from a fresh registry; indices
+//! are not reused there (see `state`).
 
 use crate::sync::Ordering;
 
@@ -40,25 +40,28 @@ mod state {
 #[cfg(loom)]
 mod state {
     use crate::sync::AtomicUsize;
-    use loom::sync::Mutex;
 
+    // Only the high-water mark is modelled. loom cannot run model operations in a
+    // thread-local destructor, so under loom indices are never given back: every model
+    // thread takes a fresh one with a single atomic increment.
     loom::lazy_static! {
         static ref HIGH_WATER: AtomicUsize = AtomicUsize::new(0);
-        static ref FREE: Mutex<Vec<usize>> = Mutex::new(Vec::new());
     }
 
     pub(super) fn high_water() -> &'static AtomicUsize {
         &HIGH_WATER
-    }
-
-    pub(super) fn with_free<R>(f: impl FnOnce(&mut Vec<usize>) -> R) -> R {
-        f(&mut FREE.lock().unwrap_or_else(|e| e.into_inner()))
     }
 }
 
 struct ThreadIndex(usize);
 
 impl ThreadIndex {
+    #[cfg(loom)]
+    fn acquire() -> ThreadIndex {
+        ThreadIndex(state::high_water().fetch_add(1, Ordering::AcqRel))
+    }
+
+    #[cfg(not(loom))]
     fn acquire() -> ThreadIndex {
         state::with_free(|free| {
             if let Some(pos) = free
@@ -87,6 +90,8 @@ impl Drop for ThreadIndex {
     fn drop(&mut self) {
         // An index whose per-thread lock state is still in use (a leaked read guard, or one
         // that a later thread-local destructor still holds) is never handed out again.
+        // (Under loom nothing is given back: see `state`.)
+        #[cfg(not(loom))]
         if crate::rw::percpu::thread_exit(self.0) {
             state::with_free(|free| free.push(self.0));
         }

@@ -7,10 +7,12 @@
 use crate::sync::spin_hint;
 
 /// Spin rounds (doubling) before the back-off starts yielding.
+#[cfg(not(loom))]
 const SPIN_ROUNDS: u32 = 6;
 
 #[derive(Default)]
 pub(crate) struct Backoff {
+    #[cfg(not(loom))]
     step: u32,
     /// Total spin iterations (for the lock counters).
     pub(crate) spins: u64,

@@ -159,6 +159,7 @@ loom::thread_local! {
 }
 
 /// Called by the registry when a thread releases `idx`; `false` retires the index.
+#[cfg_attr(loom, allow(dead_code))]
 pub(crate) fn thread_exit(idx: usize) -> bool {
     let Some(b) = table().get(idx) else {
         return true;
@@ -436,7 +437,6 @@ impl<const FENCED: bool> RawPerCpuRwLock<FENCED> {
     }
 }
 
-#[cfg(not(loom))]
 impl<const FENCED: bool> Default for RawPerCpuRwLock<FENCED> {
     fn default() -> Self {
         Self::new()

@@ -192,7 +192,6 @@ impl RawPlainRwLock {
     }
 }
 
-#[cfg(not(loom))]
 impl Default for RawPlainRwLock {
     fn default() -> Self {
         Self::new()
