@@ -2,6 +2,10 @@
 
 use pvnet_locks::{RwLockKind, SpinLockKind};
 use std::path::PathBuf;
+use std::time::Duration;
+
+/// Default [`Config::backpressure_bound`].
+pub const DEFAULT_BACKPRESSURE_BOUND: Duration = Duration::from_secs(1);
 
 /// Most queue pairs per port: `queues_per_thread` masks are 64-bit and every pair uses two
 /// bits (RX, TX).
@@ -49,6 +53,9 @@ pub struct Config {
     pub macs: Vec<[u8; 6]>,
     /// MTU advertised in config space (feature MTU) when set.
     pub mtu: Option<u16>,
+    /// Longest time a full destination RX ring holds a sender back before the frame is
+    /// dropped (and the ring is treated as stalled until its guest posts buffers).
+    pub backpressure_bound: Duration,
 }
 
 impl Default for Config {
@@ -61,6 +68,7 @@ impl Default for Config {
             queue_lock: SpinLockKind::Pvqspin,
             macs: Vec::new(),
             mtu: None,
+            backpressure_bound: DEFAULT_BACKPRESSURE_BOUND,
         }
     }
 }

@@ -4,7 +4,9 @@
 //! Back-pressure: when a unicast destination ring is full the TX chain is put back on the TX
 //! ring (`go_to_previous_position`), the worker registers its wake eventfd with the RX slot
 //! and arms a timer; the destination's RX kick (guest posted buffers) wakes it, the timer
-//! bounds the wait to [`BLOCK_BOUND`], after which that frame is dropped and counted.
+//! bounds the wait to `Config::backpressure_bound`, after which that frame is dropped and
+//! counted and the ring is marked stalled: frames for it are dropped at once (no more
+//! waiting) until its guest posts buffers again.
 //! Flooded copies to a full port are dropped (counted) at once.
 
 use crate::device::NetDevice;
@@ -26,8 +28,6 @@ use vm_memory::{Bytes, GuestAddress, GuestAddressSpace, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use vmm_sys_util::timerfd::TimerFd;
 
-/// Longest time a full destination ring may hold a sender back before the frame is dropped.
-pub const BLOCK_BOUND: Duration = Duration::from_millis(200);
 /// TX chains handled per batch (one grant hold, one notification round).
 const BATCH: usize = 64;
 /// Frame bytes (after the virtio header) read up front for switching and hashing.
@@ -49,6 +49,8 @@ pub struct Worker {
     /// Bounds back-pressure waits.
     pub timer: TimerFd,
     blocked_since: Option<Instant>,
+    /// RX queue of the destination that held this worker back.
+    full_q: usize,
     /// Length of the frame `forward` last parsed (counted once the chain is consumed).
     frame_len: usize,
     segs: Vec<(u64, u32)>,
@@ -74,6 +76,7 @@ impl Worker {
             wake: Arc::new(EventFd::new(EFD_NONBLOCK)?),
             timer,
             blocked_since: None,
+            full_q: 0,
             frame_len: 0,
             segs: Vec::with_capacity(64),
             rxsegs: Vec::with_capacity(64),
@@ -363,8 +366,12 @@ impl NetDevice {
         let now = Instant::now();
         let since = *w.blocked_since.get_or_insert(now);
         let waited = now.duration_since(since);
-        if waited >= BLOCK_BOUND {
+        let bound = self.sw.cfg.backpressure_bound;
+        if waited >= bound {
             w.unblock();
+            if let Some(slot) = self.sw.ports[d].rx.get(w.full_q) {
+                slot.stalled.store(true, Ordering::Release);
+            }
             w.drop_frame(port, Drop::RxFullTimeout);
             return Outcome::Done;
         }
@@ -379,7 +386,7 @@ impl NetDevice {
         );
         let _ = w
             .timer
-            .reset(BLOCK_BOUND - waited + Duration::from_millis(1), None);
+            .reset(bound - waited + Duration::from_millis(1), None);
         Outcome::Blocked
     }
 
@@ -512,11 +519,19 @@ impl NetDevice {
                     w.touched.push((d, q));
                 }
             }
-            Deliver::Full => slot.add_waiter(&w.wake),
+            Deliver::Full if slot.stalled.load(Ordering::Acquire) => {
+                // Its guest has not posted buffers for a whole bound: do not wait again.
+                return Deliver::Dropped(Drop::RxFullTimeout);
+            }
+            Deliver::Full => {
+                w.full_q = q;
+                slot.add_waiter(&w.wake);
+            }
             Deliver::NotReady => {
                 dport.enabled.fetch_and(!(1u64 << q), Ordering::AcqRel);
             }
-            Deliver::Dropped(reason) => slot.stats.drop(reason),
+            // Counted by the caller (sender side).
+            Deliver::Dropped(_) => {}
         }
         res
     }

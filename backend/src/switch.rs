@@ -34,6 +34,9 @@ pub struct RxSlot {
     pub waiters: Mutex<Vec<Arc<EventFd>>>,
     /// Receive counters (written under `ring`'s lock).
     pub stats: RxStats,
+    /// A sender already waited the full back-pressure bound on this ring: further frames
+    /// are dropped at once until the guest posts RX buffers again.
+    pub stalled: AtomicBool,
 }
 
 impl RxSlot {
@@ -42,6 +45,7 @@ impl RxSlot {
         // Serialize with a sender that found the ring full and is registering (it holds the
         // ring lock from its last look at the avail ring until its registration).
         drop(self.ring.lock());
+        self.stalled.store(false, Ordering::Release);
         let list = match self.waiters.lock() {
             Ok(mut l) => std::mem::take(&mut *l),
             Err(p) => std::mem::take(&mut *p.into_inner()),
@@ -139,6 +143,7 @@ impl Switch {
                         ring: AnySpinLock::new(cfg.queue_lock, None),
                         waiters: Mutex::new(Vec::new()),
                         stats: RxStats::default(),
+                        stalled: AtomicBool::new(false),
                     })
                     .collect(),
                 tx: (0..pairs).map(|_| TxStats::default()).collect(),
