@@ -71,6 +71,7 @@ impl TryFrom<&Args> for Config {
             queue_lock: a.queue_lock,
             macs,
             mtu: a.mtu,
+            ..Config::default()
         };
         cfg.validate()?;
         Ok(cfg)
