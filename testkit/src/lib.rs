@@ -1,1 +1,39 @@
-//! placeholder
+//! pvnet-testkit: an in-process vhost-user *frontend* (the part QEMU plays) plus a minimal
+//! split-ring virtio-net driver (the part the guest kernel plays), for driving a vhost-user
+//! net device over its real Unix socket from tests and benchmarks.
+//!
+//! * Guest memory lives in several `memfd` regions (two adjacent ones, then a gap, then a high
+//!   one above 4 GiB) that are passed to the device with `SET_MEM_TABLE`, exactly as QEMU does
+//!   with `memory-backend-memfd,share=on`.
+//! * [`TestGuest`] negotiates features, sets up `2 * queue_pairs` rings (RX ring of pair `i` is
+//!   vring `2*i`, TX ring is `2*i + 1`), posts RX buffers and TX chains like a guest, honours
+//!   `VIRTIO_RING_F_EVENT_IDX` in both directions, and reassembles mergeable RX buffers.
+//! * [`TestGuest::send_chain`] places arbitrary, possibly hostile, descriptor chains, for
+//!   bad-input tests.
+//! * [`frames`] builds Ethernet / IPv4 / IPv6 / TCP / UDP frames with correct checksums and
+//!   parses and verifies them.
+//!
+//! A `TestGuest` is used from one thread; run several in parallel threads for multi-port tests.
+
+mod config;
+mod error;
+pub mod frames;
+mod guest;
+mod hdr;
+mod mem;
+mod ring;
+
+pub use config::{features, GuestConfig, NetConfig};
+pub use error::Error;
+pub use guest::{RawDesc, RawNext, RxFrame, TestGuest};
+pub use hdr::VirtioNetHdr;
+
+/// Index of the RX vring of queue pair `pair`.
+pub const fn rx_queue_index(pair: u16) -> usize {
+    2 * pair as usize
+}
+
+/// Index of the TX vring of queue pair `pair`.
+pub const fn tx_queue_index(pair: u16) -> usize {
+    2 * pair as usize + 1
+}
