@@ -87,13 +87,13 @@ fn hammer(kind: SpinLockKind, threads: usize, iters: usize, max_cs: u32) {
 #[test]
 fn pvqspin_32_threads() {
     let _serial = serial();
-    hammer(SpinLockKind::Pvqspin, 32, 2000, 100);
+    hammer(SpinLockKind::Pvqspin, 32, 500, 100);
 }
 
 #[test]
 fn pvqspin_64_threads() {
     let _serial = serial();
-    hammer(SpinLockKind::Pvqspin, 64, 500, 50);
+    hammer(SpinLockKind::Pvqspin, 64, 200, 50);
 }
 
 /// FIFO kinds (qspin, ticket) hand the lock to the next waiter even when it is descheduled,
@@ -102,26 +102,26 @@ fn pvqspin_64_threads() {
 #[test]
 fn qspin_16_threads() {
     let _serial = serial();
-    hammer(SpinLockKind::Qspin, 16, 12, 100);
+    hammer(SpinLockKind::Qspin, 16, 6, 100);
 }
 
 #[test]
 fn ticket_16_threads() {
     let _serial = serial();
-    hammer(SpinLockKind::Ticket, 16, 12, 100);
+    hammer(SpinLockKind::Ticket, 16, 6, 100);
 }
 
 #[test]
 fn tas_16_threads() {
     let _serial = serial();
-    hammer(SpinLockKind::Tas, 16, 1000, 100);
+    hammer(SpinLockKind::Tas, 16, 300, 100);
 }
 
 #[test]
 fn std_and_parking_lot_32_threads() {
     let _serial = serial();
-    hammer(SpinLockKind::Std, 32, 1000, 100);
-    hammer(SpinLockKind::ParkingLot, 32, 1000, 100);
+    hammer(SpinLockKind::Std, 32, 300, 100);
+    hammer(SpinLockKind::ParkingLot, 32, 300, 100);
 }
 
 /// Threads are descheduled while holding the PV lock and while waiting for it; the exact
@@ -130,7 +130,7 @@ fn std_and_parking_lot_32_threads() {
 fn pvqspin_descheduled_holders_and_waiters() {
     let _serial = serial();
     const THREADS: usize = 24;
-    const ITERS: usize = 400;
+    const ITERS: usize = 250;
     let before = spin_stats(SpinLockKind::Pvqspin);
     let lock = Arc::new(PvQSpinLock::new(()));
     let counter = Arc::new(Racy(UnsafeCell::new(0)));
