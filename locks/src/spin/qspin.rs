@@ -41,7 +41,7 @@
 //! * MCS hand-off: `next.locked = 1` is `Release`, the waiter's poll is `Acquire`; the
 //!   successor link `prev.next` is `Release`/`Acquire`.
 //!
-//! The slow path is generic over [`Hooks`] (Linux includes `qspinlock.c` twice with the
+//! The slow path is generic over `Hooks` (Linux includes `qspinlock.c` twice with the
 //! `pv_*` hooks defined as no-ops or as the paravirt versions): the PV lock reuses it.
 
 use super::node::{decode_tail, Claim, Node, TAIL_MASK};
