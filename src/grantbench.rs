@@ -20,6 +20,7 @@
 //! `--rounds` times; the median is reported with min and max beside it. Every operation must
 //! succeed, so a broken table cannot produce a figure.
 
+use crate::plot;
 use crate::report::{self, Format, Row};
 use anyhow::{bail, Context as _};
 use crossbeam_utils::CachePadded;
@@ -91,7 +92,9 @@ pub struct Args {
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Table)]
     pub format: Format,
-    /// Also write an SVG plot of the results to this file (not available yet).
+    /// Also write an SVG plot to this file: ops/s against threads, one line per lock and
+    /// group (bars when one thread count). Narrow the run (e.g. `--sizes 64 --ops lookup
+    /// --mode per-buffer`) for a readable chart.
     #[arg(long)]
     pub plot: Option<PathBuf>,
 }
@@ -360,9 +363,6 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if args.locks.is_empty() || args.threads.is_empty() || args.sizes.is_empty() {
         bail!("--locks, --threads and --sizes need at least one value");
     }
-    if args.plot.is_some() {
-        bail!("--plot is not available in grantbench yet");
-    }
     let modes: &[bool] = match args.mode {
         Mode::PerBuffer => &[false],
         Mode::Batched => &[true],
@@ -481,5 +481,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     report::compute_ratios(&mut rows);
     print!("{}", report::render(&rows, args.format));
+    if let Some(path) = &args.plot {
+        let title = "pvnet grantbench: grant-table lookups and copies per rwlock kind";
+        let several = rows.iter().any(|r| r.threads != rows[0].threads);
+        let svg = if several {
+            plot::svg_lines(&rows, title)
+        } else {
+            plot::svg_bars(&rows, title)
+        };
+        std::fs::write(path, svg).with_context(|| format!("writing plot to {}", path.display()))?;
+    }
     Ok(())
 }
