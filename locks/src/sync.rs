@@ -2,11 +2,14 @@
 //! `--cfg loom`. Every algorithm file takes its synchronisation primitives from here, so the
 //! code that is model-checked is the code that ships.
 
+// Not every algorithm uses every primitive in every configuration.
 #[cfg(loom)]
+#[allow(unused_imports)]
 pub(crate) use loom::sync::atomic::{
     fence, AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering,
 };
 #[cfg(not(loom))]
+#[allow(unused_imports)]
 pub(crate) use std::sync::atomic::{
     fence, AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering,
 };
