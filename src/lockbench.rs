@@ -368,7 +368,8 @@ where
     })
 }
 
-/// What the rw benchmark needs from a lock.
+/// What the rw benchmark needs from a lock. `read_op` is inlined into the measuring loop
+/// for every lock alike, so the figures hold no call overhead of the harness.
 trait RwTarget: Sync {
     /// Read-lock, read the value, spin `cs` iterations, unlock.
     fn read_op(&self, cs: u64) -> u64;
@@ -377,7 +378,7 @@ trait RwTarget: Sync {
 }
 
 impl RwTarget for AnyRwLock<u64> {
-    #[inline]
+    #[inline(always)]
     fn read_op(&self, cs: u64) -> u64 {
         let g = self.read();
         busy(cs);
@@ -389,7 +390,7 @@ impl RwTarget for AnyRwLock<u64> {
 }
 
 impl RwTarget for ShardedLock<u64> {
-    #[inline]
+    #[inline(always)]
     fn read_op(&self, cs: u64) -> u64 {
         let g = self.read().unwrap_or_else(|e| e.into_inner());
         busy(cs);
@@ -401,7 +402,7 @@ impl RwTarget for ShardedLock<u64> {
 }
 
 impl RwTarget for AtomicU64 {
-    #[inline]
+    #[inline(always)]
     fn read_op(&self, cs: u64) -> u64 {
         let v = self.load(Ordering::Relaxed);
         busy(cs);
