@@ -148,10 +148,17 @@ impl TestGuest {
             )));
         }
         let nq = 2 * u64::from(cfg.queue_pairs);
+        // Retry until the device accepts and answers: a listener that is about to be replaced
+        // (a device restarting after the previous frontend left) may accept and then reset.
         let deadline = Instant::now() + CONNECT_TIMEOUT;
-        let mut frontend = loop {
-            match Frontend::connect(socket, nq) {
-                Ok(f) => break f,
+        let (mut frontend, offered) = loop {
+            let attempt = Frontend::connect(socket, nq).and_then(|f| {
+                f.set_owner()?;
+                let offered = f.get_features()?;
+                Ok((f, offered))
+            });
+            match attempt {
+                Ok(ok) => break ok,
                 Err(source) if Instant::now() >= deadline => {
                     return Err(Error::Connect {
                         path: socket.to_path_buf(),
@@ -161,8 +168,6 @@ impl TestGuest {
                 Err(_) => std::thread::sleep(Duration::from_millis(10)),
             }
         };
-        vh("SET_OWNER", frontend.set_owner())?;
-        let offered = vh("GET_FEATURES", frontend.get_features())?;
         let acked = (cfg.features | features::PROTOCOL_FEATURES) & offered;
         let mut protocol = VhostUserProtocolFeatures::empty();
         if acked & features::PROTOCOL_FEATURES != 0 {
