@@ -141,6 +141,15 @@ impl TestGuest {
     /// plus `VHOST_USER_F_PROTOCOL_FEATURES`), protocol features (MQ, REPLY_ACK, CONFIG,
     /// CONFIGURE_MEM_SLOTS where offered), memory table, every vring, and enables all rings.
     pub fn connect(socket: &Path, cfg: GuestConfig) -> Result<TestGuest, Error> {
+        Self::connect_with_timeout(socket, cfg, CONNECT_TIMEOUT)
+    }
+
+    /// [`Self::connect`] with a chosen retry deadline for the socket to appear and answer.
+    pub fn connect_with_timeout(
+        socket: &Path,
+        cfg: GuestConfig,
+        timeout: Duration,
+    ) -> Result<TestGuest, Error> {
         if cfg.queue_pairs == 0 || cfg.queue_pairs > 0x4000 {
             return Err(Error::InvalidArgument(format!(
                 "queue_pairs {}",
@@ -150,7 +159,7 @@ impl TestGuest {
         let nq = 2 * u64::from(cfg.queue_pairs);
         // Retry until the device accepts and answers: a listener that is about to be replaced
         // (a device restarting after the previous frontend left) may accept and then reset.
-        let deadline = Instant::now() + CONNECT_TIMEOUT;
+        let deadline = Instant::now() + timeout;
         let (mut frontend, offered) = loop {
             let attempt = Frontend::connect(socket, nq).and_then(|f| {
                 f.set_owner()?;

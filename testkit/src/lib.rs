@@ -14,6 +14,29 @@
 //!   parses and verifies them.
 //!
 //! A `TestGuest` is used from one thread; run several in parallel threads for multi-port tests.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use pvnet_testkit::{frames, GuestConfig, TestGuest, VirtioNetHdr};
+//!
+//! # fn main() -> Result<(), pvnet_testkit::Error> {
+//! let cfg = GuestConfig { queue_pairs: 4, ..GuestConfig::default() };
+//! let mut g = TestGuest::connect(std::path::Path::new("/tmp/pvnet0.sock"), cfg)?;
+//! for pair in 0..4 {
+//!     g.post_rx(pair, 256, 2048)?; // mergeable RX buffers, re-posted automatically
+//! }
+//! let f = frames::ipv4_udp(
+//!     [2, 0, 0, 0, 0, 1], frames::BROADCAST, [10, 0, 0, 1], [10, 0, 0, 255], 7, 7, b"hi",
+//! );
+//! g.send(0, &VirtioNetHdr::plain(), &f)?;
+//! let got = g.recv_until(None, 1, Duration::from_secs(5))?; // Vec<(pair, RxFrame)>
+//! println!("{} frames, rx/tx notifications on pair 0: {:?}", got.len(), g.notifications(0));
+//! g.disconnect();
+//! # Ok(())
+//! # }
+//! ```
+
+#![deny(missing_docs)]
 
 mod config;
 mod error;

@@ -515,7 +515,33 @@ fn config_enable_and_raw_chains() {
 fn connect_fails_cleanly_without_a_device() {
     let p = Path::new("/nonexistent-dir/none.sock");
     assert!(matches!(
-        TestGuest::connect(p, GuestConfig::default()),
+        TestGuest::connect_with_timeout(p, GuestConfig::default(), Duration::from_millis(100)),
         Err(Error::Connect { .. })
     ));
+}
+
+#[test]
+fn guests_in_parallel_threads() {
+    let handles: Vec<_> = (0..3u16)
+        .map(|i| {
+            std::thread::spawn(move || {
+                let (path, server) = serve(2, DEVICE, 1);
+                let cfg = GuestConfig {
+                    queue_pairs: 2,
+                    mac: [2, 0, 0, 0, 1, i as u8],
+                    tx_split: i % 2 == 1,
+                    ..GuestConfig::default()
+                };
+                let mut g = TestGuest::connect(&path, cfg).expect("connect");
+                g.post_rx(0, 64, 1024).unwrap();
+                g.post_rx(1, 64, 1024).unwrap();
+                exchange(&mut g, 2, &varied_sizes(200));
+                g.disconnect();
+                server.join().expect("server");
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().expect("guest thread");
+    }
 }
