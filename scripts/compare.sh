@@ -13,7 +13,8 @@
 #   --offload on|off (on) --accel auto|kvm|tcg (auto)
 #   --pvnet-bin PATH  use this pvnet binary instead of building one
 #   --out DIR         results.csv, table.txt, chart.svg (default target/compare/<time>)
-# Prints a table of medians (Gbit/s) with ratios to the first configuration.
+# Prints a table of medians (Gbit/s) with ratios to the first configuration, and pvnet's
+# queue-lock counters (spins, halts) averaged per run.
 set -euo pipefail
 # shellcheck source=scripts/lib/common.sh
 . "$(dirname "$0")/lib/common.sh"
@@ -61,7 +62,15 @@ if [ -z "$pvnet_bin" ]; then
 fi
 
 csv=$out/results.csv
-echo "config,round,gbps,retransmits,status" >"$csv"
+echo "config,round,gbps,retransmits,status,qlock_slow_paths,qlock_spins,qlock_halts" >"$csv"
+# Queue-lock counters of one run: the last lock report in pvnet's output ("0,0,0" if none).
+qlock() {
+  grep -h '"queue_lock"' "$1" 2>/dev/null | tail -1 | sed 's/.*"queue_lock"//' |
+    awk '{n = split("slow_paths spins halts", k, " "); out = ""
+      for (i = 1; i <= n; i++) { v = 0; if (match($0, "\"" k[i] "\":[0-9]+")) { v = substr($0, RSTART, RLENGTH); sub(/.*:/, "", v) }
+        out = out (i > 1 ? "," : "") v }
+      print out} END {if (NR == 0) print "0,0,0"}'
+}
 n=${#cfgs[@]}
 for r in $(seq 1 "$rounds"); do
   for k in $(seq 0 $((n - 1))); do
@@ -77,6 +86,7 @@ for r in $(seq 1 "$rounds"); do
     # Sum the clients of this run (1 with --guests 2, 2 with --guests 3).
     row=$(printf '%s\n' "$res" | awk -F, -v c="$c" -v r="$r" 'NR > 1 && NF >= 16 {g += $14; t += $15; s = $16}
       END {printf "%s,%s,%.4f,%d,%s\n", c, r, g, t, (s == "" ? "failed" : s)}')
+    row="$row,$(qlock "$out/logs/$c-r$r/switch.log")"
     echo "$row" >>"$csv"
     log "  -> $row"
   done
@@ -84,7 +94,7 @@ done
 
 # ---------------------------------------------------------------- table of medians
 table=$(awk -F, -v order="$(IFS=,; echo "${cfgs[*]}")" '
-  NR > 1 { if ($5 == "ok") v[$1] = v[$1] " " $3; else bad[$1]++ }
+  NR > 1 { if ($5 == "ok") v[$1] = v[$1] " " $3; else bad[$1]++; sp[$1] += $7; ha[$1] += $8; nr[$1]++ }
   function median(s,   a, n, i, j, t) {
     n = split(s, a, " ")
     for (i = 2; i <= n; i++) for (j = i; j > 1 && a[j - 1] + 0 > a[j] + 0; j--) { t = a[j]; a[j] = a[j - 1]; a[j - 1] = t }
@@ -93,11 +103,11 @@ table=$(awk -F, -v order="$(IFS=,; echo "${cfgs[*]}")" '
   }
   END {
     m = split(order, cs, ",")
-    printf "%-22s %10s %8s %6s %6s  %s\n", "configuration", "Gbit/s", "ratio", "runs", "failed", "all runs (Gbit/s)"
+    printf "%-22s %10s %8s %6s %6s %12s %10s  %s\n", "configuration", "Gbit/s", "ratio", "runs", "failed", "qlock_spins", "qlock_halts", "all runs (Gbit/s)"
     base = median(v[cs[1]])
     for (i = 1; i <= m; i++) {
       c = cs[i]; med = median(v[c]); k = split(v[c], tmp, " ")
-      printf "%-22s %10.3f %8s %6d %6d  %s\n", c, med, (base > 0 ? sprintf("%.2fx", med / base) : "-"), k, bad[c] + 0, v[c]
+      printf "%-22s %10.3f %8s %6d %6d %12d %10d  %s\n", c, med, (base > 0 ? sprintf("%.2fx", med / base) : "-"), k, bad[c] + 0, (nr[c] ? sp[c] / nr[c] : 0), (nr[c] ? ha[c] / nr[c] : 0), v[c]
     }
   }' "$csv")
 {

@@ -13,7 +13,7 @@
 #   pvnet.streams=1 pvnet.secs=10 pvnet.repeat=1 pvnet.reverse=0
 #   pvnet.ping=IP,IP         client: extra addresses to ping first (flooding/learning)
 #   pvnet.json=1             client: also print iperf3's JSON between markers
-# Console markers (one per line): PVNET-PROBE-OK, PVNET-NET, PVNET-READY, PVNET-PING,
+# Console markers (one per line): PVNET-INIT, PVNET-PROBE-OK, PVNET-NET, PVNET-READY, PVNET-PING,
 # PVNET-RESULT, PVNET-JSON-BEGIN/END, PVNET-ERROR, PVNET-DONE.
 export PATH=/bin:/sbin:/usr/bin:/usr/sbin
 mount -t proc proc /proc
@@ -31,6 +31,7 @@ off() { echo PVNET-DONE; sync; sleep 0.3; poweroff -f; sleep 5; }
 fail() { echo "PVNET-ERROR $*"; off; }
 
 role=$(arg role server)
+echo "PVNET-INIT role=$role"
 if [ "$role" = probe ]; then echo PVNET-PROBE-OK; off; fi
 
 for m in virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci \
