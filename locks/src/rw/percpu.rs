@@ -145,44 +145,57 @@ fn table() -> &'static [CachePadded<Block>] {
     &TABLE
 }
 
-const NO_INDEX: usize = usize::MAX;
-
-// The retired index of a thread that released its registry index with a slot in use.
-// Const-initialised and without destructor, so it stays readable during thread teardown.
+// This thread's block, cached so the fast path needs one plain thread-local load (no
+// lazy-initialisation or destructor-state check). Const-initialised and without destructor,
+// so it stays readable during thread teardown. Set on first use from the registry index;
+// cleared when the index goes back to the registry; kept (the block stays this thread's)
+// when the index is retired because a slot is still in use.
 #[cfg(not(loom))]
 thread_local! {
-    static ORPHAN: Cell<usize> = const { Cell::new(NO_INDEX) };
+    static MINE: Cell<*const Block> = const { Cell::new(std::ptr::null()) };
 }
 #[cfg(loom)]
 loom::thread_local! {
-    static ORPHAN: Cell<usize> = Cell::new(NO_INDEX);
+    static MINE: Cell<*const Block> = Cell::new(std::ptr::null());
 }
 
-/// Called by the registry when a thread releases `idx`; `false` retires the index.
+/// Called by the registry, on the exiting thread, when it releases `idx`; `false` retires
+/// the index.
 #[cfg_attr(loom, allow(dead_code))]
 pub(crate) fn thread_exit(idx: usize) -> bool {
     let Some(b) = table().get(idx) else {
         return true;
     };
     if b.is_empty() {
+        let _ = MINE.try_with(|m| m.set(std::ptr::null()));
         return true;
     }
     log::warn!(
         "pvnet-locks: a thread exits with a per-CPU read lock still held (leaked guard?); \
          thread index {idx} is retired"
     );
-    let _ = ORPHAN.try_with(|c| c.set(idx));
     false
 }
 
 /// This thread's block, if it has one.
 #[inline]
 fn my_block() -> Option<&'static Block> {
-    let idx = match registry::current() {
-        Some(i) => i,
-        None => ORPHAN.try_with(Cell::get).unwrap_or(NO_INDEX),
-    };
-    table().get(idx).map(|b| &**b)
+    let p = MINE.try_with(Cell::get).unwrap_or(std::ptr::null());
+    if p.is_null() {
+        return my_block_slow();
+    }
+    // SAFETY: `MINE` only ever holds a pointer into the never-freed `TABLE`, to the block of
+    // this thread's (live or retired) index.
+    Some(unsafe { &*p })
+}
+
+#[cold]
+fn my_block_slow() -> Option<&'static Block> {
+    // During teardown, after the index went back to the registry, `current()` is `None`:
+    // the caller then uses the underlying lock.
+    let b: &'static Block = table().get(registry::current()?)?;
+    let _ = MINE.try_with(|m| m.set(b as *const Block));
+    Some(b)
 }
 
 /// Raw per-CPU rwlock; `FENCED = true` is `percpu-fenced`, `false` is `percpu` (asymmetric
