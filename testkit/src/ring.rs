@@ -285,4 +285,91 @@ mod tests {
         assert_eq!(r.free_descs(), 4);
         assert_eq!(r.in_flight(), 0);
     }
+
+    fn ring(event_idx: bool) -> (GuestMem, DriverRing, GuestMemoryMmap<()>) {
+        let mut mem = GuestMem::new(1 << 20).unwrap();
+        let r = DriverRing::new(&mut mem, 8, event_idx).unwrap();
+        let m = mem.mem().clone();
+        (mem, r, m)
+    }
+
+    #[test]
+    fn kicks_follow_avail_event() {
+        let (_mem, mut r, m) = ring(true);
+        let avail_event = ga(r.used + 4 + 8 * 8);
+        // Device wants a kick once idx passes 2 (i.e. when entry 2 is published).
+        m.write_obj(2u16, avail_event).unwrap();
+        for expect in [0, 0, 1, 1] {
+            r.add_chain(&m, &[(0x2000, 10, 0)], &[], vec![]).unwrap();
+            r.publish(&m).unwrap();
+            assert_eq!(r.kicks, expect);
+        }
+        // A publish with nothing new never kicks.
+        r.publish(&m).unwrap();
+        assert_eq!(r.kicks, 1);
+    }
+
+    #[test]
+    fn kicks_follow_no_notify_flag() {
+        let (_mem, mut r, m) = ring(false);
+        m.write_obj(VRING_USED_F_NO_NOTIFY as u16, ga(r.used))
+            .unwrap();
+        r.add_chain(&m, &[(0x2000, 10, 0)], &[], vec![]).unwrap();
+        r.publish(&m).unwrap();
+        assert_eq!(r.kicks, 0);
+        m.write_obj(0u16, ga(r.used)).unwrap();
+        r.add_chain(&m, &[(0x2000, 10, 0)], &[], vec![]).unwrap();
+        r.publish(&m).unwrap();
+        assert_eq!(r.kicks, 1);
+        assert_eq!(r.kick.read().unwrap(), 1);
+    }
+
+    #[test]
+    fn used_event_and_interrupt_suppression() {
+        let (_mem, mut r, m) = ring(true);
+        let used_event = ga(r.avail + 4 + 2 * 8);
+        for _ in 0..3 {
+            r.add_chain(&m, &[(0x2000, 10, 0)], &[], vec![]).unwrap();
+        }
+        r.publish(&m).unwrap();
+        m.write_obj(2u16, ga(r.used + 2)).unwrap();
+        assert_eq!(r.harvest(&m).unwrap().len(), 2);
+        // Published: notify me for entry 2 onwards.
+        assert_eq!(m.read_obj::<u16>(used_event).unwrap(), 2);
+        r.set_suppress(&m, true).unwrap();
+        assert_eq!(m.read_obj::<u16>(used_event).unwrap(), 1);
+        assert!(!r.arm(&m).unwrap());
+        m.write_obj(3u16, ga(r.used + 2)).unwrap();
+        assert!(r.arm(&m).unwrap());
+
+        let (_mem, mut r, m) = ring(false);
+        r.set_suppress(&m, true).unwrap();
+        assert_eq!(
+            m.read_obj::<u16>(ga(r.avail)).unwrap(),
+            VRING_AVAIL_F_NO_INTERRUPT as u16
+        );
+        r.set_suppress(&m, false).unwrap();
+        assert_eq!(m.read_obj::<u16>(ga(r.avail)).unwrap(), 0);
+    }
+
+    #[test]
+    fn raw_next_fields() {
+        let (_mem, mut r, m) = ring(false);
+        let h = r
+            .add_chain(
+                &m,
+                &[(0x2000, 1, 1), (0x3000, 1, 1)],
+                &[None, Some(NextSlot::Chain(0))],
+                vec![],
+            )
+            .unwrap();
+        let d0: Descriptor = m.read_obj(ga(r.desc + 16 * u64::from(h))).unwrap();
+        let d1: Descriptor = m.read_obj(ga(r.desc + 16 * u64::from(d0.next()))).unwrap();
+        assert_eq!(d1.next(), h, "loop back to the head");
+        let h2 = r
+            .add_chain(&m, &[(0x2000, 1, 1)], &[Some(NextSlot::Raw(999))], vec![])
+            .unwrap();
+        let d: Descriptor = m.read_obj(ga(r.desc + 16 * u64::from(h2))).unwrap();
+        assert_eq!(d.next(), 999);
+    }
 }
