@@ -485,3 +485,74 @@ unsafe impl lock_api::RawMutex for RawPvQSpinLock {
         RawPvQSpinLock::is_locked(self)
     }
 }
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+    use crate::spin::node::Claim;
+    use std::sync::Arc;
+
+    #[test]
+    fn lock_word_constants() {
+        assert_eq!(SLOW_VAL & LOCKED_MASK, SLOW_VAL);
+        assert_eq!(
+            SLOW_VAL & LOCKED_VAL,
+            LOCKED_VAL,
+            "SLOW keeps the lock held"
+        );
+        assert_eq!(SLOW_VAL & PENDING_VAL, 0);
+        assert_ne!(HALTED, RUNNING);
+        assert_ne!(HASHED, HALTED);
+    }
+
+    /// A waiter that finds the lock held long enough hashes itself, sets _Q_SLOW_VAL and
+    /// sleeps; the unlock takes the slow path, and wakes it exactly once.
+    #[test]
+    fn slow_unlock_wakes_the_hashed_head() {
+        let l = Arc::new(RawPvQSpinLock::new());
+        let before = crate::stats::spin_stats(SpinLockKind::Pvqspin);
+        l.lock();
+        let l2 = l.clone();
+        let h = std::thread::spawn(move || {
+            l2.lock();
+            // SAFETY: held.
+            unsafe { l2.unlock() };
+        });
+        while l.val.load(Ordering::Relaxed) & LOCKED_MASK != SLOW_VAL {
+            std::thread::yield_now();
+        }
+        // SAFETY: held by this thread since the start.
+        unsafe { l.unlock() };
+        h.join().unwrap();
+        assert_eq!(l.val.load(Ordering::Relaxed), 0);
+        let d = crate::stats::spin_stats(SpinLockKind::Pvqspin).since(&before);
+        assert!(d.halts >= 1 && d.kicks >= 1, "{d:?}");
+        assert_eq!(
+            pv_unhash(key(&l.val)),
+            None,
+            "the entry was removed by the unlock"
+        );
+    }
+
+    /// With all four nodes of the thread busy, a contended lock is still acquired (by
+    /// spinning on the lock word, Linux's >4 nesting fallback).
+    #[test]
+    fn no_free_node_falls_back_to_spinning() {
+        let l = Arc::new(RawPvQSpinLock::new());
+        l.lock();
+        let l2 = l.clone();
+        let h = std::thread::spawn(move || {
+            let claims: Vec<Claim> = (0..4).map(|_| Claim::new().unwrap()).collect();
+            assert!(Claim::new().is_none());
+            l2.lock();
+            // SAFETY: held.
+            unsafe { l2.unlock() };
+            drop(claims);
+        });
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        // SAFETY: held by this thread.
+        unsafe { l.unlock() };
+        h.join().unwrap();
+        assert!(!l.is_locked());
+    }
+}
