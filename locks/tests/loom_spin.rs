@@ -127,11 +127,13 @@ fn qspin_pending_path() {
     assert!(spin_stats(SpinLockKind::Qspin).pending > 0);
 }
 
-/// Three lockers: the third one queues (MCS node, head hand-off).
+/// Three lockers, two rounds for the main one: the third locker queues as MCS head behind
+/// the pending one, and the returning main thread queues behind it (MCS hand-off to
+/// `next`).
 #[test]
 fn qspin_queue_path() {
     // Unbounded spin-waits make this model large: one preemption covers the queue path.
-    run_bounded::<RawQSpinLock>(3, 1, Some(1));
+    run_mixed::<RawQSpinLock>(Some(1));
     assert!(spin_stats(SpinLockKind::Qspin).slow_paths > 0);
 }
 
@@ -164,12 +166,15 @@ fn pvqspin_reuse_two_rounds() {
 /// halted and hashed waiters.
 #[test]
 fn pvqspin_three_threads_requeue() {
-    run_mixed::<RawPvQSpinLock>();
+    run_mixed::<RawPvQSpinLock>(None);
 }
 
-fn run_mixed<L: Raw>() {
+fn run_mixed<L: Raw>(preemptions: Option<usize>) {
     let mut b = loom::model::Builder::new();
     b.max_branches = b.max_branches.max(100_000);
+    if preemptions.is_some() {
+        b.preemption_bound = preemptions;
+    }
     b.check(|| {
         let s = Arc::new(Shared {
             lock: L::create(),
