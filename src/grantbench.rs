@@ -86,6 +86,10 @@ pub struct Args {
     /// Times the whole matrix is repeated (kinds interleaved); the median is reported.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub rounds: u32,
+    /// Pin worker thread t to CPU t mod #CPUs (so that 2 threads on 2 CPUs really run at
+    /// the same time even when the scheduler would stack them).
+    #[arg(long)]
+    pub pin: bool,
     /// A writer replaces both grant tables every N ms (0 = no writer).
     #[arg(long, default_value_t = 0)]
     pub write_every_ms: u64,
@@ -187,11 +191,26 @@ fn process_cpu_secs() -> f64 {
     t(ru.ru_utime) + t(ru.ru_stime)
 }
 
+/// Pins the calling thread to `cpu` (best effort: a failure only costs the pinning).
+fn pin_to(cpu: usize) {
+    // SAFETY: cpu_set_t is plain data; zeroed is the empty set, CPU_SET writes inside it
+    // (cpu < available_parallelism <= CPU_SETSIZE here), and sched_setaffinity only reads
+    // the set of the given size.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+            log::warn!("pinning to CPU {cpu}: {}", std::io::Error::last_os_error());
+        }
+    }
+}
+
 /// Runs `threads` workers for `secs`, each calling `work(thread)` (which returns operations
 /// done, or an error) until stopped, with an optional writer.
 fn measure<F>(
     threads: usize,
     secs: f64,
+    pin: bool,
     writer: Option<(&Tables, &Memories, u64)>,
     work: F,
 ) -> anyhow::Result<Sample>
@@ -211,6 +230,9 @@ where
         for t in 0..threads {
             let (stop, counts, failed, barrier, work) = (&stop, &counts, &failed, &barrier, &work);
             s.spawn(move || {
+                if pin {
+                    pin_to(t % cpus);
+                }
                 barrier.wait();
                 let mut n = 0u64;
                 while !stop.load(Ordering::Relaxed) {
@@ -281,7 +303,7 @@ fn measure_grant(
     let size = layout.size;
     let n = layout.batch;
     match (op, batched) {
-        (Op::Lookup, false) => measure(threads, args.secs, writer, |t| {
+        (Op::Lookup, false) => measure(threads, args.secs, args.pin, writer, |t| {
             for i in 0..n {
                 let g = a.read();
                 let mut len = 0;
@@ -292,7 +314,7 @@ fn measure_grant(
             }
             Ok(n)
         }),
-        (Op::Lookup, true) => measure(threads, args.secs, writer, |t| {
+        (Op::Lookup, true) => measure(threads, args.secs, args.pin, writer, |t| {
             let g = a.read();
             for i in 0..n {
                 let mut len = 0;
@@ -303,13 +325,13 @@ fn measure_grant(
             }
             Ok(n)
         }),
-        (Op::Copy, false) => measure(threads, args.secs, writer, |t| {
+        (Op::Copy, false) => measure(threads, args.secs, args.pin, writer, |t| {
             for i in 0..n {
                 a.grant_copy_to(layout.addr(GPA_A, t, i), b, layout.addr(GPA_B, t, i), size)?;
             }
             Ok(n)
         }),
-        (Op::Copy, true) => measure(threads, args.secs, writer, |t| {
+        (Op::Copy, true) => measure(threads, args.secs, args.pin, writer, |t| {
             let pair = read_pair(a, b);
             for i in 0..n {
                 pair.copy(layout.addr(GPA_A, t, i), layout.addr(GPA_B, t, i), size)?;
@@ -320,12 +342,12 @@ fn measure_grant(
 }
 
 /// The baseline: the same copies between two local buffers per thread.
-fn measure_memcpy(layout: Layout, threads: usize, secs: f64) -> anyhow::Result<Sample> {
+fn measure_memcpy(layout: Layout, threads: usize, secs: f64, pin: bool) -> anyhow::Result<Sample> {
     let span = (layout.batch * layout.stride) as usize;
     let bufs: Vec<std::sync::Mutex<(Vec<u8>, Vec<u8>)>> = (0..threads)
         .map(|_| std::sync::Mutex::new((vec![0x5au8; span], vec![0xa5u8; span])))
         .collect();
-    measure(threads, secs, None, |t| {
+    measure(threads, secs, pin, None, |t| {
         let mut guard = bufs[t].lock().unwrap_or_else(|p| p.into_inner());
         let (src, dst) = &mut *guard;
         for i in 0..layout.batch as usize {
@@ -411,7 +433,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 for &op in &args.ops {
                     for &batched in modes {
                         if op == Op::Copy {
-                            let v = measure_memcpy(layout, threads, args.secs)?;
+                            let v = measure_memcpy(layout, threads, args.secs, args.pin)?;
                             memcpy.entry((size, threads)).or_default().push(v);
                         }
                         for (li, t) in tables.iter().enumerate() {
