@@ -107,7 +107,7 @@ table=$(awk -F, -v order="$(IFS=,; echo "${cfgs[*]}")" '
     base = median(v[cs[1]])
     for (i = 1; i <= m; i++) {
       c = cs[i]; med = median(v[c]); k = split(v[c], tmp, " ")
-      printf "%-22s %10.3f %8s %6d %6d %12d %10d  %s\n", c, med, (base > 0 ? sprintf("%.2fx", med / base) : "-"), k, bad[c] + 0, (nr[c] ? sp[c] / nr[c] : 0), (nr[c] ? ha[c] / nr[c] : 0), v[c]
+      printf "%-22s %10.3f %8s %6d %6d %12d %10.1f  %s\n", c, med, (base > 0 ? sprintf("%.2fx", med / base) : "-"), k, bad[c] + 0, (nr[c] ? sp[c] / nr[c] : 0), (nr[c] ? ha[c] / nr[c] : 0), v[c]
     }
   }' "$csv")
 {
