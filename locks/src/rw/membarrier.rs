@@ -32,6 +32,10 @@ const CMD_REGISTER_PRIVATE_EXPEDITED: libc::c_long = 1 << 4;
 #[cfg(not(loom))]
 static AVAILABLE: OnceLock<bool> = OnceLock::new();
 
+/// The answer, cached for the read fast path: 0 = not asked yet, 1 = yes, 2 = no.
+#[cfg(not(loom))]
+static CACHED: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+
 #[cfg(all(not(loom), target_os = "linux"))]
 fn membarrier(cmd: libc::c_long) -> libc::c_long {
     // SAFETY: membarrier(cmd, flags = 0, cpu_id = 0) takes no pointers; an unknown or
@@ -90,12 +94,29 @@ fn detect_and_register() -> bool {
 pub fn asymmetric_fence_available() -> bool {
     #[cfg(not(loom))]
     {
-        *AVAILABLE.get_or_init(detect_and_register)
+        // Acquire pairs with the Release below: a thread that sees "yes" also sees the
+        // registration done.
+        match CACHED.load(std::sync::atomic::Ordering::Acquire) {
+            1 => true,
+            2 => false,
+            _ => detect_once(),
+        }
     }
     #[cfg(loom)]
     {
         true
     }
+}
+
+#[cfg(not(loom))]
+#[cold]
+fn detect_once() -> bool {
+    let yes = *AVAILABLE.get_or_init(detect_and_register);
+    CACHED.store(
+        if yes { 1 } else { 2 },
+        std::sync::atomic::Ordering::Release,
+    );
+    yes
 }
 
 /// The writer's heavy barrier: on return, every thread of the process has executed a full

@@ -115,6 +115,7 @@ impl Block {
         }
     }
 
+    #[inline]
     fn is_empty(&self) -> bool {
         self.lock.iter().all(|s| s.load(Relaxed) == 0)
     }
@@ -293,20 +294,31 @@ impl<const FENCED: bool> RawPerCpuRwLock<FENCED> {
     #[inline]
     pub fn lock_shared(&self) {
         let me = self.addr();
-        if let Some(b) = my_block() {
-            match Self::find(b, me) {
-                Ok(i) if Self::nest(b, i) => return,
-                Ok(_) => {}
-                Err(Some(i)) => {
-                    if !self.publish(b, i, me) {
-                        self.read_behind_writer(b, i, me);
-                    }
-                    return;
+        match my_block() {
+            // Common case, kept branchy so the slot address is a constant: this thread reads
+            // no other per-CPU lock, so this cannot be a recursive read; take slot 0.
+            Some(b) if b.is_empty() => {
+                if !self.publish(b, 0, me) {
+                    self.read_behind_writer(b, 0, me);
                 }
-                Err(None) => {}
             }
+            Some(b) => self.lock_shared_nested(b, me),
+            None => self.read_fallback(),
         }
-        self.read_fallback();
+    }
+
+    /// Read lock while this thread already reads some per-CPU lock (maybe this one).
+    #[inline(never)]
+    fn lock_shared_nested(&self, b: &Block, me: usize) {
+        match Self::find(b, me) {
+            Ok(i) if Self::nest(b, i) => {}
+            Err(Some(i)) => {
+                if !self.publish(b, i, me) {
+                    self.read_behind_writer(b, i, me);
+                }
+            }
+            Ok(_) | Err(None) => self.read_fallback(),
+        }
     }
 
     /// Xen's slow path: wait on the underlying read lock (fair, behind the writer), publish
@@ -361,6 +373,12 @@ impl<const FENCED: bool> RawPerCpuRwLock<FENCED> {
     pub unsafe fn unlock_shared(&self) {
         let me = self.addr();
         if let Some(b) = my_block() {
+            // Common case: the only read lock, in slot 0, not recursive. (A lock occupies at
+            // most one slot of a thread: recursion bumps the depth instead.)
+            if b.lock[0].load(Relaxed) == me && b.depth[0].load(Relaxed) == 0 {
+                b.lock[0].store(0, Release);
+                return;
+            }
             if let Ok(i) = Self::find(b, me) {
                 let d = b.depth[i].load(Relaxed);
                 if d > 0 {
