@@ -23,6 +23,9 @@
 //! lock is taken on the underlying rwlock itself, in its recursive form (counted as a read
 //! slow path). Unlock finds the slot by address (depth - 1, or clear it with Release); if no
 //! slot names the lock, the read was a fallback and unlocks the underlying rwlock.
+//! The common case is kept branchy and short: the block pointer is one const thread-local
+//! load; a thread holding no per-CPU read lock takes slot 0 without searching, and unlock
+//! tries slot 0 first (a lock occupies at most one slot of a thread).
 //!
 //! Writer: take the underlying write lock (excluding writers and slow-path readers); set
 //! `writer_activating`; **fence**; scan the slots of threads `0..high_water()` and wait until
