@@ -64,6 +64,10 @@
 //!   the fallback uses the underlying lock's recursive read, which does not queue behind
 //!   waiting writers either.
 //! * Read then write of the same lock on one thread deadlocks (as for every rwlock).
+//! * Two threads that nest reads of the same two locks in *opposite* orders can deadlock
+//!   when both locks have a writer waiting (each reader waits behind one writer, each writer
+//!   waits for the other reader), as with any writer-preferring rwlock: nest in one global
+//!   order (e.g. by lock address).
 //! * Guards are `!Send` (`GuardNoSend`): a read lock lives in its thread's slot.
 //! * A thread cannot exit holding a read guard except by leaking it (`mem::forget`), which
 //!   is a leaked lock: writers then wait forever. When a thread's index is released with a
