@@ -1,0 +1,88 @@
+//! Feature variants: EVENT_IDX off, receivers without mergeable RX buffers, a legacy
+//! (10-byte header) guest talking to a modern one, and the device config space.
+
+mod common;
+
+use common::harness::{run, server, Run};
+use common::{bit, linux_features};
+use pvnet_locks::{RwLockKind, SpinLockKind};
+use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+use virtio_bindings::virtio_net::VIRTIO_NET_F_MRG_RXBUF;
+use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
+
+fn no_drops(s: &pvnet_backend::Server, pairs: usize) {
+    let sw = s.switch();
+    for p in 0..sw.ports.len() {
+        for q in 0..pairs {
+            assert_eq!(
+                sw.ports[p].queue_snapshot(q).total_drops(),
+                0,
+                "port {p} queue {q}"
+            );
+        }
+    }
+}
+
+#[test]
+fn event_idx_off() {
+    let s = server("noevidx", 2, 4, RwLockKind::Percpu, SpinLockKind::Pvqspin);
+    let mut r = Run::new(2, 4, 1000);
+    for o in r.opts.iter_mut() {
+        o.features = linux_features() & !bit(VIRTIO_RING_F_EVENT_IDX);
+    }
+    let seen = run(&s, &r);
+    assert!(seen.iter().all(|g| g.received == 1000));
+    no_drops(&s, 4);
+    // Without EVENT_IDX every processed batch notifies the guest.
+    let snap = s.switch().ports[1].queue_snapshot(0);
+    assert!(
+        snap.rx_notifications > 0 && snap.tx_notifications > 0,
+        "{snap:?}"
+    );
+    s.shutdown();
+}
+
+#[test]
+fn event_idx_on_notifies_less_than_once_per_frame() {
+    let s = server("evidx", 2, 1, RwLockKind::Percpu, SpinLockKind::Pvqspin);
+    let seen = run(&s, &Run::new(2, 1, 1000));
+    assert!(seen.iter().all(|g| g.received == 1000));
+    let snap = s.switch().ports[1].queue_snapshot(0);
+    assert!(snap.rx_notifications > 0, "{snap:?}");
+    assert!(snap.rx_notifications <= snap.rx_frames, "{snap:?}");
+    s.shutdown();
+}
+
+#[test]
+fn big_buffers_without_mergeable_and_legacy_header() {
+    let s = server("nomrg", 2, 2, RwLockKind::Percpu, SpinLockKind::Pvqspin);
+    let mut r = Run::new(2, 2, 400);
+    // Guest 0: modern without MRG_RXBUF (one 66 KiB buffer per frame, 12-byte header).
+    r.opts[0].features = linux_features() & !bit(VIRTIO_NET_F_MRG_RXBUF);
+    // Guest 1: legacy layout (no VERSION_1, no MRG_RXBUF: 10-byte header).
+    r.opts[1].features = linux_features() & !bit(VIRTIO_NET_F_MRG_RXBUF) & !bit(VIRTIO_F_VERSION_1);
+    for o in r.opts.iter_mut() {
+        o.qsize = 64;
+        o.rx_buf_len = 66 * 1024;
+    }
+    let seen = run(&s, &r);
+    for g in &seen {
+        assert_eq!(g.received, 400);
+        assert_eq!(g.max_buffers, 1);
+    }
+    no_drops(&s, 2);
+    s.shutdown();
+}
+
+#[test]
+fn config_space() {
+    let s = server("config", 1, 3, RwLockKind::Percpu, SpinLockKind::Pvqspin);
+    let mut g = common::Guest::connect(&s.paths()[0], common::Opts::new(3, 1));
+    let c = g.config();
+    assert_eq!(c.len(), 12);
+    assert_eq!(&c[..6], &s.switch().ports[0].mac);
+    assert_eq!(u16::from_le_bytes([c[6], c[7]]), 1, "link up");
+    assert_eq!(u16::from_le_bytes([c[8], c[9]]), 3, "max_virtqueue_pairs");
+    drop(g);
+    s.shutdown();
+}
