@@ -7,7 +7,7 @@ use crate::net::{self, VirtioNetHdr};
 use crate::stats::Drop;
 use crate::switch::{Port, RxRing};
 use pvnet_grant::{Access, GuardPair};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{fence, Ordering};
 use vhost_user_backend::VringT;
 use virtio_bindings::virtio_net::VIRTIO_NET_F_MRG_RXBUF;
 use virtio_queue::{QueueOwnedT, QueueT};
@@ -150,6 +150,29 @@ pub(crate) fn set_signalled(r: &RxRing, v: u16) {
     r.signalled.store(v, Ordering::Relaxed);
 }
 
+/// Asks the guest to kick when it posts more RX buffers than are in the ring now; returns
+/// true when the avail index moved meanwhile (the caller retries instead of waiting).
+///
+/// With EVENT_IDX, virtio-queue's `enable_notification` sets `avail_event` to our
+/// `next_avail`. When the ring holds buffers but too few for the frame (a large mergeable
+/// frame), the guest has already passed that index and would never kick again. Like
+/// vhost-net, set `avail_event` to the guest's current avail index instead.
+fn ask_for_kick(q: &mut virtio_queue::Queue, mem: &GuestMemoryMmap) -> bool {
+    let moved = q.enable_notification(mem).unwrap_or(true);
+    if !q.event_idx_enabled() {
+        return moved;
+    }
+    let Ok(seen) = q.avail_idx(mem, Ordering::Acquire) else {
+        return true;
+    };
+    let ev = GuestAddress(q.used_ring() + 4 + 8 * u64::from(q.size()));
+    if mem.write_obj(seen.0.to_le(), ev).is_err() {
+        return true;
+    }
+    fence(Ordering::SeqCst);
+    q.avail_idx(mem, Ordering::Acquire).ok() != Some(seen)
+}
+
 /// Pops RX chain(s) of ring `r`, writes header + frame, publishes them. Called with the
 /// RX queue lock held.
 #[allow(clippy::too_many_arguments)]
@@ -187,12 +210,7 @@ pub(crate) fn fill(
             w.rxsegs.clear();
             cap = 0;
             // Ask for a kick when the guest posts buffers; if some arrived meanwhile, retry.
-            if !retried
-                && vs
-                    .get_queue_mut()
-                    .enable_notification(&*mem)
-                    .unwrap_or(false)
-            {
+            if !retried && ask_for_kick(vs.get_queue_mut(), &mem) {
                 retried = true;
                 continue;
             }

@@ -85,6 +85,8 @@ struct Ring {
     size: u16,
     avail_idx: u16,
     last_used: u16,
+    /// Avail index at the last publication (for EVENT_IDX kick suppression).
+    published: u16,
 }
 
 pub struct Guest {
@@ -190,6 +192,7 @@ impl Guest {
                 size: q,
                 avail_idx: 0,
                 last_used: 0,
+                published: 0,
             });
             let va = |gpa: u64| g.mem.get_host_address(GuestAddress(gpa)).expect("va") as u64;
             g.fe.set_vring_num(i, q).expect("num");
@@ -259,14 +262,24 @@ impl Guest {
     fn publish_avail(&mut self, ring: usize) {
         fence(Ordering::SeqCst);
         let r = &self.rings[ring];
-        self.w16(r.avail + 2, r.avail_idx);
+        let (new, old) = (r.avail_idx, r.published);
+        self.w16(r.avail + 2, new);
         // Ask for an interrupt on every used entry (we poll anyway).
-        self.w16(
-            r.avail + 4 + 2 * u64::from(r.size),
-            self.rings[ring].last_used,
-        );
+        self.w16(r.avail + 4 + 2 * u64::from(r.size), r.last_used);
+        self.rings[ring].published = new;
         fence(Ordering::SeqCst);
-        let _ = self.kicks[ring].write(1);
+        // Kick like a Linux driver: only when the device asked (EVENT_IDX avail_event, or
+        // the used ring's NO_NOTIFY flag without it).
+        let r = &self.rings[ring];
+        let kick = if self.event_idx() {
+            let ev = self.r16(r.used + 4 + 8 * u64::from(r.size));
+            new.wrapping_sub(ev).wrapping_sub(1) < new.wrapping_sub(old)
+        } else {
+            self.r16(r.used) & 1 == 0
+        };
+        if kick {
+            let _ = self.kicks[ring].write(1);
+        }
     }
 
     fn rx_buf(&self, pair: u16, i: u16) -> u64 {
@@ -413,6 +426,54 @@ impl Guest {
         );
         self.push_avail(ring, id);
         len
+    }
+
+    /// Drains every RX ring without copying frames out: (frames, frame bytes).
+    pub fn count_rx(&mut self) -> (u64, u64) {
+        let (mut frames, mut bytes) = (0u64, 0u64);
+        for pair in 0..self.opts.pairs {
+            let ring = 2 * usize::from(pair);
+            let mut reposted = false;
+            loop {
+                let r = &self.rings[ring];
+                let idx = self.r16(r.used + 2);
+                if idx == r.last_used {
+                    break;
+                }
+                fence(Ordering::Acquire);
+                let e = r.used + 4 + 8 * u64::from(r.last_used % r.size);
+                let id = self.r32(e) as u16;
+                let len = u64::from(self.r32(e + 4));
+                let nb = if self.mrg() {
+                    self.r16(self.rx_buf(pair, id) + 10).max(1)
+                } else {
+                    1
+                };
+                frames += 1;
+                bytes += len.saturating_sub(self.hdr_len as u64);
+                for k in 0..nb {
+                    let r = &self.rings[ring];
+                    if k > 0 {
+                        if self.r16(r.used + 2) == r.last_used {
+                            break;
+                        }
+                        let e = r.used + 4 + 8 * u64::from(r.last_used % r.size);
+                        bytes += u64::from(self.r32(e + 4));
+                    }
+                    let e = self.rings[ring].used
+                        + 4
+                        + 8 * u64::from(self.rings[ring].last_used % self.rings[ring].size);
+                    let id = self.r32(e) as u16;
+                    self.rings[ring].last_used = self.rings[ring].last_used.wrapping_add(1);
+                    self.push_avail(ring, id);
+                }
+                reposted = true;
+            }
+            if reposted {
+                self.publish_avail(ring);
+            }
+        }
+        (frames, bytes)
     }
 
     /// Number of call (interrupt) signals seen on `ring` since the last call.
