@@ -92,7 +92,8 @@ fn main() {
         (RwLockKind::Percpu, SpinLockKind::Pvqspin),
         (RwLockKind::Rwlock, SpinLockKind::Qspin),
     ];
-    let mut results: Vec<(usize, u16, String, Vec<(f64, f64)>)> = Vec::new();
+    type Key = (usize, u16, String);
+    let mut results: Vec<(Key, Vec<(f64, f64)>)> = Vec::new();
     for _ in 0..rounds {
         for &size in &[64usize, 1500, 65536] {
             for &pairs in &[1u16, 16] {
@@ -112,7 +113,7 @@ fn main() {
     }
     println!("| frame | pairs | locks | frames/s (median) | Gbit/s (median) | runs |");
     println!("|---:|---:|---|---:|---:|---:|");
-    for (size, pairs, key, mut v) in results {
+    for ((size, pairs, key), mut v) in results {
         v.sort_by(|x, y| x.0.total_cmp(&y.0));
         let (fps, gbps) = v[v.len() / 2];
         println!(
