@@ -99,13 +99,10 @@ fn main() {
             for &pairs in &[1u16, 16] {
                 for &(gl, ql) in &combos {
                     let r = measure(size, pairs, gl, ql, secs);
-                    let key = format!("{gl}+{ql}");
-                    match results
-                        .iter_mut()
-                        .find(|x| x.0 == size && x.1 == pairs && x.2 == key)
-                    {
-                        Some(x) => x.3.push(r),
-                        None => results.push((size, pairs, key, vec![r])),
+                    let key = (size, pairs, format!("{gl}+{ql}"));
+                    match results.iter_mut().find(|x| x.0 == key) {
+                        Some(x) => x.1.push(r),
+                        None => results.push((key, vec![r])),
                     }
                 }
             }
