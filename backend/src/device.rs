@@ -60,6 +60,8 @@ pub struct NetDevice {
     pub(crate) acked: AtomicU64,
     /// Set when the connection is being torn down: workers must not attach rings any more.
     pub(crate) closed: AtomicBool,
+    /// Pair `i`'s RX ring was attached to the switch by this connection.
+    attached: Box<[AtomicBool]>,
 }
 
 impl NetDevice {
@@ -78,6 +80,7 @@ impl NetDevice {
             event_idx: AtomicBool::new(false),
             acked: AtomicU64::new(0),
             closed: AtomicBool::new(false),
+            attached: (0..pairs).map(|_| AtomicBool::new(false)).collect(),
         })
     }
 
@@ -98,12 +101,24 @@ impl NetDevice {
             let st = rx.get_ref();
             st.is_enabled() && st.get_queue().ready()
         };
+        // Fast path (every event): nothing changed, no lock taken.
+        let bit = port.enabled.load(Ordering::Acquire) & (1u64 << q) != 0;
+        let attached = self
+            .attached
+            .get(q)
+            .is_some_and(|a| a.load(Ordering::Acquire));
+        if usable == bit && (!usable || attached) {
+            return;
+        }
         let mut ring = slot.ring.lock();
         if self.closed.load(Ordering::Acquire) {
             return;
         }
         if usable {
             if ring.is_none() {
+                if let Some(a) = self.attached.get(q) {
+                    a.store(true, Ordering::Release);
+                }
                 *ring = Some(RxRing {
                     vring: rx.clone(),
                     mem: self.mem.clone(),
