@@ -160,3 +160,25 @@ impl Switch {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pick_queue_uses_only_enabled_pairs() {
+        let sw = Switch::new(Config {
+            sockets: vec!["/nonexistent/x".into()],
+            queue_pairs: 8,
+            ..Config::default()
+        });
+        let p = &sw.ports[0];
+        assert_eq!(p.pick_queue(7), None);
+        p.enabled.store(0b1011_0000, Ordering::Release);
+        assert_eq!(p.enabled_pairs(), 3);
+        let picked: Vec<_> = (0..6).map(|h| p.pick_queue(h)).collect();
+        assert_eq!(picked, [4, 5, 7, 4, 5, 7].map(Some));
+        // A flow always maps to the same queue.
+        assert_eq!(p.pick_queue(0xdead_beef), p.pick_queue(0xdead_beef));
+    }
+}
