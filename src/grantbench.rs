@@ -226,7 +226,9 @@ where
     let failed: std::sync::Mutex<Option<pvnet_grant::GrantError>> = Default::default();
     let barrier = Barrier::new(threads + 1);
     let mut writes = 0u64;
-    let elapsed = std::thread::scope(|s| {
+    // Wall time runs from the common start to the last worker's exit, so that operations
+    // finished after the stop flag are counted with the time they took.
+    let start = std::thread::scope(|s| {
         for t in 0..threads {
             let (stop, counts, failed, barrier, work) = (&stop, &counts, &failed, &barrier, &work);
             s.spawn(move || {
@@ -273,8 +275,9 @@ where
             None => std::thread::sleep(Duration::from_secs_f64(secs)),
         }
         stop.store(true, Ordering::Relaxed);
-        start.elapsed()
+        start
     });
+    let elapsed = start.elapsed();
     if let Some(e) = *failed.lock().unwrap_or_else(|p| p.into_inner()) {
         bail!("a grant operation failed during the benchmark: {e}");
     }
