@@ -224,8 +224,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let cfg = match Config::try_from(&args) {
         Ok(c) => c,
         Err(msg) => {
-            // A bad flag combination is a usage error like any other: one line, exit 2.
-            clap::Error::raw(clap::error::ErrorKind::InvalidValue, format!("{msg}\n")).exit()
+            // A bad flag combination is a usage error like any other: one line, exit 2
+            // (the same shape as clap's errors in main).
+            eprintln!("pvnet: lockbench: {msg}");
+            std::process::exit(2);
         }
     };
     let rows = bench(&cfg, true)?;
