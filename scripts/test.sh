@@ -33,8 +33,10 @@ export CARGO_TERM_COLOR=never
 step "cargo test (workspace)" cargo test --workspace --all-targets
 
 if [ "$quick" = 0 ]; then
-  # loom needs its own build (different cfg): keep it out of the main target dir.
-  step "loom models (bounded)" env RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS=2 \
+  # loom needs its own build (different cfg): keep it out of the main target dir. The
+  # models run in about a second once built; the timeout turns a model that explodes
+  # (a change that adds a spin-wait, say) into a failure instead of an hour of CI.
+  step "loom models (bounded)" timeout 900 env RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS=2 \
     CARGO_TARGET_DIR=target/loom cargo test -p pvnet-locks --release \
     --test loom_rw --test loom_spin
   step "VM smoke test (QEMU, 2 guests, 16 queue pairs)" scripts/vm-smoke.sh
