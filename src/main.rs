@@ -1,6 +1,5 @@
 //! `pvnet`: a vhost-user multi-queue virtual switch for QEMU guests.
 
-mod datapathbench;
 mod grantbench;
 mod lockbench;
 mod plot;
@@ -28,8 +27,6 @@ enum Cmd {
     Lockbench(lockbench::Args),
     /// Grant-table lookup and copy benchmark, per rwlock kind.
     Grantbench(grantbench::Args),
-    /// Switching benchmark through real vhost-user sockets with in-process guests.
-    Datapathbench(datapathbench::Args),
 }
 
 fn main() {
@@ -54,7 +51,6 @@ fn main() {
         Some(Cmd::Serve(a)) => serve::run(a),
         Some(Cmd::Lockbench(a)) => lockbench::run(a),
         Some(Cmd::Grantbench(a)) => grantbench::run(a),
-        Some(Cmd::Datapathbench(a)) => datapathbench::run(a),
     };
     if let Err(e) = res {
         eprintln!("pvnet: {e:#}");

@@ -385,7 +385,7 @@ pub fn svg_lines(rows: &[Row], title: &str) -> String {
 
 /// Bar chart of benchmark rows: one cluster per group (and thread count, when the rows hold
 /// several), one bar per lock, y = ops/s.
-// For grantbench / datapathbench, which plot one cluster per configuration.
+// For grantbench, which plots one cluster per configuration.
 #[allow(dead_code)]
 pub fn svg_bars(rows: &[Row], title: &str) -> String {
     let many_threads = distinct(rows.iter().map(|r| r.threads)).len() > 1;

@@ -1,4 +1,4 @@
-//! Benchmark output shared by `lockbench`, `grantbench` and `datapathbench`: one row per
+//! Benchmark output shared by `lockbench` and `grantbench`: one row per
 //! measurement, printed as an aligned table, CSV or JSON lines, and optionally plotted.
 
 use serde::Serialize;
