@@ -5,6 +5,7 @@
 //! branch per lock and per unlock.
 
 use crate::RwLockKind;
+use std::mem::ManuallyDrop;
 use std::ops::{Deref, DerefMut};
 
 mod backoff;
@@ -54,12 +55,16 @@ pub enum AnyRwLock<T> {
 }
 
 /// Shared access guard of an [`AnyRwLock`].
+///
+/// The variants are `ManuallyDrop` so that the unlock dispatch is this type's own
+/// `#[inline(always)]` `Drop` rather than compiler drop glue, which LLVM leaves out of line
+/// (one call per unlock on the read path: see `docs/benchmarks.md`, Locks).
 pub enum AnyRwLockReadGuard<'a, T> {
-    Percpu(ReadG<'a, PercpuRaw, T>),
-    PercpuFenced(ReadG<'a, PercpuFencedRaw, T>),
-    Rwlock(ReadG<'a, PlainRaw, T>),
-    Std(std::sync::RwLockReadGuard<'a, T>),
-    ParkingLot(parking_lot::RwLockReadGuard<'a, T>),
+    Percpu(ManuallyDrop<ReadG<'a, PercpuRaw, T>>),
+    PercpuFenced(ManuallyDrop<ReadG<'a, PercpuFencedRaw, T>>),
+    Rwlock(ManuallyDrop<ReadG<'a, PlainRaw, T>>),
+    Std(ManuallyDrop<std::sync::RwLockReadGuard<'a, T>>),
+    ParkingLot(ManuallyDrop<parking_lot::RwLockReadGuard<'a, T>>),
 }
 
 /// Exclusive access guard of an [`AnyRwLock`].
@@ -97,16 +102,20 @@ impl<T> AnyRwLock<T> {
 
     /// Locks for shared access. A poisoned `std` lock is entered anyway: the protected data
     /// of pvnet's locks is kept consistent by construction, not by unwinding.
-    #[inline]
+    ///
+    /// Always inlined (with the guard's `Drop`): out of line, the dispatch costs two calls
+    /// and a guard returned through memory per read, more than the per-CPU read itself.
+    #[inline(always)]
     pub fn read(&self) -> AnyRwLockReadGuard<'_, T> {
+        use ManuallyDrop as M;
         match self {
-            AnyRwLock::Percpu(l) => AnyRwLockReadGuard::Percpu(l.read()),
-            AnyRwLock::PercpuFenced(l) => AnyRwLockReadGuard::PercpuFenced(l.read()),
-            AnyRwLock::Rwlock(l) => AnyRwLockReadGuard::Rwlock(l.read()),
+            AnyRwLock::Percpu(l) => AnyRwLockReadGuard::Percpu(M::new(l.read())),
+            AnyRwLock::PercpuFenced(l) => AnyRwLockReadGuard::PercpuFenced(M::new(l.read())),
+            AnyRwLock::Rwlock(l) => AnyRwLockReadGuard::Rwlock(M::new(l.read())),
             AnyRwLock::Std(l) => {
-                AnyRwLockReadGuard::Std(l.read().unwrap_or_else(|e| e.into_inner()))
+                AnyRwLockReadGuard::Std(M::new(l.read().unwrap_or_else(|e| e.into_inner())))
             }
-            AnyRwLock::ParkingLot(l) => AnyRwLockReadGuard::ParkingLot(l.read()),
+            AnyRwLock::ParkingLot(l) => AnyRwLockReadGuard::ParkingLot(M::new(l.read())),
         }
     }
 
@@ -146,6 +155,23 @@ impl<T> Deref for AnyRwLockReadGuard<'_, T> {
             AnyRwLockReadGuard::Rwlock(g) => g,
             AnyRwLockReadGuard::Std(g) => g,
             AnyRwLockReadGuard::ParkingLot(g) => g,
+        }
+    }
+}
+
+impl<T> Drop for AnyRwLockReadGuard<'_, T> {
+    #[inline(always)]
+    fn drop(&mut self) {
+        // SAFETY: each guard is dropped exactly once, here, and never used afterwards (the
+        // enum itself is being dropped).
+        unsafe {
+            match self {
+                AnyRwLockReadGuard::Percpu(g) => ManuallyDrop::drop(g),
+                AnyRwLockReadGuard::PercpuFenced(g) => ManuallyDrop::drop(g),
+                AnyRwLockReadGuard::Rwlock(g) => ManuallyDrop::drop(g),
+                AnyRwLockReadGuard::Std(g) => ManuallyDrop::drop(g),
+                AnyRwLockReadGuard::ParkingLot(g) => ManuallyDrop::drop(g),
+            }
         }
     }
 }

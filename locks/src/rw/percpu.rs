@@ -386,6 +386,21 @@ impl<const FENCED: bool> RawPerCpuRwLock<FENCED> {
                 b.lock[0].store(0, Release);
                 return;
             }
+        }
+        // SAFETY: forwarded (this thread holds a shared lock of `self`).
+        unsafe { self.unlock_shared_nested() };
+    }
+
+    /// `unlock_shared` when the lock is not the thread's only, non-recursive read (or the
+    /// thread has no block). Out of line so that the common unlock stays small enough to be
+    /// inlined at every guard drop.
+    ///
+    /// # Safety
+    /// As for `unlock_shared`.
+    #[inline(never)]
+    unsafe fn unlock_shared_nested(&self) {
+        let me = self.addr();
+        if let Some(b) = my_block() {
             if let Ok(i) = Self::find(b, me) {
                 let d = b.depth[i].load(Relaxed);
                 if d > 0 {
