@@ -3,7 +3,10 @@
 //! Frames/s and Gbit/s per frame size, queue pairs and lock-kind combination; the lock
 //! kinds alternate within one run (round-robin over configurations, `ROUNDS` times).
 //!
-//! `cargo bench -p pvnet-backend --bench datapath [-- SECS [ROUNDS]]`
+//! `cargo bench -p pvnet-backend --bench datapath [-- SECS [ROUNDS [SIZES [PAIRS]]]]`
+//! (SIZES and PAIRS: comma-separated lists, default `64,1500,65536` and `1,16`).
+//! `PVNET_BENCH_DEBUG=1` also prints, per measurement, the switch's counters (frames,
+//! notifications), the sender's kicks and the CPU time per thread name.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -16,16 +19,27 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// TX frames posted per burst (one avail-index publication, at most one kick), like a
+/// DPDK PMD's default burst.
+const BURST: usize = 32;
+/// Guest memory given to TX slots (the rest holds rings, RX buffers and scratch space).
+const TX_BUDGET: u64 = common::GUEST_MEM / 2;
+
+fn guest_opts(i: usize, pairs: u16, size: usize) -> Opts {
+    let mut o = Opts::new(pairs, 0);
+    o.mac = mac(i);
+    o.tx_slot_len = ((12 + size as u64) + 4095) & !4095;
+    o.tx_one_desc = true;
+    let fit = TX_BUDGET / (u64::from(pairs) * o.tx_slot_len);
+    o.tx_slots = fit.clamp(16, u64::from(o.qsize)) as u16;
+    o
+}
+
 fn measure(size: usize, pairs: u16, gl: RwLockKind, ql: SpinLockKind, secs: f64) -> (f64, f64) {
     let s = server(&format!("bench-{size}-{pairs}-{gl}-{ql}"), 2, pairs, gl, ql);
     let p = s.paths().to_vec();
-    let opts = |i: usize| {
-        let mut o = Opts::new(pairs, 0);
-        o.mac = mac(i);
-        o
-    };
-    let mut a = Guest::connect(&p[0], opts(0));
-    let mut b = Guest::connect(&p[1], opts(1));
+    let mut a = Guest::connect(&p[0], guest_opts(0, pairs, size));
+    let mut b = Guest::connect(&p[1], guest_opts(1, pairs, size));
     // Learning: B's MAC.
     let t0 = Instant::now();
     let mut rx = Vec::new();
@@ -38,47 +52,127 @@ fn measure(size: usize, pairs: u16, gl: RwLockKind, ql: SpinLockKind, secs: f64)
         std::thread::sleep(Duration::from_millis(20));
         a.poll_rx(&mut rx);
     }
+    let len = size.max(60);
+    for q in 0..pairs {
+        while a.tx_in_flight(q) > 0 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let f = frames::build(mac(1), mac(0), MAGIC, q, 0, len);
+        a.fill_tx(q, &hdr(), &f);
+    }
+    a.set_polling();
+    b.set_polling();
     let stop = Arc::new(AtomicBool::new(false));
     let stop2 = stop.clone();
-    let flows: Vec<Vec<u8>> = (0..pairs)
-        .map(|f| frames::build(mac(1), mac(0), MAGIC, f, 0, size.max(60)))
-        .collect();
     let sender = std::thread::spawn(move || {
-        let mut n = 0u64;
         while !stop2.load(Ordering::Relaxed) {
             let mut progress = false;
-            for (q, f) in flows.iter().enumerate() {
-                if a.send(q as u16, &hdr(), f) {
-                    n += 1;
-                    progress = true;
-                }
+            for q in 0..pairs {
+                progress |= a.post_burst(q, len, BURST) > 0;
             }
             if !progress {
-                std::thread::yield_now();
+                a.wait_tx(Duration::from_millis(1));
             }
         }
-        (a, n)
+        a
     });
+    let mut drain = || {
+        let r = b.count_rx();
+        if r.0 == 0 {
+            b.wait_rx(Duration::from_millis(1));
+        }
+        r
+    };
     let warm = Instant::now() + Duration::from_millis(300);
     while Instant::now() < warm {
-        b.count_rx();
+        drain();
     }
+    let cpu0 = thread_cpu();
     let t0 = Instant::now();
     let (mut frames, mut bytes) = (0u64, 0u64);
     while t0.elapsed().as_secs_f64() < secs {
-        let (f, by) = b.count_rx();
+        let (f, by) = drain();
         frames += f;
         bytes += by;
-        if f == 0 {
-            std::thread::yield_now();
-        }
     }
     let el = t0.elapsed().as_secs_f64();
+    let cpu1 = thread_cpu();
     stop.store(true, Ordering::Relaxed);
-    let (a, _) = sender.join().expect("sender");
+    let a = sender.join().expect("sender");
+    if std::env::var_os("PVNET_BENCH_DEBUG").is_some() {
+        let sw = s.switch();
+        let mut t = pvnet_backend::stats::QueueSnapshot::default();
+        for port in &sw.ports {
+            for q in 0..usize::from(pairs) {
+                t.add(&port.queue_snapshot(q));
+            }
+        }
+        eprintln!("{size} {pairs}: {t:?} kicks {}", a.kicks_sent);
+        let mut by: std::collections::BTreeMap<String, f64> = Default::default();
+        for (k, (name, v)) in &cpu1 {
+            let v0 = cpu0.get(k).map_or(0.0, |x| x.1);
+            *by.entry(name.clone()).or_default() += (v - v0) / el;
+        }
+        eprintln!(
+            "  cpu/s by thread name: {by:?}; ns/frame: {:?}",
+            by.iter()
+                .map(|(n, c)| (n.clone(), (c * el * 1e9 / frames as f64) as u64))
+                .collect::<Vec<_>>()
+        );
+    }
     drop((a, b));
     s.shutdown();
     (frames as f64 / el, bytes as f64 * 8.0 / el / 1e9)
+}
+
+/// CPU seconds so far of every thread of this process: tid -> (name, seconds).
+fn thread_cpu() -> std::collections::HashMap<String, (String, f64)> {
+    let mut m = std::collections::HashMap::new();
+    let tick = 100.0; // USER_HZ
+    if let Ok(d) = std::fs::read_dir("/proc/self/task") {
+        for e in d.flatten() {
+            let Ok(st) = std::fs::read_to_string(e.path().join("stat")) else {
+                continue;
+            };
+            let (Some(a), Some(b)) = (st.find('('), st.rfind(')')) else {
+                continue;
+            };
+            let name = st[a + 1..b].to_string();
+            let f: Vec<&str> = st[b + 2..].split(' ').collect();
+            let t: f64 = f[11].parse::<f64>().unwrap_or(0.0) + f[12].parse::<f64>().unwrap_or(0.0);
+            m.insert(
+                e.file_name().to_string_lossy().into_owned(),
+                (name, t / tick),
+            );
+        }
+    }
+    m
+}
+
+/// Single-core memcpy bandwidth in Gbit/s: 64 KiB copies between two buffers of `span`
+/// bytes (64 KiB: both cache-resident; larger: the copies walk the buffers), one thread.
+fn memcpy_gbps(span: usize, secs: f64) -> f64 {
+    const CHUNK: usize = 64 * 1024;
+    let src: Vec<u8> = (0..span).map(|i| i as u8).collect();
+    let mut dst = vec![0u8; span];
+    let chunks = span / CHUNK;
+    let (mut n, mut k) = (0u64, 0usize);
+    let t0 = Instant::now();
+    while t0.elapsed().as_secs_f64() < secs {
+        for _ in 0..64 {
+            let o = k * CHUNK;
+            dst[o..o + CHUNK].copy_from_slice(std::hint::black_box(&src[o..o + CHUNK]));
+            std::hint::black_box(&mut dst);
+            k = (k + 1) % chunks;
+            n += 1;
+        }
+    }
+    (n * CHUNK as u64) as f64 * 8.0 / t0.elapsed().as_secs_f64() / 1e9
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|x, y| x.total_cmp(y));
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
 }
 
 fn main() {
@@ -88,15 +182,26 @@ fn main() {
         .collect();
     let secs: f64 = args.first().and_then(|a| a.parse().ok()).unwrap_or(2.0);
     let rounds: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(2);
+    let list = |i: usize, all: &[usize]| -> Vec<usize> {
+        args.get(i)
+            .map(|a| a.split(',').filter_map(|x| x.parse().ok()).collect())
+            .unwrap_or_else(|| all.to_vec())
+    };
+    let sizes = list(2, &[64, 1500, 65536]);
+    let pair_counts: Vec<u16> = list(3, &[1, 16]).iter().map(|&p| p as u16).collect();
     let combos = [
         (RwLockKind::Percpu, SpinLockKind::Pvqspin),
         (RwLockKind::Rwlock, SpinLockKind::Qspin),
     ];
     type Key = (usize, u16, String);
     let mut results: Vec<(Key, Vec<(f64, f64)>)> = Vec::new();
+    let (mut hot, mut cold) = (Vec::new(), Vec::new());
     for _ in 0..rounds {
-        for &size in &[64usize, 1500, 65536] {
-            for &pairs in &[1u16, 16] {
+        // The memcpy reference, measured in every round between the switch measurements.
+        hot.push(memcpy_gbps(64 * 1024, secs / 2.0));
+        cold.push(memcpy_gbps(64 << 20, secs / 2.0));
+        for &size in &sizes {
+            for &pairs in &pair_counts {
                 for &(gl, ql) in &combos {
                     let r = measure(size, pairs, gl, ql, secs);
                     let key = (size, pairs, format!("{gl}+{ql}"));
@@ -108,13 +213,23 @@ fn main() {
             }
         }
     }
-    println!("| frame | pairs | locks | frames/s (median) | Gbit/s (median) | runs |");
-    println!("|---:|---:|---|---:|---:|---:|");
+    let (hot, cold) = (median(hot), median(cold));
+    println!(
+        "single-core memcpy, 64 KiB copies (median of {rounds}): {hot:.1} Gbit/s between two \
+         64 KiB buffers, {cold:.1} Gbit/s walking two 64 MiB buffers"
+    );
+    println!("| frame | pairs | locks | frames/s (median) | Gbit/s (median) | of memcpy | runs |");
+    println!("|---:|---:|---|---:|---:|---:|---:|");
     for ((size, pairs, key), mut v) in results {
         v.sort_by(|x, y| x.0.total_cmp(&y.0));
         let (fps, gbps) = v[v.len() / 2];
+        let frac = if size >= 65536 {
+            format!("{:.0}%", 100.0 * gbps / hot)
+        } else {
+            "-".into()
+        };
         println!(
-            "| {size} | {pairs} | {key} | {fps:.0} | {gbps:.2} | {} |",
+            "| {size} | {pairs} | {key} | {fps:.0} | {gbps:.2} | {frac} | {} |",
             v.len()
         );
     }

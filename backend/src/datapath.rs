@@ -11,25 +11,27 @@
 
 use crate::device::NetDevice;
 use crate::net::{self, gso, Delivery, VirtioNetHdr};
-use crate::rx::{fill, gather, r_signalled, set_signalled, Deliver, Src};
+use crate::rx::{
+    fill, gather, needs_signal, publish, r_signalled, release, set_signalled, Deliver, RxHold, Src,
+};
 use crate::stats::Drop;
 use crate::switch::Port;
 use pvnet_grant::{read_pair, Access, GuardPair};
 use std::io;
-use std::num::Wrapping;
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{fence, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use vhost_user_backend::VringT;
 use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 use virtio_queue::{DescriptorChain, QueueOwnedT, QueueT};
-use vm_memory::{Bytes, GuestAddress, GuestAddressSpace, GuestMemoryMmap};
+use vm_memory::{GuestAddress, GuestAddressSpace, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use vmm_sys_util::timerfd::TimerFd;
 
-/// TX chains handled per batch (one grant hold, one notification round).
-const BATCH: usize = 64;
+/// TX chains handled per batch (one grant hold, one used-index update and notification
+/// round per ring).
+const BATCH: usize = 128;
 /// Frame bytes (after the virtio header) read up front for switching and hashing.
 const PREFIX: usize = 256;
 /// Largest frame accepted from a guest (after the virtio header).
@@ -57,6 +59,12 @@ pub struct Worker {
     pub(crate) rxsegs: Vec<(u64, u32)>,
     pub(crate) popped: Vec<(u16, u32)>,
     touched: Vec<(usize, usize)>,
+    /// Used entries of the TX batch in progress (published with one index update).
+    tx_used: Vec<(u16, u32)>,
+    /// TX used index at the last notification decision.
+    tx_signalled: u16,
+    /// The forwarding table's clock, read once per batch.
+    now: u32,
     lin: Vec<u8>,
     scratch: Vec<u8>,
     last_log: Option<Instant>,
@@ -82,6 +90,9 @@ impl Worker {
             rxsegs: Vec::with_capacity(64),
             popped: Vec::with_capacity(32),
             touched: Vec::with_capacity(8),
+            tx_used: Vec::with_capacity(BATCH),
+            tx_signalled: 0,
+            now: 0,
             lin: Vec::new(),
             scratch: Vec::new(),
             last_log: None,
@@ -135,28 +146,26 @@ impl NetDevice {
         let sw = &*self.sw;
         let port = &sw.ports[self.port];
         let mem = self.mem.memory();
+        let event_idx = self.event_idx.load(Ordering::Acquire);
         loop {
             let mut cache: Option<(usize, GuardPair<'_, ()>)> = None;
+            let mut held: Option<RxHold<'_>> = None;
             let mut vs = tx.get_mut();
             let _ = vs.get_queue_mut().disable_notification(&*mem);
-            let mut n = 0;
+            w.now = sw.fdb.now();
+            w.tx_used.clear();
             let mut blocked = false;
-            let mut used = false;
-            while n < BATCH {
+            while w.tx_used.len() < BATCH {
                 let Some(chain) = vs.get_queue_mut().pop_descriptor_chain(&*mem) else {
                     break;
                 };
                 let head = chain.head_index();
-                match self.forward(&mut w, chain, &mut cache) {
+                match self.forward(&mut w, chain, &mut cache, &mut held) {
                     Outcome::Done => {
                         if w.frame_len > 0 {
                             port.tx[q].frame(w.frame_len);
                         }
-                        if let Err(e) = vs.get_queue_mut().add_used(&*mem, head, 0) {
-                            log::error!("port {}: TX add_used: {e}", self.port);
-                        }
-                        used = true;
-                        n += 1;
+                        w.tx_used.push((head, 0));
                     }
                     Outcome::Blocked => {
                         vs.get_queue_mut().go_to_previous_position();
@@ -165,10 +174,20 @@ impl NetDevice {
                     }
                 }
             }
+            // The RX run ends before the grant guards go (queue lock inside grant read).
+            release(&mut held, &mut w.touched);
             drop(cache);
-            if used && vs.get_queue_mut().needs_notification(&*mem).unwrap_or(true) {
-                port.tx[q].notified();
-                let _ = vs.signal_used_queue();
+            let n = w.tx_used.len();
+            if n > 0 {
+                let qu = vs.get_queue_mut();
+                if let Err(e) = publish(qu, &mem, &w.tx_used) {
+                    log::error!("port {}: TX used: {e}", self.port);
+                }
+                if needs_signal(qu, &mem, event_idx, w.tx_signalled) {
+                    port.tx[q].notified();
+                    let _ = vs.signal_used_queue();
+                }
+                w.tx_signalled = vs.get_queue().next_used();
             }
             let more = if blocked {
                 false
@@ -199,20 +218,8 @@ impl NetDevice {
             let mem = r.mem.memory();
             let vs = r.vring.get_ref();
             let qu = vs.get_queue();
-            let notify = if feats & (1 << VIRTIO_RING_F_EVENT_IDX) != 0 {
-                fence(Ordering::SeqCst);
-                let ev_addr = GuestAddress(qu.avail_ring() + 4 + 2 * u64::from(qu.size()));
-                match mem.read_obj::<u16>(ev_addr) {
-                    Ok(ev) => {
-                        let new = Wrapping(qu.next_used());
-                        let old = Wrapping(r_signalled(r));
-                        (new - Wrapping(u16::from_le(ev)) - Wrapping(1)) < (new - old)
-                    }
-                    Err(_) => true,
-                }
-            } else {
-                true
-            };
+            let event_idx = feats & (1 << VIRTIO_RING_F_EVENT_IDX) != 0;
+            let notify = needs_signal(qu, &mem, event_idx, r_signalled(r));
             set_signalled(r, qu.next_used());
             if notify {
                 slot.stats.notified();
@@ -227,6 +234,7 @@ impl NetDevice {
         w: &mut Worker,
         chain: DescriptorChain<&GuestMemoryMmap>,
         cache: &mut Option<(usize, GuardPair<'s, ()>)>,
+        held: &mut Option<RxHold<'s>>,
     ) -> Outcome {
         let sw = &*self.sw;
         let port = &sw.ports[self.port];
@@ -270,6 +278,7 @@ impl NetDevice {
         }
         // 2. Read the header and frame prefix through the source grants.
         if cache.is_none() {
+            release(held, &mut w.touched);
             *cache = Some((self.port, read_pair(&port.grants, &port.grants)));
         }
         let mut pre = [0u8; net::hdr::HDR_LEN + PREFIX];
@@ -303,23 +312,25 @@ impl NetDevice {
         smac.copy_from_slice(&frame[6..12]);
         w.frame_len = frame_len;
         if !net::is_multicast(&smac) {
-            sw.fdb.learn(&smac, self.port);
+            sw.fdb.learn_at(&smac, self.port, w.now);
         }
         let hash = net::flow_hash(frame);
         // 3. Destination(s).
         let known = if net::is_multicast(&dmac) {
             None
         } else {
-            sw.fdb.lookup(&dmac)
+            sw.fdb.lookup_at(&dmac, w.now)
         };
-        let src_len = (hl, frame_len);
+        // A frame that fit in the prefix is delivered from it (one local write per copy).
+        let small = (frame_len <= PREFIX).then_some(frame);
+        let src_len = (hl, frame_len, small);
         match known {
             Some(d) if d == self.port => {
                 w.drop_frame(port, Drop::NoDest);
                 Outcome::Done
             }
             Some(d) if sw.ports[d].connected.load(Ordering::Acquire) => {
-                match self.deliver_to(w, cache, d, hash, &hdr, src_len) {
+                match self.deliver_to(w, cache, held, d, hash, &hdr, src_len) {
                     Deliver::Ok => {
                         w.unblock();
                         Outcome::Done
@@ -344,7 +355,7 @@ impl NetDevice {
                     if d == self.port || !sw.ports[d].connected.load(Ordering::Acquire) {
                         continue;
                     }
-                    match self.deliver_to(w, cache, d, hash, &hdr, src_len) {
+                    match self.deliver_to(w, cache, held, d, hash, &hdr, src_len) {
                         Deliver::Ok => any = true,
                         Deliver::Full => w.drop_frame(port, Drop::FloodFull),
                         Deliver::Dropped(r) => w.drop_frame(port, r),
@@ -391,18 +402,22 @@ impl NetDevice {
     }
 
     /// Delivers the current frame to port `d`, applying the offload plan for its features.
+    #[allow(clippy::too_many_arguments)]
     fn deliver_to<'s>(
         &'s self,
         w: &mut Worker,
         cache: &mut Option<(usize, GuardPair<'s, ()>)>,
+        held: &mut Option<RxHold<'s>>,
         d: usize,
         hash: u32,
         hdr: &VirtioNetHdr,
-        (hl, frame_len): (usize, usize),
+        (hl, frame_len, small): (usize, usize, Option<&[u8]>),
     ) -> Deliver {
         let sw = &*self.sw;
         let dport = &sw.ports[d];
         if cache.as_ref().map_or(true, |(k, _)| *k != d) {
+            // Never wait for grant locks while holding a queue lock.
+            release(held, &mut w.touched);
             *cache = None;
             *cache = Some((d, read_pair(&sw.ports[self.port].grants, &dport.grants)));
         }
@@ -413,9 +428,10 @@ impl NetDevice {
         let segs = std::mem::take(&mut w.segs);
         let res = match gso::plan(hdr, dfeat) {
             Delivery::PassThrough => {
-                self.deliver_one(w, pair, d, hash, hdr, Src::Guest(&segs, hl), frame_len)
+                let src = small.map_or(Src::Guest(&segs, hl), Src::Local);
+                self.deliver_one(w, pair, held, d, hash, hdr, src, frame_len)
             }
-            plan => self.deliver_soft(w, pair, d, hash, hdr, &segs, hl, frame_len, plan),
+            plan => self.deliver_soft(w, pair, held, d, hash, hdr, &segs, hl, frame_len, plan),
         };
         w.segs = segs;
         res
@@ -423,10 +439,11 @@ impl NetDevice {
 
     /// Software offload fallback: linearize, then complete the checksum or segment.
     #[allow(clippy::too_many_arguments)]
-    fn deliver_soft(
-        &self,
+    fn deliver_soft<'s>(
+        &'s self,
         w: &mut Worker,
         pair: &GuardPair<'_, ()>,
+        held: &mut Option<RxHold<'s>>,
         d: usize,
         hash: u32,
         hdr: &VirtioNetHdr,
@@ -450,6 +467,7 @@ impl NetDevice {
                 Ok(()) => self.deliver_one(
                     w,
                     pair,
+                    held,
                     d,
                     hash,
                     &VirtioNetHdr::plain(),
@@ -465,7 +483,7 @@ impl NetDevice {
             }
             let mut last = Deliver::Ok;
             let r = gso::segment(hdr, &lin, &mut scratch, |h, f| {
-                match self.deliver_one(w, pair, d, hash, h, Src::Local(f), f.len()) {
+                match self.deliver_one(w, pair, held, d, hash, h, Src::Local(f), f.len()) {
                     Deliver::Ok => Ok(()),
                     other => {
                         last = other;
@@ -489,12 +507,14 @@ impl NetDevice {
         res
     }
 
-    /// Copies one frame into one RX queue of port `d` under the queue lock.
+    /// Copies one frame into one RX queue of port `d` under the queue lock, which stays held
+    /// (`held`) while the following frames go to the same queue.
     #[allow(clippy::too_many_arguments)]
-    fn deliver_one(
-        &self,
+    fn deliver_one<'s>(
+        &'s self,
         w: &mut Worker,
         pair: &GuardPair<'_, ()>,
+        held: &mut Option<RxHold<'s>>,
         d: usize,
         hash: u32,
         hdr: &VirtioNetHdr,
@@ -506,24 +526,36 @@ impl NetDevice {
             return Deliver::NotReady;
         };
         let slot = &dport.rx[q];
-        let mut ring = slot.ring.lock();
-        let Some(r) = ring.as_mut() else {
+        if held.as_ref().map_or(true, |h| (h.d, h.q) != (d, q)) {
+            // One queue lock at a time.
+            release(held, &mut w.touched);
+            *held = Some(RxHold {
+                d,
+                q,
+                guard: slot.ring.lock(),
+                staged: false,
+            });
+        }
+        let Some(h) = held.as_mut() else {
+            return Deliver::NotReady;
+        };
+        let Some(r) = h.guard.as_mut() else {
             dport.enabled.fetch_and(!(1u64 << q), Ordering::AcqRel);
+            release(held, &mut w.touched);
             return Deliver::NotReady;
         };
         let res = fill(w, pair, r, dport, &slot.stats, hdr, src, frame_len);
         match res {
             Deliver::Ok => {
                 slot.stats.frame(frame_len);
-                if !w.touched.contains(&(d, q)) {
-                    w.touched.push((d, q));
-                }
+                h.staged = true;
             }
             Deliver::Full if slot.stalled.load(Ordering::Acquire) => {
                 // Its guest has not posted buffers for a whole bound: do not wait again.
                 return Deliver::Dropped(Drop::RxFullTimeout);
             }
             Deliver::Full => {
+                // Registered under the queue lock (see `RxSlot::wake_waiters`).
                 w.full_q = q;
                 slot.add_waiter(&w.wake);
             }

@@ -54,17 +54,23 @@ impl Fdb {
         }
     }
 
-    fn now(&self) -> u32 {
+    /// The table's coarse clock (seconds); workers read it once per batch and pass it to
+    /// [`Fdb::learn_at`] / [`Fdb::lookup_at`].
+    pub fn now(&self) -> u32 {
         // +1 so that 0 never means "fresh".
         self.epoch.elapsed().as_secs() as u32 + 1
     }
 
     /// Records that `mac` (a unicast source address) was seen on `port`.
     pub fn learn(&self, mac: &[u8; 6], port: usize) {
+        self.learn_at(mac, port, self.now());
+    }
+
+    /// [`Fdb::learn`] at time `now` (from [`Fdb::now`]).
+    pub fn learn_at(&self, mac: &[u8; 6], port: usize, now: u32) {
         let key = mac_key(mac);
         let slot = &self.slots[slot_of(key)];
         let word = (key << 16) | ((port as u64 & 0xff) << 8) | 1;
-        let now = self.now();
         if slot.word.load(Relaxed) != word {
             slot.word.store(word, Relaxed);
             slot.seen.store(now, Relaxed);
@@ -75,13 +81,18 @@ impl Fdb {
 
     /// The port `mac` was last seen on, if known and fresh.
     pub fn lookup(&self, mac: &[u8; 6]) -> Option<usize> {
+        self.lookup_at(mac, self.now())
+    }
+
+    /// [`Fdb::lookup`] at time `now` (from [`Fdb::now`]).
+    pub fn lookup_at(&self, mac: &[u8; 6], now: u32) -> Option<usize> {
         let key = mac_key(mac);
         let slot = &self.slots[slot_of(key)];
         let w = slot.word.load(Relaxed);
         if w & 1 == 0 || w >> 16 != key {
             return None;
         }
-        if self.now().saturating_sub(slot.seen.load(Relaxed)) > AGE_SECS {
+        if now.saturating_sub(slot.seen.load(Relaxed)) > AGE_SECS {
             return None;
         }
         Some(((w >> 8) & 0xff) as usize)

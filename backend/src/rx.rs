@@ -1,17 +1,22 @@
 //! The receive side of a delivery: reserving RX buffers (mergeable or not) in the
 //! destination ring, scattering header and frame into them through the grant tables, and
-//! publishing them to the used ring in one index update. Called with the RX queue's lock held.
+//! staging them in the used ring; the used index is published once per run of frames into
+//! the same queue ([`RxHold`], [`release`]). Called with the RX queue's lock held.
 
 use crate::datapath::Worker;
 use crate::net::{self, VirtioNetHdr};
 use crate::stats::Drop;
 use crate::switch::{Port, RxRing};
 use pvnet_grant::{Access, GuardPair};
+use pvnet_locks::AnySpinLockGuard;
 use std::sync::atomic::{fence, Ordering};
 use vhost_user_backend::VringT;
 use virtio_bindings::virtio_net::VIRTIO_NET_F_MRG_RXBUF;
 use virtio_queue::{QueueOwnedT, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestAddressSpace, GuestMemoryMmap};
+
+/// Header plus frame bytes written with one grant copy from a local buffer.
+const SMALL: usize = 512;
 
 /// Result of one delivery attempt into one RX queue.
 pub(crate) enum Deliver {
@@ -118,6 +123,43 @@ pub(crate) fn scatter(
     Ok(())
 }
 
+/// Writes `entries` to the used ring from `next_used` on and advances `next_used`, without
+/// publishing the used index (the guest sees nothing until [`publish_idx`]).
+pub(crate) fn stage(
+    q: &mut virtio_queue::Queue,
+    mem: &GuestMemoryMmap,
+    entries: &[(u16, u32)],
+) -> Result<(), virtio_queue::Error> {
+    let base = q.next_used();
+    let size = q.size();
+    for (k, &(h, l)) in entries.iter().enumerate() {
+        if h >= size {
+            return Err(virtio_queue::Error::InvalidDescriptorIndex);
+        }
+        let slot = u64::from(base.wrapping_add(k as u16) % size);
+        let addr = GuestAddress(q.used_ring() + 4 + slot * 8);
+        // One element (id: u32, len: u32), little-endian, in one write.
+        let elem = u64::from(h) | (u64::from(l) << 32);
+        mem.write_obj(elem.to_le(), addr)
+            .map_err(virtio_queue::Error::GuestMemory)?;
+    }
+    q.set_next_used(base.wrapping_add(entries.len() as u16));
+    Ok(())
+}
+
+/// Publishes the used index (`next_used`): every staged entry appears at once.
+pub(crate) fn publish_idx(
+    q: &virtio_queue::Queue,
+    mem: &GuestMemoryMmap,
+) -> Result<(), virtio_queue::Error> {
+    mem.store(
+        q.next_used().to_le(),
+        GuestAddress(q.used_ring() + 2),
+        Ordering::Release,
+    )
+    .map_err(virtio_queue::Error::GuestMemory)
+}
+
 /// Publishes `entries` to the used ring with a single index update (a mergeable frame
 /// must appear all at once).
 pub(crate) fn publish(
@@ -125,21 +167,64 @@ pub(crate) fn publish(
     mem: &GuestMemoryMmap,
     entries: &[(u16, u32)],
 ) -> Result<(), virtio_queue::Error> {
-    let Some((&(last_h, last_l), rest)) = entries.split_last() else {
-        return Ok(());
-    };
-    let base = q.next_used();
-    let size = q.size();
-    for (k, &(h, l)) in rest.iter().enumerate() {
-        let slot = u64::from(base.wrapping_add(k as u16) % size);
-        let addr = GuestAddress(q.used_ring() + 4 + slot * 8);
-        mem.write_obj(u32::from(h).to_le(), addr)
-            .map_err(virtio_queue::Error::GuestMemory)?;
-        mem.write_obj(l.to_le(), GuestAddress(addr.0 + 4))
-            .map_err(virtio_queue::Error::GuestMemory)?;
+    stage(q, mem, entries)?;
+    publish_idx(q, mem)
+}
+
+/// Whether the driver asked to be notified of the used entries added since the used index
+/// was `old` (EVENT_IDX: `used_event` crossed; otherwise: no `VRING_AVAIL_F_NO_INTERRUPT`).
+pub(crate) fn needs_signal(
+    q: &virtio_queue::Queue,
+    mem: &GuestMemoryMmap,
+    event_idx: bool,
+    old: u16,
+) -> bool {
+    fence(Ordering::SeqCst);
+    if event_idx {
+        let ev_addr = GuestAddress(q.avail_ring() + 4 + 2 * u64::from(q.size()));
+        match mem.read_obj::<u16>(ev_addr) {
+            Ok(ev) => {
+                let new = q.next_used();
+                new.wrapping_sub(u16::from_le(ev)).wrapping_sub(1) < new.wrapping_sub(old)
+            }
+            Err(_) => true,
+        }
+    } else {
+        match mem.read_obj::<u16>(GuestAddress(q.avail_ring())) {
+            Ok(flags) => u16::from_le(flags) & 1 == 0,
+            Err(_) => true,
+        }
     }
-    q.set_next_used(base.wrapping_add(rest.len() as u16));
-    q.add_used(mem, last_h, last_l)
+}
+
+/// The RX queue a worker is delivering a run of frames into: its lock is held from the
+/// first frame of the run to the last, the frames' used entries are staged and published
+/// with one index update when the run ends ([`release`]).
+pub(crate) struct RxHold<'s> {
+    pub d: usize,
+    pub q: usize,
+    pub guard: AnySpinLockGuard<'s, Option<RxRing>>,
+    /// Used entries staged and not yet published.
+    pub staged: bool,
+}
+
+/// Ends the held run (if any): publishes its staged used entries, records the queue for the
+/// batch's notification round, unlocks.
+pub(crate) fn release(held: &mut Option<RxHold<'_>>, touched: &mut Vec<(usize, usize)>) {
+    let Some(h) = held.take() else { return };
+    if !h.staged {
+        return;
+    }
+    if let Some(r) = h.guard.as_ref() {
+        let mem = r.mem.memory();
+        let vs = r.vring.get_ref();
+        if let Err(e) = publish_idx(vs.get_queue(), &mem) {
+            log::error!("RX publish: {e}");
+        }
+    }
+    if !touched.contains(&(h.d, h.q)) {
+        touched.push((h.d, h.q));
+    }
 }
 
 // The used index at the last notification decision (kept beside the ring, under its lock).
@@ -268,20 +353,32 @@ pub(crate) fn fill(
         cap += ccap;
         w.popped.push((head, used as u32));
     }
-    // Phase 2: header, then the frame.
+    // Phase 2: header, then the frame (a small local frame: both in one write).
     let mut h = *hdr;
     h.num_buffers = if mrg { w.popped.len() as u16 } else { 1 };
     let hb = h.to_bytes();
-    let ok = scatter(pair, Src::Local(&hb[..dhl]), 0, dhl, &w.rxsegs, 0).is_ok()
-        && scatter(pair, src, 0, frame_len, &w.rxsegs, dhl).is_ok();
+    let mut small = [0u8; SMALL];
+    let ok = match src {
+        Src::Local(f) if dhl + f.len() <= SMALL => {
+            small[..dhl].copy_from_slice(&hb[..dhl]);
+            small[dhl..dhl + f.len()].copy_from_slice(f);
+            let n = dhl + f.len();
+            scatter(pair, Src::Local(&small[..n]), 0, n, &w.rxsegs, 0).is_ok()
+        }
+        _ => {
+            scatter(pair, Src::Local(&hb[..dhl]), 0, dhl, &w.rxsegs, 0).is_ok()
+                && scatter(pair, src, 0, frame_len, &w.rxsegs, dhl).is_ok()
+        }
+    };
     if !ok {
         for _ in 0..w.popped.len() {
             vs.get_queue_mut().go_to_previous_position();
         }
         return Deliver::Dropped(Drop::NotGranted);
     }
-    // Phase 3: publish all buffers of the frame at once.
-    if let Err(e) = publish(vs.get_queue_mut(), &mem, &w.popped) {
+    // Phase 3: stage all buffers of the frame; the caller publishes the used index once per
+    // run of frames, so every buffer of a mergeable frame appears at once.
+    if let Err(e) = stage(vs.get_queue_mut(), &mem, &w.popped) {
         log::error!("RX publish: {e}");
         return Deliver::Dropped(Drop::RxBadChain);
     }

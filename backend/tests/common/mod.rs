@@ -7,7 +7,7 @@
 
 use std::os::fd::AsRawFd;
 use std::path::Path;
-use std::sync::atomic::{fence, Ordering};
+use std::sync::atomic::{fence, AtomicU16, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
 use vhost::vhost_user::{Frontend, VhostUserFrontend};
@@ -24,6 +24,7 @@ pub const F_INDIRECT: u16 = 4;
 
 pub mod frames;
 pub mod harness;
+pub mod poll;
 
 /// What a Linux guest asks for.
 pub fn linux_features() -> u64 {
@@ -59,9 +60,25 @@ pub struct Opts {
     pub features: u64,
     pub rx_buf_len: u32,
     pub mac: [u8; 6],
+    /// TX frames in flight per pair (two descriptors each, or one with `tx_one_desc`).
+    pub tx_slots: u16,
+    /// Header and frame in one TX descriptor, as Linux does when the header fits in the
+    /// skb's headroom (VERSION_1); default: two descriptors (header, frame).
+    pub tx_one_desc: bool,
+    /// Bytes per TX slot (virtio header + largest frame sent).
+    pub tx_slot_len: u64,
 }
 
 impl Opts {
+    /// Descriptors the TX slots use (the first `tx_descs()` indexes of each TX ring).
+    pub fn tx_descs(&self) -> u16 {
+        if self.tx_one_desc {
+            self.tx_slots
+        } else {
+            2 * self.tx_slots
+        }
+    }
+
     pub fn new(pairs: u16, mac_last: u8) -> Self {
         Opts {
             pairs,
@@ -69,6 +86,9 @@ impl Opts {
             features: linux_features(),
             rx_buf_len: 2048,
             mac: [0x02, 0, 0, 0, 0, mac_last],
+            tx_slots: TX_SLOTS,
+            tx_slot_len: TX_SLOT_LEN,
+            tx_one_desc: false,
         }
     }
 }
@@ -77,6 +97,8 @@ const TX_SLOTS: u16 = 16;
 const TX_SLOT_LEN: u64 = 66 * 1024 + 1024;
 const RING_AREA: u64 = 32 * 1024;
 const REGION: u64 = 40 << 20;
+/// Guest memory: two adjacent regions of `REGION` bytes.
+pub const GUEST_MEM: u64 = 2 * REGION;
 
 struct Ring {
     desc: u64,
@@ -87,6 +109,9 @@ struct Ring {
     last_used: u16,
     /// Avail index at the last publication (for EVENT_IDX kick suppression).
     published: u16,
+    /// Ask for a used-buffer notification on every publication (false: the driver polls,
+    /// `used_event` is left behind like Linux's `virtqueue_disable_cb`).
+    irq: bool,
 }
 
 pub struct Guest {
@@ -102,6 +127,10 @@ pub struct Guest {
     rx_base: u64,
     tx_base: u64,
     pub scratch: u64,
+    /// Kicks sent so far.
+    pub kicks_sent: u64,
+    /// (guest address, host address, length) of each memory region, for direct access.
+    regions: Vec<(u64, usize, u64)>,
 }
 
 fn connect(path: &Path, nq: u64) -> Frontend {
@@ -159,11 +188,19 @@ impl Guest {
         let rx_base = RING_AREA * nq as u64;
         let rx_total = u64::from(opts.pairs) * u64::from(q) * u64::from(opts.rx_buf_len);
         let tx_base = (rx_base + rx_total + 4095) & !4095;
-        let scratch = tx_base + u64::from(opts.pairs) * u64::from(TX_SLOTS) * TX_SLOT_LEN;
+        assert!(
+            opts.tx_descs() <= q,
+            "TX slots' descriptors fit in the ring"
+        );
+        let scratch = tx_base + u64::from(opts.pairs) * u64::from(opts.tx_slots) * opts.tx_slot_len;
         assert!(
             scratch + (1 << 20) < 2 * REGION,
             "guest memory too small for these options"
         );
+        let regions = mem
+            .iter()
+            .map(|r| (r.start_addr().0, r.as_ptr() as usize, r.len()))
+            .collect();
         let mut g = Guest {
             fe,
             mem,
@@ -174,11 +211,13 @@ impl Guest {
             kicks: Vec::new(),
             calls: Vec::new(),
             tx_free: (0..opts.pairs)
-                .map(|_| (0..TX_SLOTS).rev().collect())
+                .map(|_| (0..opts.tx_slots).rev().collect())
                 .collect(),
             rx_base,
             tx_base,
             scratch,
+            kicks_sent: 0,
+            regions,
         };
         for i in 0..nq {
             let base = RING_AREA * i as u64;
@@ -193,6 +232,7 @@ impl Guest {
                 avail_idx: 0,
                 last_used: 0,
                 published: 0,
+                irq: true,
             });
             let va = |gpa: u64| g.mem.get_host_address(GuestAddress(gpa)).expect("va") as u64;
             g.fe.set_vring_num(i, q).expect("num");
@@ -234,22 +274,66 @@ impl Guest {
         self.features & bit(VIRTIO_RING_F_EVENT_IDX) != 0
     }
 
+    /// Host address of `[gpa, gpa + len)` when it lies inside one region.
+    fn host(&self, gpa: u64, len: usize) -> Option<*mut u8> {
+        self.regions.iter().find_map(|&(start, hva, rlen)| {
+            let off = gpa.checked_sub(start)?;
+            (off.checked_add(len as u64)? <= rlen).then_some((hva + off as usize) as *mut u8)
+        })
+    }
+
+    /// An aligned field of the rings (all of them lie in region 0), accessed the way a guest
+    /// driver does: plain (atomic) loads and stores, no bounds-checked memory API.
+    fn field<T>(&self, gpa: u64) -> *mut T {
+        let p = self
+            .host(gpa, std::mem::size_of::<T>())
+            .expect("ring field in guest memory");
+        assert_eq!(
+            p as usize % std::mem::align_of::<T>(),
+            0,
+            "aligned ring field"
+        );
+        p.cast()
+    }
+
     fn w16(&self, a: u64, v: u16) {
-        self.mem.write_obj(v, GuestAddress(a)).expect("write");
+        // SAFETY: `field` checked that the aligned u16 lies in the guest memory mapping that
+        // `self.mem` keeps alive; the device side accesses it concurrently, hence atomics.
+        unsafe { AtomicU16::from_ptr(self.field(a)) }.store(v, Ordering::Relaxed);
     }
     fn r16(&self, a: u64) -> u16 {
-        self.mem.read_obj(GuestAddress(a)).expect("read")
+        // SAFETY: as in `w16`.
+        unsafe { AtomicU16::from_ptr(self.field(a)) }.load(Ordering::Relaxed)
     }
     fn r32(&self, a: u64) -> u32 {
-        self.mem.read_obj(GuestAddress(a)).expect("read")
+        // SAFETY: as in `w16`, for an aligned u32.
+        unsafe { AtomicU32::from_ptr(self.field(a)) }.load(Ordering::Relaxed)
+    }
+    fn w32(&self, a: u64, v: u32) {
+        // SAFETY: as in `w16`, for an aligned u32.
+        unsafe { AtomicU32::from_ptr(self.field(a)) }.store(v, Ordering::Relaxed);
     }
 
     pub fn write_desc(&self, ring: usize, i: u16, addr: u64, len: u32, flags: u16, next: u16) {
         let a = self.rings[ring].desc + 16 * u64::from(i);
-        self.mem.write_obj(addr, GuestAddress(a)).expect("desc");
-        self.mem.write_obj(len, GuestAddress(a + 8)).expect("desc");
-        self.w16(a + 12, flags);
-        self.w16(a + 14, next);
+        // SAFETY: as in `w16`, for the aligned u64 address field of a descriptor.
+        unsafe { AtomicU64::from_ptr(self.field(a)) }.store(addr.to_le(), Ordering::Relaxed);
+        self.w32(a + 8, len.to_le());
+        self.w16(a + 12, flags.to_le());
+        self.w16(a + 14, next.to_le());
+    }
+
+    /// Copies `data` to guest address `gpa` (directly when it lies in one region).
+    fn write_bytes(&self, gpa: u64, data: &[u8]) {
+        match self.host(gpa, data.len()) {
+            // SAFETY: `host` checked the range lies in one live mapping of guest memory; the
+            // device reads this TX buffer only after the chain is published.
+            Some(p) => unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), p, data.len()) },
+            None => self
+                .mem
+                .write_slice(data, GuestAddress(gpa))
+                .expect("write"),
+        }
     }
 
     fn push_avail(&mut self, ring: usize, head: u16) {
@@ -264,8 +348,10 @@ impl Guest {
         let r = &self.rings[ring];
         let (new, old) = (r.avail_idx, r.published);
         self.w16(r.avail + 2, new);
-        // Ask for an interrupt on every used entry (we poll anyway).
-        self.w16(r.avail + 4 + 2 * u64::from(r.size), r.last_used);
+        if r.irq {
+            // Ask for an interrupt on every used entry.
+            self.w16(r.avail + 4 + 2 * u64::from(r.size), r.last_used);
+        }
         self.rings[ring].published = new;
         fence(Ordering::SeqCst);
         // Kick like a Linux driver: only when the device asked (EVENT_IDX avail_event, or
@@ -278,6 +364,7 @@ impl Guest {
             self.r16(r.used) & 1 == 0
         };
         if kick {
+            self.kicks_sent += 1;
             let _ = self.kicks[ring].write(1);
         }
     }
@@ -311,20 +398,41 @@ impl Guest {
             return false;
         };
         let ring = 2 * usize::from(pair) + 1;
-        let buf =
-            self.tx_base + (u64::from(pair) * u64::from(TX_SLOTS) + u64::from(slot)) * TX_SLOT_LEN;
+        let buf = self.tx_slot(pair, slot);
         let h = &hdr[..self.hdr_len];
-        self.mem.write_slice(h, GuestAddress(buf)).expect("hdr");
-        self.mem
-            .write_slice(frame, GuestAddress(buf + h.len() as u64))
-            .expect("frame");
-        // Header and frame in separate descriptors, like Linux with a linear skb.
-        let d0 = 2 * slot;
-        self.write_desc(ring, d0, buf, h.len() as u32, F_NEXT, d0 + 1);
-        self.write_desc(ring, d0 + 1, buf + h.len() as u64, frame.len() as u32, 0, 0);
-        self.push_avail(ring, d0);
+        assert!(
+            (h.len() + frame.len()) as u64 <= self.opts.tx_slot_len,
+            "frame > TX slot"
+        );
+        self.write_bytes(buf, h);
+        self.write_bytes(buf + h.len() as u64, frame);
+        self.post_tx_slot(pair, slot, frame.len());
         self.publish_avail(ring);
         true
+    }
+
+    fn tx_slot(&self, pair: u16, slot: u16) -> u64 {
+        self.tx_base
+            + (u64::from(pair) * u64::from(self.opts.tx_slots) + u64::from(slot))
+                * self.opts.tx_slot_len
+    }
+
+    /// Makes TX slot `slot` (header + `len` frame bytes already written) available;
+    /// published with the next `publish_avail`.
+    fn post_tx_slot(&mut self, pair: u16, slot: u16, len: usize) {
+        let ring = 2 * usize::from(pair) + 1;
+        let buf = self.tx_slot(pair, slot);
+        let hl = self.hdr_len as u64;
+        if self.opts.tx_one_desc {
+            self.write_desc(ring, slot, buf, (hl as usize + len) as u32, 0, 0);
+            self.push_avail(ring, slot);
+            return;
+        }
+        // Header and frame in separate descriptors (a Linux skb without headroom).
+        let d0 = 2 * slot;
+        self.write_desc(ring, d0, buf, hl as u32, F_NEXT, d0 + 1);
+        self.write_desc(ring, d0 + 1, buf + hl, len as u32, 0, 0);
+        self.push_avail(ring, d0);
     }
 
     /// Places a raw chain (descriptor index, addr, len, flags, next) on pair `pair`'s TX ring
@@ -332,7 +440,7 @@ impl Guest {
     pub fn send_chain(&mut self, pair: u16, descs: &[(u16, u64, u32, u16, u16)]) {
         let ring = 2 * usize::from(pair) + 1;
         for &(i, a, l, f, n) in descs {
-            assert!(i >= 2 * TX_SLOTS);
+            assert!(i >= self.opts.tx_descs());
             self.write_desc(ring, i, a, l, f, n);
         }
         self.push_avail(ring, descs[0].0);
@@ -353,8 +461,9 @@ impl Guest {
             let e = r.used + 4 + 8 * u64::from(r.last_used % r.size);
             let id = self.r32(e) as u16;
             self.rings[ring].last_used = r.last_used.wrapping_add(1);
-            if id < 2 * TX_SLOTS {
-                self.tx_free[usize::from(pair)].push(id / 2);
+            if id < self.opts.tx_descs() {
+                let slot = if self.opts.tx_one_desc { id } else { id / 2 };
+                self.tx_free[usize::from(pair)].push(slot);
             }
             n += 1;
         }
@@ -364,7 +473,7 @@ impl Guest {
     /// TX chains of `pair` still owned by the device.
     pub fn tx_in_flight(&mut self, pair: u16) -> usize {
         self.reclaim_tx(pair);
-        usize::from(TX_SLOTS) - self.tx_free[usize::from(pair)].len()
+        usize::from(self.opts.tx_slots) - self.tx_free[usize::from(pair)].len()
     }
 
     /// Drains every RX ring: each received frame as (pair, header bytes, frame bytes, buffers).
