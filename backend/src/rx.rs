@@ -13,7 +13,7 @@ use std::sync::atomic::{fence, Ordering};
 use vhost_user_backend::VringT;
 use virtio_bindings::virtio_net::VIRTIO_NET_F_MRG_RXBUF;
 use virtio_queue::{QueueOwnedT, QueueT};
-use vm_memory::{Bytes, GuestAddress, GuestAddressSpace, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress, GuestAddressSpace, GuestMemoryBackend, GuestMemoryMmap};
 
 /// Header plus frame bytes written with one grant copy from a local buffer.
 const SMALL: usize = 512;
@@ -132,16 +132,22 @@ pub(crate) fn stage(
 ) -> Result<(), virtio_queue::Error> {
     let base = q.next_used();
     let size = q.size();
+    if entries.is_empty() {
+        return Ok(());
+    }
+    // The element array, looked up once for all entries.
+    let ring = mem
+        .get_slice(GuestAddress(q.used_ring() + 4), 8 * usize::from(size))
+        .map_err(virtio_queue::Error::GuestMemory)?;
     for (k, &(h, l)) in entries.iter().enumerate() {
         if h >= size {
             return Err(virtio_queue::Error::InvalidDescriptorIndex);
         }
-        let slot = u64::from(base.wrapping_add(k as u16) % size);
-        let addr = GuestAddress(q.used_ring() + 4 + slot * 8);
+        let slot = usize::from(base.wrapping_add(k as u16) % size);
         // One element (id: u32, len: u32), little-endian, in one write.
         let elem = u64::from(h) | (u64::from(l) << 32);
-        mem.write_obj(elem.to_le(), addr)
-            .map_err(virtio_queue::Error::GuestMemory)?;
+        ring.write_obj(elem.to_le(), slot * 8)
+            .map_err(|e| virtio_queue::Error::GuestMemory(e.into()))?;
     }
     q.set_next_used(base.wrapping_add(entries.len() as u16));
     Ok(())
