@@ -48,13 +48,13 @@
 //! * Linux stops stealing as soon as the queue is empty (`tail == 0`) and queues, so the
 //!   first waiter becomes the head and blocks steals with pending. With threads on two
 //!   cores that turns every contended acquisition into a cross-core MCS hand-off (2
-//!   threads: ~10 M ops/s against ~45 M for parking_lot). We keep stealing while the queue
+//!   threads: ~3x slower than parking_lot). We keep stealing while the queue
 //!   is empty; the budget bounds the unfairness, and the queue still forms once it runs out.
 //! * Linux polls in a tight loop without a bound. Here a tight loop pulls the lock's cache
 //!   line from the running holder on every iteration and keeps a second CPU busy with
 //!   stealers; the backoff leaves the line with the holder, and the bound sends waiters to
-//!   sleep so that one core runs the lock at near-uncontended speed (8/16 threads: `cores`
-//!   ≈ 1.0, at or above parking_lot).
+//!   sleep so that one core runs the lock at near-uncontended speed (8/16 threads: about
+//!   one core busy, throughput at parity with parking_lot).
 //!
 //! The policy only decides *when* a locker takes the free locked byte: every steal is the
 //! same Acquire CAS `locked 0 -> 1` (pending clear) as before, and the halt/hash/kick
@@ -131,8 +131,8 @@ pub const PV_STALE_CHECKS: u32 = 3;
 
 /// Budget of the entry-time unfair trylock, in spin iterations (Linux spins unboundedly
 /// while the head is halted; a user-space thread may instead be descheduled there, so we
-/// give up and queue, where we can sleep). About 50 µs of polling per contended
-/// acquisition at most; tuned on 2 vCPUs with 2-16 threads (`docs/benchmarks.md`, Locks).
+/// give up and queue, where we can sleep). Tuned on 2 vCPUs with 2-16 threads
+/// (`docs/benchmarks.md`, Locks).
 #[cfg(not(loom))]
 const STEAL_SPINS: u32 = 256;
 #[cfg(loom)]
