@@ -117,7 +117,14 @@ fn measure(size: usize, pairs: u16, gl: RwLockKind, ql: SpinLockKind, secs: f64)
                 t.add(&port.queue_snapshot(q));
             }
         }
-        eprintln!("{size} {pairs}: {t:?} kicks {}", a.kicks_sent);
+        eprintln!(
+            "{size} {pairs}: {t:?} kicks {}; sleeps/timeouts: sender {}/{} receiver {}/{}",
+            a.kicks_sent,
+            a.sleeps.get(),
+            a.timeouts.get(),
+            b.sleeps.get(),
+            b.timeouts.get()
+        );
         let mut by: std::collections::BTreeMap<String, f64> = Default::default();
         for (k, (name, v)) in &cpu1 {
             let v0 = cpu0.get(k).map_or(0.0, |x| x.1);

@@ -290,7 +290,7 @@ pub(crate) fn fill(
     w.popped.clear();
     let mut cap = 0usize;
     let mut signal = false;
-    let mut retried = false;
+    let mut retries = 0u16;
     // Phase 1: reserve enough buffers.
     while cap < total {
         let Some(chain) = vs.get_queue_mut().pop_descriptor_chain(&*mem) else {
@@ -300,9 +300,13 @@ pub(crate) fn fill(
             w.popped.clear();
             w.rxsegs.clear();
             cap = 0;
-            // Ask for a kick when the guest posts buffers; if some arrived meanwhile, retry.
-            if !retried && ask_for_kick(vs.get_queue_mut(), &mem) {
-                retried = true;
+            // Ask for a kick when the guest posts buffers; if some arrived meanwhile, retry
+            // (and re-arm: `avail_event` must be at the guest's latest index, or a frame
+            // needing more buffers than arrived would never be kicked again). Each retry
+            // needs newly posted buffers, at most a ring's worth; the cap only guards
+            // against a ring that cannot be read.
+            if retries <= vs.get_queue().size() && ask_for_kick(vs.get_queue_mut(), &mem) {
+                retries += 1;
                 continue;
             }
             if signal {

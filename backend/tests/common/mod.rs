@@ -129,6 +129,9 @@ pub struct Guest {
     pub scratch: u64,
     /// Kicks sent so far.
     pub kicks_sent: u64,
+    /// Sleeps on call eventfds in polling mode, and how many of them timed out.
+    pub sleeps: std::cell::Cell<u64>,
+    pub timeouts: std::cell::Cell<u64>,
     /// (guest address, host address, length) of each memory region, for direct access.
     regions: Vec<(u64, usize, u64)>,
 }
@@ -217,6 +220,8 @@ impl Guest {
             tx_base,
             scratch,
             kicks_sent: 0,
+            sleeps: Default::default(),
+            timeouts: Default::default(),
             regions,
         };
         for i in 0..nq {

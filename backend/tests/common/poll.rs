@@ -75,6 +75,10 @@ impl Guest {
         let ms = timeout.as_millis().clamp(1, i32::MAX as u128) as i32;
         // SAFETY: `fds` is a valid array of `fds.len()` pollfd structures for the call.
         let r = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
+        self.sleeps.set(self.sleeps.get() + 1);
+        if r == 0 {
+            self.timeouts.set(self.timeouts.get() + 1);
+        }
         if r > 0 {
             for (f, &ring) in fds.iter().zip(rings) {
                 if f.revents != 0 {
