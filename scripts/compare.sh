@@ -65,7 +65,8 @@ csv=$out/results.csv
 echo "config,round,gbps,retransmits,status,qlock_slow_paths,qlock_spins,qlock_halts" >"$csv"
 # Queue-lock counters of one run: the last lock report in pvnet's output ("0,0,0" if none).
 qlock() {
-  grep -h '"queue_lock"' "$1" 2>/dev/null | tail -1 | sed 's/.*"queue_lock"//' |
+  # (`|| true`: no match — a testpmd run — must not end the script under pipefail + set -e.)
+  { grep -h '"queue_lock"' "$1" 2>/dev/null || true; } | tail -1 | sed 's/.*"queue_lock"//' |
     awk '{n = split("slow_paths spins halts", k, " "); out = ""
       for (i = 1; i <= n; i++) { v = 0; if (match($0, "\"" k[i] "\":[0-9]+")) { v = substr($0, RSTART, RLENGTH); sub(/.*:/, "", v) }
         out = out (i > 1 ? "," : "") v }
