@@ -13,6 +13,11 @@ cd "$(dirname "$0")/.."
 quick=0
 [ "${1:-}" = "--quick" ] && quick=1
 
+if ! command -v cargo >/dev/null; then
+  echo "scripts/test.sh: cargo not found: install a Rust toolchain (https://rustup.rs), then rerun" >&2
+  exit 2
+fi
+
 passed=0 failed=0 skipped=0
 declare -a summary
 step() { # name, command...
