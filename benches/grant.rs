@@ -8,7 +8,8 @@
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use pvnet_grant::{memfd, read_pair, Access, GrantTable};
-use pvnet_locks::RwLockKind;
+use pvnet_locks::family::RwFamily;
+use pvnet_locks::{with_rw_family, RwLockKind};
 use std::hint::black_box;
 use vm_memory::GuestAddress;
 
@@ -17,10 +18,10 @@ const GPA_A: u64 = 0x1000_0000;
 const GPA_B: u64 = 0x4000_0000;
 const SIZES: [usize; 3] = [64, 1500, 65536];
 
-fn tables(kind: RwLockKind) -> (GrantTable, GrantTable) {
+fn tables<F: RwFamily>() -> (GrantTable<F>, GrantTable<F>) {
     let bytes = BATCH as usize * 65536;
-    let a = GrantTable::new(kind);
-    let b = GrantTable::new(kind);
+    let a = GrantTable::new();
+    let b = GrantTable::new();
     let ma = memfd::guest_memory::<()>(&[(GPA_A, bytes)]).expect("memfd guest memory");
     let mb = memfd::guest_memory::<()>(&[(GPA_B, bytes)]).expect("memfd guest memory");
     a.replace_from_memory(&ma).expect("grant A");
@@ -31,7 +32,17 @@ fn tables(kind: RwLockKind) -> (GrantTable, GrantTable) {
 fn translate(c: &mut Criterion) {
     let mut g = c.benchmark_group("grant/translate");
     for &kind in RwLockKind::ALL {
-        let (a, _b) = tables(kind);
+        with_rw_family!(kind, F => translate_one::<F>(&mut g, kind));
+    }
+    g.finish();
+}
+
+fn translate_one<F: RwFamily>(
+    g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    kind: RwLockKind,
+) {
+    {
+        let (a, _b) = tables::<F>();
         g.bench_function(kind.as_str(), |bench| {
             bench.iter(|| {
                 let guard = a.read();
@@ -46,7 +57,6 @@ fn translate(c: &mut Criterion) {
             })
         });
     }
-    g.finish();
 }
 
 fn copy(c: &mut Criterion) {
@@ -55,7 +65,21 @@ fn copy(c: &mut Criterion) {
         g.throughput(Throughput::Bytes(BATCH * size as u64));
         let stride = size.next_multiple_of(64) as u64;
         for &kind in RwLockKind::ALL {
-            let (a, b) = tables(kind);
+            with_rw_family!(kind, F => copy_one::<F>(&mut g, kind, size, stride));
+        }
+        g.finish();
+    }
+}
+
+fn copy_one<F: RwFamily>(
+    g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    kind: RwLockKind,
+    size: usize,
+    stride: u64,
+) {
+    {
+        {
+            let (a, b) = tables::<F>();
             let at = |base: u64, i: u64| GuestAddress(base + i * stride);
             g.bench_function(BenchmarkId::new(kind.as_str(), "per-buffer"), |bench| {
                 bench.iter(|| {
@@ -74,7 +98,6 @@ fn copy(c: &mut Criterion) {
                 })
             });
         }
-        g.finish();
     }
 }
 

@@ -25,6 +25,8 @@ use crate::report::{self, Format, Row};
 use anyhow::{bail, Context as _};
 use crossbeam_utils::CachePadded;
 use pvnet_grant::{memfd, read_pair, Access, GrantTable};
+use pvnet_locks::family::RwFamily;
+use pvnet_locks::with_rw_family;
 use pvnet_locks::RwLockKind;
 use std::collections::BTreeMap;
 use std::hint::black_box;
@@ -156,10 +158,49 @@ fn guest(base: u64, bytes: u64) -> anyhow::Result<GuestMemoryMmap> {
     Ok(mem)
 }
 
-/// Everything one grant-table measurement needs.
-struct Tables {
-    a: GrantTable,
-    b: GrantTable,
+/// Everything one grant-table measurement needs, for rwlock family `F`.
+struct Tables<F: RwFamily> {
+    a: GrantTable<F>,
+    b: GrantTable<F>,
+}
+
+/// The tables of one lock kind, measured through one virtual call per measurement (the
+/// operations inside are compiled for the kind's family).
+trait KindTables {
+    fn measure(
+        &self,
+        mems: &Memories,
+        args: &Args,
+        op: Op,
+        batched: bool,
+        layout: Layout,
+        threads: usize,
+    ) -> anyhow::Result<Sample>;
+}
+
+impl<F: RwFamily> KindTables for Tables<F> {
+    fn measure(
+        &self,
+        mems: &Memories,
+        args: &Args,
+        op: Op,
+        batched: bool,
+        layout: Layout,
+        threads: usize,
+    ) -> anyhow::Result<Sample> {
+        measure_grant(self, mems, args, op, batched, layout, threads)
+    }
+}
+
+/// Tables of family `F` granting the first memory of `mems`.
+fn kind_tables<F: RwFamily>(mems: &Memories) -> anyhow::Result<Box<dyn KindTables>> {
+    let t = Tables::<F> {
+        a: GrantTable::new(),
+        b: GrantTable::new(),
+    };
+    t.a.replace_from_memory(&mems.a[0])?;
+    t.b.replace_from_memory(&mems.b[0])?;
+    Ok(Box::new(t))
 }
 
 struct Memories {
@@ -211,7 +252,7 @@ fn measure<F>(
     threads: usize,
     secs: f64,
     pin: bool,
-    writer: Option<(&Tables, &Memories, u64)>,
+    writer: Option<(&(dyn Fn(usize) -> bool + Sync), u64)>,
     work: F,
 ) -> anyhow::Result<Sample>
 where
@@ -253,7 +294,7 @@ where
         let start = Instant::now();
         let end = start + Duration::from_secs_f64(secs);
         match writer {
-            Some((tables, mems, every_ms)) => {
+            Some((replace, every_ms)) => {
                 let mut flip = 1;
                 loop {
                     let next = Instant::now() + Duration::from_millis(every_ms);
@@ -264,9 +305,7 @@ where
                     std::thread::sleep(next.saturating_duration_since(Instant::now()));
                     // Errors cannot happen here (same valid memory every time); count only
                     // successful replacements.
-                    if tables.a.replace_from_memory(&mems.a[flip]).is_ok()
-                        && tables.b.replace_from_memory(&mems.b[flip]).is_ok()
-                    {
+                    if replace(flip) {
                         writes += 1;
                     }
                     flip ^= 1;
@@ -292,8 +331,8 @@ where
 }
 
 /// One grant-table measurement: op, size, mode, threads, kind.
-fn measure_grant(
-    tables: &Tables,
+fn measure_grant<G: RwFamily>(
+    tables: &Tables<G>,
     mems: &Memories,
     args: &Args,
     op: Op,
@@ -301,7 +340,14 @@ fn measure_grant(
     layout: Layout,
     threads: usize,
 ) -> anyhow::Result<Sample> {
-    let writer = (args.write_every_ms > 0).then_some((tables, mems, args.write_every_ms));
+    let replace = |flip: usize| {
+        tables.a.replace_from_memory(&mems.a[flip]).is_ok()
+            && tables.b.replace_from_memory(&mems.b[flip]).is_ok()
+    };
+    let writer = (args.write_every_ms > 0).then_some((
+        &replace as &(dyn Fn(usize) -> bool + Sync),
+        args.write_every_ms,
+    ));
     let (a, b) = (&tables.a, &tables.b);
     let size = layout.size;
     let n = layout.batch;
@@ -409,16 +455,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     };
     let mut tables = Vec::new();
     for &kind in &args.locks {
-        let t = Tables {
-            a: GrantTable::new(kind),
-            b: GrantTable::new(kind),
-        };
-        t.a.replace_from_memory(&mems.a[0])?;
-        t.b.replace_from_memory(&mems.b[0])?;
-        if t.a.kind() != kind {
-            log::warn!("rwlock kind {kind} is built as {} for now", t.a.kind());
+        let built = pvnet_locks::family::resolve_rw(kind);
+        if built != kind {
+            log::warn!("rwlock kind {kind} is built as {built} on this machine");
         }
-        tables.push(t);
+        tables.push(with_rw_family!(kind, F => kind_tables::<F>(&mems))?);
     }
 
     // Per configuration, the memcpy baseline and every kind are measured back to back, and
@@ -440,7 +481,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                             memcpy.entry((size, threads)).or_default().push(v);
                         }
                         for (li, t) in tables.iter().enumerate() {
-                            let v = measure_grant(t, &mems, &args, op, batched, layout, threads)?;
+                            let v = t.measure(&mems, &args, op, batched, layout, threads)?;
                             grant
                                 .entry((op, size, batched, threads, li))
                                 .or_default()

@@ -15,8 +15,9 @@ use crate::rx::{
     fill, gather, needs_signal, publish, r_signalled, release, set_signalled, Deliver, RxHold, Src,
 };
 use crate::stats::Drop;
-use crate::switch::Port;
-use pvnet_grant::{read_pair, Access, GuardPair};
+use crate::switch::{Locks, Pair, Port};
+use pvnet_grant::{read_pair, Access};
+use pvnet_locks::family::MutexApi;
 use std::io;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::Ordering;
@@ -131,7 +132,7 @@ enum Outcome {
     Blocked,
 }
 
-impl NetDevice {
+impl<L: Locks> NetDevice<L> {
     /// Handles the TX ring of pair `q`: called on TX kicks, wake-ups and timer expiry.
     pub(crate) fn run_tx(
         &self,
@@ -148,8 +149,8 @@ impl NetDevice {
         let mem = self.mem.memory();
         let event_idx = self.event_idx.load(Ordering::Acquire);
         loop {
-            let mut cache: Option<(usize, GuardPair<'_, ()>)> = None;
-            let mut held: Option<RxHold<'_>> = None;
+            let mut cache: Option<(usize, Pair<'_, L>)> = None;
+            let mut held: Option<RxHold<'_, L>> = None;
             let mut vs = tx.get_mut();
             let _ = vs.get_queue_mut().disable_notification(&*mem);
             w.now = sw.fdb.now();
@@ -215,7 +216,7 @@ impl NetDevice {
             let Some(slot) = self.sw.ports.get(p).and_then(|port| port.rx.get(q)) else {
                 continue;
             };
-            let ring = slot.ring.lock();
+            let ring = self.fabric.ports[p].rings[q].lock();
             let Some(r) = ring.as_ref() else { continue };
             let feats = self.sw.ports[p].features.load(Ordering::Acquire);
             let mem = r.mem.memory();
@@ -236,8 +237,8 @@ impl NetDevice {
         &'s self,
         w: &mut Worker,
         chain: DescriptorChain<&GuestMemoryMmap>,
-        cache: &mut Option<(usize, GuardPair<'s, ()>)>,
-        held: &mut Option<RxHold<'s>>,
+        cache: &mut Option<(usize, Pair<'s, L>)>,
+        held: &mut Option<RxHold<'s, L>>,
     ) -> Outcome {
         let sw = &*self.sw;
         let port = &sw.ports[self.port];
@@ -282,7 +283,8 @@ impl NetDevice {
         // 2. Read the header and frame prefix through the source grants.
         if cache.is_none() {
             release(held, &mut w.touched);
-            *cache = Some((self.port, read_pair(&port.grants, &port.grants)));
+            let g = &self.fabric.ports[self.port].grants;
+            *cache = Some((self.port, read_pair(g, g)));
         }
         let mut pre = [0u8; net::hdr::HDR_LEN + PREFIX];
         let frame_len = total - hl;
@@ -409,8 +411,8 @@ impl NetDevice {
     fn deliver_to<'s>(
         &'s self,
         w: &mut Worker,
-        cache: &mut Option<(usize, GuardPair<'s, ()>)>,
-        held: &mut Option<RxHold<'s>>,
+        cache: &mut Option<(usize, Pair<'s, L>)>,
+        held: &mut Option<RxHold<'s, L>>,
         d: usize,
         hash: u32,
         hdr: &VirtioNetHdr,
@@ -422,7 +424,13 @@ impl NetDevice {
             // Never wait for grant locks while holding a queue lock.
             release(held, &mut w.touched);
             *cache = None;
-            *cache = Some((d, read_pair(&sw.ports[self.port].grants, &dport.grants)));
+            *cache = Some((
+                d,
+                read_pair(
+                    &self.fabric.ports[self.port].grants,
+                    &self.fabric.ports[d].grants,
+                ),
+            ));
         }
         let Some((_, pair)) = cache.as_ref() else {
             return Deliver::NotReady;
@@ -445,8 +453,8 @@ impl NetDevice {
     fn deliver_soft<'s>(
         &'s self,
         w: &mut Worker,
-        pair: &GuardPair<'_, ()>,
-        held: &mut Option<RxHold<'s>>,
+        pair: &Pair<'_, L>,
+        held: &mut Option<RxHold<'s, L>>,
         d: usize,
         hash: u32,
         hdr: &VirtioNetHdr,
@@ -516,8 +524,8 @@ impl NetDevice {
     fn deliver_one<'s>(
         &'s self,
         w: &mut Worker,
-        pair: &GuardPair<'_, ()>,
-        held: &mut Option<RxHold<'s>>,
+        pair: &Pair<'_, L>,
+        held: &mut Option<RxHold<'s, L>>,
         d: usize,
         hash: u32,
         hdr: &VirtioNetHdr,
@@ -535,7 +543,7 @@ impl NetDevice {
             *held = Some(RxHold {
                 d,
                 q,
-                guard: slot.ring.lock(),
+                guard: self.fabric.ports[d].rings[q].lock(),
                 staged: false,
             });
         }
@@ -547,7 +555,7 @@ impl NetDevice {
             release(held, &mut w.touched);
             return Deliver::NotReady;
         };
-        let res = fill(w, pair, r, dport, &slot.stats, hdr, src, frame_len);
+        let res = fill::<L>(w, pair, r, dport, &slot.stats, hdr, src, frame_len);
         match res {
             Deliver::Ok => {
                 slot.stats.frame(frame_len);

@@ -3,7 +3,8 @@
 //! TX queue `2i+1`.
 
 use crate::datapath::Worker;
-use crate::switch::{Gm, RxRing, Switch, Vring};
+use crate::switch::{Fabric, Gm, Locks, RxRing, Switch, Vring};
+use pvnet_locks::family::MutexApi;
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -50,9 +51,10 @@ pub fn offered_features(mtu: bool) -> u64 {
     f | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
 }
 
-/// The device of port `port` for one connection.
-pub struct NetDevice {
+/// The device of port `port` for one connection, compiled for lock set `L`.
+pub struct NetDevice<L: Locks> {
     pub(crate) sw: Arc<Switch>,
+    pub(crate) fabric: Arc<Fabric<L>>,
     pub(crate) port: usize,
     pub(crate) mem: Gm,
     pub(crate) workers: Box<[Mutex<Worker>]>,
@@ -64,9 +66,10 @@ pub struct NetDevice {
     attached: Box<[AtomicBool]>,
 }
 
-impl NetDevice {
+impl<L: Locks> NetDevice<L> {
     /// A device for `port` with empty memory.
-    pub fn new(sw: Arc<Switch>, port: usize) -> io::Result<Self> {
+    pub fn new(fabric: Arc<Fabric<L>>, port: usize) -> io::Result<Self> {
+        let sw = fabric.sw.clone();
         let pairs = usize::from(sw.cfg.queue_pairs);
         let workers = (0..pairs)
             .map(|q| Worker::new(port, q).map(Mutex::new))
@@ -74,6 +77,7 @@ impl NetDevice {
             .into_boxed_slice();
         Ok(NetDevice {
             sw,
+            fabric,
             port,
             mem: Gm::new(GuestMemoryMmap::new()),
             workers,
@@ -96,7 +100,9 @@ impl NetDevice {
     /// Attaches (or refreshes) pair `q`'s RX ring in the switch from this thread's vrings.
     fn refresh_rx(&self, q: usize, rx: &Vring) {
         let port = &self.sw.ports[self.port];
-        let Some(slot) = port.rx.get(q) else { return };
+        let Some(slot) = self.fabric.ports[self.port].rings.get(q) else {
+            return;
+        };
         let usable = {
             let st = rx.get_ref();
             st.is_enabled() && st.get_queue().ready()
@@ -110,7 +116,7 @@ impl NetDevice {
         if usable == bit && (!usable || attached) {
             return;
         }
-        let mut ring = slot.ring.lock();
+        let mut ring = slot.lock();
         if self.closed.load(Ordering::Acquire) {
             return;
         }
@@ -137,9 +143,9 @@ impl NetDevice {
         self.closed.store(true, Ordering::Release);
         let port = &self.sw.ports[self.port];
         port.enabled.store(0, Ordering::Release);
-        for slot in port.rx.iter() {
-            *slot.ring.lock() = None;
-            slot.wake_waiters();
+        for (q, ring) in self.fabric.ports[self.port].rings.iter().enumerate() {
+            *ring.lock() = None;
+            self.fabric.wake_waiters(self.port, q);
         }
     }
 
@@ -154,7 +160,7 @@ impl NetDevice {
     }
 }
 
-impl VhostUserBackend for NetDevice {
+impl<L: Locks> VhostUserBackend for NetDevice<L> {
     type Bitmap = ();
     type Vring = Vring;
 
@@ -197,7 +203,7 @@ impl VhostUserBackend for NetDevice {
 
     fn update_memory(&self, mem: Gm) -> io::Result<()> {
         let m = mem.memory();
-        self.sw.ports[self.port]
+        self.fabric.ports[self.port]
             .grants
             .replace_from_memory(&m)
             .map(|s| log::debug!("port {}: memory table updated: {s:?}", self.port))
@@ -229,13 +235,10 @@ impl VhostUserBackend for NetDevice {
         self.refresh_rx(q, rx);
         let nq = self.num_queues() as u64;
         let ev = u64::from(device_event);
-        let port = &self.sw.ports[self.port];
         match ev {
             0 => {
                 // The guest posted RX buffers: senders held back by this ring retry.
-                if let Some(slot) = port.rx.get(q) {
-                    slot.wake_waiters();
-                }
+                self.fabric.wake_waiters(self.port, q);
                 Ok(())
             }
             1 => self.run_tx(q, tx, false),

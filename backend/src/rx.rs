@@ -6,9 +6,9 @@
 use crate::datapath::Worker;
 use crate::net::{self, VirtioNetHdr};
 use crate::stats::Drop;
-use crate::switch::{Port, RxRing};
+use crate::switch::{Locks, Pair, Port, RingGuard, RxRing};
 use pvnet_grant::{Access, GuardPair};
-use pvnet_locks::AnySpinLockGuard;
+use pvnet_locks::family::RwFamily;
 use std::sync::atomic::{fence, Ordering};
 use vhost_user_backend::VringT;
 use virtio_bindings::virtio_net::VIRTIO_NET_F_MRG_RXBUF;
@@ -36,8 +36,8 @@ pub(crate) enum Src<'a> {
 }
 
 /// Reads `out.len()` bytes at stream offset `skip` of the descriptor list `segs`.
-pub(crate) fn gather(
-    g: &pvnet_grant::GrantReadGuard<'_, ()>,
+pub(crate) fn gather<F: RwFamily>(
+    g: &pvnet_grant::GrantReadGuard<'_, F>,
     segs: &[(u64, u32)],
     mut skip: usize,
     out: &mut [u8],
@@ -65,8 +65,8 @@ pub(crate) fn gather(
 
 /// Copies `src` (from stream offset `from`, `len` bytes) into the writable list `dst` starting
 /// at destination stream offset `at`.
-pub(crate) fn scatter(
-    pair: &GuardPair<'_, ()>,
+pub(crate) fn scatter<F: RwFamily>(
+    pair: &GuardPair<'_, F>,
     src: Src<'_>,
     from: usize,
     len: usize,
@@ -206,17 +206,20 @@ pub(crate) fn needs_signal(
 /// The RX queue a worker is delivering a run of frames into: its lock is held from the
 /// first frame of the run to the last, the frames' used entries are staged and published
 /// with one index update when the run ends ([`release`]).
-pub(crate) struct RxHold<'s> {
+pub(crate) struct RxHold<'s, L: Locks> {
     pub d: usize,
     pub q: usize,
-    pub guard: AnySpinLockGuard<'s, Option<RxRing>>,
+    pub guard: RingGuard<'s, L>,
     /// Used entries staged and not yet published.
     pub staged: bool,
 }
 
 /// Ends the held run (if any): publishes its staged used entries, records the queue for the
 /// batch's notification round, unlocks.
-pub(crate) fn release(held: &mut Option<RxHold<'_>>, touched: &mut Vec<(usize, usize)>) {
+pub(crate) fn release<L: Locks>(
+    held: &mut Option<RxHold<'_, L>>,
+    touched: &mut Vec<(usize, usize)>,
+) {
     let Some(h) = held.take() else { return };
     if !h.staged {
         return;
@@ -267,9 +270,9 @@ fn ask_for_kick(q: &mut virtio_queue::Queue, mem: &GuestMemoryMmap) -> bool {
 /// Pops RX chain(s) of ring `r`, writes header + frame, publishes them. Called with the
 /// RX queue lock held.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn fill(
+pub(crate) fn fill<L: Locks>(
     w: &mut Worker,
-    pair: &GuardPair<'_, ()>,
+    pair: &Pair<'_, L>,
     r: &mut RxRing,
     dport: &Port,
     stats: &crate::stats::RxStats,
@@ -431,7 +434,7 @@ mod tests {
     #[test]
     fn scatter_spans_descriptors_and_offsets() {
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10000)]).expect("memory");
-        let t = pvnet_grant::GrantTable::new(pvnet_locks::RwLockKind::Percpu);
+        let t = pvnet_grant::GrantTable::<pvnet_locks::family::Percpu>::new();
         t.replace_from_memory(&mem).expect("grant");
         let pair = read_pair(&t, &t);
         let data: Vec<u8> = (0..100u8).collect();

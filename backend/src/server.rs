@@ -5,7 +5,10 @@
 use crate::config::{Config, ConfigError};
 use crate::datapath::lock;
 use crate::device::{NetDevice, TOKEN_TIMER, TOKEN_WAKE};
-use crate::switch::Switch;
+use crate::switch::{Fabric, FabricView, LockSet, Locks, Switch};
+use pvnet_grant::GrantInfo;
+use pvnet_locks::{with_rw_family, with_spin_family};
+use pvnet_locks::{RwLockKind, SpinLockKind};
 use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileTypeExt;
@@ -36,6 +39,7 @@ struct PortCtl {
 /// A running switch.
 pub struct Server {
     sw: Arc<Switch>,
+    fabric: Arc<dyn FabricView>,
     stop: Arc<AtomicBool>,
     ctl: Vec<Arc<PortCtl>>,
     threads: Vec<JoinHandle<()>>,
@@ -73,23 +77,25 @@ impl Server {
             }
         }
         let paths = cfg.sockets.clone();
+        let (grant_lock, queue_lock) = (cfg.grant_lock, cfg.queue_lock);
         let sw = Switch::new(cfg);
         let stop = Arc::new(AtomicBool::new(false));
-        let mut ctl = Vec::new();
-        let mut threads = Vec::new();
-        for (idx, listener) in listeners.into_iter().enumerate() {
-            let c = Arc::new(PortCtl {
-                handle: Mutex::new(None),
-            });
-            ctl.push(c.clone());
-            let (sw2, stop2) = (sw.clone(), stop.clone());
-            let t = std::thread::Builder::new()
-                .name(format!("pvnet-port{idx}"))
-                .spawn(move || port_loop(sw2, idx, listener, stop2, c))
-                .map_err(|err| ServeError::Start { port: idx, err })?;
-            threads.push(t);
-        }
+        let ctl: Vec<_> = (0..listeners.len())
+            .map(|_| {
+                Arc::new(PortCtl {
+                    handle: Mutex::new(None),
+                })
+            })
+            .collect();
+        // The one place the lock kinds are looked at: everything below is compiled per pair.
+        let (fabric, threads) = with_rw_family!(grant_lock, G => with_spin_family!(queue_lock, Q => {
+            let f = Fabric::<LockSet<G, Q>>::new(sw.clone());
+            let view: Arc<dyn FabricView> = f.clone();
+            (view, spawn_ports(f, listeners, &stop, &ctl))
+        }));
+        let threads = threads?;
         Ok(Server {
+            fabric,
             sw,
             stop,
             ctl,
@@ -101,6 +107,17 @@ impl Server {
     /// The switch state (ports, counters, FDB).
     pub fn switch(&self) -> &Arc<Switch> {
         &self.sw
+    }
+
+    /// The lock kinds the data path runs with (grant table, RX queues): `percpu` is
+    /// `percpu-fenced` where membarrier is unavailable.
+    pub fn lock_kinds(&self) -> (RwLockKind, SpinLockKind) {
+        self.fabric.lock_kinds()
+    }
+
+    /// The grants of port `p` now (allocates).
+    pub fn grants(&self, p: usize) -> Vec<GrantInfo> {
+        self.fabric.grants(p)
     }
 
     /// The socket paths, by port.
@@ -127,29 +144,49 @@ impl Server {
     }
 }
 
-fn port_loop(
-    sw: Arc<Switch>,
+/// Starts one connection loop per listener.
+fn spawn_ports<L: Locks>(
+    fabric: Arc<Fabric<L>>,
+    listeners: Vec<Listener>,
+    stop: &Arc<AtomicBool>,
+    ctl: &[Arc<PortCtl>],
+) -> Result<Vec<JoinHandle<()>>, ServeError> {
+    let mut threads = Vec::new();
+    for ((idx, listener), c) in listeners.into_iter().enumerate().zip(ctl) {
+        let (f, stop, c) = (fabric.clone(), stop.clone(), c.clone());
+        let t = std::thread::Builder::new()
+            .name(format!("pvnet-port{idx}"))
+            .spawn(move || port_loop(f, idx, listener, stop, c))
+            .map_err(|err| ServeError::Start { port: idx, err })?;
+        threads.push(t);
+    }
+    Ok(threads)
+}
+
+fn port_loop<L: Locks>(
+    fabric: Arc<Fabric<L>>,
     idx: usize,
     mut listener: Listener,
     stop: Arc<AtomicBool>,
     ctl: Arc<PortCtl>,
 ) {
     while !stop.load(Ordering::SeqCst) {
-        if let Err(e) = serve_one(&sw, idx, &mut listener, &stop, &ctl) {
+        if let Err(e) = serve_one(&fabric, idx, &mut listener, &stop, &ctl) {
             log::error!("port {idx}: {e}");
             std::thread::sleep(Duration::from_millis(100));
         }
     }
 }
 
-fn serve_one(
-    sw: &Arc<Switch>,
+fn serve_one<L: Locks>(
+    fabric: &Arc<Fabric<L>>,
     idx: usize,
     listener: &mut Listener,
     stop: &AtomicBool,
     ctl: &PortCtl,
 ) -> io::Result<()> {
-    let dev = Arc::new(NetDevice::new(sw.clone(), idx)?);
+    let sw = &fabric.sw;
+    let dev = Arc::new(NetDevice::new(fabric.clone(), idx)?);
     let mut daemon = VhostUserDaemon::new(format!("pvnet-port{idx}"), dev.clone(), dev.memory())
         .map_err(|e| io::Error::other(e.to_string()))?;
     let nq = dev.num_queues() as u64;
@@ -179,7 +216,7 @@ fn serve_one(
         h.send_exit_event();
     }
     drop(daemon);
-    let revoked = port.grants.revoke_all();
+    let revoked = fabric.ports[idx].grants.revoke_all();
     sw.fdb.purge_port(idx);
     port.features.store(0, Ordering::Release);
     log::info!("port {idx}: frontend disconnected ({revoked} grants revoked)");

@@ -1,11 +1,22 @@
-//! The switch's shared state: ports (grant table, RX queue slots, enabled pairs, counters)
-//! and the forwarding database. Lives as long as the process; connections come and go.
+//! The switch's shared state, in two parts:
+//!
+//! * [`Switch`] (not generic): configuration, ports with their counters and state, and the
+//!   forwarding database — what statistics, tests and the control plane read;
+//! * [`Fabric`] (generic over the lock set [`Locks`]): what the data path locks — each
+//!   port's grant table and RX rings. It is compiled once per (`--grant-lock`,
+//!   `--queue-lock`) pair and chosen once at start-up (see `server`), so a lock operation on
+//!   the data path costs the algorithm itself, no run-time dispatch.
+//!
+//! Both live as long as the process; connections come and go.
 
 use crate::config::Config;
 use crate::fdb::Fdb;
 use crate::stats::{QueueSnapshot, RxStats, TxStats};
+use pvnet_grant::GrantInfo;
 use pvnet_grant::GrantTable;
-use pvnet_locks::AnySpinLock;
+use pvnet_locks::family::{MutexApi, RwFamily, SpinFamily};
+use pvnet_locks::{RwLockKind, SpinLockKind};
+use std::marker::PhantomData;
 use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use vhost_user_backend::VringRwLock;
@@ -17,6 +28,32 @@ pub type Gm = GuestMemoryAtomic<GuestMemoryMmap>;
 /// The vring type of every port.
 pub type Vring = VringRwLock<Gm>;
 
+/// The lock algorithms the data path is compiled for: the grant tables' rwlock and the RX
+/// queues' spinlock.
+pub trait Locks: Send + Sync + 'static {
+    /// `--grant-lock`.
+    type Grant: RwFamily;
+    /// `--queue-lock`.
+    type Queue: SpinFamily;
+}
+
+/// The lock set of grant family `G` and queue family `Q`.
+pub struct LockSet<G, Q>(PhantomData<fn() -> (G, Q)>);
+
+impl<G: RwFamily, Q: SpinFamily> Locks for LockSet<G, Q> {
+    type Grant = G;
+    type Queue = Q;
+}
+
+/// A port's grant table under lock set `L`.
+pub type Grants<L> = GrantTable<<L as Locks>::Grant>;
+/// An RX queue's lock under lock set `L`; `None` while no guest has the ring enabled.
+pub type RingLock<L> = <<L as Locks>::Queue as SpinFamily>::Lock<Option<RxRing>>;
+/// A held RX queue lock under lock set `L`.
+pub type RingGuard<'a, L> = <RingLock<L> as MutexApi<Option<RxRing>>>::Guard<'a>;
+/// Read guards of a sender's and a receiver's grant tables under lock set `L`.
+pub type Pair<'a, L> = pvnet_grant::GuardPair<'a, <L as Locks>::Grant>;
+
 /// An attached RX ring: the vring of the connected guest and its memory (for the ring
 /// itself; buffers go through the port's grant table).
 pub struct RxRing {
@@ -26,13 +63,12 @@ pub struct RxRing {
     pub signalled: AtomicU16,
 }
 
-/// One RX queue of a port, reachable by every sending worker.
+/// One RX queue of a port: what every sending worker shares besides the ring's lock (which
+/// lives in the [`Fabric`]).
 pub struct RxSlot {
-    /// The ring, under the `--queue-lock` kind. `None` while no guest has it enabled.
-    pub ring: AnySpinLock<Option<RxRing>>,
     /// Senders held back by this full ring: woken when the guest posts RX buffers.
     pub waiters: Mutex<Vec<Arc<EventFd>>>,
-    /// Receive counters (written under `ring`'s lock).
+    /// Receive counters (written under the ring's lock).
     pub stats: RxStats,
     /// A sender already waited the full back-pressure bound on this ring: further frames
     /// are dropped at once until the guest posts RX buffers again.
@@ -40,11 +76,17 @@ pub struct RxSlot {
 }
 
 impl RxSlot {
-    /// Wakes every sender waiting for this ring.
-    pub fn wake_waiters(&self) {
-        // Serialize with a sender that found the ring full and is registering (it holds the
-        // ring lock from its last look at the avail ring until its registration).
-        drop(self.ring.lock());
+    fn new() -> Self {
+        RxSlot {
+            waiters: Mutex::new(Vec::new()),
+            stats: RxStats::default(),
+            stalled: AtomicBool::new(false),
+        }
+    }
+
+    /// Wakes every sender waiting for this ring. Call with the ring's lock taken and
+    /// released just before (see [`Fabric::wake_waiters`]).
+    fn wake_all(&self) {
         self.stalled.store(false, Ordering::Release);
         let list = match self.waiters.lock() {
             Ok(mut l) => std::mem::take(&mut *l),
@@ -71,9 +113,7 @@ impl RxSlot {
 pub struct Port {
     pub idx: usize,
     pub mac: [u8; 6],
-    /// Grants of the connected guest's memory (revoked on disconnect).
-    pub grants: GrantTable,
-    /// RX queues, one per pair.
+    /// RX queues, one per pair (their rings and locks are in the [`Fabric`]).
     pub rx: Box<[RxSlot]>,
     /// Per-pair transmit counters.
     pub tx: Box<[TxStats]>,
@@ -122,7 +162,7 @@ impl Port {
     }
 }
 
-/// The whole switch.
+/// The whole switch: configuration, ports and forwarding database.
 pub struct Switch {
     pub cfg: Config,
     pub ports: Vec<Port>,
@@ -137,15 +177,7 @@ impl Switch {
             .map(|idx| Port {
                 idx,
                 mac: cfg.mac_of(idx),
-                grants: GrantTable::new(cfg.grant_lock),
-                rx: (0..pairs)
-                    .map(|_| RxSlot {
-                        ring: AnySpinLock::new(cfg.queue_lock, None),
-                        waiters: Mutex::new(Vec::new()),
-                        stats: RxStats::default(),
-                        stalled: AtomicBool::new(false),
-                    })
-                    .collect(),
+                rx: (0..pairs).map(|_| RxSlot::new()).collect(),
                 tx: (0..pairs).map(|_| TxStats::default()).collect(),
                 enabled: AtomicU64::new(0),
                 features: AtomicU64::new(0),
@@ -158,6 +190,69 @@ impl Switch {
             ports,
             fdb: Fdb::new(),
         })
+    }
+}
+
+/// What callers that are not compiled per lock set may ask of a [`Fabric`].
+pub trait FabricView: Send + Sync {
+    /// The lock kinds the data path was compiled for (grant table, RX queues).
+    fn lock_kinds(&self) -> (RwLockKind, SpinLockKind);
+    /// The grants of port `p` (allocates; not for the data path).
+    fn grants(&self, p: usize) -> Vec<GrantInfo>;
+}
+
+impl<L: Locks> FabricView for Fabric<L> {
+    fn lock_kinds(&self) -> (RwLockKind, SpinLockKind) {
+        (L::Grant::KIND, L::Queue::KIND)
+    }
+
+    fn grants(&self, p: usize) -> Vec<GrantInfo> {
+        self.ports
+            .get(p)
+            .map(|pf| pf.grants.grants())
+            .unwrap_or_default()
+    }
+}
+
+/// What the data path of one port locks: its guest's grants and its RX rings.
+pub struct PortFabric<L: Locks> {
+    /// Grants of the connected guest's memory (revoked on disconnect).
+    pub grants: Grants<L>,
+    /// RX rings, one per pair, each under its `--queue-lock`.
+    pub rings: Box<[RingLock<L>]>,
+}
+
+/// The switch's data-path state for lock set `L`, beside the [`Switch`] it serves.
+pub struct Fabric<L: Locks> {
+    pub sw: Arc<Switch>,
+    pub ports: Vec<PortFabric<L>>,
+}
+
+impl<L: Locks> Fabric<L> {
+    /// Grant tables and RX-ring locks for every port of `sw`.
+    pub fn new(sw: Arc<Switch>) -> Arc<Self> {
+        let pairs = usize::from(sw.cfg.queue_pairs);
+        let ports = (0..sw.ports.len())
+            .map(|_| PortFabric {
+                grants: GrantTable::new(),
+                rings: (0..pairs).map(|_| RingLock::<L>::new(None)).collect(),
+            })
+            .collect();
+        Arc::new(Fabric { sw, ports })
+    }
+
+    /// Wakes every sender waiting for RX queue `q` of port `p`.
+    pub fn wake_waiters(&self, p: usize, q: usize) {
+        let (Some(pf), Some(port)) = (self.ports.get(p), self.sw.ports.get(p)) else {
+            return;
+        };
+        let (Some(ring), Some(slot)) = (pf.rings.get(q), port.rx.get(q)) else {
+            return;
+        };
+        // Serialize with a sender that found the ring full and is registering (it holds the
+        // ring lock from its last look at the avail ring until its registration).
+        drop(ring.lock());
+        slot.wake_all();
     }
 }
 

@@ -6,9 +6,10 @@
 //! builds them), with which [`Access`] rights, and since which generation.
 //!
 //! ## Read side (every buffer of every packet)
-//! [`GrantTable::read`] takes the table's read lock — an [`pvnet_locks::AnyRwLock`] of the
-//! [`pvnet_locks::RwLockKind`] chosen at run time, the per-CPU rwlock of Xen's 2015 change by
-//! default in pvnet — and returns a [`GrantReadGuard`]; one hold covers a descriptor chain or
+//! [`GrantTable::read`] takes the table's read lock — a lock of the
+//! [`pvnet_locks::family::RwFamily`] the table is compiled for (chosen once from a run-time
+//! [`pvnet_locks::RwLockKind`] with [`pvnet_locks::with_rw_family!`]; the per-CPU rwlock of
+//! Xen's 2015 change by default in pvnet) — and returns a [`GrantReadGuard`]; one hold covers a descriptor chain or
 //! a batch of chains. Through it: [`GrantReadGuard::translate`] (guest range → host
 //! `VolatileSlice`s, possibly spanning adjacent grants), [`GrantReadGuard::read_into`],
 //! [`GrantReadGuard::write_from`] and [`grant_copy`] (guest A → guest B, under the guards of

@@ -6,7 +6,7 @@
 //! read or written. Memory is only accessed through vm-memory's `VolatileSlice`s (guest
 //! memory is shared with a running guest). No allocation happens here.
 
-use pvnet_locks::AnyRwLockReadGuard;
+use pvnet_locks::family::{RwFamily, RwLockApi};
 use vm_memory::bitmap::{Bitmap, BS};
 use vm_memory::{GuestAddress, VolatileMemory, VolatileSlice};
 
@@ -16,9 +16,13 @@ use crate::{Access, GrantError, GrantInfo};
 
 /// A read-lock hold on a [`GrantTable`](crate::GrantTable): the batched form. Hold it for a
 /// whole descriptor chain or a batch of chains, not across blocking waits.
-pub struct GrantReadGuard<'a, B> {
-    guard: AnyRwLockReadGuard<'a, State<B>>,
+pub struct GrantReadGuard<'a, F: RwFamily, B: Bitmap + Send + Sync + 'static = ()> {
+    guard: ReadGuardOf<'a, F, B>,
 }
+
+/// The read guard of family `F`'s lock over the table state.
+pub(crate) type ReadGuardOf<'a, F, B> =
+    <<F as RwFamily>::Lock<State<B>> as RwLockApi<State<B>>>::ReadGuard<'a>;
 
 /// The host pieces of a validated guest range, in address order: one per grant the range
 /// touches. Yields an error only if vm-memory refuses a slice the table validated (a bug
@@ -61,8 +65,8 @@ impl<'g, B: Bitmap> Iterator for Pieces<'g, B> {
     }
 }
 
-impl<'a, B: Bitmap> GrantReadGuard<'a, B> {
-    pub(crate) fn new(guard: AnyRwLockReadGuard<'a, State<B>>) -> Self {
+impl<'a, F: RwFamily, B: Bitmap + Send + Sync + 'static> GrantReadGuard<'a, F, B> {
+    pub(crate) fn new(guard: ReadGuardOf<'a, F, B>) -> Self {
         GrantReadGuard { guard }
     }
 
@@ -172,10 +176,10 @@ impl<'a, B: Bitmap> GrantReadGuard<'a, B> {
 
     /// Grant copy from this guard's guest to `dst`'s (see [`grant_copy`]).
     #[inline]
-    pub fn copy_to<B2: Bitmap>(
+    pub fn copy_to<F2: RwFamily, B2: Bitmap + Send + Sync + 'static>(
         &self,
         src_gpa: GuestAddress,
-        dst: &GrantReadGuard<'_, B2>,
+        dst: &GrantReadGuard<'_, F2, B2>,
         dst_gpa: GuestAddress,
         len: usize,
     ) -> Result<(), GrantError> {
@@ -189,13 +193,19 @@ impl<'a, B: Bitmap> GrantReadGuard<'a, B> {
 /// are copied as by `memmove`, ranges spanning several grants piece by piece in address
 /// order (safe either way: only the destination range is written).
 #[inline]
-pub fn grant_copy<B1: Bitmap, B2: Bitmap>(
-    src: &GrantReadGuard<'_, B1>,
+pub fn grant_copy<F1, B1, F2, B2>(
+    src: &GrantReadGuard<'_, F1, B1>,
     src_gpa: GuestAddress,
-    dst: &GrantReadGuard<'_, B2>,
+    dst: &GrantReadGuard<'_, F2, B2>,
     dst_gpa: GuestAddress,
     len: usize,
-) -> Result<(), GrantError> {
+) -> Result<(), GrantError>
+where
+    F1: RwFamily,
+    B1: Bitmap + Send + Sync + 'static,
+    F2: RwFamily,
+    B2: Bitmap + Send + Sync + 'static,
+{
     let mut sp = src.translate(src_gpa, len, Access::ReadOnly)?;
     let mut dp = dst.translate(dst_gpa, len, Access::WriteOnly)?;
     let internal = GrantError::Internal { gpa: src_gpa.0 };

@@ -1,14 +1,15 @@
 //! The grant table and its writers.
 //!
 //! State: a `Vec` of [`Entry`]s sorted by guest address, non-overlapping, plus a generation
-//! counter, all behind one [`AnyRwLock`] (the hot read lock of pvnet). Writers take the write
+//! counter, all behind one lock of the [`RwFamily`] `F` (the hot read lock of pvnet). Writers take the write
 //! lock, edit the vector in place, and hand the entries they removed to a "graveyard" that is
 //! dropped only after the write lock is released: acquiring the write lock proved that no
 //! reader still holds a guard (readers touch guest memory only through a guard), so dropping
 //! the last `Arc` of a mapping (munmap) right after the writer returns is safe, and the munmap
 //! does not lengthen the time readers are held off.
 
-use pvnet_locks::{AnyRwLock, RwLockKind};
+use pvnet_locks::family::{RwFamily, RwLockApi};
+use pvnet_locks::RwLockKind;
 use vm_memory::bitmap::Bitmap;
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestRegionMmap};
 
@@ -37,8 +38,28 @@ pub(crate) struct State<B> {
 /// Lock order: a thread holds at most one read guard per table, acquires guards of two
 /// tables through [`read_pair`] (address order, like Xen's `double_gt_lock`), and never
 /// calls a writer while holding a guard.
-pub struct GrantTable<B = ()> {
-    state: AnyRwLock<State<B>>,
+///
+/// The lock algorithm is the type parameter `F` (a [`RwFamily`]): the table and every reader
+/// are compiled for it, so a read costs the algorithm's own lock and unlock; pick `F` from a
+/// run-time [`RwLockKind`] once with [`pvnet_locks::with_rw_family!`].
+///
+/// ```
+/// use pvnet_grant::{memfd, GrantTable};
+/// use pvnet_locks::family::Percpu;
+/// use vm_memory::GuestAddress;
+///
+/// let mem = memfd::guest_memory::<()>(&[(0x1000, 0x4000)]).unwrap();
+/// let t = GrantTable::<Percpu>::new();
+/// t.replace_from_memory(&mem).unwrap();
+/// let g = t.read(); // one read-lock hold for a batch of buffers
+/// g.write_from(GuestAddress(0x1100), b"frame").unwrap();
+/// let mut out = [0u8; 5];
+/// g.read_into(GuestAddress(0x1100), &mut out).unwrap();
+/// assert_eq!(&out, b"frame");
+/// assert!(g.read_into(GuestAddress(0x9000), &mut out).is_err()); // not granted
+/// ```
+pub struct GrantTable<F: RwFamily, B: Bitmap + Send + Sync + 'static = ()> {
+    state: F::Lock<State<B>>,
 }
 
 /// What [`GrantTable::replace_from_memory`] changed.
@@ -52,29 +73,32 @@ pub struct ReplaceSummary {
     pub removed: usize,
 }
 
-impl<B: Bitmap> GrantTable<B> {
-    /// An empty table whose lock is of kind `kind`.
-    pub fn new(kind: RwLockKind) -> Self {
+impl<F: RwFamily, B: Bitmap + Send + Sync + 'static> Default for GrantTable<F, B> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<F: RwFamily, B: Bitmap + Send + Sync + 'static> GrantTable<F, B> {
+    /// An empty table.
+    pub fn new() -> Self {
         GrantTable {
-            state: AnyRwLock::new(
-                kind,
-                State {
-                    entries: Vec::new(),
-                    generation: 0,
-                },
-            ),
+            state: F::Lock::new(State {
+                entries: Vec::new(),
+                generation: 0,
+            }),
         }
     }
 
     /// The kind of the table's lock.
     pub fn kind(&self) -> RwLockKind {
-        self.state.kind()
+        F::KIND
     }
 
     /// Takes the read lock: every translation and copy made through the guard is checked
     /// against the table as it is now, and no writer can change it until the guard drops.
     #[inline]
-    pub fn read(&self) -> GrantReadGuard<'_, B> {
+    pub fn read(&self) -> GrantReadGuard<'_, F, B> {
         GrantReadGuard::new(self.state.read())
     }
 
@@ -192,7 +216,7 @@ impl<B: Bitmap> GrantTable<B> {
     pub fn grant_copy_to(
         &self,
         src_gpa: GuestAddress,
-        dst: &GrantTable<B>,
+        dst: &GrantTable<F, B>,
         dst_gpa: GuestAddress,
         len: usize,
     ) -> Result<(), GrantError> {
@@ -200,7 +224,7 @@ impl<B: Bitmap> GrantTable<B> {
     }
 }
 
-impl<B> std::fmt::Debug for GrantTable<B> {
+impl<F: RwFamily, B: Bitmap + Send + Sync + 'static> std::fmt::Debug for GrantTable<F, B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("GrantTable").finish_non_exhaustive()
     }
@@ -208,18 +232,18 @@ impl<B> std::fmt::Debug for GrantTable<B> {
 
 /// Read guards of a source and a destination table, taken in a deadlock-free order (by
 /// table address; one guard when both are the same table).
-pub struct GuardPair<'a, B: Bitmap> {
-    first: GrantReadGuard<'a, B>,
-    second: Option<GrantReadGuard<'a, B>>,
+pub struct GuardPair<'a, F: RwFamily, B: Bitmap + Send + Sync + 'static = ()> {
+    first: GrantReadGuard<'a, F, B>,
+    second: Option<GrantReadGuard<'a, F, B>>,
     src_first: bool,
 }
 
 /// Read-locks `src` and `dst` in address order (Xen's `double_gt_lock` rule), so that two
 /// threads copying in opposite directions cannot deadlock against waiting writers.
-pub fn read_pair<'a, B: Bitmap>(
-    src: &'a GrantTable<B>,
-    dst: &'a GrantTable<B>,
-) -> GuardPair<'a, B> {
+pub fn read_pair<'a, F: RwFamily, B: Bitmap + Send + Sync + 'static>(
+    src: &'a GrantTable<F, B>,
+    dst: &'a GrantTable<F, B>,
+) -> GuardPair<'a, F, B> {
     if std::ptr::eq(src, dst) {
         return GuardPair {
             first: src.read(),
@@ -227,7 +251,7 @@ pub fn read_pair<'a, B: Bitmap>(
             src_first: true,
         };
     }
-    let src_first = (src as *const GrantTable<B>) < (dst as *const GrantTable<B>);
+    let src_first = (src as *const GrantTable<F, B>) < (dst as *const GrantTable<F, B>);
     let (a, b) = if src_first { (src, dst) } else { (dst, src) };
     let first = a.read();
     let second = Some(b.read());
@@ -238,9 +262,9 @@ pub fn read_pair<'a, B: Bitmap>(
     }
 }
 
-impl<'a, B: Bitmap> GuardPair<'a, B> {
+impl<'a, F: RwFamily, B: Bitmap + Send + Sync + 'static> GuardPair<'a, F, B> {
     /// The source table's guard.
-    pub fn src(&self) -> &GrantReadGuard<'a, B> {
+    pub fn src(&self) -> &GrantReadGuard<'a, F, B> {
         match &self.second {
             Some(second) if !self.src_first => second,
             _ => &self.first,
@@ -248,7 +272,7 @@ impl<'a, B: Bitmap> GuardPair<'a, B> {
     }
 
     /// The destination table's guard.
-    pub fn dst(&self) -> &GrantReadGuard<'a, B> {
+    pub fn dst(&self) -> &GrantReadGuard<'a, F, B> {
         match &self.second {
             Some(second) if self.src_first => second,
             _ => &self.first,

@@ -1,7 +1,7 @@
 //! Unit tests of the less random parts: memory-table diffs, splits, spans, errors.
 
 use crate::{memfd, read_pair, Access, GrantError, GrantTable, HostMapping};
-use pvnet_locks::RwLockKind;
+use pvnet_locks::family::{ParkingLotRw, StdRw};
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
 const K: usize = 4096;
@@ -12,7 +12,7 @@ fn mem(ranges: &[(u64, usize)]) -> GuestMemoryMmap {
 
 #[test]
 fn replace_keeps_unchanged_regions_and_their_generation() {
-    let t = GrantTable::new(RwLockKind::ParkingLot);
+    let t = GrantTable::<ParkingLotRw>::new();
     let m1 = mem(&[(0, K), (K as u64, K)]);
     let s = t.replace_from_memory(&m1).unwrap();
     assert_eq!((s.kept, s.added, s.removed), (0, 2, 0));
@@ -40,7 +40,7 @@ fn replace_keeps_unchanged_regions_and_their_generation() {
 
 #[test]
 fn adjacent_grants_translate_in_pieces() {
-    let t = GrantTable::new(RwLockKind::Std);
+    let t = GrantTable::<StdRw>::new();
     let m = mem(&[(0, K), (K as u64, K), (3 * K as u64, K)]);
     t.replace_from_memory(&m).unwrap();
     let g = t.read();
@@ -79,7 +79,7 @@ fn adjacent_grants_translate_in_pieces() {
 
 #[test]
 fn partial_revoke_splits_and_rights_are_enforced() {
-    let t = GrantTable::new(RwLockKind::ParkingLot);
+    let t = GrantTable::<ParkingLotRw>::new();
     let m = mem(&[(0, K)]);
     let host = HostMapping::from_region(m.iter().next().unwrap());
     t.grant(
@@ -119,8 +119,8 @@ fn partial_revoke_splits_and_rights_are_enforced() {
 
 #[test]
 fn grant_copy_between_tables_and_within_one() {
-    let a = GrantTable::new(RwLockKind::ParkingLot);
-    let b = GrantTable::new(RwLockKind::ParkingLot);
+    let a = GrantTable::<ParkingLotRw>::new();
+    let b = GrantTable::<ParkingLotRw>::new();
     let (ma, mb) = (mem(&[(0, K)]), mem(&[(0x8000, K)]));
     a.replace_from_memory(&ma).unwrap();
     b.add_region(mb.iter().next().unwrap(), Access::WriteOnly)

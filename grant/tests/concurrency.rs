@@ -5,7 +5,8 @@
 //! reference (munmap): a reader still using it would fault.
 
 use pvnet_grant::{memfd, read_pair, Access, GrantTable};
-use pvnet_locks::RwLockKind;
+use pvnet_locks::family::{resolve_rw, RwFamily};
+use pvnet_locks::{with_rw_family, RwLockKind};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use vm_memory::{
@@ -62,7 +63,13 @@ impl Rng {
     }
 }
 
-fn reader(id: u64, a: &GrantTable, b: &GrantTable, stop: &AtomicBool, ok_ops: &AtomicU64) {
+fn reader<F: RwFamily>(
+    id: u64,
+    a: &GrantTable<F>,
+    b: &GrantTable<F>,
+    stop: &AtomicBool,
+    ok_ops: &AtomicU64,
+) {
     let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ (id + 1));
     let mut buf = vec![0u8; 1500];
     let space = REGIONS * REGION as u64;
@@ -140,10 +147,14 @@ fn retire(old: Vec<Arc<GuestRegionMmap>>) {
     drop(old); // Last references: munmap.
 }
 
-fn run(kind: RwLockKind) {
-    let a = GrantTable::new(kind);
-    let b = GrantTable::new(kind);
-    assert_eq!(a.kind(), kind, "the table must use the requested lock kind");
+fn run<F: RwFamily>(kind: RwLockKind) {
+    let a = GrantTable::<F>::new();
+    let b = GrantTable::<F>::new();
+    assert_eq!(
+        a.kind(),
+        resolve_rw(kind),
+        "the table must use the requested lock kind"
+    );
     let mut mem = fresh_memory();
     a.replace_from_memory(&mem).unwrap();
     b.replace_from_memory(&fresh_memory()).unwrap();
@@ -222,6 +233,6 @@ fn clone_region(r: &GuestRegionMmap) -> GuestRegionMmap {
 #[test]
 fn revoked_mappings_are_never_touched() {
     for &kind in RwLockKind::ALL {
-        run(kind);
+        with_rw_family!(kind, F => run::<F>(kind));
     }
 }

@@ -8,7 +8,8 @@
 
 use proptest::prelude::*;
 use pvnet_grant::{memfd, Access, GrantError, GrantTable, HostMapping};
-use pvnet_locks::RwLockKind;
+use pvnet_locks::family::RwFamily;
+use pvnet_locks::{with_rw_family, RwLockKind};
 use std::sync::Arc;
 use vm_memory::{GuestAddress, GuestMemoryBackend, MmapRegion, VolatileMemory};
 
@@ -240,15 +241,15 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
-struct World {
-    tables: [GrantTable; 2],
+struct World<F: RwFamily> {
+    tables: [GrantTable<F>; 2],
     models: [MTable; 2],
     maps: Vec<Arc<MmapRegion<()>>>,
     mem: Vec<Vec<u8>>,
 }
 
-impl World {
-    fn new(kind: RwLockKind) -> World {
+impl<F: RwFamily> World<F> {
+    fn new() -> World<F> {
         let mut maps = Vec::new();
         let mut mem = Vec::new();
         for m in 0..4u8 {
@@ -260,7 +261,7 @@ impl World {
             mem.push(bytes);
         }
         World {
-            tables: [GrantTable::new(kind), GrantTable::new(kind)],
+            tables: [GrantTable::new(), GrantTable::new()],
             models: [MTable::default(), MTable::default()],
             maps,
             mem,
@@ -462,11 +463,16 @@ proptest! {
 
     #[test]
     fn table_matches_model(ops in prop::collection::vec(op(), 1..60), k in 0usize..RwLockKind::ALL.len()) {
-        let mut w = World::new(RwLockKind::ALL[k]);
-        for op in &ops {
-            w.apply(op);
-            w.check_grants();
-        }
-        w.check_memory();
+        with_rw_family!(RwLockKind::ALL[k], F => run_model::<F>(&ops));
     }
+}
+
+/// Applies `ops` to a world of family `F`, checking the tables against the model.
+fn run_model<F: RwFamily>(ops: &[Op]) {
+    let mut w = World::<F>::new();
+    for op in ops {
+        w.apply(op);
+        w.check_grants();
+    }
+    w.check_memory();
 }

@@ -11,9 +11,13 @@
 //!   variant whose waiters sleep on a futex and are kicked once at unlock time; ticket and
 //!   test-and-set spinlocks; `std::sync::Mutex`; `parking_lot::Mutex`.
 //!
-//! [`AnyRwLock`] and [`AnySpinLock`] build a lock of a kind chosen at run time; every kind
-//! keeps event counters ([`stats`]).
+//! [`family`] makes each algorithm a type ([`family::RwFamily`], [`family::SpinFamily`]) so
+//! that code generic over it is monomorphised, with one `match` on the kind at start-up
+//! ([`with_rw_family!`], [`with_spin_family!`]). [`AnyRwLock`] and [`AnySpinLock`] build a
+//! lock of a kind chosen at run time and dispatch on every operation; every kind keeps event
+//! counters ([`stats`]).
 
+pub mod family;
 pub mod kind;
 pub mod registry;
 pub mod rw;
