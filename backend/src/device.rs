@@ -230,6 +230,9 @@ impl VhostUserBackend for NetDevice {
         let nq = self.num_queues() as u64;
         let ev = u64::from(device_event);
         let port = &self.sw.ports[self.port];
+        if let Some(t) = port.tx.get(q) {
+            t.kicked(ev);
+        }
         match ev {
             0 => {
                 // The guest posted RX buffers: senders held back by this ring retry.
