@@ -299,7 +299,7 @@ fn summarize(runs: &[Run]) -> Vec<Summary> {
                 runs: all.len(),
                 mpps_rounds: all
                     .iter()
-                    .map(|r| if r.ok { r.mpps } else { 0.0 })
+                    .map(|r| if r.ok { r.mpps } else { f64::NAN })
                     .collect(),
                 case,
                 config,
@@ -479,7 +479,8 @@ switch, same case. CPU %: the switch process's CPU use; CPU ns/frame: its CPU ti
 frame received. kicks/1k: kicks pvnet handled on TX + RX queues per 1,000 frames. \
 ctxsw/1k: the switch's context switches per 1,000 frames. drops: pvnet's full-ring / other \
 drops over all runs. other load %: CPU time other processes took on the switch / client \
-CPU (a busy machine disturbs the figures). runs: good / all.\n";
+CPU (a busy machine disturbs the figures). runs: good / all; a failed run shows as - in \
+Mpps per round.\n";
 
 const CSV_HEAD: &str = "kind,size,pairs,loop,dest,flows,config,switch,mpps,gbps,ratio,cpu_pct,\
 cpu_ns_per_frame,tx_kicks_per_1k_frames,rx_kicks_per_1k_frames,ctxsw_per_1k_frames,\
@@ -561,7 +562,8 @@ fn render_json(sums: &[Summary], idle: &[Idle]) -> String {
             "full_ring_drops": s.full_ring_drops, "other_drops": s.other_drops,
             "switch_cpu_other_pct": s.other_load.and_then(|l| fin(l.0)),
             "client_cpu_other_pct": s.other_load.and_then(|l| fin(l.1)),
-            "runs_ok": s.runs_ok, "runs": s.runs, "mpps_rounds": s.mpps_rounds,
+            "runs_ok": s.runs_ok, "runs": s.runs,
+            "mpps_rounds": s.mpps_rounds.iter().map(|m| fin(*m)).collect::<Vec<_>>(),
         });
         let _ = writeln!(o, "{v}");
     }
@@ -700,7 +702,8 @@ round,size,pairs,loop,dest,flows,config,switch,status,mpps,gbps,reports,window_s
         );
         // Drops are summed over every run, failed ones included.
         assert_eq!((p.full_ring_drops, p.other_drops), (3, 2));
-        assert_eq!(p.mpps_rounds, vec![1.0, 1.2, 0.0]);
+        assert_eq!(p.mpps_rounds[..2], [1.0, 1.2]);
+        assert!(p.mpps_rounds[2].is_nan(), "a failed round has no figure");
         assert_eq!(p.other_load, Some((1.5, 0.5)));
     }
 
@@ -713,6 +716,10 @@ round,size,pairs,loop,dest,flows,config,switch,status,mpps,gbps,reports,window_s
         .unwrap();
         let text = render_text(&sums, &idle);
         assert!(text.contains("0.28x"), "{text}");
+        assert!(
+            text.contains("1.00 1.20 -"),
+            "failed round shown as '-': {text}"
+        );
         assert!(
             text.contains("|     64 |     1 | closed | learned |"),
             "{text}"
@@ -729,6 +736,8 @@ round,size,pairs,loop,dest,flows,config,switch,status,mpps,gbps,reports,window_s
             let v: serde_json::Value = serde_json::from_str(l).unwrap();
             assert!(v["kind"] == "case" || v["kind"] == "idle");
         }
+        let first: serde_json::Value = serde_json::from_str(json.lines().next().unwrap()).unwrap();
+        assert_eq!(first["mpps_rounds"], serde_json::json!([1.0, 1.2, null]));
         let svg = svg(&sums);
         assert!(svg.starts_with("<svg") && svg.contains("testpmd"));
         assert!(svg.contains(">64B 1q<"), "{svg}");
