@@ -61,6 +61,8 @@ struct Run {
     kicks: Option<(f64, f64)>,
     full_ring_drops: u64,
     other_drops: u64,
+    /// pvnet's drops by reason over the run ("reason=count" pairs).
+    drops: Vec<(String, u64)>,
     /// Percent of the switch's / the client's CPU that other processes used in the window.
     other_load: Option<(f64, f64)>,
 }
@@ -90,6 +92,8 @@ struct Summary {
     ctxsw_per_kframe: f64,
     full_ring_drops: u64,
     other_drops: u64,
+    /// Drops by reason, summed over every run.
+    drops: std::collections::BTreeMap<String, u64>,
     /// Medians of the other processes' load on the switch's / client's CPU (percent).
     other_load: Option<(f64, f64)>,
     runs_ok: usize,
@@ -191,6 +195,7 @@ fn parse_runs(text: &str) -> anyhow::Result<Vec<Run>> {
                 kicks,
                 full_ring_drops: t.num(row, "full_ring_drops")? as u64,
                 other_drops: t.num(row, "other_drops")? as u64,
+                drops: parse_drops(t.get(row, "drops")?)?,
                 other_load: match (
                     t.opt_num(row, "switch_cpu_other_pct")?,
                     t.opt_num(row, "client_cpu_other_pct")?,
@@ -204,6 +209,33 @@ fn parse_runs(text: &str) -> anyhow::Result<Vec<Run>> {
         runs.push(run);
     }
     Ok(runs)
+}
+
+/// "flood_full=3 no_dest=1" (the script's `drops` column) as pairs.
+fn parse_drops(field: &str) -> anyhow::Result<Vec<(String, u64)>> {
+    field
+        .split_whitespace()
+        .map(|kv| {
+            let (k, v) = kv
+                .split_once('=')
+                .with_context(|| format!("drops: '{kv}' is not reason=count"))?;
+            let n = v
+                .parse()
+                .with_context(|| format!("drops: '{kv}' is not reason=count"))?;
+            Ok((k.to_string(), n))
+        })
+        .collect()
+}
+
+fn drops_text(s: &Summary) -> String {
+    if s.drops.is_empty() {
+        return "0".into();
+    }
+    s.drops
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 fn parse_idle(text: &str) -> anyhow::Result<Vec<Idle>> {
@@ -295,6 +327,13 @@ fn summarize(runs: &[Run]) -> Vec<Summary> {
                 }),
                 full_ring_drops: all.iter().map(|r| r.full_ring_drops).sum(),
                 other_drops: all.iter().map(|r| r.other_drops).sum(),
+                drops: all.iter().flat_map(|r| r.drops.iter()).fold(
+                    std::collections::BTreeMap::new(),
+                    |mut m, (k, v)| {
+                        *m.entry(k.clone()).or_default() += v;
+                        m
+                    },
+                ),
                 runs_ok: ok.len(),
                 runs: all.len(),
                 mpps_rounds: all
@@ -399,7 +438,7 @@ fn render_text(sums: &[Summary], idle: &[Idle]) -> String {
         "CPU ns/frame",
         "kicks/1k tx+rx",
         "ctxsw/1k",
-        "drops full/other",
+        "drops (all runs)",
         "other load %",
         "runs",
         "Mpps per round",
@@ -422,7 +461,7 @@ fn render_text(sums: &[Summary], idle: &[Idle]) -> String {
                 s.kicks_per_kframe
                     .map_or("-".into(), |(t, r)| format!("{}+{}", num(t, 1), num(r, 1))),
                 num(s.ctxsw_per_kframe, 2),
-                format!("{}/{}", s.full_ring_drops, s.other_drops),
+                drops_text(s),
                 s.other_load
                     .map_or("-".into(), |(a, b)| format!("{}/{}", num(a, 0), num(b, 0))),
                 format!("{}/{}", s.runs_ok, s.runs),
@@ -477,8 +516,8 @@ Mpps, Gbit/s: frames (L2 bytes) the frontends received, both directions summed i
 loop; steady-state average per run, median over the runs. ratio: pvnet / testpmd as the \
 switch, same case. CPU %: the switch process's CPU use; CPU ns/frame: its CPU time per \
 frame received. kicks/1k: kicks pvnet handled on TX + RX queues per 1,000 frames. \
-ctxsw/1k: the switch's context switches per 1,000 frames. drops: pvnet's full-ring / other \
-drops over all runs. other load %: CPU time other processes took on the switch / client \
+ctxsw/1k: the switch's context switches per 1,000 frames. drops: pvnet's drops by reason \
+over all runs (rx_full_timeout and flood_full: a full receive ring). other load %: CPU time other processes took on the switch / client \
 CPU (a busy machine disturbs the figures). runs: good / all; a failed run shows as - in \
 Mpps per round.\n";
 
@@ -560,6 +599,7 @@ fn render_json(sums: &[Summary], idle: &[Idle]) -> String {
             "rx_kicks_per_1k_frames": s.kicks_per_kframe.and_then(|k| fin(k.1)),
             "ctxsw_per_1k_frames": fin(s.ctxsw_per_kframe),
             "full_ring_drops": s.full_ring_drops, "other_drops": s.other_drops,
+            "drops": s.drops,
             "switch_cpu_other_pct": s.other_load.and_then(|l| fin(l.0)),
             "client_cpu_other_pct": s.other_load.and_then(|l| fin(l.1)),
             "runs_ok": s.runs_ok, "runs": s.runs,

@@ -36,6 +36,8 @@ fn medians_ratios_and_per_frame_figures() {
     );
     // Drops are summed over every run, failed ones included.
     assert_eq!((p.full_ring_drops, p.other_drops), (3, 2));
+    let drops: Vec<(&str, u64)> = p.drops.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+    assert_eq!(drops, [("no_dest", 2), ("rx_full_timeout", 3)]);
     assert_eq!(p.mpps_rounds[..2], [1.0, 1.2]);
     assert!(p.mpps_rounds[2].is_nan(), "a failed round has no figure");
     assert_eq!(p.other_load, Some((1.5, 0.5)));
@@ -49,6 +51,7 @@ fn every_format_renders_every_row() {
             .unwrap();
     let text = render_text(&sums, &idle);
     assert!(text.contains("0.28x"), "{text}");
+    assert!(text.contains("no_dest=2 rx_full_timeout=3"), "{text}");
     assert!(
         text.contains("1.00 1.20 -"),
         "failed round shown as '-': {text}"
