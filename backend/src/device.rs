@@ -235,6 +235,9 @@ impl<L: Locks> VhostUserBackend for NetDevice<L> {
         self.refresh_rx(q, rx);
         let nq = self.num_queues() as u64;
         let ev = u64::from(device_event);
+        if let Some(t) = self.sw.ports[self.port].tx.get(q) {
+            t.kicked(ev);
+        }
         match ev {
             0 => {
                 // The guest posted RX buffers: senders held back by this ring retry.

@@ -84,6 +84,8 @@ struct TxInner {
     bytes: AtomicU64,
     backpressure: AtomicU64,
     notifications: AtomicU64,
+    /// Kick events handled: [RX queue, TX queue] of the pair.
+    kicks: [AtomicU64; 2],
     drops: [AtomicU64; NR_DROPS],
 }
 
@@ -110,6 +112,18 @@ impl TxStats {
     pub fn notified(&self) {
         bump(&self.0.notifications, 1);
     }
+    /// A kick from the frontend was handled on the pair's queue `queue_in_pair` (0: its RX
+    /// queue, the frontend posted buffers; 1: its TX queue, the frontend posted frames); any
+    /// other event (back-pressure retry, timer) is not a kick and is ignored. One count per
+    /// wake-up of the kick eventfd: kicks sent while one is still pending coalesce.
+    pub fn kicked(&self, queue_in_pair: u64) {
+        if let Some(c) = usize::try_from(queue_in_pair)
+            .ok()
+            .and_then(|i| self.0.kicks.get(i))
+        {
+            bump(c, 1);
+        }
+    }
     /// A drop for `reason`.
     pub fn drop(&self, reason: Drop) {
         bump(&self.0.drops[reason as usize], 1);
@@ -125,6 +139,8 @@ impl TxStats {
             tx_bytes: self.0.bytes.load(Relaxed),
             backpressure: self.0.backpressure.load(Relaxed),
             tx_notifications: self.0.notifications.load(Relaxed),
+            rx_kicks: self.0.kicks[0].load(Relaxed),
+            tx_kicks: self.0.kicks[1].load(Relaxed),
             ..QueueSnapshot::default()
         };
         for (d, c) in s.drops.iter_mut().zip(self.0.drops.iter()) {
@@ -181,6 +197,10 @@ pub struct QueueSnapshot {
     pub backpressure: u64,
     pub tx_notifications: u64,
     pub rx_notifications: u64,
+    /// Kicks handled on the TX queue (the frontend posted frames).
+    pub tx_kicks: u64,
+    /// Kicks handled on the RX queue (the frontend posted receive buffers).
+    pub rx_kicks: u64,
     pub drops: [u64; NR_DROPS],
 }
 
@@ -194,6 +214,8 @@ impl QueueSnapshot {
         self.backpressure += o.backpressure;
         self.tx_notifications += o.tx_notifications;
         self.rx_notifications += o.rx_notifications;
+        self.tx_kicks += o.tx_kicks;
+        self.rx_kicks += o.rx_kicks;
         for (a, b) in self.drops.iter_mut().zip(o.drops.iter()) {
             *a += b;
         }
@@ -221,6 +243,7 @@ impl QueueSnapshot {
             "backpressure": self.backpressure,
             "tx_notifications": self.tx_notifications,
             "rx_notifications": self.rx_notifications,
+            "tx_kicks": self.tx_kicks, "rx_kicks": self.rx_kicks,
             "drops": drops,
         })
     }
@@ -239,6 +262,10 @@ mod tests {
         t.drop(Drop::TooShort);
         r.frame(60);
         r.drop(Drop::FloodFull);
+        t.kicked(1);
+        t.kicked(1);
+        t.kicked(0);
+        t.kicked(2); // not a queue kick
         let mut s = t.snapshot();
         r.add_to(&mut s);
         assert_eq!(
@@ -247,6 +274,9 @@ mod tests {
         );
         assert_eq!(s.total_drops(), 2);
         assert_eq!(s.drops_for(Drop::TooShort), 1);
+        assert_eq!((s.tx_kicks, s.rx_kicks), (2, 1));
         assert_eq!(s.to_json()["drops"]["flood_full"], 1);
+        assert_eq!(s.to_json()["tx_kicks"], 2);
+        assert_eq!(s.to_json()["rx_kicks"], 1);
     }
 }
