@@ -563,6 +563,7 @@ fn counter_columns(mode: Mode) -> &'static [&'static str] {
             "steals",
             "spurious_wakeups",
             "wait_early",
+            "head_pending_sleeps",
         ],
     }
 }
