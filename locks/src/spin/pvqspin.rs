@@ -173,6 +173,14 @@ fn key(lock: &AtomicU32) -> usize {
     lock as *const AtomicU32 as usize
 }
 
+/// Under loom: tells the futex model's kick accounting that a waiter announced a halt (a
+/// kick may then target it once, at unlock time).
+#[inline(always)]
+fn model_note_halt() {
+    #[cfg(loom)]
+    super::futex::model::note_halt();
+}
+
 /// True on every `mask + 1`-th iteration (`mask` is 2^k - 1; 0 means every iteration).
 #[inline]
 fn every(i: u32, mask: u32) -> bool {
@@ -278,6 +286,7 @@ impl Hooks for Pv {
 
             // [S] state = HALTED; MB; [L] locked  -- pairs with kick_node.
             node.state.swap(HALTED, Ordering::Relaxed);
+            model_note_halt();
             fence(Ordering::SeqCst);
             if node.locked.load(Ordering::Relaxed) == 0 {
                 spin_add(Self::KIND, Event::Halts, 1);
@@ -344,12 +353,18 @@ impl Hooks for Pv {
                 match hash_self(lock, node, tail) {
                     HashOutcome::Hashed => {}
                     HashOutcome::Acquired(v) => return v,
-                    HashOutcome::UnlockInFlight => continue 'outer,
+                    HashOutcome::UnlockInFlight => {
+                        // The unlocker already woke us and will release in a moment: wait
+                        // for it (a spurious wake-up can get us here before it releases).
+                        ep.relax();
+                        continue 'outer;
+                    }
                 }
             }
 
             // Hashed: the unlocker will set RUNNING and wake us exactly once.
             spin_add(Self::KIND, Event::Halts, 1);
+            model_note_halt();
             if keep_pending {
                 spin_add(Self::KIND, Event::HeadPendingSleeps, 1);
             }
@@ -524,6 +539,8 @@ impl RawPvQSpinLock {
     #[cold]
     #[inline(never)]
     fn unlock_slow(&self) {
+        #[cfg(loom)]
+        let _kicks_from_unlock = super::futex::model::UnlockScope::enter();
         // Pairs with the Release RMW that published _Q_SLOW_VAL (read by our fetch_sub).
         fence(Ordering::Acquire);
         let Some(code) = pv_unhash(key(&self.val)) else {
