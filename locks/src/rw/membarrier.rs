@@ -12,21 +12,24 @@
 //!
 //! The command must be registered once per process (`REGISTER_PRIVATE_EXPEDITED`) before it
 //! is used; availability is detected with `QUERY`. Where it is missing (old kernel, seccomp,
-//! not Linux) [`asymmetric_fence_available`] is `false` and the `percpu` lock kind
-//! silently behaves as `percpu-fenced` (both sides take a full fence); this is logged once.
+//! not Linux) [`asymmetric_fence_available`] is `false` (logged once): the `percpu` kind is
+//! then built as `percpu-fenced` ([`resolve_rw`](crate::family::resolve_rw), used by
+//! `with_rw_family!` and `AnyRwLock`), and a hard-wired `percpu` lock takes its fenced
+//! out-of-line read path on every read (see `percpu.rs`). The answer is given before any
+//! reader's fast path runs and never changes, so readers and writers always agree.
 //!
 //! If the command fails once registered (e.g. `EPERM` from a seccomp filter installed after
-//! start-up), [`heavy_barrier`] returns the error after a few retries of transient ones; the
+//! start-up), `heavy_barrier` returns the error after a few retries of transient ones; the
 //! writer then gives up the write lock and panics with that error (a writer without the
 //! barrier cannot exclude readers, and retrying a permanent error would livelock it).
 //!
 //! # The model under `--cfg loom`
 //!
 //! loom cannot interrupt a thread to run a fence in it, so the pair is modelled by what it
-//! guarantees. Each thread index owns a *barrier cell*. The reader side ([`light_barrier`])
+//! guarantees. Each thread index owns a *barrier cell*. The reader side (`light_barrier`)
 //! is one `AcqRel` read-modify-write of the reader's own cell: by itself it orders nothing
 //! (no other thread touches that cell unless a writer's barrier does), exactly like the
-//! compiler fence it stands for. The writer side ([`heavy_barrier`]) is a `SeqCst` fence,
+//! compiler fence it stands for. The writer side (`heavy_barrier`) is a `SeqCst` fence,
 //! an `AcqRel` RMW of the registry's high-water mark (every thread that exists, or will
 //! exist, is ordered before or after this point), an `AcqRel` RMW of the cell of every
 //! registered thread, and a `SeqCst` fence. RMWs of one location are totally ordered, so for

@@ -13,7 +13,7 @@
 //! `Notify::wait` may also return spuriously (loom explores both outcomes, once per thread
 //! and execution), so every caller's spurious-wake-up path is model-checked. The model also counts, per execution,
 //! the halts that waiters announced and the wakes ("kicks") issued, and whether each kick
-//! came from a lock's unlock ([`model::stats`]).
+//! came from a lock's unlock (`model::stats`, loom only).
 
 use crate::sync::AtomicU32;
 use std::time::Duration;
