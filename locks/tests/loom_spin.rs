@@ -8,7 +8,7 @@
 //! waiters announced (the pre-patch protocol kicked a halted waiter twice, once when it
 //! became queue head and once at unlock).
 //!
-//! Run (release, bounded preemptions; a few minutes on 2 cores):
+//! Run (release, bounded preemptions; about 4 s on 2 cores once built):
 //!
 //! ```text
 //! RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS=2 cargo test -p pvnet-locks --release --test loom_spin

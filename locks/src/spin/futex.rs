@@ -6,14 +6,15 @@
 //! `EAGAIN`, timeouts); every caller re-checks its condition in a loop.
 //!
 //! Under `--cfg loom` the same two functions are a model built from a loom `Mutex` (the
-//! kernel's hash-bucket lock) and one `loom::sync::Notify` per sleep: `wait` compares the
-//! value under the mutex and registers itself as a waiter on that address; `wake` marks up
-//! to `n` waiters *of that address* as woken and notifies them, under the mutex. A waiter
-//! that is never woken blocks forever, so a lost wake-up shows up as a loom deadlock; and
-//! `Notify::wait` may also return spuriously (loom explores both outcomes, once per thread
-//! and execution), so every caller's spurious-wake-up path is model-checked. The model also counts, per execution,
-//! the halts that waiters announced and the wakes ("kicks") issued, and whether each kick
-//! came from a lock's unlock (`model::stats`, loom only).
+//! kernel's hash-bucket lock) and one `loom::sync::Notify` per sleeping thread: `wait`
+//! compares the value under the mutex and registers itself as a waiter on that address;
+//! `wake` marks up to `n` waiters *of that address* as woken and notifies them, under the
+//! mutex. A waiter that is never woken blocks forever, so a lost wake-up shows up as a loom
+//! deadlock; and `Notify::wait` may also return spuriously (loom explores both outcomes, once
+//! per thread and execution), so every caller's spurious-wake-up path is model-checked. The
+//! model also counts, per execution, the halts that waiters announced and the wakes
+//! ("kicks") issued, and whether each kick came from a lock's unlock (`model::stats`, loom
+//! only).
 
 use crate::sync::AtomicU32;
 use std::time::Duration;
