@@ -40,8 +40,10 @@ step "cargo test (workspace)" cargo test --workspace --all-targets
 
 if [ "$quick" = 0 ]; then
   # loom needs its own build (different cfg): keep it out of the main target dir. The
-  # models run in about a second once built; the timeout turns a model that explodes
-  # (a change that adds a spin-wait, say) into a failure instead of an hour of CI.
+  # models run in about 5 s once built (rw < 1 s, spin ~3.5 s on 2 cores); three-thread
+  # models stay at preemption bound 1 (see tests/loom_rw.rs). The timeout turns a model
+  # that explodes (a change that adds a spin-wait, say) into a failure instead of an hour
+  # of CI.
   step "loom models (bounded)" timeout 900 env RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS=2 \
     CARGO_TARGET_DIR=target/loom cargo test -p pvnet-locks --release \
     --test loom_rw --test loom_spin

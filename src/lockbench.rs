@@ -15,24 +15,30 @@
 //!   loop (or `--cs-ns`) / unlock. The counter is checked against the number of operations
 //!   afterwards, so a broken lock cannot produce a figure. `--preempt` makes lock holders
 //!   yield or sleep now and then, as a preempted vCPU would.
+//! * `--cs-bytes N` makes the critical section store-heavy, as a grant copy is: rw mode
+//!   copies N protected bytes into a per-thread buffer under the read lock, spin mode copies
+//!   N bytes of a per-thread buffer into the protected buffer. (A reader fence has to wait
+//!   for the stores of the previous critical section to drain; a compiler fence does not.)
 //!
-//! Every lock is built through [`AnyRwLock::new`] / [`AnySpinLock::new`], i.e. the run-time
-//! selected type that pvnet itself uses.
+//! Every lock kind is chosen once per measurement with
+//! [`with_rw_family!`](pvnet_locks::with_rw_family) /
+//! [`with_spin_family!`](pvnet_locks::with_spin_family), and the measuring loop is compiled
+//! for its family ([`measure`]), as pvnet's data path is: the figures hold no run-time
+//! dispatch per operation.
+
+mod measure;
 
 use crate::plot;
 use crate::report::{self, Format, Row};
 use anyhow::Context as _;
 use crossbeam_utils::sync::ShardedLock;
-use crossbeam_utils::CachePadded;
-use pvnet_locks::{stats, AnyRwLock, AnySpinLock, LockStats, RwLockKind, SpinLockKind};
-use std::hint::black_box;
+use measure::{busy, measure_rw, measure_spin, Family, Payload, SpinFam, Timed, Unsync, Work};
+use pvnet_locks::{stats, with_rw_family, with_spin_family, LockStats, RwLockKind, SpinLockKind};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
-/// Operations between two looks at the stop flag (keeps the harness out of the figures).
-const BATCH: u64 = 32;
+/// Largest `--cs-bytes`.
+const MAX_CS_BYTES: usize = 1 << 20;
 /// Busy-loop iterations of the spin-mode critical section when `--cs-ns` is not given (the
 /// shape of the reference figures: lock / +1 / ~50 iterations / unlock).
 const SPIN_DEFAULT_CS_ITERS: u64 = 50;
@@ -70,6 +76,11 @@ pub struct Args {
     /// ~50-iteration loop in spin mode.
     #[arg(long)]
     pub cs_ns: Option<u64>,
+    /// Bytes stored inside every critical section (a store-heavy section, as a grant copy):
+    /// rw mode copies the protected bytes into a per-thread buffer under the read lock,
+    /// spin mode copies a per-thread buffer into the protected bytes. 0 = no copy.
+    #[arg(long, default_value_t = 0)]
+    pub cs_bytes: usize,
     /// rw mode: one extra writer takes the write lock every N µs (0 = read-only).
     #[arg(long, default_value_t = 0)]
     pub write_every_us: u64,
@@ -177,6 +188,7 @@ pub struct Config {
     pub secs: f64,
     pub rounds: usize,
     pub cs_ns: Option<u64>,
+    pub cs_bytes: usize,
     pub write_every: Option<Duration>,
     pub preempt: bool,
 }
@@ -204,6 +216,9 @@ impl TryFrom<&Args> for Config {
         if a.cs_ns.is_some_and(|n| n > 1_000_000_000) {
             return Err("--cs-ns must be at most 1000000000 (1 s)".into());
         }
+        if a.cs_bytes > MAX_CS_BYTES {
+            return Err(format!("--cs-bytes must be at most {MAX_CS_BYTES}"));
+        }
         let mut threads = a.threads.clone();
         threads.dedup();
         Ok(Config {
@@ -213,6 +228,7 @@ impl TryFrom<&Args> for Config {
             secs: a.secs,
             rounds: a.rounds as usize,
             cs_ns: a.cs_ns,
+            cs_bytes: a.cs_bytes,
             write_every: (a.write_every_us > 0).then(|| Duration::from_micros(a.write_every_us)),
             preempt: a.preempt,
         })
@@ -255,14 +271,6 @@ fn rows_group(rows: &[Row]) -> String {
     rows.first().map(|r| r.group.clone()).unwrap_or_default()
 }
 
-/// Busy loop of `iters` iterations that the compiler cannot remove or fold.
-#[inline(always)]
-fn busy(iters: u64) {
-    for i in 0..iters {
-        black_box(i);
-    }
-}
-
 /// Nanoseconds per [`busy`] iteration on this machine (best of a few tries, so that a
 /// preempted try does not inflate it).
 fn ns_per_iter() -> f64 {
@@ -298,234 +306,22 @@ impl Sample {
     }
 }
 
-/// CPU time consumed by the calling thread so far, in seconds.
-fn thread_cpu_secs() -> f64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid, writable timespec; the clock id is a constant the kernel knows.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    if rc != 0 {
-        return 0.0;
-    }
-    ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
-}
-
-/// What [`timed`] measured.
-struct Timed {
-    ops: u64,
-    secs: f64,
-    cpu_secs: f64,
-    side: Vec<u64>,
-}
-
-/// Runs `n` workers (and an optional extra thread, `side`) for `secs`: all start together
-/// at a barrier and stop when the stop flag rises. Returns the summed worker results and
-/// CPU time, the measured wall time and the side thread's result.
-fn timed<W, S>(n: usize, secs: f64, worker: W, side: Option<S>) -> Timed
-where
-    W: Fn(usize, &AtomicBool, &Barrier) -> u64 + Sync,
-    S: FnOnce(&AtomicBool, &Barrier) -> Vec<u64> + Send,
-{
-    let stop = CachePadded::new(AtomicBool::new(false));
-    let barrier = Barrier::new(n + 1 + usize::from(side.is_some()));
-    std::thread::scope(|s| {
-        let workers: Vec<_> = (0..n)
-            .map(|i| {
-                let (worker, stop, barrier) = (&worker, &*stop, &barrier);
-                s.spawn(move || {
-                    let ops = worker(i, stop, barrier);
-                    (ops, thread_cpu_secs())
-                })
-            })
-            .collect();
-        let side = side.map(|f| {
-            let (stop, barrier) = (&*stop, &barrier);
-            s.spawn(move || f(stop, barrier))
-        });
-        barrier.wait();
-        let t0 = Instant::now();
-        std::thread::sleep(Duration::from_secs_f64(secs));
-        stop.store(true, Ordering::Relaxed);
-        let (mut ops, mut cpu_secs) = (0, 0.0);
-        for h in workers {
-            let (o, c) = h.join().unwrap_or((0, 0.0));
-            ops += o;
-            cpu_secs += c;
-        }
-        // Every operation counted happened before the last worker finished: the time runs
-        // until then (a lock whose queued waiters are descheduled can take a long time to
-        // drain after the stop flag, and those operations must not look free).
-        let elapsed = t0.elapsed().as_secs_f64();
-        let side = side
-            .map(|h| h.join().unwrap_or_default())
-            .unwrap_or_default();
-        Timed {
-            ops,
-            secs: elapsed,
-            cpu_secs,
-            side,
-        }
-    })
-}
-
-/// What the rw benchmark needs from a lock. `read_op` is inlined into the measuring loop
-/// for every lock alike, so the figures hold no call overhead of the harness.
-trait RwTarget: Sync {
-    /// Read-lock, read the value, spin `cs` iterations, unlock.
-    fn read_op(&self, cs: u64) -> u64;
-    /// Write-lock, increment, unlock.
-    fn write_op(&self);
-}
-
-impl RwTarget for AnyRwLock<u64> {
-    #[inline(always)]
-    fn read_op(&self, cs: u64) -> u64 {
-        let g = self.read();
-        busy(cs);
-        *g
-    }
-    fn write_op(&self) {
-        *self.write() += 1;
-    }
-}
-
-impl RwTarget for ShardedLock<u64> {
-    #[inline(always)]
-    fn read_op(&self, cs: u64) -> u64 {
-        let g = self.read().unwrap_or_else(|e| e.into_inner());
-        busy(cs);
-        *g
-    }
-    fn write_op(&self) {
-        *self.write().unwrap_or_else(|e| e.into_inner()) += 1;
-    }
-}
-
-impl RwTarget for AtomicU64 {
-    #[inline(always)]
-    fn read_op(&self, cs: u64) -> u64 {
-        let v = self.load(Ordering::Relaxed);
-        busy(cs);
-        v
-    }
-    fn write_op(&self) {
-        self.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
-fn measure_rw<L: RwTarget>(lock: &L, n: usize, cfg: &Config, cs: u64) -> Timed {
-    let worker = |_i: usize, stop: &AtomicBool, barrier: &Barrier| {
-        // Register this thread with the lock class and warm the caches before the clock runs.
-        black_box(lock.read_op(0));
-        barrier.wait();
-        let mut ops = 0u64;
-        while !stop.load(Ordering::Relaxed) {
-            for _ in 0..BATCH {
-                black_box(lock.read_op(cs));
-            }
-            ops += BATCH;
-        }
-        ops
-    };
-    let writer = cfg.write_every.map(|period| {
-        move |stop: &AtomicBool, barrier: &Barrier| {
-            lock.write_op();
-            barrier.wait();
-            let mut lat = Vec::new();
-            let mut next = Instant::now() + period;
-            while !stop.load(Ordering::Relaxed) {
-                let now = Instant::now();
-                if now < next {
-                    std::thread::sleep(next - now);
-                    continue;
-                }
-                next += period;
-                let t = Instant::now();
-                lock.write_op();
-                lat.push(t.elapsed().as_nanos() as u64);
-            }
-            lat
-        }
-    });
-    timed(n, cfg.secs, worker, writer)
-}
-
-/// A cheap per-thread pseudo-random sequence (xorshift64*), for `--preempt`.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-}
-
-fn measure_spin(lock: &AnySpinLock<u64>, n: usize, cfg: &Config, cs: u64) -> Timed {
-    let preempt = cfg.preempt;
-    let worker = |i: usize, stop: &AtomicBool, barrier: &Barrier| {
-        let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ ((i as u64 + 1) << 17));
-        // The warm-up increment is counted, so the final counter check stays exact.
-        *lock.lock() += 1;
-        let mut ops = 1u64;
-        barrier.wait();
-        while !stop.load(Ordering::Relaxed) {
-            for _ in 0..BATCH {
-                let mut g = lock.lock();
-                *g += 1;
-                busy(cs);
-                if preempt {
-                    // A holder descheduled inside the critical section: what PV locks are for.
-                    match rng.next() % 4096 {
-                        0 => std::thread::sleep(Duration::from_micros(50)),
-                        1..=7 => std::thread::yield_now(),
-                        _ => {}
-                    }
-                }
-                drop(g);
-            }
-            ops += BATCH;
-        }
-        ops
-    };
-    timed(
-        n,
-        cfg.secs,
-        worker,
-        None::<fn(&AtomicBool, &Barrier) -> Vec<u64>>,
-    )
-}
-
 fn one(lock: BenchLock, n: usize, cfg: &Config, cs: u64) -> anyhow::Result<Sample> {
+    let work = Work {
+        cs_iters: cs,
+        cs_bytes: cfg.cs_bytes,
+        preempt: cfg.preempt,
+    };
+    let (secs, every) = (cfg.secs, cfg.write_every);
     let before = lock.stats();
-    let t = match lock {
+    let t: Timed = match lock {
         BenchLock::Rw(k) => {
-            let l = CachePadded::new(AnyRwLock::new(k, 0u64));
-            measure_rw(&*l, n, cfg, cs)
+            with_rw_family!(k, F => measure_rw::<Family<F>>(n, secs, work, every))
         }
-        BenchLock::Sharded => {
-            let l = CachePadded::new(ShardedLock::new(0u64));
-            measure_rw(&*l, n, cfg, cs)
-        }
-        BenchLock::Unsync => {
-            let l = CachePadded::new(AtomicU64::new(0));
-            measure_rw(&*l, n, cfg, cs)
-        }
-        BenchLock::Spin(k) => {
-            let l = CachePadded::new(AnySpinLock::new(k, 0u64));
-            let t = measure_spin(&l, n, cfg, cs);
-            let counted = *l.lock();
-            anyhow::ensure!(
-                counted == t.ops,
-                "{}: mutual exclusion violated: counter {counted} after {} increments",
-                lock.name(),
-                t.ops
-            );
-            t
-        }
+        BenchLock::Sharded => measure_rw::<ShardedLock<Payload>>(n, secs, work, every),
+        BenchLock::Unsync => measure_rw::<Unsync>(n, secs, work, every),
+        BenchLock::Spin(k) => with_spin_family!(k, F => measure_spin::<SpinFam<F>>(n, secs, work))
+            .map_err(|e| anyhow::anyhow!("{}: {e}", lock.name()))?,
     };
     let stats = match (before, lock.stats()) {
         (Some(b), Some(a)) => Some(a.since(&b)),
@@ -563,6 +359,7 @@ fn counter_columns(mode: Mode) -> &'static [&'static str] {
             "steals",
             "spurious_wakeups",
             "wait_early",
+            "head_pending_sleeps",
         ],
     }
 }
@@ -583,18 +380,26 @@ pub fn bench(cfg: &Config, verbose: bool) -> anyhow::Result<Vec<Row>> {
         (None, Mode::Rw) => 0,
         (None, Mode::Spin) => SPIN_DEFAULT_CS_ITERS,
     };
+    let bytes = match cfg.cs_bytes {
+        0 => String::new(),
+        b => format!(" {b}B"),
+    };
     let group = match (cfg.mode, cfg.write_every) {
-        (Mode::Rw, None) => format!("read-only cs={cs}it"),
-        (Mode::Rw, Some(p)) => format!("writer/{}us cs={cs}it", p.as_micros()),
-        (Mode::Spin, _) => format!("cs={cs}it{}", if cfg.preempt { " preempt" } else { "" }),
+        (Mode::Rw, None) => format!("read-only cs={cs}it{bytes}"),
+        (Mode::Rw, Some(p)) => format!("writer/{}us cs={cs}it{bytes}", p.as_micros()),
+        (Mode::Spin, _) => format!(
+            "cs={cs}it{bytes}{}",
+            if cfg.preempt { " preempt" } else { "" }
+        ),
     };
     if verbose {
         eprintln!(
-            "lockbench: mode {}, {} rounds x {:.2} s, critical section {cs} iterations (~{:.0} ns, {npi:.2} ns/iteration), {} cores",
+            "lockbench: mode {}, {} rounds x {:.2} s, critical section {cs} iterations (~{:.0} ns, {npi:.2} ns/iteration) + {} bytes stored, {} cores",
             mode_name(cfg.mode),
             cfg.rounds,
             cfg.secs,
             cs as f64 * npi,
+            cfg.cs_bytes,
             std::thread::available_parallelism().map_or(0, |n| n.get()),
         );
     }
@@ -712,6 +517,8 @@ mod tests {
         assert!(Config::try_from(&a).unwrap_err().contains("'bogus'"));
         let a = parse(&["--mode", "spin", "--write-every-us", "10"]).unwrap();
         assert!(Config::try_from(&a).is_err());
+        let a = parse(&["--cs-bytes", "2000000"]).unwrap();
+        assert!(Config::try_from(&a).unwrap_err().contains("--cs-bytes"));
     }
 
     #[test]
@@ -769,5 +576,45 @@ mod tests {
         assert_eq!(v["lock"], "parking-lot");
         assert_eq!(v["threads"], 2);
         assert!(v["ops_per_sec"].as_f64().unwrap() > 0.0);
+    }
+
+    /// A store-heavy critical section, every pvnet kind of both modes (each compiled for
+    /// its family).
+    #[test]
+    fn cs_bytes_runs_every_kind() {
+        let a = parse(&[
+            "--threads",
+            "2",
+            "--secs",
+            "0.02",
+            "--rounds",
+            "1",
+            "--cs-bytes",
+            "64",
+        ])
+        .unwrap();
+        let rows = bench(&Config::try_from(&a).unwrap(), false).unwrap();
+        assert_eq!(rows.len(), RwLockKind::ALL.len() + 2);
+        assert!(rows
+            .iter()
+            .all(|r| r.ops_per_sec > 0.0 && r.group.contains("64B")));
+        let a = parse(&[
+            "--mode",
+            "spin",
+            "--locks",
+            "pvqspin,tas,std,parking-lot",
+            "--threads",
+            "2",
+            "--secs",
+            "0.02",
+            "--rounds",
+            "1",
+            "--cs-bytes",
+            "256",
+        ])
+        .unwrap();
+        let rows = bench(&Config::try_from(&a).unwrap(), false).unwrap();
+        assert_eq!(rows.len(), 4);
+        assert!(rows.iter().all(|r| r.ops_per_sec > 0.0));
     }
 }

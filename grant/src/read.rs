@@ -14,6 +14,9 @@ use crate::entry::Entry;
 use crate::table::State;
 use crate::{Access, GrantError, GrantInfo};
 
+/// Tables up to this many grants are searched linearly (see `find`).
+const LINEAR_FIND_MAX: usize = 8;
+
 /// A read-lock hold on a [`GrantTable`](crate::GrantTable): the batched form. Hold it for a
 /// whole descriptor chain or a batch of chains, not across blocking waits.
 pub struct GrantReadGuard<'a, F: RwFamily, B: Bitmap + Send + Sync + 'static = ()> {
@@ -93,6 +96,12 @@ impl<'a, F: RwFamily, B: Bitmap + Send + Sync + 'static> GrantReadGuard<'a, F, B
     #[inline]
     fn find(&self, gpa: u64) -> Option<usize> {
         let es = self.entries();
+        if es.len() <= LINEAR_FIND_MAX {
+            // A guest has a handful of memory regions: independent compares, no chain of
+            // dependent loads as in a binary search. (`start <= gpa < start + len`; entries
+            // are disjoint, so the first match is the only one.)
+            return es.iter().position(|e| gpa.wrapping_sub(e.start) < e.len);
+        }
         let i = es.partition_point(|e| e.start <= gpa).checked_sub(1)?;
         (gpa < es[i].end()).then_some(i)
     }

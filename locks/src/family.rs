@@ -229,7 +229,8 @@ macro_rules! family {
 family!(
     /// Xen's per-CPU rwlock, reader fence moved to the writer (`membarrier`). Build it through
     /// [`with_rw_family!`](crate::with_rw_family), which picks [`PercpuFenced`] where the
-    /// asymmetric fence is unavailable.
+    /// asymmetric fence is unavailable (used directly there, every read takes the fenced
+    /// out-of-line path: correct, but slower than `PercpuFenced`).
     Percpu: RwFamily = Percpu, crate::PerCpuRwLock<T>
 );
 family!(

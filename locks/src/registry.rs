@@ -115,6 +115,19 @@ pub fn current() -> Option<usize> {
     INDEX.try_with(|i| i.0).ok()
 }
 
+/// Thread indices with per-thread lock state under loom (threads beyond take the paths
+/// that need none).
+#[cfg(loom)]
+pub(crate) const LOOM_THREADS: usize = 4;
+
+/// Under loom: one past the largest index handed out, read with an `AcqRel` RMW so that the
+/// caller is ordered before or after every thread's registration (the membarrier model's
+/// "every thread of the process").
+#[cfg(loom)]
+pub(crate) fn model_every_thread() -> usize {
+    state::high_water().fetch_add(0, Ordering::AcqRel)
+}
+
 /// One past the largest index ever handed out: per-thread tables need scanning only below it.
 #[inline]
 pub fn high_water() -> usize {

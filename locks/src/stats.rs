@@ -30,6 +30,9 @@ pub enum Event {
     SpuriousWakeups,
     /// PV: a waiter slept early because its predecessor was not running.
     WaitEarly,
+    /// PV: the queue head slept keeping `pending` set (a wake-up had found the lock
+    /// stolen), so the next unlock leaves the lock to it.
+    HeadPendingSleeps,
     /// rwlock: reader fell back to the underlying lock (writer active, or no free slot).
     ReadSlowPath,
     /// rwlock: write acquisitions.
@@ -55,6 +58,7 @@ pub struct LockStats {
     pub steals: u64,
     pub spurious_wakeups: u64,
     pub wait_early: u64,
+    pub head_pending_sleeps: u64,
     pub read_slow_paths: u64,
     pub write_locks: u64,
     pub writer_wait_spins: u64,
@@ -74,6 +78,7 @@ impl LockStats {
             ("steals", self.steals),
             ("spurious_wakeups", self.spurious_wakeups),
             ("wait_early", self.wait_early),
+            ("head_pending_sleeps", self.head_pending_sleeps),
             ("read_slow_paths", self.read_slow_paths),
             ("write_locks", self.write_locks),
             ("writer_wait_spins", self.writer_wait_spins),
@@ -107,10 +112,11 @@ impl LockStats {
             steals: r[6],
             spurious_wakeups: r[7],
             wait_early: r[8],
-            read_slow_paths: r[9],
-            write_locks: r[10],
-            writer_wait_spins: r[11],
-            membarriers: r[12],
+            head_pending_sleeps: r[9],
+            read_slow_paths: r[10],
+            write_locks: r[11],
+            writer_wait_spins: r[12],
+            membarriers: r[13],
         }
     }
 }

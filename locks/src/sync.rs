@@ -23,12 +23,3 @@ pub(crate) fn spin_hint() {
     #[cfg(not(loom))]
     std::hint::spin_loop();
 }
-
-/// Compiler-only fence (the reader side of an asymmetric fence).
-#[inline(always)]
-pub(crate) fn compiler_fence_seqcst() {
-    #[cfg(loom)]
-    loom::sync::atomic::fence(Ordering::SeqCst);
-    #[cfg(not(loom))]
-    std::sync::atomic::compiler_fence(Ordering::SeqCst);
-}

@@ -20,14 +20,16 @@
 //! index *reuse* and the retire-on-exit check, which run in thread-local destructors where
 //! loom cannot execute model operations (the unit and stress tests cover them).
 //!
-//! The asymmetric (`percpu`) flavour is an approximation: `membarrier()` forces a full barrier
-//! on every running thread at an unknown point of its execution during the syscall, which
-//! loom cannot express. The model gives the writer a `SeqCst` fence for the membarrier and
-//! the reader a `SeqCst` fence for its compiler fence (its position in program order). That
-//! is exactly the ordering guarantee the Dekker argument in `percpu.rs` derives from
-//! membarrier — "the reader's barrier is either before its slot store is visible or after
-//! the writer's flag store" — so the model checks the protocol above that guarantee, not the
-//! kernel's implementation of it.
+//! The asymmetric (`percpu`) flavour: loom cannot run a barrier *inside* another thread, so
+//! `rw/membarrier.rs` models the pair by its guarantee. The reader's compiler fence is an
+//! RMW of the reader's own barrier cell, which orders nothing by itself; the writer's
+//! membarrier is an RMW of every registered thread's cell (and of the registry's high-water
+//! mark, for threads not yet registered), so each reader is ordered entirely before or
+//! entirely after the writer's barrier at one of its light barriers. The fenced flavour uses
+//! real `fence(SeqCst)` on both sides. `percpu_weakened_writer_barrier_is_caught` checks
+//! that these models can fail: with the writer's barrier replaced by a local `fence(SeqCst)`
+//! (the store-buffering bug of a one-sided fence), loom must report the reader and the
+//! writer overlapping.
 
 #![cfg(loom)]
 
@@ -145,7 +147,17 @@ fn model_fixed_bound(bound: usize, f: impl Fn() + Sync + Send + 'static) {
 
 fn run(mut b: loom::model::Builder, f: impl Fn() + Sync + Send + 'static) {
     b.max_branches = 100_000;
-    b.check(f);
+    let execs = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let e2 = execs.clone();
+    b.check(move || {
+        e2.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        f()
+    });
+    eprintln!(
+        "{}: {} executions",
+        std::thread::current().name().unwrap_or("model"),
+        execs.load(std::sync::atomic::Ordering::Relaxed)
+    );
 }
 
 /// One reader thread and one writer thread: the reader sees the value before or after the
@@ -269,5 +281,74 @@ fn percpu_two_readers_one_writer() {
         for r in readers {
             assert!(r.join().unwrap() <= 1);
         }
+    });
+}
+
+/// The negative model: a writer whose barrier is only a local `fence(SeqCst)` while readers
+/// keep their (compiler-only) light barrier is a real bug (store buffering lets the reader
+/// miss the flag and the writer miss the slot). The model must catch it as a reader and a
+/// writer touching the data concurrently.
+#[test]
+fn percpu_weakened_writer_barrier_is_caught() {
+    struct Weak(RawPerCpuRwLock<false>);
+    impl Raw for Weak {
+        fn make() -> Self {
+            Weak(RawPerCpuRwLock::with_weakened_writer_barrier())
+        }
+        fn read(&self) {
+            self.0.read()
+        }
+        unsafe fn read_unlock(&self) {
+            // SAFETY: forwarded.
+            unsafe { self.0.read_unlock() }
+        }
+        fn write(&self) {
+            self.0.write()
+        }
+        unsafe fn write_unlock(&self) {
+            // SAFETY: forwarded.
+            unsafe { self.0.write_unlock() }
+        }
+        fn try_write(&self) -> bool {
+            self.0.try_write()
+        }
+    }
+    let caught = std::panic::catch_unwind(writer_excludes_reader::<Weak>)
+        .expect_err("a writer with only a local fence must be caught by the model");
+    let msg = caught
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| caught.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_default();
+    assert!(
+        msg.contains("Causality violation"),
+        "caught, but not as an overlap of reader and writer: {msg}"
+    );
+}
+
+/// A reader whose slots are all taken reads through the fallback (the underlying lock,
+/// non-recursively) while a writer writes: still excluded, and no deadlock.
+#[test]
+fn percpu_fallback_read_against_writer() {
+    model(|| {
+        let g = Guarded::<RawPerCpuRwLock<false>>::new();
+        let g2 = Arc::clone(&g);
+        let r = thread::spawn(move || {
+            let others: Vec<RawPerCpuRwLock<false>> = (0..pvnet_locks::rw::SLOTS)
+                .map(|_| RawPerCpuRwLock::new())
+                .collect();
+            for l in &others {
+                l.lock_shared();
+            }
+            let v = g2.read();
+            for l in &others {
+                // SAFETY: read-locked above.
+                unsafe { l.unlock_shared() };
+            }
+            v
+        });
+        g.write_incr();
+        assert!(r.join().unwrap() <= 1);
+        assert_eq!(g.read(), 1);
     });
 }

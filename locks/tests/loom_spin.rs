@@ -2,9 +2,13 @@
 //! pvqspin queue head and non-head waiters) and no lost wake-up in the PV halt / hash / kick
 //! protocol (a waiter that is never woken leaves every thread blocked, which loom reports as
 //! a deadlock). Under `--cfg loom` the PV spin threshold is 2, so every wait halts quickly and
-//! the futex is a loom model (see `spin/futex.rs`).
+//! the futex is a loom model (see `spin/futex.rs`) whose waits may also return spuriously.
+//! After every execution the models check the seed's "kick only at unlock time": every
+//! futex wake ("kick") was issued by an unlock, and there are no more kicks than halts that
+//! waiters announced (the pre-patch protocol kicked a halted waiter twice, once when it
+//! became queue head and once at unlock).
 //!
-//! Run (release, bounded preemptions; a few minutes on 2 cores):
+//! Run (release, bounded preemptions; about 4 s on 2 cores once built):
 //!
 //! ```text
 //! RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS=2 cargo test -p pvnet-locks --release --test loom_spin
@@ -14,8 +18,21 @@
 use loom::cell::UnsafeCell;
 use loom::sync::Arc;
 use loom::thread;
+use pvnet_locks::spin::futex::model::stats as kick_stats;
 use pvnet_locks::spin::{RawPvQSpinLock, RawQSpinLock};
 use pvnet_locks::{spin_stats, SpinLockKind};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+/// Spurious futex returns seen over all executions of this test binary.
+static SPURIOUS: AtomicU64 = AtomicU64::new(0);
+
+/// End of an execution: the kick accounting of the futex model.
+fn check_kicks() {
+    let k = kick_stats();
+    assert_eq!(k.kicks_outside_unlock, 0, "a kick outside unlock: {k:?}");
+    assert!(k.kicks <= k.halts, "more kicks than announced halts: {k:?}");
+    SPURIOUS.fetch_add(k.spurious, Relaxed);
+}
 
 trait Raw: Send + Sync + 'static {
     fn create() -> Self;
@@ -112,6 +129,7 @@ fn run_bounded<L: Raw>(threads: usize, rounds: usize, preemptions: Option<usize>
             unsafe { *p }
         });
         assert_eq!(total as usize, threads * rounds);
+        check_kicks();
     });
     eprintln!(
         "{} threads x {rounds}: {} executions",
@@ -141,9 +159,14 @@ fn qspin_queue_path() {
 /// sleeps; the unlocker must unhash it and wake it exactly when needed.
 #[test]
 fn pvqspin_head_halt_and_kick() {
+    let spurious_before = SPURIOUS.load(Relaxed);
     run::<RawPvQSpinLock>(2, 1);
     let s = spin_stats(SpinLockKind::Pvqspin);
     assert!(s.halts > 0 && s.kicks > 0, "{s:?}");
+    assert!(
+        SPURIOUS.load(Relaxed) > spurious_before,
+        "the futex model never returned spuriously"
+    );
 }
 
 /// Three lockers: a non-head waiter halts in wait_node; the new owner hashes it on its
@@ -196,5 +219,6 @@ fn run_mixed<L: Raw>(preemptions: Option<usize>) {
             unsafe { *p }
         });
         assert_eq!(total, 4);
+        check_kicks();
     });
 }

@@ -150,7 +150,7 @@ fn stress(kind: RwLockKind) {
         writes: [AtomicU64::new(0), AtomicU64::new(0)],
         stop: AtomicBool::new(false),
     });
-    assert_eq!(sh.locks[0].kind(), kind);
+    assert_eq!(sh.locks[0].kind(), pvnet_locks::family::resolve_rw(kind));
     let end = Instant::now() + wave_len * WAVES as u32;
     let writers: Vec<_> = (0..WRITERS)
         .map(|w| {

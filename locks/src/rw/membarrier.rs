@@ -12,11 +12,33 @@
 //!
 //! The command must be registered once per process (`REGISTER_PRIVATE_EXPEDITED`) before it
 //! is used; availability is detected with `QUERY`. Where it is missing (old kernel, seccomp,
-//! not Linux) [`asymmetric_fence_available`] is `false` and the `percpu` lock kind
-//! silently behaves as `percpu-fenced` (both sides take a full fence); this is logged once.
+//! not Linux) [`asymmetric_fence_available`] is `false` (logged once): the `percpu` kind is
+//! then built as `percpu-fenced` ([`resolve_rw`](crate::family::resolve_rw), used by
+//! `with_rw_family!` and `AnyRwLock`), and a hard-wired `percpu` lock takes its fenced
+//! out-of-line read path on every read (see `percpu.rs`). The answer is given before any
+//! reader's fast path runs and never changes, so readers and writers always agree.
 //!
-//! Under `--cfg loom` the asymmetric fence is modelled as available, with the writer's
-//! membarrier approximated by a `SeqCst` fence (see `tests/loom_rw.rs`).
+//! If the command fails once registered (e.g. `EPERM` from a seccomp filter installed after
+//! start-up), `heavy_barrier` returns the error after a few retries of transient ones; the
+//! writer then gives up the write lock and panics with that error (a writer without the
+//! barrier cannot exclude readers, and retrying a permanent error would livelock it).
+//!
+//! # The model under `--cfg loom`
+//!
+//! loom cannot interrupt a thread to run a fence in it, so the pair is modelled by what it
+//! guarantees. Each thread index owns a *barrier cell*. The reader side (`light_barrier`)
+//! is one `AcqRel` read-modify-write of the reader's own cell: by itself it orders nothing
+//! (no other thread touches that cell unless a writer's barrier does), exactly like the
+//! compiler fence it stands for. The writer side (`heavy_barrier`) is a `SeqCst` fence,
+//! an `AcqRel` RMW of the registry's high-water mark (every thread that exists, or will
+//! exist, is ordered before or after this point), an `AcqRel` RMW of the cell of every
+//! registered thread, and a `SeqCst` fence. RMWs of one location are totally ordered, so for
+//! every reader either its light barrier comes first (its earlier accesses happen-before the
+//! writer's later ones: the writer sees its slot) or the writer's RMW does (the writer's
+//! earlier accesses happen-before the reader's later ones: the reader sees
+//! `writer_activating`): the guarantee of a real membarrier, with its "point in each thread's
+//! program order" pinned to that thread's light barriers. Weakening the writer side to a
+//! local fence is caught by the models (`tests/loom_rw.rs`).
 
 #[cfg(not(loom))]
 use std::sync::OnceLock;
@@ -119,30 +141,89 @@ fn detect_once() -> bool {
     yes
 }
 
-/// The writer's heavy barrier: on return, every thread of the process has executed a full
-/// memory barrier since this call began. Only call it when
+/// The writer's heavy barrier failed (membarrier returned an error after registration).
+#[derive(Debug, thiserror::Error)]
+#[error("membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED) failed: {0}")]
+pub struct BarrierError(#[source] pub std::io::Error);
+
+/// Attempts of a transiently failing membarrier (`ENOMEM`, `EAGAIN`, `EINTR`) before the
+/// error is returned.
+#[cfg(all(not(loom), target_os = "linux"))]
+const TRANSIENT_RETRIES: u32 = 3;
+
+/// The writer's heavy barrier: on `Ok` return, every thread of the process has executed a
+/// full memory barrier since this call began. Only call it when
 /// [`asymmetric_fence_available`] returned `true`.
-pub(crate) fn heavy_barrier() {
+pub(crate) fn heavy_barrier() -> Result<(), BarrierError> {
     #[cfg(all(not(loom), target_os = "linux"))]
     {
-        let mut failures = 0u32;
-        // After a successful registration the command can only fail transiently (e.g.
-        // ENOMEM for the CPU mask); readers rely on it, so retry until it succeeds.
-        while membarrier(CMD_PRIVATE_EXPEDITED) < 0 {
-            if failures == 0 {
-                log::warn!(
-                    "pvnet-locks: membarrier failed ({}); retrying",
-                    std::io::Error::last_os_error()
-                );
+        let mut attempt = 0;
+        loop {
+            if membarrier(CMD_PRIVATE_EXPEDITED) == 0 {
+                return Ok(());
             }
-            failures = failures.saturating_add(1);
+            let e = std::io::Error::last_os_error();
+            let transient = matches!(
+                e.raw_os_error(),
+                Some(libc::ENOMEM) | Some(libc::EAGAIN) | Some(libc::EINTR)
+            );
+            attempt += 1;
+            if !transient || attempt > TRANSIENT_RETRIES {
+                return Err(BarrierError(e));
+            }
+            log::warn!("pvnet-locks: membarrier failed ({e}); retrying");
             std::thread::yield_now();
         }
     }
     #[cfg(all(not(loom), not(target_os = "linux")))]
-    crate::sync::fence(crate::sync::Ordering::SeqCst);
+    {
+        crate::sync::fence(crate::sync::Ordering::SeqCst);
+        Ok(())
+    }
     #[cfg(loom)]
-    crate::sync::fence(crate::sync::Ordering::SeqCst);
+    {
+        model::heavy();
+        Ok(())
+    }
+}
+
+/// The reader's side of the asymmetric fence: keeps the compiler from moving the reader's
+/// slot store after its `writer_activating` load; no instruction.
+#[inline(always)]
+pub(crate) fn light_barrier() {
+    #[cfg(not(loom))]
+    std::sync::atomic::compiler_fence(std::sync::atomic::Ordering::SeqCst);
+    #[cfg(loom)]
+    model::light();
+}
+
+/// The loom model of the pair (see the module docs).
+#[cfg(loom)]
+mod model {
+    use crate::registry;
+    use crate::sync::{fence, AtomicUsize, Ordering::*};
+
+    loom::lazy_static! {
+        static ref CELLS: Vec<AtomicUsize> =
+            (0..registry::LOOM_THREADS).map(|_| AtomicUsize::new(0)).collect();
+    }
+
+    pub(super) fn light() {
+        // A thread without an index (or beyond the model's blocks) has no reader slot and
+        // never takes the fast path.
+        if let Some(c) = registry::current().and_then(|i| CELLS.get(i)) {
+            c.fetch_add(1, AcqRel);
+        }
+    }
+
+    pub(super) fn heavy() {
+        fence(SeqCst);
+        let threads = registry::model_every_thread();
+        for c in CELLS.iter().take(threads) {
+            c.fetch_add(1, AcqRel);
+        }
+        fence(SeqCst);
+    }
 }
 
 #[cfg(all(test, not(loom)))]
@@ -154,14 +235,14 @@ mod tests {
         let a = asymmetric_fence_available();
         assert_eq!(a, asymmetric_fence_available());
         if a {
-            heavy_barrier();
+            heavy_barrier().unwrap();
             // Other threads exist and run: the barrier must still return.
             let h = std::thread::spawn(|| {
                 for _ in 0..1000 {
                     std::hint::black_box(0);
                 }
             });
-            heavy_barrier();
+            heavy_barrier().unwrap();
             h.join().unwrap();
         }
     }

@@ -9,11 +9,12 @@ use std::mem::ManuallyDrop;
 use std::ops::{Deref, DerefMut};
 
 mod backoff;
+mod fallback;
 pub mod membarrier;
 pub(crate) mod percpu;
 pub mod plain;
 
-pub use membarrier::asymmetric_fence_available;
+pub use membarrier::{asymmetric_fence_available, BarrierError};
 pub use percpu::{RawPerCpuRwLock, SLOTS};
 pub use plain::RawPlainRwLock;
 
@@ -34,8 +35,10 @@ type PercpuFencedRaw = parking_lot::RawRwLock;
 #[cfg(loom)]
 type PlainRaw = parking_lot::RawRwLock;
 
-/// Per-CPU rwlock, reader fast path with a compiler fence only (`membarrier` on the writer),
-/// or fenced where membarrier is unavailable.
+/// Per-CPU rwlock, reader fast path with a compiler fence only (`membarrier` on the writer).
+/// Where membarrier is unavailable every read of this hard-wired type takes the out-of-line
+/// path with a full fence: build through [`AnyRwLock`] or
+/// [`with_rw_family!`](crate::with_rw_family), which pick [`PerCpuFencedRwLock`] there.
 pub type PerCpuRwLock<T> = lock_api::RwLock<PercpuRaw, T>;
 /// Per-CPU rwlock with a full fence on the reader fast path (the seed's "after").
 pub type PerCpuFencedRwLock<T> = lock_api::RwLock<PercpuFencedRaw, T>;
@@ -77,9 +80,10 @@ pub enum AnyRwLockWriteGuard<'a, T> {
 }
 
 impl<T> AnyRwLock<T> {
-    /// A lock of kind `kind` protecting `value`.
+    /// A lock of kind `kind` protecting `value`; `percpu` is built as `percpu-fenced` where
+    /// the asymmetric fence is unavailable ([`resolve_rw`](crate::family::resolve_rw)).
     pub fn new(kind: RwLockKind, value: T) -> Self {
-        match kind {
+        match crate::family::resolve_rw(kind) {
             RwLockKind::Percpu => AnyRwLock::Percpu(PerCpuRwLock::new(value)),
             RwLockKind::PercpuFenced => AnyRwLock::PercpuFenced(PerCpuFencedRwLock::new(value)),
             RwLockKind::Rwlock => AnyRwLock::Rwlock(PlainRwLock::new(value)),
@@ -88,8 +92,7 @@ impl<T> AnyRwLock<T> {
         }
     }
 
-    /// The kind this lock was built with (`Percpu` stays `Percpu` even where membarrier is
-    /// unavailable and it behaves as `PercpuFenced`; see [`asymmetric_fence_available`]).
+    /// The kind this lock was built as (after [`resolve_rw`](crate::family::resolve_rw)).
     pub fn kind(&self) -> RwLockKind {
         match self {
             AnyRwLock::Percpu(_) => RwLockKind::Percpu,

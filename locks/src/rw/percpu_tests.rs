@@ -200,3 +200,48 @@ fn writer_counters_move() {
         assert!(rw_stats(RwLockKind::Percpu).membarriers > 0);
     }
 }
+
+/// Slot 0 carries the nesting mark while more than one read is held, and is back to the
+/// bare fast-path states (0, or one lock's address) once the nesting ends.
+#[test]
+fn slot0_tag_follows_nesting() {
+    let a = PerCpuRwLock::new(1u32);
+    let b = PerCpuRwLock::new(2u32);
+    let addr = |l: &PerCpuRwLock<u32>| {
+        // SAFETY: only the raw lock's address is taken.
+        unsafe { l.raw() as *const RawPerCpuRwLock<false> as usize }
+    };
+    let (aa, ba) = (addr(&a), addr(&b));
+    let slot = |i: usize| my_block().expect("block").lock[i].load(Relaxed);
+    let ga = a.read();
+    assert_eq!(slot(0), aa, "one read: bare address in slot 0");
+    let gb = b.read();
+    assert_eq!((slot(0), slot(1)), (aa | TAG, ba), "two reads: tagged");
+    drop(ga);
+    assert_eq!((slot(0), slot(1)), (TAG, ba), "slot 0 free, still nested");
+    assert!(a.try_write().is_some() && b.try_write().is_none());
+    let ga = a.read();
+    assert_eq!(slot(0), aa | TAG);
+    let gb2 = b.read();
+    assert_eq!(my_block().unwrap().depth[1].load(Relaxed), 1, "recursion");
+    drop(ga);
+    drop(gb);
+    assert_eq!(
+        (slot(0), slot(1)),
+        (TAG, ba),
+        "recursive read of b still held"
+    );
+    assert!(b.try_write().is_none());
+    drop(gb2);
+    assert_eq!((slot(0), slot(1)), (0, 0), "flat again: fast path usable");
+    assert!(my_block_is_empty());
+    // Recursion of the only lock: tagged while nested, bare address after.
+    let g1 = a.read();
+    let g2 = a.read();
+    assert_eq!(slot(0), aa | TAG);
+    drop(g2);
+    assert_eq!(slot(0), aa);
+    drop(g1);
+    assert_eq!(slot(0), 0);
+    assert!(a.try_write().is_some() && b.try_write().is_some());
+}

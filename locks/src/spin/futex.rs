@@ -5,11 +5,16 @@
 //! word *before* waking can never be missed. It may also return spuriously (signals,
 //! `EAGAIN`, timeouts); every caller re-checks its condition in a loop.
 //!
-//! Under `--cfg loom` the same two functions are a faithful model built from a loom
-//! `Mutex` + `Condvar`: `wait` compares the value under the mutex and registers itself as a
-//! waiter on that address; `wake` marks up to `n` waiters *of that address* as woken under
-//! the mutex. A waiter returns only when woken for its own address (no spurious returns are
-//! modelled), so a lost wake-up shows up as a loom deadlock.
+//! Under `--cfg loom` the same two functions are a model built from a loom `Mutex` (the
+//! kernel's hash-bucket lock) and one `loom::sync::Notify` per sleeping thread: `wait`
+//! compares the value under the mutex and registers itself as a waiter on that address;
+//! `wake` marks up to `n` waiters *of that address* as woken and notifies them, under the
+//! mutex. A waiter that is never woken blocks forever, so a lost wake-up shows up as a loom
+//! deadlock; and `Notify::wait` may also return spuriously (loom explores both outcomes, once
+//! per thread and execution), so every caller's spurious-wake-up path is model-checked. The
+//! model also counts, per execution, the halts that waiters announced and the wakes
+//! ("kicks") issued, and whether each kick came from a lock's unlock (`model::stats`, loom
+//! only).
 
 use crate::sync::AtomicU32;
 use std::time::Duration;
@@ -70,32 +75,77 @@ pub fn futex_wake(word: &AtomicU32, n: u32) -> usize {
     }
 }
 
+/// The loom model of the futex and its kick accounting (see the module docs).
 #[cfg(loom)]
-mod model {
-    use loom::sync::{Condvar, Mutex};
+pub mod model {
+    use loom::sync::{Mutex, Notify};
+    use std::cell::Cell;
+    use std::sync::Arc;
 
     pub(super) struct Waiter {
         pub(super) addr: usize,
         pub(super) id: u64,
         pub(super) woken: bool,
+        pub(super) notify: Arc<Notify>,
+    }
+
+    /// Per-execution kick accounting.
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct KickStats {
+        /// Halts announced by waiters (a node made `HALTED`, or a head about to sleep).
+        pub halts: u64,
+        /// `futex_wake` calls.
+        pub kicks: u64,
+        /// `futex_wake` calls made outside a lock's unlock.
+        pub kicks_outside_unlock: u64,
+        /// `futex_wait` calls that returned without being woken.
+        pub spurious: u64,
     }
 
     #[derive(Default)]
     pub(super) struct Table {
         pub(super) next_id: u64,
         pub(super) waiters: Vec<Waiter>,
-    }
-
-    pub(super) struct Futexes {
-        pub(super) table: Mutex<Table>,
-        pub(super) cv: Condvar,
+        pub(super) stats: KickStats,
     }
 
     loom::lazy_static! {
-        pub(super) static ref FUTEXES: Futexes = Futexes {
-            table: Mutex::new(Table::default()),
-            cv: Condvar::new(),
-        };
+        pub(super) static ref TABLE: Mutex<Table> = Mutex::new(Table::default());
+    }
+
+    loom::thread_local! {
+        pub(super) static IN_UNLOCK: Cell<bool> = Cell::new(false);
+        /// The thread's sleep: one per thread and execution, so that loom explores at most
+        /// one spurious return per thread (a fresh `Notify` per wait could spur forever).
+        /// A notification that arrives after a spurious return was already accounted for
+        /// makes the thread's next wait return at once: another (bounded) spurious return.
+        pub(super) static NOTIFY: Arc<Notify> = Arc::new(Notify::new());
+    }
+
+    /// This execution's kick accounting so far.
+    pub fn stats() -> KickStats {
+        TABLE.lock().unwrap().stats
+    }
+
+    /// A waiter announces that it is about to halt.
+    pub(crate) fn note_halt() {
+        TABLE.lock().unwrap().stats.halts += 1;
+    }
+
+    /// Marks the calling thread as inside an unlock while it lives.
+    pub(crate) struct UnlockScope(());
+
+    impl UnlockScope {
+        pub(crate) fn enter() -> Self {
+            IN_UNLOCK.with(|f| f.set(true));
+            UnlockScope(())
+        }
+    }
+
+    impl Drop for UnlockScope {
+        fn drop(&mut self) {
+            IN_UNLOCK.with(|f| f.set(false));
+        }
     }
 }
 
@@ -103,34 +153,44 @@ mod model {
 #[cfg(loom)]
 pub fn futex_wait(word: &AtomicU32, expected: u32, _timeout: Option<Duration>) -> bool {
     use crate::sync::Ordering;
-    let f = &*model::FUTEXES;
     let addr = word as *const AtomicU32 as usize;
-    let mut t = f.table.lock().unwrap();
-    if word.load(Ordering::SeqCst) != expected {
-        return false;
-    }
-    let id = t.next_id;
-    t.next_id += 1;
-    t.waiters.push(model::Waiter {
-        addr,
-        id,
-        woken: false,
-    });
-    loop {
-        t = f.cv.wait(t).unwrap();
-        if let Some(pos) = t.waiters.iter().position(|w| w.id == id && w.woken) {
-            t.waiters.remove(pos);
-            return true;
+    let (id, notify) = {
+        let mut t = model::TABLE.lock().unwrap();
+        if word.load(Ordering::SeqCst) != expected {
+            return false;
         }
+        let id = t.next_id;
+        t.next_id += 1;
+        let notify = model::NOTIFY.with(|n| n.clone());
+        t.waiters.push(model::Waiter {
+            addr,
+            id,
+            woken: false,
+            notify: notify.clone(),
+        });
+        (id, notify)
+    };
+    // Returns once notified, or spuriously.
+    notify.wait();
+    let mut t = model::TABLE.lock().unwrap();
+    let pos = t.waiters.iter().position(|w| w.id == id);
+    let woken = pos.is_some_and(|p| t.waiters.remove(p).woken);
+    if !woken {
+        t.stats.spurious += 1;
     }
+    woken
 }
 
 /// Loom model of `FUTEX_WAKE_PRIVATE` (see the module docs).
 #[cfg(loom)]
 pub fn futex_wake(word: &AtomicU32, n: u32) -> usize {
-    let f = &*model::FUTEXES;
     let addr = word as *const AtomicU32 as usize;
-    let mut t = f.table.lock().unwrap();
+    let in_unlock = model::IN_UNLOCK.with(|f| f.get());
+    let mut t = model::TABLE.lock().unwrap();
+    t.stats.kicks += 1;
+    if !in_unlock {
+        t.stats.kicks_outside_unlock += 1;
+    }
     let mut woke = 0usize;
     for w in t.waiters.iter_mut() {
         if woke as u32 >= n {
@@ -138,11 +198,9 @@ pub fn futex_wake(word: &AtomicU32, n: u32) -> usize {
         }
         if w.addr == addr && !w.woken {
             w.woken = true;
+            w.notify.notify();
             woke += 1;
         }
-    }
-    if woke > 0 {
-        f.cv.notify_all();
     }
     woke
 }

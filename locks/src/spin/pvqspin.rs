@@ -25,9 +25,10 @@
 //!   to `HASHED`, set `_Q_SLOW_VAL`, hash `(lock -> next)`. It is *not* woken now: it will be
 //!   woken once, at unlock, already as queue head (the seed's "only kick at unlock time").
 //! * `wait_head` (head): set pending, spin `SPIN_THRESHOLD` trying to take the lock, clear
-//!   pending. If not yet hashed: hash itself, `state = HASHED`, then CAS the locked byte
-//!   1 -> 3 (or 0 -> 1: the lock was free, unhash and own it). Then `futex_wait(state,
-//!   HASHED)`; loop (a wake-up with `state` still `HASHED` is spurious).
+//!   pending (unless a wake-up already found the lock stolen: see "Steal policy"). If not
+//!   yet hashed: hash itself, `state = HASHED`, then CAS the locked byte 1 -> 3 (or 0 -> 1:
+//!   the lock was free, unhash and own it). Then `futex_wait(state, HASHED)`; loop (a
+//!   wake-up with `state` still `HASHED` is spurious).
 //! * unlock: `fetch_sub(1)`: 1 -> 0 is the fast path. 3 -> 2 means slow: unhash the node,
 //!   `swap(state, RUNNING)`, *then* release (2 -> 0), then `futex_wake(state)`.
 //!
@@ -39,10 +40,22 @@
 //! when
 //! * `pending` is set: the queue head is actively spinning and goes first (it sets pending
 //!   for at most `SPIN_THRESHOLD` iterations, then hashes itself and sleeps, and stealing
-//!   resumes; a sleeping head is woken by the next unlock and spins with pending again, so
-//!   it waits for at most one steal per wake-up while it runs);
+//!   resumes while it sleeps);
 //! * or its budget of `STEAL_SPINS` iterations is spent: then it queues, spins on its own
 //!   node (not the lock word), and sleeps early when its predecessor is not running.
+//!
+//! **Starvation bound.** Stealing from a *sleeping* head is what keeps the running threads
+//! busy, but it must not go on forever: an unlock wakes the hashed head, and until the head
+//! runs again and sets pending, arrivals can steal the free lock (a fast unlock wakes
+//! nobody); if the thief then holds the lock longer than the head spins, the head sleeps
+//! again, and so on. So after `HEAD_MISSED_WAKEUPS` (1) wake-ups that found the lock taken,
+//! the head keeps `pending` set across its sleep: nobody can steal (every steal needs
+//! `pending == 0`), new lockers queue behind it, and the next (slow) unlock leaves the lock
+//! free for it alone. A queue head therefore waits for at most the holder it found, the
+//! thieves of one wake-up (the ones that run before it does), and one more holder
+//! (`tests/spin_starvation.rs`, counter `head_pending_sleeps`). Linux's `pv_wait_head_or_lock`
+//! clears pending before every `pv_wait` of the head and relies on a kicked vCPU running
+//! soon; a kicked thread on an oversubscribed machine may not.
 //!
 //! Two differences from Linux, both measured on 2 vCPUs (`docs/benchmarks.md`, Locks):
 //! * Linux stops stealing as soon as the queue is empty (`tail == 0`) and queues, so the
@@ -146,12 +159,26 @@ const STEAL_BACKOFF_MAX: u32 = 32;
 #[cfg(loom)]
 const STEAL_BACKOFF_MAX: u32 = 1;
 
+/// Wake-ups a queue head may find the lock stolen before it keeps `pending` set across its
+/// sleep (the starvation bound of "Steal policy"). One: the first time the head is woken it
+/// competes with stealers as before (stealing while the head sleeps is what keeps running
+/// threads busy on an oversubscribed machine); if it loses, the next unlock is its own.
+pub const HEAD_MISSED_WAKEUPS: u32 = 1;
+
 pub(crate) struct Pv;
 
 /// Lock address: the hash key.
 #[inline]
 fn key(lock: &AtomicU32) -> usize {
     lock as *const AtomicU32 as usize
+}
+
+/// Under loom: tells the futex model's kick accounting that a waiter announced a halt (a
+/// kick may then target it once, at unlock time).
+#[inline(always)]
+fn model_note_halt() {
+    #[cfg(loom)]
+    super::futex::model::note_halt();
 }
 
 /// True on every `mask + 1`-th iteration (`mask` is 2^k - 1; 0 means every iteration).
@@ -259,6 +286,7 @@ impl Hooks for Pv {
 
             // [S] state = HALTED; MB; [L] locked  -- pairs with kick_node.
             node.state.swap(HALTED, Ordering::Relaxed);
+            model_note_halt();
             fence(Ordering::SeqCst);
             if node.locked.load(Ordering::Relaxed) == 0 {
                 spin_add(Self::KIND, Event::Halts, 1);
@@ -301,6 +329,8 @@ impl Hooks for Pv {
     }
 
     fn wait_head_or_lock(lock: &AtomicU32, node: &Node, tail: u32, ep: &mut Episode) -> u32 {
+        // Wake-ups (by an unlocker) after which the lock was taken again before we got it.
+        let mut missed_wakeups = 0u32;
         'outer: loop {
             // Active spinning, with pending set so nobody steals the lock from us.
             lock.fetch_or(PENDING_VAL, Ordering::Relaxed);
@@ -311,55 +341,87 @@ impl Hooks for Pv {
                 bump(node, i);
                 ep.relax_bounded();
             }
-            lock.fetch_and(!PENDING_VAL, Ordering::Relaxed);
+            // Starvation bound: once a wake-up found the lock stolen, keep pending set
+            // while we sleep, so that no one can take the lock between the next unlock
+            // and our wake-up (see "Steal policy").
+            let keep_pending = missed_wakeups >= HEAD_MISSED_WAKEUPS;
+            if !keep_pending {
+                lock.fetch_and(!PENDING_VAL, Ordering::Relaxed);
+            }
 
             if node.state.load(Ordering::Acquire) != HASHED {
-                // Hash ourselves, then publish _Q_SLOW_VAL (Release) so that the unlocker
-                // that sees it finds the entry and our HASHED state.
-                let slot = pv_hash(key(lock), tail);
-                node.state.store(HASHED, Ordering::Relaxed);
-                let mut v = lock.load(Ordering::Relaxed);
-                loop {
-                    let r = match v & LOCKED_MASK {
-                        0 => lock.compare_exchange(
-                            v,
-                            v | LOCKED_VAL,
-                            Ordering::Acquire,
-                            Ordering::Relaxed,
-                        ),
-                        LOCKED_VAL => lock.compare_exchange(
-                            v,
-                            v | SLOW_VAL,
-                            Ordering::Release,
-                            Ordering::Relaxed,
-                        ),
-                        _ => {
-                            // A slow unlock is in flight (it already made us RUNNING):
-                            // undo and spin again, the lock is about to be free.
-                            pv_unhash_slot(slot);
-                            node.state.store(RUNNING, Ordering::Relaxed);
-                            continue 'outer;
-                        }
-                    };
-                    match r {
-                        Ok(old) if old & LOCKED_MASK == 0 => {
-                            // It was free: it is ours, no need to be woken.
-                            pv_unhash_slot(slot);
-                            node.state.store(RUNNING, Ordering::Relaxed);
-                            return old | LOCKED_VAL;
-                        }
-                        Ok(_) => break,
-                        Err(x) => v = x,
+                match hash_self(lock, node, tail) {
+                    HashOutcome::Hashed => {}
+                    HashOutcome::Acquired(v) => return v,
+                    HashOutcome::UnlockInFlight => {
+                        // The unlocker already woke us and will release in a moment: wait
+                        // for it (a spurious wake-up can get us here before it releases).
+                        ep.relax();
+                        continue 'outer;
                     }
                 }
             }
 
             // Hashed: the unlocker will set RUNNING and wake us exactly once.
             spin_add(Self::KIND, Event::Halts, 1);
+            model_note_halt();
+            if keep_pending {
+                spin_add(Self::KIND, Event::HeadPendingSleeps, 1);
+            }
             futex_wait(&node.state, HASHED, None);
             if node.state.load(Ordering::Acquire) == HASHED {
                 spin_add(Self::KIND, Event::SpuriousWakeups, 1);
+            } else {
+                missed_wakeups = missed_wakeups.saturating_add(1);
             }
+        }
+    }
+}
+
+/// What [`hash_self`] did.
+enum HashOutcome {
+    /// Hashed, `_Q_SLOW_VAL` published: sleep until the unlocker wakes us.
+    Hashed,
+    /// The lock was free: it is ours (the lock word as we left it).
+    Acquired(u32),
+    /// A slow unlock is in flight (it already made us `RUNNING`): spin again.
+    UnlockInFlight,
+}
+
+/// The queue head hashes itself, then publishes `_Q_SLOW_VAL` (Release) so that the unlocker
+/// that sees it finds the entry and our `HASHED` state. If the lock turns out to be free,
+/// takes it instead (clearing a pending bit we kept).
+fn hash_self(lock: &AtomicU32, node: &Node, tail: u32) -> HashOutcome {
+    let slot = pv_hash(key(lock), tail);
+    node.state.store(HASHED, Ordering::Relaxed);
+    let mut v = lock.load(Ordering::Relaxed);
+    loop {
+        let r = match v & LOCKED_MASK {
+            0 => lock.compare_exchange(
+                v,
+                (v & !PENDING_VAL) | LOCKED_VAL,
+                Ordering::Acquire,
+                Ordering::Relaxed,
+            ),
+            LOCKED_VAL => {
+                lock.compare_exchange(v, v | SLOW_VAL, Ordering::Release, Ordering::Relaxed)
+            }
+            _ => {
+                // Undo: the lock is about to be free.
+                pv_unhash_slot(slot);
+                node.state.store(RUNNING, Ordering::Relaxed);
+                return HashOutcome::UnlockInFlight;
+            }
+        };
+        match r {
+            Ok(old) if old & LOCKED_MASK == 0 => {
+                // It was free: it is ours, no need to be woken.
+                pv_unhash_slot(slot);
+                node.state.store(RUNNING, Ordering::Relaxed);
+                return HashOutcome::Acquired((old & !PENDING_VAL) | LOCKED_VAL);
+            }
+            Ok(_) => return HashOutcome::Hashed,
+            Err(x) => v = x,
         }
     }
 }
@@ -477,6 +539,8 @@ impl RawPvQSpinLock {
     #[cold]
     #[inline(never)]
     fn unlock_slow(&self) {
+        #[cfg(loom)]
+        let _kicks_from_unlock = super::futex::model::UnlockScope::enter();
         // Pairs with the Release RMW that published _Q_SLOW_VAL (read by our fetch_sub).
         fence(Ordering::Acquire);
         let Some(code) = pv_unhash(key(&self.val)) else {
