@@ -10,6 +10,7 @@
 use crate::stats::Drop as DropReason;
 use crate::stats::{QueueSnapshot, NR_DROPS};
 use crate::switch::Switch;
+use pvnet_locks::family::resolve_rw;
 use pvnet_locks::{rw_stats, spin_stats};
 use std::fmt::Write;
 use std::sync::atomic::Ordering;
@@ -97,7 +98,7 @@ fn render_text(sw: &Switch) -> String {
             );
         }
     }
-    let g = rw_stats(sw.cfg.grant_lock);
+    let g = rw_stats(resolve_rw(sw.cfg.grant_lock));
     let l = spin_stats(sw.cfg.queue_lock);
     let f = |v: &[(&str, u64)]| {
         v.iter()
@@ -133,7 +134,7 @@ fn render_json(sw: &Switch) -> String {
             .into()
     };
     let v = serde_json::json!({
-        "grant_lock": {"kind": sw.cfg.grant_lock.to_string(), "stats": lockj(&rw_stats(sw.cfg.grant_lock).fields())},
+        "grant_lock": {"kind": resolve_rw(sw.cfg.grant_lock).to_string(), "stats": lockj(&rw_stats(resolve_rw(sw.cfg.grant_lock)).fields())},
         "queue_lock": {"kind": sw.cfg.queue_lock.to_string(), "stats": lockj(&spin_stats(sw.cfg.queue_lock).fields())},
     });
     let _ = writeln!(o, "{v}");
