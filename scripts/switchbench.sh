@@ -28,8 +28,8 @@
 #   --no-testpmd             pvnet only (no reference, no ratios)
 #   --pvnet-arg ARG          one more flag for every pvnet run (repeatable)
 #   --pvnet-bin PATH         run this pvnet binary as the switch (the report is rendered by
-#                            the build of this tree either way)
-#   --no-build               use target/release/pvnet as it is
+#                            this tree's pvnet-bench either way)
+#   --no-build               use target/release/pvnet and pvnet-bench as they are
 # Measurement:
 #   --rounds N (3)           each round runs every case once per switch, the switches'
 #                            order rotated per round; the table shows medians over rounds
@@ -169,13 +169,17 @@ ensure_dpdk || die "cannot install DPDK (Debian packages ${DPDK_PKGS[*]})"
 tdir=${CARGO_TARGET_DIR:-$PVNET_ROOT/target}
 if [ "$build" = 1 ]; then
   command -v cargo >/dev/null || die "cargo not found: install a Rust toolchain or pass --no-build"
-  log "cargo build --release -p pvnet"
-  (cd "$PVNET_ROOT" && cargo build --release -q -p pvnet) >&2 || die "cargo build failed"
+  log "cargo build --release -p pvnet -p pvnet-bench"
+  (cd "$PVNET_ROOT" && cargo build --release -q -p pvnet -p pvnet-bench) >&2 || die "cargo build failed"
 fi
-report_bin=$tdir/release/pvnet
-[ -x "$report_bin" ] || die "no pvnet binary at $report_bin (drop --no-build)"
-pvnet_bin=${pvnet_bin:-$report_bin}
-[ -x "$pvnet_bin" ] || die "--pvnet-bin $pvnet_bin is not executable"
+report_bin=$tdir/release/pvnet-bench
+[ -x "$report_bin" ] || die "no pvnet-bench binary at $report_bin (drop --no-build)"
+if [ -n "$pvnet_bin" ]; then
+  [ -x "$pvnet_bin" ] || die "--pvnet-bin $pvnet_bin is not executable"
+else
+  pvnet_bin=$tdir/release/pvnet
+  [ -x "$pvnet_bin" ] || die "no pvnet binary at $pvnet_bin (drop --no-build)"
+fi
 [ -n "$out" ] || out=$tdir/switchbench/$(date +%Y%m%d-%H%M%S)
 mkdir -p "$out/logs" || die "cannot create $out"
 [ -z "$plot" ] || touch "$plot" 2>/dev/null || die "cannot write --plot $plot"

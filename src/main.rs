@@ -1,11 +1,9 @@
 //! `pvnet`: a vhost-user multi-queue virtual switch for QEMU guests.
+//!
+//! The benchmarks of its locks, grant table and data path live in the `pvnet-bench` crate
+//! (`bench/`).
 
-mod grantbench;
-mod lockbench;
-mod plot;
-mod report;
 mod serve;
-mod switchbench;
 
 use clap::{Parser, Subcommand};
 
@@ -24,12 +22,6 @@ struct Cli {
 enum Cmd {
     /// Run the switch (the default when no subcommand is given).
     Serve(serve::Args),
-    /// Lock scaling benchmark: rwlock and spinlock kinds side by side.
-    Lockbench(lockbench::Args),
-    /// Grant-table lookup and copy benchmark, per rwlock kind.
-    Grantbench(grantbench::Args),
-    /// Table and chart of scripts/switchbench.sh's runs (medians, ratios to DPDK testpmd).
-    SwitchbenchReport(switchbench::Args),
 }
 
 fn main() {
@@ -52,9 +44,6 @@ fn main() {
     let res = match cli.cmd {
         None => serve::run(cli.serve),
         Some(Cmd::Serve(a)) => serve::run(a),
-        Some(Cmd::Lockbench(a)) => lockbench::run(a),
-        Some(Cmd::Grantbench(a)) => grantbench::run(a),
-        Some(Cmd::SwitchbenchReport(a)) => switchbench::run(a),
     };
     if let Err(e) = res {
         eprintln!("pvnet: {e:#}");

@@ -1,4 +1,4 @@
-//! Tests of `pvnet switchbench-report` (parsing, medians, ratios, every output format).
+//! Tests of `pvnet-bench switchbench-report` (parsing, medians, ratios, every output format).
 
 use super::*;
 

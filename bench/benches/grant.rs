@@ -4,7 +4,7 @@
 //! * `grant/copy/<size>/<kind>/per-buffer`: 32 grant copies A -> B, each taking the locks;
 //!   `…/batched`: the same 32 copies under one pair of read guards.
 //!
-//! Multi-thread scaling and the memcpy comparison live in `pvnet grantbench`.
+//! Multi-thread scaling and the memcpy comparison live in `pvnet-bench grantbench`.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use pvnet_grant::{memfd, read_pair, Access, GrantTable};

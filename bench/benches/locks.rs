@@ -14,8 +14,8 @@
 //! `rw-read` (read lock / read / unlock), `rw-write` (write lock / +1 / unlock), `spin`
 //! (lock / +1 / unlock).
 //!
-//! Run: `cargo bench -p pvnet --bench locks` (about two minutes); filter with e.g.
-//! `cargo bench -p pvnet --bench locks -- spin/`.
+//! Run: `cargo bench -p pvnet-bench --bench locks` (about two minutes); filter with e.g.
+//! `cargo bench -p pvnet-bench --bench locks -- spin/`.
 
 use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion};
 use crossbeam_utils::sync::ShardedLock;

@@ -1,4 +1,4 @@
-//! Small dependency-free SVG charts for benchmark rows ([`report::Row`]).
+//! Small dependency-free SVG charts for benchmark rows ([`rows::Row`]).
 //!
 //! * [`svg_lines`]: x = threads, y = ops/s, one line per lock (and group, when a run holds
 //!   several groups). Used by `lockbench --plot`.
@@ -8,7 +8,7 @@
 //! Axes switch to a logarithmic scale by themselves when the data spans a wide range (lock
 //! throughputs easily span three orders of magnitude); the axis label then says "(log)".
 
-use crate::report::{self, Row};
+use crate::rows::{self, Row};
 use std::fmt::Write as _;
 
 /// A named sequence of (x, y) points. For [`bars`], x is the category index.
@@ -156,7 +156,7 @@ fn label(v: f64) -> String {
         format!("{v}")
     } else {
         // "10.00G" -> "10G", "2.50M" -> "2.5M": tick labels need no trailing zeros.
-        let s = report::si(v);
+        let s = rows::si(v);
         let (num, unit) = s.split_at(s.trim_end_matches(|c: char| c.is_ascii_alphabetic()).len());
         if num.contains('.') {
             format!("{}{unit}", num.trim_end_matches('0').trim_end_matches('.'))

@@ -1,4 +1,4 @@
-//! The measuring loops of `pvnet lockbench`, generic over the lock: each lock kind is a
+//! The measuring loops of `pvnet-bench lockbench`, generic over the lock: each lock kind is a
 //! [`RwFamily`] / [`SpinFamily`] type, so the loop is compiled (monomorphised) for it and the
 //! per-operation cost is the algorithm's own, as on pvnet's data path (no run-time
 //! dispatch per operation).

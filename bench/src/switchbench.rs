@@ -1,4 +1,4 @@
-//! `pvnet switchbench-report`: the table (and chart) of `scripts/switchbench.sh`.
+//! `pvnet-bench switchbench-report`: the table (and chart) of `scripts/switchbench.sh`.
 //!
 //! The script runs the switch with DPDK virtio-user frontends and writes one CSV line per run
 //! (`runs.csv`: raw counts of the steady-state window) and one per idle measurement
@@ -7,8 +7,7 @@
 //! them with the ratio of each pvnet configuration to DPDK testpmd as the switch in the same
 //! case. Per-frame figures are computed per run from raw counts, then the median is taken.
 //!
-//! Self-contained on purpose (reads files, renders text/CSV/JSON and an SVG through
-//! [`crate::plot`]), so that it can move into a benchmark crate as it is.
+//! It reads files and renders text, CSV or JSON, and an SVG through [`crate::plot`].
 
 use crate::plot;
 use anyhow::{bail, Context};
@@ -27,7 +26,7 @@ pub enum Format {
     Json,
 }
 
-/// Flags of `pvnet switchbench-report`.
+/// Flags of `pvnet-bench switchbench-report`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Per-run results written by scripts/switchbench.sh (runs.csv).

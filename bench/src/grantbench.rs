@@ -1,4 +1,4 @@
-//! `pvnet grantbench`: grant-table lookups per second and grant-copy bandwidth, per rwlock
+//! `pvnet-bench grantbench`: grant-table lookups per second and grant-copy bandwidth, per rwlock
 //! kind, per-buffer against batched, with a `memcpy` baseline measured in the same run.
 //!
 //! Two guests' memories (A and B) are built from memfds as a vhost-user frontend shares them
@@ -23,7 +23,7 @@
 //! succeed, so a broken table cannot produce a figure.
 
 use crate::plot;
-use crate::report::{self, Format, Row};
+use crate::rows::{self, Format, Row};
 use anyhow::{bail, Context as _};
 use crossbeam_utils::CachePadded;
 use pvnet_grant::{memfd, read_pair, Access, GrantTable};
@@ -63,7 +63,7 @@ pub enum Mode {
     Both,
 }
 
-/// Flags of `pvnet grantbench`.
+/// Flags of `pvnet-bench grantbench`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Comma-separated rwlock kinds; the first is the ratio base of each group.
@@ -549,10 +549,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
         rows.push(row);
     }
-    report::compute_ratios(&mut rows);
-    print!("{}", report::render(&rows, args.format));
+    rows::compute_ratios(&mut rows);
+    print!("{}", rows::render(&rows, args.format));
     if let Some(path) = &args.plot {
-        let title = "pvnet grantbench: grant-table lookups and copies per rwlock kind";
+        let title = "pvnet-bench grantbench: grant-table lookups and copies per rwlock kind";
         let several = rows.iter().any(|r| r.threads != rows[0].threads);
         let svg = if several {
             plot::svg_lines(&rows, title)

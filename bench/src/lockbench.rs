@@ -1,4 +1,4 @@
-//! `pvnet lockbench`: lock scaling benchmark, every lock kind side by side.
+//! `pvnet-bench lockbench`: lock scaling benchmark, every lock kind side by side.
 //!
 //! For each thread count, every requested lock is measured in turn, `--rounds` times
 //! interleaved (a, b, c, a, b, c, …), so the ratios printed come from one run on one machine
@@ -29,7 +29,7 @@
 mod measure;
 
 use crate::plot;
-use crate::report::{self, Format, Row};
+use crate::rows::{self, Format, Row};
 use anyhow::Context as _;
 use crossbeam_utils::sync::ShardedLock;
 use measure::{busy, measure_rw, measure_spin, Family, Payload, SpinFam, Timed, Unsync, Work};
@@ -52,7 +52,7 @@ pub enum Mode {
     Spin,
 }
 
-/// Flags of `pvnet lockbench`.
+/// Flags of `pvnet-bench lockbench`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Lock family to measure.
@@ -235,7 +235,7 @@ impl TryFrom<&Args> for Config {
     }
 }
 
-/// Runs `pvnet lockbench`.
+/// Runs `pvnet-bench lockbench`.
 pub fn run(args: Args) -> anyhow::Result<()> {
     let cfg = match Config::try_from(&args) {
         Ok(c) => c,
@@ -247,10 +247,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
     };
     let rows = bench(&cfg, true)?;
-    print!("{}", report::render(&rows, args.format));
+    print!("{}", rows::render(&rows, args.format));
     if let Some(path) = &args.plot {
         let title = format!(
-            "pvnet lockbench --mode {} ({})",
+            "pvnet-bench lockbench --mode {} ({})",
             mode_name(cfg.mode),
             rows_group(&rows)
         );
@@ -418,7 +418,7 @@ pub fn bench(cfg: &Config, verbose: bool) -> anyhow::Result<Vec<Row>> {
             rows.push(summarise(lock, n, &group, &mut samples[li], cfg));
         }
     }
-    report::compute_ratios(&mut rows);
+    rows::compute_ratios(&mut rows);
     Ok(rows)
 }
 
@@ -549,7 +549,7 @@ mod tests {
             assert!(r.extra["cores"].as_f64().is_some_and(|c| c > 0.0), "{r:?}");
         }
         assert_eq!(rows[0].ratio, 1.0);
-        let csv = report::render(&rows, Format::Csv);
+        let csv = rows::render(&rows, Format::Csv);
         assert_eq!(csv.lines().count(), 9);
 
         let a = parse(&[
@@ -571,7 +571,7 @@ mod tests {
         assert!(rows
             .iter()
             .all(|r| r.ops_per_sec > 0.0 && r.extra.contains_key("slow_paths")));
-        let json = report::render(&rows, Format::Json);
+        let json = rows::render(&rows, Format::Json);
         let v: serde_json::Value = serde_json::from_str(json.lines().nth(1).unwrap()).unwrap();
         assert_eq!(v["lock"], "parking-lot");
         assert_eq!(v["threads"], 2);
