@@ -12,7 +12,8 @@
 #   --secs N (10) --streams N (1) --queues N (16) --vcpus N (1) --guests 2|3 (2)
 #   --offload on|off (on) --accel auto|kvm|tcg (auto)
 #   --pvnet-bin PATH  use this pvnet binary instead of building one
-#   --out DIR         results.csv, table.txt, chart.svg (default target/compare/<time>)
+#   --out DIR         results.csv, table.txt, chart.svg (default target/compare/<time>); the
+#                     chart is drawn by `pvnet-bench plot` (built here, release)
 # Prints a table of medians (Gbit/s) with ratios to the first configuration, and pvnet's
 # queue-lock counters (spins, halts) averaged per run.
 set -euo pipefail
@@ -55,11 +56,13 @@ IFS=, read -r -a cfgs <<<"$configs"
 [ -n "$out" ] || out=$PVNET_ROOT/target/compare/$(date +%Y%m%d-%H%M%S)
 mkdir -p "$out"
 
-if [ -z "$pvnet_bin" ]; then
-  log "cargo build --release -p pvnet"
-  (cd "$PVNET_ROOT" && cargo build --release -q -p pvnet) >&2 || die "cargo build failed"
-  pvnet_bin=${CARGO_TARGET_DIR:-$PVNET_ROOT/target}/release/pvnet
-fi
+tdir=${CARGO_TARGET_DIR:-$PVNET_ROOT/target}
+pkgs=(-p pvnet-bench)
+[ -n "$pvnet_bin" ] || pkgs+=(-p pvnet)
+log "cargo build --release ${pkgs[*]}"
+(cd "$PVNET_ROOT" && cargo build --release -q "${pkgs[@]}") >&2 || die "cargo build failed"
+pvnet_bin=${pvnet_bin:-$tdir/release/pvnet}
+bench_bin=$tdir/release/pvnet-bench
 
 csv=$out/results.csv
 echo "config,round,gbps,retransmits,status,qlock_slow_paths,qlock_spins,qlock_halts" >"$csv"
@@ -118,21 +121,8 @@ table=$(awk -F, -v order="$(IFS=,; echo "${cfgs[*]}")" '
 } | tee "$out/table.txt"
 
 # ---------------------------------------------------------------- SVG bar chart
-printf '%s\n' "$table" | awk -v title="VM-to-VM iperf3, median Gbit/s ($rounds rounds)" '
-  NR > 1 { n++; name[n] = $1; val[n] = $2 + 0; if (val[n] > max) max = val[n] }
-  END {
-    if (max <= 0) max = 1
-    w = 640; bh = 28; top = 40; left = 170; h = top + n * (bh + 10) + 20
-    printf "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%d\" height=\"%d\" font-family=\"sans-serif\" font-size=\"13\">\n", w, h
-    printf "<rect width=\"100%%\" height=\"100%%\" fill=\"white\"/>\n"
-    printf "<text x=\"10\" y=\"22\" font-size=\"15\">%s</text>\n", title
-    for (i = 1; i <= n; i++) {
-      y = top + (i - 1) * (bh + 10); bw = (w - left - 90) * val[i] / max
-      color = (name[i] == "testpmd") ? "#999999" : (i == 1 ? "#1f77b4" : "#6baed6")
-      printf "<text x=\"%d\" y=\"%d\" text-anchor=\"end\">%s</text>\n", left - 8, y + bh * 0.65, name[i]
-      printf "<rect x=\"%d\" y=\"%d\" width=\"%.1f\" height=\"%d\" fill=\"%s\"/>\n", left, y, bw, bh, color
-      printf "<text x=\"%.1f\" y=\"%d\">%.3f</text>\n", left + bw + 6, y + bh * 0.65, val[i]
-    }
-    print "</svg>"
-  }' >"$out/chart.svg"
+"$bench_bin" plot "$csv" --kind bars --x config --y gbps --where status=ok \
+  --x-values "$(IFS=,; echo "${cfgs[*]}")" --x-label configuration --y-label "Gbit/s" \
+  --title "VM-to-VM iperf3, median Gbit/s ($rounds rounds)" --out "$out/chart.svg" ||
+  die "pvnet-bench plot failed on $csv"
 log "results: $csv, $out/table.txt, $out/chart.svg"

@@ -3,7 +3,9 @@
 //! * `lockbench`: lock scaling, every rwlock and spinlock kind side by side ([`lockbench`]);
 //! * `grantbench`: grant-table lookups and grant copies per rwlock kind ([`grantbench`]);
 //! * `switchbench-report`: table and chart of `scripts/switchbench.sh`'s runs
-//!   ([`switchbench`]).
+//!   ([`switchbench`]);
+//! * `plot`: an SVG chart of any CSV or JSON-lines results file ([`plotfile`]), e.g.
+//!   `scripts/compare.sh`'s `results.csv`.
 //!
 //! Results are [`rows::Row`]s (lockbench, grantbench) rendered as a table, CSV or JSON lines,
 //! and charted by [`plot`]. The criterion benches (`benches/locks.rs`, `benches/grant.rs`)
@@ -12,6 +14,7 @@
 mod grantbench;
 mod lockbench;
 mod plot;
+mod plotfile;
 mod rows;
 mod switchbench;
 
@@ -33,6 +36,8 @@ enum Cmd {
     Grantbench(grantbench::Args),
     /// Table and chart of scripts/switchbench.sh's runs (medians, ratios to DPDK testpmd).
     SwitchbenchReport(switchbench::Args),
+    /// SVG chart of a CSV or JSON-lines results file (medians over repeated rows).
+    Plot(plotfile::Args),
 }
 
 fn main() {
@@ -62,6 +67,7 @@ fn main() {
         Cmd::Lockbench(a) => lockbench::run(a),
         Cmd::Grantbench(a) => grantbench::run(a),
         Cmd::SwitchbenchReport(a) => switchbench::run(a),
+        Cmd::Plot(a) => plotfile::run(a),
     };
     if let Err(e) = res {
         eprintln!("pvnet-bench: {e:#}");

@@ -424,11 +424,11 @@ pub fn svg_bars(rows: &[Row], title: &str) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// Checks that every element is closed in order and returns the element names seen.
-    fn well_formed(svg: &str) -> Vec<String> {
+    pub(crate) fn well_formed(svg: &str) -> Vec<String> {
         let mut stack: Vec<String> = Vec::new();
         let mut seen = Vec::new();
         let mut rest = svg;

@@ -91,6 +91,22 @@ fn cell(v: Option<&serde_json::Value>) -> String {
     }
 }
 
+/// The median of the finite values of `v` (the mean of the two middle ones for an even
+/// count); NaN when there is none.
+pub fn median(mut v: Vec<f64>) -> f64 {
+    v.retain(|x| x.is_finite());
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
 /// Human-friendly operations per second: `12.3M`, `456k`, …
 pub fn si(v: f64) -> String {
     if v >= 1e9 {

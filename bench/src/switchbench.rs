@@ -10,6 +10,7 @@
 //! It reads files and renders text, CSV or JSON, and an SVG through [`crate::plot`].
 
 use crate::plot;
+use crate::rows::median;
 use anyhow::{bail, Context};
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -259,20 +260,6 @@ fn parse_idle(text: &str) -> anyhow::Result<Vec<Idle>> {
 }
 
 /// Median of `v` (mean of the middle two for an even count); NaN when empty.
-fn median(mut v: Vec<f64>) -> f64 {
-    v.retain(|x| x.is_finite());
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
-}
-
 fn per_frame(x: f64, frames: f64, scale: f64) -> f64 {
     if frames > 0.0 {
         x * scale / frames
