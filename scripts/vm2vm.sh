@@ -102,6 +102,7 @@ trap cleanup EXIT
 trap 'log "interrupted"; exit 130' INT TERM HUP
 
 # ---------------------------------------------------------------- prerequisites
+command -v python3 >/dev/null || ensure_pkgs python3 || die "cannot install python3 (it renders the results)"
 ensure_qemu || { echo "SKIP: cannot install QEMU (qemu-system-x86)"; exit "$PVNET_SKIP_RC"; }
 img_env=$("$PVNET_ROOT/scripts/guest-image.sh" --print-env) ||
   { echo "SKIP: cannot build the guest image"; exit "$PVNET_SKIP_RC"; }
@@ -205,86 +206,20 @@ wait "$switch_pid" 2>/dev/null || true
 switch_pid=""
 
 # ---------------------------------------------------------------- results
-# rows: client round recv_bps sent_bps retransmits
-rows=$(for c in "${clients[@]}"; do
-  awk -v c="$c" '/^PVNET-RESULT/ {
-    for (i = 2; i <= NF; i++) { split($i, kv, "="); v[kv[1]] = kv[2] }
-    print c, v["round"], v["recv_bps"] + 0, v["sent_bps"] + 0, v["retransmits"] + 0 }' \
-    "$work/guest$c.log" 2>/dev/null | tr -d '\r'
-done)
-nres=$(printf '%s\n' "$rows" | grep -c . || true)
-[ -z "$failed" ] && [ "$nres" -lt $((repeat * ${#clients[@]})) ] && failed="missing iperf3 results"
-guest_queues=$(grep -h '^PVNET-NET' "$work/guest0.log" 2>/dev/null | tr -d '\r' |
-  awk '{for (i = 2; i <= NF; i++) if ($i ~ /^queues=/) {sub("queues=", "", $i); print $i + 0; exit}}')
-guest_queues=${guest_queues:-0}
-ping_loss=$(grep -h '^PVNET-PING' "$work"/guest*.log 2>/dev/null | tr -d '\r' |
-  awk '{sub("loss=", "", $3); printf "%s%s:%s", sep, substr($2, 6), $3; sep=" "}')
-# pvnet's statistics: its last JSON report (exit report; one line per port, then the locks).
-stats_json="" bad_drops=0 other_drops=0 log_errors=0
-if [ "$switch" = pvnet ]; then
-  grep -E '^\{' "$work/switch.log" >"$work/stats-all.json" 2>/dev/null || true
-  first=$(grep -nE '"port":0[,}]' "$work/stats-all.json" | tail -1 | cut -d: -f1)
-  if [ -n "$first" ]; then
-    tail -n "+$first" "$work/stats-all.json" >"$work/stats.json"
-    stats_json="[$(paste -sd, "$work/stats.json")]"
-    # Drops caused by bad guest input (malformed chains, addresses outside the grants, bad
-    # offload metadata) vs flow-control drops; counted from each port's "total" object.
-    read -r bad_drops other_drops < <(awk '
-      match($0, /"total":\{[^{}]*\{[^{}]*\}[^{}]*\}/) {
-        t = substr($0, RSTART, RLENGTH); n = split(t, kv, /[{},]/)
-        for (i = 1; i <= n; i++) if (split(kv[i], a, ":") == 2) {
-          k = a[1]; gsub(/"/, "", k)
-          if (k ~ /^(chain_loop|bad_chain|writable_in_tx|not_granted|too_short|too_large|rx_bad_chain|rx_too_small|bad_offload)$/) bad += a[2]
-          else if (k ~ /^(rx_full_timeout|flood_full|no_dest)$/) other += a[2]
-        } }
-      END {print bad + 0, other + 0}' "$work/stats.json")
-  fi
-  log_errors=$(grep -vE '^\{' "$work/switch.log" | grep -cE '(^|[ \[])ERROR[ \]]' || true)
-fi
-# Total per round (sum over clients), then the median over rounds.
-median=$(printf '%s\n' "$rows" | awk 'NF {t[$2] += $3} END {for (r in t) print t[r] / 1e9}' |
-  sort -g | awk '{v[NR] = $1} END {if (NR == 0) print "0"; else if (NR % 2) printf "%.3f", v[(NR + 1) / 2];
-    else printf "%.3f", (v[NR / 2] + v[NR / 2 + 1]) / 2}')
-retr=$(printf '%s\n' "$rows" | awk 'NF {s += $5} END {print s + 0}')
-
-status=ok
-[ -n "$failed" ] && status="failed: $failed"
-case $format in
-  text)
-    echo "== $label: $switch, $guests guests x $vcpus vCPU, $queues queue pairs, offload $offload, accel $acc, $streams stream(s) x ${secs}s x $repeat round(s)$([ $reverse = 1 ] && echo ", reverse")"
-    printf '%s\n' "$rows" | awk 'NF {printf "  guest %s round %s: %7.3f Gbit/s received, %7.3f sent, %s retransmits\n", $1, $2, $3 / 1e9, $4 / 1e9, $5}'
-    echo "  median: $median Gbit/s   retransmits: $retr   ping loss: ${ping_loss:-?}   guest queues: $guest_queues   status: $status"
-    if [ "$switch" = pvnet ]; then
-      echo "  pvnet: bad-input drops $bad_drops, flow-control drops $other_drops, ERROR log lines $log_errors"
-      if [ -s "$work/stats.json" ] && command -v python3 >/dev/null; then
-        python3 "$PVNET_ROOT/scripts/lib/stats-table.py" <"$work/stats.json" | sed 's/^/    /'
-      elif [ -s "$work/stats.json" ]; then
-        sed 's/^/    /' "$work/stats.json"
-      else
-        echo "    (no statistics in pvnet's output)"; tail -5 "$work/switch.log" | sed 's/^/    /'
-      fi
-    fi
-    ;;
-  json)
-    rounds_json=$(printf '%s\n' "$rows" | awk 'NF {printf "%s{\"guest\":%s,\"round\":%s,\"gbps\":%.4f,\"sent_gbps\":%.4f,\"retransmits\":%s}", sep, $1, $2, $3 / 1e9, $4 / 1e9, $5; sep=","}')
-    printf '{"label":"%s","switch":"%s","grant_lock":"%s","queue_lock":"%s","queues":%s,"vcpus":%s,"guests":%s,"streams":%s,"secs":%s,"reverse":%s,"offload":"%s","accel":"%s","status":"%s","gbps_median":%s,"retransmits":%s,"ping_loss":"%s","guest_queues":%s,"bad_input_drops":%s,"flow_control_drops":%s,"log_errors":%s,"rounds":[%s],"pvnet_stats":%s}\n' \
-      "$label" "$switch" "$grant_lock" "$queue_lock" "$queues" "$vcpus" "$guests" "$streams" "$secs" \
-      "$([ $reverse = 1 ] && echo true || echo false)" "$offload" "$acc" "$status" "$median" "$retr" \
-      "$ping_loss" "$guest_queues" "$bad_drops" "$other_drops" "$log_errors" "$rounds_json" "${stats_json:-null}"
-    ;;
-  csv)
-    echo "label,switch,grant_lock,queue_lock,queues,vcpus,guests,streams,secs,offload,accel,guest,round,gbps,retransmits,status"
-    printf '%s\n' "$rows" | awk -v p="$label,$switch,$grant_lock,$queue_lock,$queues,$vcpus,$guests,$streams,$secs,$offload,$acc" -v s="$status" \
-      'NF {printf "%s,%s,%s,%.4f,%s,%s\n", p, $1, $2, $3 / 1e9, $5, s}'
-    ;;
-esac
-if [ -n "$failed" ]; then
+# scripts/lib/vm2vm_report.py reads the consoles and pvnet's JSON statistics in $work and
+# prints the results; it exits 1 when the run failed (missing results, no throughput).
+report=(python3 "$PVNET_ROOT/scripts/lib/vm2vm_report.py" --work "$work" --format "$format"
+  --clients "${clients[*]}" --repeat "$repeat" --label "$label" --switch "$switch"
+  --grant-lock "$grant_lock" --queue-lock "$queue_lock" --queues "$queues" --vcpus "$vcpus"
+  --guests "$guests" --streams "$streams" --secs "$secs" --offload "$offload" --accel "$acc"
+  --flow-control "$PVNET_FLOW_CONTROL_DROPS" --failed "$failed")
+[ "$reverse" = 1 ] && report+=(--reverse)
+if ! "${report[@]}"; then
   {
-    echo "vm2vm: FAILED ($failed). Last console lines:"
+    echo "vm2vm: last console lines:"
     for f in "$work"/guest*.log "$work"/qemu*.log "$work"/switch.log; do
       [ -s "$f" ] && { echo "--- ${f##*/}"; tail -15 "$f"; }
     done
   } >&2
   exit 1
 fi
-awk -v m="$median" 'BEGIN {exit !(m > 0)}' || { echo "vm2vm: FAILED (zero throughput)" >&2; exit 1; }

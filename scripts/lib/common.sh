@@ -16,6 +16,15 @@ export PVNET_SKIP_RC=77
 log() { echo "[$(date +%H:%M:%S)] $*" >&2; }
 die() { echo "ERROR: $*" >&2; exit 1; }
 
+# Drop reasons of pvnet's statistics that are flow control: a receive ring that stayed full
+# (the frame, or a flooded copy of it, could not wait longer) or no destination port. Every
+# other reason is a frame made undeliverable by bad guest input (a malformed chain, an
+# address outside the grants, bad offload metadata), so a reason added to pvnet counts as
+# bad input until it is listed here. PVNET_FULL_RING_DROPS: the full-ring ones alone.
+PVNET_FULL_RING_DROPS="rx_full_timeout flood_full"
+# shellcheck disable=SC2034 # used by the scripts that source this file
+PVNET_FLOW_CONTROL_DROPS="$PVNET_FULL_RING_DROPS no_dest"
+
 # ---------------------------------------------------------------- Debian packages
 _apt_updated=0
 apt_update_once() {

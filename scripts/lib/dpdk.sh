@@ -230,7 +230,3 @@ pvnet_totals() {
     END { for (k in s) print k, s[k] }' | sort
 }
 
-# Drop reasons that mean "a receive ring was full" (flow control); every other reason is a
-# malformed chain, an address outside the grants, bad metadata or a missing destination.
-# shellcheck disable=SC2034 # used by the scripts that source this file
-PVNET_FULL_RING_DROPS="rx_full_timeout flood_full"

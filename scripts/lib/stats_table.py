@@ -10,13 +10,14 @@ def drops(d):
     return s or "-"
 
 
-def main():
+def table(lines):
+    """The table's lines for the report's JSON lines (other lines are skipped)."""
     cols = ("tx_frames", "tx_bytes", "rx_frames", "rx_bytes", "backpressure",
             "tx_notifications", "rx_notifications", "tx_kicks", "rx_kicks")
     head = ("port", "queue", "tx_frames", "tx_bytes", "rx_frames", "rx_bytes", "bp",
             "tx_notif", "rx_notif", "tx_kicks", "rx_kicks")
-    print("%-4s %-5s %10s %13s %10s %13s %7s %9s %9s %9s %9s  drops" % head)
-    for line in sys.stdin:
+    out = ["%-4s %-5s %10s %13s %10s %13s %7s %9s %9s %9s %9s  drops" % head]
+    for line in lines:
         line = line.strip()
         if not line.startswith("{"):
             continue
@@ -29,14 +30,19 @@ def main():
                     if any(q.get(c) for c in cols)]
             rows.append(("all", o.get("total", {})))
             for name, q in rows:
-                print("%-4s %-5s %10d %13d %10d %13d %7d %9d %9d %9d %9d  %s" % (
+                out.append("%-4s %-5s %10d %13d %10d %13d %7d %9d %9d %9d %9d  %s" % (
                     o["port"], name, *(q.get(c, 0) for c in cols), drops(q.get("drops", {}))))
         else:
             for key in ("grant_lock", "queue_lock"):
                 if key in o:
                     st = o[key].get("stats", {})
                     nz = " ".join(f"{k}={v}" for k, v in st.items() if v)
-                    print(f"{key} {o[key].get('kind', '?')}: {nz or '-'}")
+                    out.append(f"{key} {o[key].get('kind', '?')}: {nz or '-'}")
+    return out
+
+
+def main():
+    print("\n".join(table(sys.stdin)))
 
 
 if __name__ == "__main__":
