@@ -42,18 +42,18 @@ if [ -z "$kpkg" ]; then
 fi
 kdir=$PVNET_GUEST_DIR/$kpkg
 if [ ! -d "$kdir/boot" ]; then
-  deb=$(ls "$PVNET_GUEST_DIR/debs/${kpkg}_"*.deb 2>/dev/null | head -1 || true)
+  deb=$(first_file "$PVNET_GUEST_DIR/debs/${kpkg}_"*.deb || true)
   if [ -z "$deb" ]; then
     log "apt-get download $kpkg"
     (cd "$PVNET_GUEST_DIR/debs" && apt-get download "$kpkg" >&2) ||
       { apt_update_once && (cd "$PVNET_GUEST_DIR/debs" && apt-get download "$kpkg" >&2); } ||
       die "cannot download $kpkg"
-    deb=$(ls "$PVNET_GUEST_DIR/debs/${kpkg}_"*.deb | head -1)
+    deb=$(first_file "$PVNET_GUEST_DIR/debs/${kpkg}_"*.deb) || die "apt-get download left no $kpkg .deb"
   fi
   log "extracting $(basename "$deb")"
   rm -rf "$kdir.tmp" && dpkg-deb -x "$deb" "$kdir.tmp" && mv "$kdir.tmp" "$kdir"
 fi
-vmlinuz=$(ls "$kdir"/boot/vmlinuz-* | head -1)
+vmlinuz=$(first_file "$kdir"/boot/vmlinuz-*) || die "no kernel in $kdir/boot"
 kver=${vmlinuz##*/vmlinuz-}
 moddir=$kdir/lib/modules/$kver
 [ -d "$moddir" ] || die "no modules in $moddir"

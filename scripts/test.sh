@@ -9,7 +9,7 @@
 # Steps that need a component this machine lacks (e.g. QEMU cannot be installed) print a
 # visible SKIP line and count as skipped, never as passed.
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 2
 
 quick=0
 [ "${1:-}" = "--quick" ] && quick=1
@@ -39,6 +39,9 @@ export CARGO_TERM_COLOR=never
 step "cargo test (workspace)" cargo test --workspace --all-targets
 
 if [ "$quick" = 0 ]; then
+  # Every script through shellcheck (no finding of any severity) and the unit tests of the
+  # scripts' Python helpers; SKIP (77) only where shellcheck or python3 cannot be installed.
+  step "scripts (shellcheck, helper tests)" scripts/check-scripts.sh
   # loom needs its own build (different cfg): keep it out of the main target dir. The
   # models run in about 5 s once built (rw < 1 s, spin ~3.5 s on 2 cores); three-thread
   # models stay at preemption bound 1 (see tests/loom_rw.rs). The timeout turns a model

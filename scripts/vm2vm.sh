@@ -70,8 +70,8 @@ while [ $# -gt 0 ]; do
   shift
 done
 isnum() { [[ $1 =~ ^[0-9]+$ ]] && [ "$1" -ge "${2:-1}" ]; }
-isnum "$queues" && [ "$queues" -le 32 ] || die "--queues must be 1..32"
-isnum "$vcpus" && isnum "$streams" && isnum "$secs" && isnum "$repeat" && isnum "$mem" 64 ||
+{ isnum "$queues" && [ "$queues" -le 32 ]; } || die "--queues must be 1..32"
+{ isnum "$vcpus" && isnum "$streams" && isnum "$secs" && isnum "$repeat" && isnum "$mem" 64; } ||
   die "--vcpus/--streams/--secs/--repeat/--mem must be positive integers"
 [ "$guests" = 2 ] || [ "$guests" = 3 ] || die "--guests must be 2 or 3"
 case $switch in pvnet | testpmd) ;; *) die "--switch must be pvnet or testpmd" ;; esac
@@ -93,7 +93,7 @@ cleanup() {
     kill -KILL "$switch_pid" 2>/dev/null || true
   fi
   for p in "${pids[@]}" $switch_pid; do wait "$p" 2>/dev/null || true; done
-  if [ -n "$log_dir" ]; then mkdir -p "$log_dir" && cp -r "$work"/*.log "$log_dir"/ 2>/dev/null || true; fi
+  if [ -n "$log_dir" ] && mkdir -p "$log_dir"; then cp -r "$work"/*.log "$log_dir"/ 2>/dev/null || true; fi
   rm -rf "$work"
   [ "$switch" = testpmd ] && rm -rf "/var/run/dpdk/pvnet-$$" 2>/dev/null
   return 0

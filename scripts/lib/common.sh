@@ -55,6 +55,7 @@ ensure_pkgs() {
 }
 
 # Debian codename of this machine ("bookworm"), empty when unknown.
+# shellcheck source=/dev/null # the machine's own file, not one of this repository
 debian_codename() { (. /etc/os-release 2>/dev/null && echo "${VERSION_CODENAME:-}"); }
 
 # Add "<codename>-backports" to the machine's existing Debian apt source at run time. The
@@ -156,6 +157,16 @@ accel_args() {
     kvm) echo "-accel kvm -cpu host" ;;
     *) echo "-accel tcg,thread=multi -cpu max" ;;
   esac
+}
+
+# first_file PATH...: print the first of the paths that exists (give it a glob: the first
+# match in sorted order); fails when none does (an unmatched glob stays a literal pattern).
+first_file() {
+  local f
+  for f in "$@"; do
+    if [ -e "$f" ]; then echo "$f"; return 0; fi
+  done
+  return 1
 }
 
 # usage SCRIPT: print the script's header comment (from line 2 to the first non-comment line).

@@ -22,7 +22,9 @@ mount -t devtmpfs dev /dev 2>/dev/null
 mkdir -p /tmp /run
 
 arg() {
-  for w in $(cat /proc/cmdline); do
+  read -r cmdline </proc/cmdline
+  # Word splitting on purpose: the kernel command line is space-separated words.
+  for w in $cmdline; do
     case $w in "pvnet.$1="*) echo "${w#*=}"; return ;; esac
   done
   echo "$2"
