@@ -7,7 +7,7 @@ use crate::stats::{QueueSnapshot, RxStats, TxStats};
 use pvnet_grant::GrantTable;
 use pvnet_locks::AnySpinLock;
 use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use vhost_user_backend::VringRwLock;
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
@@ -30,8 +30,10 @@ pub struct RxRing {
 pub struct RxSlot {
     /// The ring, under the `--queue-lock` kind. `None` while no guest has it enabled.
     pub ring: AnySpinLock<Option<RxRing>>,
-    /// Senders held back by this full ring: woken when the guest posts RX buffers.
-    pub waiters: Mutex<Vec<Arc<EventFd>>>,
+    /// Senders held back by this full ring: woken when the guest posts RX buffers. Weak: a
+    /// sender whose connection ended must not stay open here (its eventfd would leak for as
+    /// long as this ring stays full).
+    pub waiters: Mutex<Vec<Weak<EventFd>>>,
     /// Receive counters (written under `ring`'s lock).
     pub stats: RxStats,
     /// A sender already waited the full back-pressure bound on this ring: further frames
@@ -50,7 +52,7 @@ impl RxSlot {
             Ok(mut l) => std::mem::take(&mut *l),
             Err(p) => std::mem::take(&mut *p.into_inner()),
         };
-        for w in list {
+        for w in list.iter().filter_map(Weak::upgrade) {
             let _ = w.write(1);
         }
     }
@@ -61,8 +63,9 @@ impl RxSlot {
             Ok(l) => l,
             Err(p) => p.into_inner(),
         };
-        if !l.iter().any(|x| Arc::ptr_eq(x, w)) {
-            l.push(w.clone());
+        l.retain(|x| x.strong_count() > 0);
+        if !l.iter().any(|x| std::ptr::eq(x.as_ptr(), Arc::as_ptr(w))) {
+            l.push(Arc::downgrade(w));
         }
     }
 }
