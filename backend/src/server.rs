@@ -5,11 +5,11 @@
 use crate::config::{Config, ConfigError};
 use crate::datapath::lock;
 use crate::device::{NetDevice, TOKEN_TIMER, TOKEN_WAKE};
+use crate::socket::{SocketError, SocketFile};
 use crate::switch::Switch;
 use std::io;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::FileTypeExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -23,14 +23,23 @@ use vmm_sys_util::epoll::EventSet;
 pub enum ServeError {
     #[error(transparent)]
     Config(#[from] ConfigError),
-    #[error("cannot use socket path {path}: {reason}")]
-    Socket { path: String, reason: String },
+    #[error("cannot use socket path {0}")]
+    Socket(#[from] SocketError),
     #[error("cannot start port {port}: {err}")]
     Start { port: usize, err: io::Error },
 }
 
 struct PortCtl {
     handle: Mutex<Option<ShutdownHandle>>,
+}
+
+impl PortCtl {
+    /// Disconnects the current frontend, if any.
+    fn shutdown(&self) {
+        if let Some(h) = lock(&self.handle).as_ref() {
+            h.shutdown();
+        }
+    }
 }
 
 /// A running switch.
@@ -40,21 +49,7 @@ pub struct Server {
     ctl: Vec<Arc<PortCtl>>,
     threads: Vec<JoinHandle<()>>,
     paths: Vec<PathBuf>,
-}
-
-fn bind(path: &Path) -> Result<Listener, ServeError> {
-    let err = |reason: String| ServeError::Socket {
-        path: path.display().to_string(),
-        reason,
-    };
-    match std::fs::symlink_metadata(path) {
-        Ok(m) if m.file_type().is_socket() => std::fs::remove_file(path)
-            .map_err(|e| err(format!("cannot remove stale socket: {e}")))?,
-        Ok(_) => return Err(err("exists and is not a socket".into())),
-        Err(_) => {}
-    }
-    let l = Listener::new(path, false).map_err(|e| err(e.to_string()))?;
-    Ok(l)
+    files: Vec<SocketFile>,
 }
 
 impl Server {
@@ -62,15 +57,12 @@ impl Server {
     pub fn start(cfg: Config) -> Result<Server, ServeError> {
         cfg.validate()?;
         let mut listeners = Vec::new();
+        let mut files = Vec::new();
         for p in &cfg.sockets {
-            match bind(p) {
-                Ok(l) => listeners.push(l),
-                Err(e) => {
-                    // Listener's Drop removes the sockets bound so far.
-                    drop(listeners);
-                    return Err(e);
-                }
-            }
+            // On error, the SocketFiles' Drop removes the sockets bound so far.
+            let (l, f) = crate::socket::bind(p, cfg.socket_mode, cfg.socket_group)?;
+            listeners.push(Listener::from(l));
+            files.push(f);
         }
         let paths = cfg.sockets.clone();
         let sw = Switch::new(cfg);
@@ -95,6 +87,7 @@ impl Server {
             ctl,
             threads,
             paths,
+            files,
         })
     }
 
@@ -108,22 +101,26 @@ impl Server {
         &self.paths
     }
 
+    /// Removes the sockets (each only while its path is still the socket this server
+    /// created) and their lock files: new frontends can no longer connect.
+    pub fn remove_sockets(&mut self) {
+        for f in &mut self.files {
+            f.remove();
+        }
+    }
+
     /// Stops every port (disconnecting frontends), joins the loops and removes the sockets.
     pub fn shutdown(mut self) {
         self.stop.store(true, Ordering::SeqCst);
         for (c, p) in self.ctl.iter().zip(self.paths.iter()) {
-            if let Some(h) = lock(&c.handle).as_ref() {
-                h.shutdown();
-            }
+            c.shutdown();
             // Unblock a pending accept().
             let _ = std::os::unix::net::UnixStream::connect(p);
         }
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
-        for p in &self.paths {
-            let _ = std::fs::remove_file(p);
-        }
+        self.remove_sockets();
     }
 }
 
