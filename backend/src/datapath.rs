@@ -148,6 +148,10 @@ impl NetDevice {
         let mem = self.mem.memory();
         let event_idx = self.event_idx.load(Ordering::Acquire);
         loop {
+            // Its memory file shrank: the connection loop is disconnecting it.
+            if self.poisoned() {
+                return Ok(());
+            }
             let mut cache: Option<(usize, GuardPair<'_, ()>)> = None;
             let mut held: Option<RxHold<'_>> = None;
             let mut vs = tx.get_mut();

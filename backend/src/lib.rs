@@ -10,12 +10,14 @@
 //! * [`datapath`]: TX → switch → RX with grant copies, back-pressure and offloads;
 //! * [`switch`], [`fdb`]: ports, RX queue slots under the `--queue-lock` kind, MAC table;
 //! * [`stats`], [`report`]: per-port, per-queue counters and their text/JSON rendering;
+//! * [`memguard`]: vetting guest memory files; containing a truncation's `SIGBUS` to its port;
 //! * [`net`]: header parsing, flow hash, checksums, software segmentation.
 
 pub mod config;
 pub mod datapath;
 pub mod device;
 pub mod fdb;
+pub mod memguard;
 pub mod net;
 pub mod report;
 mod rx;

@@ -73,6 +73,10 @@ impl Server {
             let c = Arc::new(PortCtl {
                 handle: Mutex::new(None),
             });
+            // A fault in this port's guest memory (reported by the memguard reaper thread):
+            // disconnect the frontend.
+            let c2 = c.clone();
+            sw.ports[idx].guard.on_fault(move || c2.shutdown());
             ctl.push(c.clone());
             let (sw2, stop2) = (sw.clone(), stop.clone());
             let t = std::thread::Builder::new()
@@ -146,6 +150,9 @@ fn serve_one(
     stop: &AtomicBool,
     ctl: &PortCtl,
 ) -> io::Result<()> {
+    let port = &sw.ports[idx];
+    // The previous connection's memory is gone: a fault from now on is this connection's.
+    port.guard.clear();
     let dev = Arc::new(NetDevice::new(sw.clone(), idx)?);
     let mut daemon = VhostUserDaemon::new(format!("pvnet-port{idx}"), dev.clone(), dev.memory())
         .map_err(|e| io::Error::other(e.to_string()))?;
@@ -158,7 +165,6 @@ fn serve_one(
     daemon
         .start(listener)
         .map_err(|e| io::Error::other(e.to_string()))?;
-    let port = &sw.ports[idx];
     if stop.load(Ordering::SeqCst) {
         daemon.request_shutdown();
     } else {
@@ -167,6 +173,10 @@ fn serve_one(
         port.connected.store(true, Ordering::Release);
     }
     *lock(&ctl.handle) = daemon.shutdown_handle();
+    // A fault before the handle was in place found nothing to shut down.
+    if port.guard.poisoned() {
+        ctl.shutdown();
+    }
     let res = daemon.wait();
     *lock(&ctl.handle) = None;
     // Teardown: leave the switch, stop the workers, revoke the grants, forget the MACs.
@@ -179,6 +189,18 @@ fn serve_one(
     let revoked = port.grants.revoke_all();
     sw.fdb.purge_port(idx);
     port.features.store(0, Ordering::Release);
+    // The connection's mappings go with the device; they are no longer guarded.
+    drop(dev);
+    port.guard.release_all();
+    if port.guard.poisoned() {
+        port.guard.note_disconnect();
+        log::warn!(
+            "port {idx}: frontend disconnected: its memory file shrank under the mapping \
+             ({revoked} grants revoked, {} faults contained so far)",
+            port.guard.faults()
+        );
+        return Ok(());
+    }
     log::info!("port {idx}: frontend disconnected ({revoked} grants revoked)");
     match res {
         Ok(())

@@ -3,6 +3,7 @@
 
 use crate::config::Config;
 use crate::fdb::Fdb;
+use crate::memguard::MemGuard;
 use crate::stats::{QueueSnapshot, RxStats, TxStats};
 use pvnet_grant::GrantTable;
 use pvnet_locks::AnySpinLock;
@@ -88,6 +89,8 @@ pub struct Port {
     pub connected: AtomicBool,
     /// Number of connections accepted so far.
     pub connections: AtomicU64,
+    /// The connected guest's memory mappings, guarded against a truncated memory file.
+    pub guard: MemGuard,
 }
 
 impl Port {
@@ -154,6 +157,7 @@ impl Switch {
                 features: AtomicU64::new(0),
                 connected: AtomicBool::new(false),
                 connections: AtomicU64::new(0),
+                guard: MemGuard::new(),
             })
             .collect();
         Arc::new(Switch {
