@@ -1,13 +1,15 @@
-//! What this process holds right now, from `/proc/self`: open file descriptors, threads and
-//! resident memory; for tests that check nothing leaks across connections.
+//! What this process holds right now, from `/proc/self`: open file descriptors, threads,
+//! memory mappings and resident memory; for tests that check nothing leaks across
+//! connections.
 
 use std::time::{Duration, Instant};
 
-/// Open file descriptors, threads and resident set size (bytes).
+/// Open file descriptors, threads, memory mappings and resident set size (bytes).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Usage {
     pub fds: usize,
     pub threads: usize,
+    pub maps: usize,
     pub rss: u64,
 }
 
@@ -38,6 +40,9 @@ pub fn usage() -> Usage {
     Usage {
         fds: entries("/proc/self/fd"),
         threads: entries("/proc/self/task"),
+        maps: std::fs::read_to_string("/proc/self/maps")
+            .map(|m| m.lines().count())
+            .unwrap_or(0),
         rss: rss(),
     }
 }
@@ -56,16 +61,25 @@ pub fn fd_list() -> String {
     out
 }
 
-/// Waits (up to `limit`) until fds and threads are back to at most `base`; returns the last
-/// usage seen. Threads and descriptors of a connection that just ended may take a moment to
-/// go (worker threads are joined by the connection loop).
-pub fn settle(base: Usage, limit: Duration) -> Usage {
+/// The usage once it has stopped changing (fds, threads and mappings the same for 100 ms;
+/// at most 10 s). An idle port prepares the device for its next frontend (worker threads,
+/// eventfds) right after a disconnect: a measurement taken in the middle of that would be
+/// neither the busy nor the idle figure.
+pub fn quiet() -> Usage {
     let t0 = Instant::now();
+    let key = |u: &Usage| (u.fds, u.threads, u.maps);
+    let mut last = usage();
+    let mut since = Instant::now();
     loop {
-        let u = usage();
-        if (u.fds <= base.fds && u.threads <= base.threads) || t0.elapsed() >= limit {
-            return u;
-        }
         std::thread::sleep(Duration::from_millis(5));
+        let u = usage();
+        if key(&u) != key(&last) {
+            since = Instant::now();
+        }
+        last = u;
+        if since.elapsed() >= Duration::from_millis(100) || t0.elapsed() >= Duration::from_secs(10)
+        {
+            return last;
+        }
     }
 }
