@@ -17,6 +17,8 @@ pub mod config;
 pub mod datapath;
 pub mod device;
 pub mod fdb;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod memguard;
 pub mod net;
 pub mod report;
