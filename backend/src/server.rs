@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use vhost::vhost_user::Listener;
 use vhost_user_backend::{ShutdownHandle, VhostUserBackend, VhostUserDaemon};
 use vmm_sys_util::epoll::EventSet;
@@ -31,9 +31,35 @@ pub enum ServeError {
 
 struct PortCtl {
     handle: Mutex<Option<ShutdownHandle>>,
+    /// Protocol errors of frontends: (when one was last logged, how many since).
+    errors: Mutex<(Option<Instant>, u64)>,
 }
 
 impl PortCtl {
+    fn new() -> PortCtl {
+        PortCtl {
+            handle: Mutex::new(None),
+            errors: Mutex::new((None, 0)),
+        }
+    }
+
+    /// Logs a frontend's protocol error, at most once per second per port.
+    fn frontend_error(&self, idx: usize, err: &str, revoked: usize) {
+        let mut e = lock(&self.errors);
+        e.1 += 1;
+        let now = Instant::now();
+        if e.0
+            .map_or(true, |t| now.duration_since(t) >= Duration::from_secs(1))
+        {
+            log::warn!(
+                "port {idx}: frontend disconnected after a protocol error: {err} ({revoked} \
+                 grants revoked; {} protocol errors on this port so far)",
+                e.1
+            );
+            e.0 = Some(now);
+        }
+    }
+
     /// Disconnects the current frontend, if any.
     fn shutdown(&self) {
         if let Some(h) = lock(&self.handle).as_ref() {
@@ -70,9 +96,7 @@ impl Server {
         let mut ctl = Vec::new();
         let mut threads = Vec::new();
         for (idx, listener) in listeners.into_iter().enumerate() {
-            let c = Arc::new(PortCtl {
-                handle: Mutex::new(None),
-            });
+            let c = Arc::new(PortCtl::new());
             // A fault in this port's guest memory (reported by the memguard reaper thread):
             // disconnect the frontend.
             let c2 = c.clone();
@@ -201,12 +225,15 @@ fn serve_one(
         );
         return Ok(());
     }
-    log::info!("port {idx}: frontend disconnected ({revoked} grants revoked)");
     match res {
         Ok(())
         | Err(vhost_user_backend::Error::HandleRequest(
             vhost::vhost_user::Error::Disconnected | vhost::vhost_user::Error::PartialMessage,
-        )) => Ok(()),
-        Err(e) => Err(io::Error::other(e.to_string())),
+        )) => log::info!("port {idx}: frontend disconnected ({revoked} grants revoked)"),
+        // The frontend broke the protocol: its fault, not the port's. The port takes the next
+        // frontend at once (the 100 ms pause of port_loop is for local failures), and the
+        // log is throttled so a frontend reconnecting in a loop cannot flood it.
+        Err(e) => ctl.frontend_error(idx, &e.to_string(), revoked),
     }
+    Ok(())
 }
