@@ -82,7 +82,9 @@ for t in "${targets[@]}"; do
     extra+=(-detect_leaks=0)
     asan=${asan:+$asan:}detect_leaks=0
   fi
-  ASAN_OPTIONS=$asan timeout $((secs + 120)) "$bin" -max_total_time="$secs" -timeout=20 -rss_limit_mb=4096 \
+  # Temporary files (vhost_msgs' sockets: a short path) are removed afterwards.
+  tmp=$(mktemp -d /tmp/pvnet-fuzz.XXXXXX)
+  TMPDIR=$tmp ASAN_OPTIONS=$asan timeout $((secs + 120)) "$bin" -max_total_time="$secs" -timeout=20 -rss_limit_mb=4096 \
     -print_final_stats=1 -artifact_prefix="$art/" "${extra[@]}" "$corpus" >"$log" 2>&1
   rc=$?
   done_line=$(grep -E '^#[0-9]+[[:space:]]+DONE' "$log" | tail -1)
@@ -99,11 +101,12 @@ for t in "${targets[@]}"; do
   elif [ "$merge" = 1 ]; then
     # The smallest set of inputs that keeps every covered edge (not every feature).
     mkdir -p "$work/merged/$t" && rm -rf "${work:?}/merged/$t"/*
-    ASAN_OPTIONS=$asan "$bin" -set_cover_merge=1 -use_counters=0 -use_cmp=0 "$work/merged/$t" "$seeds" "$corpus" \
+    TMPDIR=$tmp ASAN_OPTIONS=$asan "$bin" -set_cover_merge=1 -use_counters=0 -use_cmp=0 "$work/merged/$t" "$seeds" "$corpus" \
       >"$work/$t.merge.log" 2>&1 &&
       find "$seeds" -type f -regextype posix-extended -regex '.*/[0-9a-f]{40}' -delete &&
       cp "$work/merged/$t"/* "$seeds"/ &&
       echo "fuzz $t: seeds now $(find "$seeds" -type f | wc -l) files"
   fi
+  rm -rf "$tmp"
 done
 exit "$failed"
