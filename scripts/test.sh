@@ -2,8 +2,9 @@
 # pvnet's test command (README "run the tests"; CI calls exactly this).
 #
 #   scripts/test.sh            unit, stress, property and in-process vhost-user tests,
-#                              bounded loom models, the QEMU VM-to-VM smoke test and the
-#                              DPDK virtio-user interoperability test
+#                              bounded loom models, the QEMU VM-to-VM smoke test, the
+#                              DPDK virtio-user interoperability test and a bounded
+#                              fuzzing run
 #   scripts/test.sh --quick    the cargo tests only
 #
 # Steps that need a component this machine lacks (e.g. QEMU cannot be installed) print a
@@ -52,6 +53,9 @@ if [ "$quick" = 0 ]; then
     --test loom_rw --test loom_spin
   step "VM smoke test (QEMU, 2 guests, 16 queue pairs)" scripts/vm-smoke.sh
   step "DPDK virtio-user interop (1 and 2 queue pairs)" timeout 600 scripts/dpdk-interop.sh
+  # libFuzzer targets (frames/offloads, TX rings, vhost-user messages), 20 s each from the
+  # committed seeds; any crash, hang or OOM fails. SKIP (77) only without a nightly toolchain.
+  step "fuzz (3 targets x 20 s, nightly)" fuzz/run.sh --secs 20
 fi
 
 echo

@@ -2,7 +2,7 @@
 
 use clap::ValueEnum;
 use pvnet_backend::report::{render, StatsFormat};
-use pvnet_backend::{parse_mac, Config, ConfigError, Server};
+use pvnet_backend::{parse_group, parse_mac, parse_mode, Config, ConfigError, Server};
 use pvnet_locks::{RwLockKind, SpinLockKind};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -22,6 +22,13 @@ pub struct Args {
     /// vhost-user socket path of one port (repeat for more ports); pvnet listens on it.
     #[arg(long = "socket", value_name = "PATH")]
     pub sockets: Vec<PathBuf>,
+    /// Permission bits (octal) of the sockets pvnet creates; 0600 lets only pvnet's own user
+    /// connect, 0660 also --socket-group (e.g. the group QEMU runs in).
+    #[arg(long, value_name = "MODE", default_value = "0600")]
+    pub socket_mode: String,
+    /// Group (name or gid) of the sockets pvnet creates (default: pvnet's primary group).
+    #[arg(long, value_name = "GROUP")]
+    pub socket_group: Option<String>,
     /// Queue pairs per port (1..=32); QEMU's `-netdev vhost-user,queues=N` may use up to this.
     #[arg(long, value_name = "N", default_value_t = 16)]
     pub queues: u16,
@@ -63,8 +70,12 @@ impl TryFrom<&Args> for Config {
             .iter()
             .map(|m| parse_mac(m))
             .collect::<Result<Vec<_>, _>>()?;
+        let socket_mode = parse_mode(&a.socket_mode)?;
+        let socket_group = a.socket_group.as_deref().map(parse_group).transpose()?;
         let cfg = Config {
             sockets: a.sockets.clone(),
+            socket_mode,
+            socket_group,
             queue_pairs: a.queues,
             queue_size: a.queue_size,
             grant_lock: a.grant_lock,
@@ -116,7 +127,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let set = signal_set();
     // SAFETY: pthread_sigmask with a valid, initialised set; the old mask is not needed.
     unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
-    let server = Server::start(cfg).unwrap_or_else(|e| usage_error(e));
+    let mut server = Server::start(cfg).unwrap_or_else(|e| usage_error(e));
     for p in server.paths() {
         log::info!("listening on {}", p.display());
     }
@@ -146,10 +157,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
     }
     print!("{}", render(server.switch(), fmt));
-    let paths = server.paths().to_vec();
-    // Remove the sockets first: shutdown waits for frontends to let go.
-    for p in &paths {
-        let _ = std::fs::remove_file(p);
-    }
+    // Remove the sockets and exit: a full shutdown would wait for frontends to let go.
+    server.remove_sockets();
     std::process::exit(0);
 }

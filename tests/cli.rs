@@ -34,6 +34,8 @@ fn help_lists_every_flag() {
     let s = String::from_utf8_lossy(&out.stdout);
     for flag in [
         "--socket",
+        "--socket-mode",
+        "--socket-group",
         "--queues",
         "--queue-size",
         "--grant-lock",
@@ -137,6 +139,156 @@ fn sigterm_removes_sockets_and_exits_0() {
     assert_eq!(lines.len(), 3, "{s}");
     for l in lines {
         serde_json::from_str::<serde_json::Value>(l).expect("JSON line");
+    }
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+/// Starts `pvnet` on `socks` with `extra` flags and waits until every socket answers.
+fn start(socks: &[&std::path::Path], extra: &[&str]) -> std::process::Child {
+    let mut cmd = pvnet();
+    for s in socks {
+        cmd.args(["--socket", s.to_str().expect("utf-8")]);
+    }
+    let child = cmd
+        .args(["--queues", "1"])
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let t0 = Instant::now();
+    while !socks
+        .iter()
+        .all(|s| std::os::unix::net::UnixStream::connect(s).is_ok())
+    {
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "sockets never answered"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child
+}
+
+fn stop(child: std::process::Child) {
+    // SAFETY: kill() on the pid of a child we spawned and have not reaped yet.
+    let r = unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    assert_eq!(r, 0);
+    let out = child.wait_with_output().expect("wait");
+    assert_eq!(out.status.code(), Some(0));
+}
+
+fn mode_of(p: &std::path::Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::symlink_metadata(p)
+        .expect("stat")
+        .permissions()
+        .mode()
+        & 0o777
+}
+
+#[test]
+fn socket_mode_and_group() {
+    let d = tmpdir("mode");
+    let a = d.join("a.sock");
+    let child = start(&[&a], &[]);
+    assert_eq!(mode_of(&a), 0o600, "default mode");
+    stop(child);
+    // SAFETY: getegid has no preconditions.
+    let gid = unsafe { libc::getegid() }.to_string();
+    let child = start(&[&a], &["--socket-mode", "0660", "--socket-group", &gid]);
+    assert_eq!(mode_of(&a), 0o660);
+    stop(child);
+    assert!(!a.exists());
+    let out = pvnet()
+        .args([
+            "--socket",
+            a.to_str().expect("utf-8"),
+            "--socket-mode",
+            "u+rw",
+        ])
+        .output()
+        .expect("run");
+    assert_usage_error(&out, "--socket-mode");
+    let out = pvnet()
+        .args([
+            "--socket",
+            a.to_str().expect("utf-8"),
+            "--socket-mode",
+            "4755",
+        ])
+        .output()
+        .expect("run");
+    assert_usage_error(&out, "--socket-mode");
+    let out = pvnet()
+        .args(["--socket", a.to_str().expect("utf-8")])
+        .args(["--socket-group", "no-such-group-pvnet"])
+        .output()
+        .expect("run");
+    assert_usage_error(&out, "--socket-group");
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+/// Runs `pvnet` with `args`, expecting it to exit by itself within 20 s (killed otherwise).
+fn run_bounded(args: &[&str]) -> Output {
+    let mut child = pvnet()
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let t0 = Instant::now();
+    while child.try_wait().expect("wait").is_none() {
+        if t0.elapsed() > Duration::from_secs(20) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("pvnet {args:?} kept running: it took over the socket");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().expect("output")
+}
+
+/// A live listener on the path (another pvnet, or any other process) is never replaced:
+/// exit 2 with one line, and the listener keeps its socket.
+#[test]
+fn live_sockets_are_not_stolen() {
+    let d = tmpdir("live");
+    let a = d.join("a.sock");
+    let first = start(&[&a], &[]);
+    let out = run_bounded(&["--socket", a.to_str().expect("utf-8")]);
+    assert_usage_error(&out, "another pvnet");
+    assert!(
+        std::os::unix::net::UnixStream::connect(&a).is_ok(),
+        "first pvnet still reachable"
+    );
+    stop(first);
+    let other = std::os::unix::net::UnixListener::bind(&a).expect("bind");
+    let out = run_bounded(&["--socket", a.to_str().expect("utf-8")]);
+    assert_usage_error(&out, "listening");
+    assert!(std::os::unix::net::UnixStream::connect(&a).is_ok());
+    drop(other);
+    // Now stale: replaced.
+    let child = start(&[&a], &[]);
+    stop(child);
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+/// `dir/a.sock` spelled through `..` or a symlinked directory is the same port: refused
+/// (the second port would otherwise replace the first one's socket).
+#[test]
+fn duplicate_spellings_of_one_socket_refused() {
+    let d = tmpdir("dup");
+    std::fs::create_dir(d.join("sub")).expect("mkdir");
+    std::os::unix::fs::symlink(&d, d.join("link")).expect("symlink");
+    let a = d.join("a.sock");
+    for twice in [
+        format!("{}/sub/../a.sock", d.display()),
+        format!("{}/link/a.sock", d.display()),
+    ] {
+        let out = run_bounded(&["--socket", a.to_str().expect("utf-8"), "--socket", &twice]);
+        assert_usage_error(&out, "given twice");
+        assert!(!a.exists());
     }
     let _ = std::fs::remove_dir_all(&d);
 }

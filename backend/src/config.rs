@@ -32,8 +32,16 @@ pub enum ConfigError {
     TooManyMacs(usize, usize),
     #[error("invalid MAC address '{0}' (expected xx:xx:xx:xx:xx:xx, unicast)")]
     Mac(String),
-    #[error("socket path {0} is given twice")]
-    DuplicateSocket(String),
+    #[error("socket path {0} is given twice (the same socket as {1})")]
+    DuplicateSocket(String, String),
+    #[error("socket path {0}: {1}")]
+    SocketPath(String, String),
+    #[error("--socket-mode must be an octal mode within 0777, got {0:o}")]
+    SocketMode(u32),
+    #[error("invalid --socket-mode '{0}' (expected octal, e.g. 0660)")]
+    SocketModeSyntax(String),
+    #[error("--socket-group: no group '{0}'")]
+    SocketGroup(String),
 }
 
 /// Configuration of the whole switch.
@@ -56,6 +64,10 @@ pub struct Config {
     /// Longest time a full destination RX ring holds a sender back before the frame is
     /// dropped (and the ring is treated as stalled until its guest posts buffers).
     pub backpressure_bound: Duration,
+    /// Permission bits of the sockets pvnet creates (default 0600: only pvnet's user).
+    pub socket_mode: u32,
+    /// Group of the sockets (`None`: pvnet's primary group, as created).
+    pub socket_group: Option<u32>,
 }
 
 impl Default for Config {
@@ -69,6 +81,8 @@ impl Default for Config {
             macs: Vec::new(),
             mtu: None,
             backpressure_bound: DEFAULT_BACKPRESSURE_BOUND,
+            socket_mode: crate::socket::DEFAULT_SOCKET_MODE,
+            socket_group: None,
         }
     }
 }
@@ -82,10 +96,20 @@ impl Config {
         if self.sockets.len() > MAX_PORTS {
             return Err(ConfigError::TooManyPorts(self.sockets.len()));
         }
-        for (i, s) in self.sockets.iter().enumerate() {
-            if self.sockets[..i].contains(s) {
-                return Err(ConfigError::DuplicateSocket(s.display().to_string()));
+        let mut seen: Vec<(PathBuf, &PathBuf)> = Vec::with_capacity(self.sockets.len());
+        for s in &self.sockets {
+            let c = crate::socket::canonical(s)
+                .map_err(|e| ConfigError::SocketPath(s.display().to_string(), e.to_string()))?;
+            if let Some((_, first)) = seen.iter().find(|(p, _)| *p == c) {
+                return Err(ConfigError::DuplicateSocket(
+                    s.display().to_string(),
+                    first.display().to_string(),
+                ));
             }
+            seen.push((c, s));
+        }
+        if self.socket_mode & !0o777 != 0 {
+            return Err(ConfigError::SocketMode(self.socket_mode));
         }
         if self.queue_pairs == 0 || self.queue_pairs > MAX_QUEUE_PAIRS {
             return Err(ConfigError::QueuePairs(self.queue_pairs));
@@ -142,6 +166,52 @@ pub fn parse_mac(s: &str) -> Result<[u8; 6], ConfigError> {
     Ok(out)
 }
 
+/// Parses an octal permission mode (`0660`, `660` or `0o660`), at most `0777`.
+pub fn parse_mode(s: &str) -> Result<u32, ConfigError> {
+    let digits = s.strip_prefix("0o").unwrap_or(s);
+    let m =
+        u32::from_str_radix(digits, 8).map_err(|_| ConfigError::SocketModeSyntax(s.to_string()))?;
+    if m & !0o777 != 0 {
+        return Err(ConfigError::SocketMode(m));
+    }
+    Ok(m)
+}
+
+/// Resolves a group name (or a numeric gid) to a gid.
+pub fn parse_group(s: &str) -> Result<u32, ConfigError> {
+    if let Ok(gid) = s.parse::<u32>() {
+        return Ok(gid);
+    }
+    let err = || ConfigError::SocketGroup(s.to_string());
+    let name = std::ffi::CString::new(s).map_err(|_| err())?;
+    let mut buf = vec![0u8; 1024];
+    loop {
+        // SAFETY: group is plain old data; all zeroes is a valid value for getgrnam_r to
+        // overwrite.
+        let mut grp: libc::group = unsafe { std::mem::zeroed() };
+        let mut out: *mut libc::group = std::ptr::null_mut();
+        // SAFETY: every pointer is valid for the call: `name` is NUL-terminated, `grp` and
+        // `out` are ours, and `buf` has `buf.len()` writable bytes.
+        let r = unsafe {
+            libc::getgrnam_r(
+                name.as_ptr(),
+                &mut grp,
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                &mut out,
+            )
+        };
+        if r == libc::ERANGE && buf.len() < (1 << 20) {
+            buf.resize(buf.len() * 4, 0);
+            continue;
+        }
+        if r != 0 || out.is_null() {
+            return Err(err());
+        }
+        return Ok(grp.gr_gid);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -171,7 +241,69 @@ mod tests {
         assert_eq!(c.validate(), Err(ConfigError::QueueSize(300)));
         let mut c = base();
         c.sockets.push("/tmp/a".into());
-        assert!(matches!(c.validate(), Err(ConfigError::DuplicateSocket(_))));
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::DuplicateSocket(..))
+        ));
+        let mut c = base();
+        c.socket_mode = 0o1777;
+        assert_eq!(c.validate(), Err(ConfigError::SocketMode(0o1777)));
+        let mut c = base();
+        c.sockets = vec!["/nonexistent-pvnet-dir/a.sock".into()];
+        assert!(matches!(c.validate(), Err(ConfigError::SocketPath(..))));
+    }
+
+    /// Different spellings of one path (repeated slashes, `.`, `..`, a symlinked directory)
+    /// are the same port.
+    #[test]
+    fn duplicate_sockets_compared_canonically() {
+        let d = std::env::temp_dir().join(format!("pvnet-cfg-dup-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(d.join("sub")).unwrap();
+        std::os::unix::fs::symlink(d.join("sub"), d.join("link")).unwrap();
+        let a = d.join("sub").join("a.sock");
+        let spellings = [
+            format!("{}//sub//a.sock", d.display()),
+            format!("{}/sub/./a.sock", d.display()),
+            format!("{}/sub/../sub/a.sock", d.display()),
+            format!("{}/link/a.sock", d.display()),
+        ];
+        for other in spellings {
+            let c = Config {
+                sockets: vec![a.clone(), other.clone().into()],
+                ..Config::default()
+            };
+            assert!(
+                matches!(c.validate(), Err(ConfigError::DuplicateSocket(..))),
+                "{other} not recognised as {}",
+                a.display()
+            );
+        }
+        let c = Config {
+            sockets: vec![a.clone(), d.join("sub").join("b.sock")],
+            ..Config::default()
+        };
+        assert_eq!(c.validate(), Ok(()));
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn mode_and_group_parsing() {
+        assert_eq!(parse_mode("0660"), Ok(0o660));
+        assert_eq!(parse_mode("600"), Ok(0o600));
+        assert_eq!(parse_mode("0o640"), Ok(0o640));
+        assert_eq!(parse_mode("1777"), Err(ConfigError::SocketMode(0o1777)));
+        assert!(matches!(
+            parse_mode("rw-rw----"),
+            Err(ConfigError::SocketModeSyntax(_))
+        ));
+        assert!(parse_mode("0689").is_err());
+        assert_eq!(parse_group("0"), Ok(0));
+        assert_eq!(parse_group("root"), Ok(0));
+        assert!(matches!(
+            parse_group("no-such-group-pvnet"),
+            Err(ConfigError::SocketGroup(_))
+        ));
     }
 
     #[test]

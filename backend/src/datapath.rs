@@ -148,7 +148,14 @@ impl<L: Locks> NetDevice<L> {
         let port = &sw.ports[self.port];
         let mem = self.mem.memory();
         let event_idx = self.event_idx.load(Ordering::Acquire);
+        // Consecutive batches that consumed nothing: a ring whose avail index is bogus (more
+        // than a ring size ahead) yields no chain, yet always looks non-empty.
+        let mut idle = 0u32;
         loop {
+            // Its memory file shrank: the connection loop is disconnecting it.
+            if self.poisoned() {
+                return Ok(());
+            }
             let mut cache: Option<(usize, Pair<'_, L>)> = None;
             let mut held: Option<RxHold<'_, L>> = None;
             let mut vs = tx.get_mut();
@@ -193,14 +200,18 @@ impl<L: Locks> NetDevice<L> {
                 }
                 w.tx_signalled = vs.get_queue().next_used();
             }
+            idle = if n == 0 { idle + 1 } else { 0 };
             let more = if blocked {
                 false
             } else if n == BATCH {
                 true
             } else {
+                // Chains published while notifications were off are taken now; but after two
+                // empty rounds the avail index is bogus: wait for the guest's next kick.
                 vs.get_queue_mut()
                     .enable_notification(&*mem)
                     .unwrap_or(false)
+                    && idle < 2
             };
             drop(vs);
             self.flush_rx_notifications(&mut w);

@@ -14,7 +14,7 @@ use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_net::*;
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 use virtio_queue::QueueT;
-use vm_memory::{GuestAddressSpace, GuestMemoryMmap};
+use vm_memory::{GuestAddressSpace, GuestMemoryMmap, GuestRegionMmap};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{
     new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
@@ -91,6 +91,13 @@ impl<L: Locks> NetDevice<L> {
     /// The guest memory handle shared with the daemon.
     pub fn memory(&self) -> Gm {
         self.mem.clone()
+    }
+
+    /// A fault hit this port's guest memory (its file shrank under the mapping): the data
+    /// path stops touching it and the connection loop disconnects the frontend.
+    #[inline]
+    pub fn poisoned(&self) -> bool {
+        self.sw.ports[self.port].guard.poisoned()
     }
 
     fn num_pairs(&self) -> usize {
@@ -208,6 +215,18 @@ impl<L: Locks> VhostUserBackend for NetDevice<L> {
             .replace_from_memory(&m)
             .map(|s| log::debug!("port {}: memory table updated: {s:?}", self.port))
             .map_err(io::Error::other)
+    }
+
+    fn check_memory_region(&self, region: &GuestRegionMmap) -> io::Result<()> {
+        let f = self.sw.ports[self.port]
+            .guard
+            .guard_region(region)
+            .map_err(|e| {
+                log::warn!("port {}: memory table refused: {e}", self.port);
+                io::Error::new(io::ErrorKind::InvalidInput, e)
+            })?;
+        log::debug!("port {}: memory region accepted: {f:?}", self.port);
+        Ok(())
     }
 
     fn queues_per_thread(&self) -> Vec<u64> {

@@ -5,23 +5,29 @@
 //!
 //! * [`config`]: the validated [`Config`] (`pvnet` flags turn into it);
 //! * [`server`]: [`Server::start`] binds one socket per port and runs its connection loop;
+//! * [`socket`]: creating a port's socket safely (mode, group, stale and live sockets);
 //! * [`device`]: the `VhostUserBackend` implementation (features, config space, memory);
 //! * [`datapath`]: TX → switch → RX with grant copies, back-pressure and offloads;
 //! * [`switch`], [`fdb`]: ports, RX queue slots under the `--queue-lock` kind, MAC table;
 //! * [`stats`], [`report`]: per-port, per-queue counters and their text/JSON rendering;
+//! * [`memguard`]: vetting guest memory files; containing a truncation's `SIGBUS` to its port;
 //! * [`net`]: header parsing, flow hash, checksums, software segmentation.
 
 pub mod config;
 pub mod datapath;
 pub mod device;
 pub mod fdb;
+#[doc(hidden)]
+pub mod fuzzing;
+pub mod memguard;
 pub mod net;
 pub mod report;
 mod rx;
 pub mod server;
+pub mod socket;
 pub mod stats;
 pub mod switch;
 
-pub use config::{parse_mac, Config, ConfigError};
+pub use config::{parse_group, parse_mac, parse_mode, Config, ConfigError};
 pub use server::{ServeError, Server};
 pub use switch::Switch;

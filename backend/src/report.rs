@@ -98,6 +98,16 @@ fn render_text(sw: &Switch) -> String {
             );
         }
     }
+    for (p, port) in sw.ports.iter().enumerate() {
+        if port.guard.faults() > 0 {
+            let _ = writeln!(
+                o,
+                "port {p}: memory faults={} (frontends disconnected for it: {})",
+                port.guard.faults(),
+                port.guard.disconnects()
+            );
+        }
+    }
     let g = rw_stats(resolve_rw(sw.cfg.grant_lock));
     let l = spin_stats(sw.cfg.queue_lock);
     let f = |v: &[(&str, u64)]| {
@@ -122,6 +132,9 @@ fn render_json(sw: &Switch) -> String {
             "port": p,
             "connected": port.connected.load(Ordering::Acquire),
             "enabled_pairs": port.enabled_pairs(),
+            "connections": port.connections.load(Ordering::Acquire),
+            "memory_faults": port.guard.faults(),
+            "memory_fault_disconnects": port.guard.disconnects(),
             "total": port_total(sw, p).to_json(),
             "queues": queues,
         });

@@ -5,18 +5,18 @@
 use crate::config::{Config, ConfigError};
 use crate::datapath::lock;
 use crate::device::{NetDevice, TOKEN_TIMER, TOKEN_WAKE};
+use crate::socket::{SocketError, SocketFile};
 use crate::switch::{Fabric, FabricView, LockSet, Locks, Switch};
 use pvnet_grant::GrantInfo;
 use pvnet_locks::{with_rw_family, with_spin_family};
 use pvnet_locks::{RwLockKind, SpinLockKind};
 use std::io;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::FileTypeExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use vhost::vhost_user::Listener;
 use vhost_user_backend::{ShutdownHandle, VhostUserBackend, VhostUserDaemon};
 use vmm_sys_util::epoll::EventSet;
@@ -26,14 +26,49 @@ use vmm_sys_util::epoll::EventSet;
 pub enum ServeError {
     #[error(transparent)]
     Config(#[from] ConfigError),
-    #[error("cannot use socket path {path}: {reason}")]
-    Socket { path: String, reason: String },
+    #[error("cannot use socket path {0}")]
+    Socket(#[from] SocketError),
     #[error("cannot start port {port}: {err}")]
     Start { port: usize, err: io::Error },
 }
 
 struct PortCtl {
     handle: Mutex<Option<ShutdownHandle>>,
+    /// Protocol errors of frontends: (when one was last logged, how many since).
+    errors: Mutex<(Option<Instant>, u64)>,
+}
+
+impl PortCtl {
+    fn new() -> PortCtl {
+        PortCtl {
+            handle: Mutex::new(None),
+            errors: Mutex::new((None, 0)),
+        }
+    }
+
+    /// Logs a frontend's protocol error, at most once per second per port.
+    fn frontend_error(&self, idx: usize, err: &str, revoked: usize) {
+        let mut e = lock(&self.errors);
+        e.1 += 1;
+        let now = Instant::now();
+        if e.0
+            .map_or(true, |t| now.duration_since(t) >= Duration::from_secs(1))
+        {
+            log::warn!(
+                "port {idx}: frontend disconnected after a protocol error: {err} ({revoked} \
+                 grants revoked; {} protocol errors on this port so far)",
+                e.1
+            );
+            e.0 = Some(now);
+        }
+    }
+
+    /// Disconnects the current frontend, if any.
+    fn shutdown(&self) {
+        if let Some(h) = lock(&self.handle).as_ref() {
+            h.shutdown();
+        }
+    }
 }
 
 /// A running switch.
@@ -44,21 +79,7 @@ pub struct Server {
     ctl: Vec<Arc<PortCtl>>,
     threads: Vec<JoinHandle<()>>,
     paths: Vec<PathBuf>,
-}
-
-fn bind(path: &Path) -> Result<Listener, ServeError> {
-    let err = |reason: String| ServeError::Socket {
-        path: path.display().to_string(),
-        reason,
-    };
-    match std::fs::symlink_metadata(path) {
-        Ok(m) if m.file_type().is_socket() => std::fs::remove_file(path)
-            .map_err(|e| err(format!("cannot remove stale socket: {e}")))?,
-        Ok(_) => return Err(err("exists and is not a socket".into())),
-        Err(_) => {}
-    }
-    let l = Listener::new(path, false).map_err(|e| err(e.to_string()))?;
-    Ok(l)
+    files: Vec<SocketFile>,
 }
 
 impl Server {
@@ -66,25 +87,25 @@ impl Server {
     pub fn start(cfg: Config) -> Result<Server, ServeError> {
         cfg.validate()?;
         let mut listeners = Vec::new();
+        let mut files = Vec::new();
         for p in &cfg.sockets {
-            match bind(p) {
-                Ok(l) => listeners.push(l),
-                Err(e) => {
-                    // Listener's Drop removes the sockets bound so far.
-                    drop(listeners);
-                    return Err(e);
-                }
-            }
+            // On error, the SocketFiles' Drop removes the sockets bound so far.
+            let (l, f) = crate::socket::bind(p, cfg.socket_mode, cfg.socket_group)?;
+            listeners.push(Listener::from(l));
+            files.push(f);
         }
         let paths = cfg.sockets.clone();
         let (grant_lock, queue_lock) = (cfg.grant_lock, cfg.queue_lock);
         let sw = Switch::new(cfg);
         let stop = Arc::new(AtomicBool::new(false));
         let ctl: Vec<_> = (0..listeners.len())
-            .map(|_| {
-                Arc::new(PortCtl {
-                    handle: Mutex::new(None),
-                })
+            .map(|idx| {
+                let c = Arc::new(PortCtl::new());
+                // A fault in this port's guest memory (reported by the memguard reaper
+                // thread): disconnect the frontend.
+                let c2 = c.clone();
+                sw.ports[idx].guard.on_fault(move || c2.shutdown());
+                c
             })
             .collect();
         // The one place the lock kinds are looked at: everything below is compiled per pair.
@@ -101,6 +122,7 @@ impl Server {
             ctl,
             threads,
             paths,
+            files,
         })
     }
 
@@ -125,22 +147,26 @@ impl Server {
         &self.paths
     }
 
+    /// Removes the sockets (each only while its path is still the socket this server
+    /// created) and their lock files: new frontends can no longer connect.
+    pub fn remove_sockets(&mut self) {
+        for f in &mut self.files {
+            f.remove();
+        }
+    }
+
     /// Stops every port (disconnecting frontends), joins the loops and removes the sockets.
     pub fn shutdown(mut self) {
         self.stop.store(true, Ordering::SeqCst);
         for (c, p) in self.ctl.iter().zip(self.paths.iter()) {
-            if let Some(h) = lock(&c.handle).as_ref() {
-                h.shutdown();
-            }
+            c.shutdown();
             // Unblock a pending accept().
             let _ = std::os::unix::net::UnixStream::connect(p);
         }
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
-        for p in &self.paths {
-            let _ = std::fs::remove_file(p);
-        }
+        self.remove_sockets();
     }
 }
 
@@ -186,6 +212,9 @@ fn serve_one<L: Locks>(
     ctl: &PortCtl,
 ) -> io::Result<()> {
     let sw = &fabric.sw;
+    let port = &sw.ports[idx];
+    // The previous connection's memory is gone: a fault from now on is this connection's.
+    port.guard.clear();
     let dev = Arc::new(NetDevice::new(fabric.clone(), idx)?);
     let mut daemon = VhostUserDaemon::new(format!("pvnet-port{idx}"), dev.clone(), dev.memory())
         .map_err(|e| io::Error::other(e.to_string()))?;
@@ -198,7 +227,6 @@ fn serve_one<L: Locks>(
     daemon
         .start(listener)
         .map_err(|e| io::Error::other(e.to_string()))?;
-    let port = &sw.ports[idx];
     if stop.load(Ordering::SeqCst) {
         daemon.request_shutdown();
     } else {
@@ -207,6 +235,10 @@ fn serve_one<L: Locks>(
         port.connected.store(true, Ordering::Release);
     }
     *lock(&ctl.handle) = daemon.shutdown_handle();
+    // A fault before the handle was in place found nothing to shut down.
+    if port.guard.poisoned() {
+        ctl.shutdown();
+    }
     let res = daemon.wait();
     *lock(&ctl.handle) = None;
     // Teardown: leave the switch, stop the workers, revoke the grants, forget the MACs.
@@ -219,12 +251,27 @@ fn serve_one<L: Locks>(
     let revoked = fabric.ports[idx].grants.revoke_all();
     sw.fdb.purge_port(idx);
     port.features.store(0, Ordering::Release);
-    log::info!("port {idx}: frontend disconnected ({revoked} grants revoked)");
+    // The connection's mappings go with the device; they are no longer guarded.
+    drop(dev);
+    port.guard.release_all();
+    if port.guard.poisoned() {
+        port.guard.note_disconnect();
+        log::warn!(
+            "port {idx}: frontend disconnected: its memory file shrank under the mapping \
+             ({revoked} grants revoked, {} faults contained so far)",
+            port.guard.faults()
+        );
+        return Ok(());
+    }
     match res {
         Ok(())
         | Err(vhost_user_backend::Error::HandleRequest(
             vhost::vhost_user::Error::Disconnected | vhost::vhost_user::Error::PartialMessage,
-        )) => Ok(()),
-        Err(e) => Err(io::Error::other(e.to_string())),
+        )) => log::info!("port {idx}: frontend disconnected ({revoked} grants revoked)"),
+        // The frontend broke the protocol: its fault, not the port's. The port takes the next
+        // frontend at once (the 100 ms pause of port_loop is for local failures), and the
+        // log is throttled so a frontend reconnecting in a loop cannot flood it.
+        Err(e) => ctl.frontend_error(idx, &e.to_string(), revoked),
     }
+    Ok(())
 }

@@ -11,6 +11,7 @@
 
 use crate::config::Config;
 use crate::fdb::Fdb;
+use crate::memguard::MemGuard;
 use crate::stats::{QueueSnapshot, RxStats, TxStats};
 use pvnet_grant::GrantInfo;
 use pvnet_grant::GrantTable;
@@ -18,7 +19,7 @@ use pvnet_locks::family::{MutexApi, RwFamily, SpinFamily};
 use pvnet_locks::{RwLockKind, SpinLockKind};
 use std::marker::PhantomData;
 use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use vhost_user_backend::VringRwLock;
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
@@ -66,8 +67,10 @@ pub struct RxRing {
 /// One RX queue of a port: what every sending worker shares besides the ring's lock (which
 /// lives in the [`Fabric`]).
 pub struct RxSlot {
-    /// Senders held back by this full ring: woken when the guest posts RX buffers.
-    pub waiters: Mutex<Vec<Arc<EventFd>>>,
+    /// Senders held back by this full ring: woken when the guest posts RX buffers. Weak: a
+    /// sender whose connection ended must not stay open here (its eventfd would leak for as
+    /// long as this ring stays full).
+    pub waiters: Mutex<Vec<Weak<EventFd>>>,
     /// Receive counters (written under the ring's lock).
     pub stats: RxStats,
     /// A sender already waited the full back-pressure bound on this ring: further frames
@@ -92,7 +95,7 @@ impl RxSlot {
             Ok(mut l) => std::mem::take(&mut *l),
             Err(p) => std::mem::take(&mut *p.into_inner()),
         };
-        for w in list {
+        for w in list.iter().filter_map(Weak::upgrade) {
             let _ = w.write(1);
         }
     }
@@ -103,8 +106,9 @@ impl RxSlot {
             Ok(l) => l,
             Err(p) => p.into_inner(),
         };
-        if !l.iter().any(|x| Arc::ptr_eq(x, w)) {
-            l.push(w.clone());
+        l.retain(|x| x.strong_count() > 0);
+        if !l.iter().any(|x| std::ptr::eq(x.as_ptr(), Arc::as_ptr(w))) {
+            l.push(Arc::downgrade(w));
         }
     }
 }
@@ -125,6 +129,8 @@ pub struct Port {
     pub connected: AtomicBool,
     /// Number of connections accepted so far.
     pub connections: AtomicU64,
+    /// The connected guest's memory mappings, guarded against a truncated memory file.
+    pub guard: MemGuard,
 }
 
 impl Port {
@@ -183,6 +189,7 @@ impl Switch {
                 features: AtomicU64::new(0),
                 connected: AtomicBool::new(false),
                 connections: AtomicU64::new(0),
+                guard: MemGuard::new(),
             })
             .collect();
         Arc::new(Switch {

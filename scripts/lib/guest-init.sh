@@ -13,6 +13,8 @@
 #   pvnet.streams=1 pvnet.secs=10 pvnet.repeat=1 pvnet.reverse=0
 #   pvnet.ping=IP,IP         client: extra addresses to ping first (flooding/learning)
 #   pvnet.json=1             client: also print iperf3's JSON between markers
+#   pvnet.rcvtimeout=MS      server: iperf3 --rcv-timeout on port 5202 (a client that vanished
+#                            mid-test frees the server after MS ms; default iperf3's 120000)
 # Console markers (one per line): PVNET-INIT, PVNET-PROBE-OK, PVNET-NET, PVNET-READY, PVNET-PING,
 # PVNET-RESULT, PVNET-JSON-BEGIN/END, PVNET-ERROR, PVNET-DONE.
 export PATH=/bin:/sbin:/usr/bin:/usr/sbin
@@ -61,7 +63,8 @@ echo "PVNET-NET ip=$ip queues=${cur:-?} tso=${tso:-?} cpus=$(grep -c ^processor 
 
 if [ "$role" = server ]; then
   iperf3 -s -p 5201 >/dev/null 2>&1 &
-  iperf3 -s -p 5202 >/dev/null 2>&1 &
+  rcv=$(arg rcvtimeout "")
+  iperf3 -s -p 5202 ${rcv:+--rcv-timeout "$rcv"} >/dev/null 2>&1 &
   echo PVNET-READY
   while :; do sleep 3600; done
 fi

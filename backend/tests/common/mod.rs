@@ -25,6 +25,7 @@ pub const F_INDIRECT: u16 = 4;
 pub mod frames;
 pub mod harness;
 pub mod poll;
+pub mod procstat;
 
 /// What a Linux guest asks for.
 pub fn linux_features() -> u64 {

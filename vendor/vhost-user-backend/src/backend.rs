@@ -29,6 +29,7 @@ use vhost::vhost_user::message::{
 };
 use vhost::vhost_user::Backend;
 use vm_memory::bitmap::Bitmap;
+use vm_memory::GuestRegionMmap;
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{EventConsumer, EventNotifier};
 
@@ -86,6 +87,16 @@ pub trait VhostUserBackend: Send + Sync {
 
     /// Update guest memory regions.
     fn update_memory(&self, mem: GM<Self::Bitmap>) -> Result<()>;
+
+    /// pvnet patch: vets one memory region the frontend offered (SET_MEM_TABLE, ADD_MEM_REG)
+    /// after it is mapped and before anything can access it (the vrings see the new memory
+    /// only after every region passed, `update_memory` comes later still). An error rejects
+    /// the request: the frontend gets a failure reply and the region is unmapped.
+    ///
+    /// A default implementation accepts every region.
+    fn check_memory_region(&self, _region: &GuestRegionMmap<Self::Bitmap>) -> Result<()> {
+        Ok(())
+    }
 
     /// Set handler for communicating with the frontend by the backend communication channel.
     ///
@@ -246,6 +257,16 @@ pub trait VhostUserBackendMut: Send + Sync {
     /// Update guest memory regions.
     fn update_memory(&mut self, mem: GM<Self::Bitmap>) -> Result<()>;
 
+    /// pvnet patch: vets one memory region the frontend offered (SET_MEM_TABLE, ADD_MEM_REG)
+    /// after it is mapped and before anything can access it (the vrings see the new memory
+    /// only after every region passed, `update_memory` comes later still). An error rejects
+    /// the request: the frontend gets a failure reply and the region is unmapped.
+    ///
+    /// A default implementation accepts every region.
+    fn check_memory_region(&self, _region: &GuestRegionMmap<Self::Bitmap>) -> Result<()> {
+        Ok(())
+    }
+
     /// Set handler for communicating with the frontend by the backend communication channel.
     ///
     /// A default implementation is provided as we cannot expect all backends to implement this
@@ -400,6 +421,10 @@ impl<T: VhostUserBackend> VhostUserBackend for Arc<T> {
         self.deref().update_memory(mem)
     }
 
+    fn check_memory_region(&self, region: &GuestRegionMmap<Self::Bitmap>) -> Result<()> {
+        self.deref().check_memory_region(region)
+    }
+
     fn set_backend_req_fd(&self, backend: Backend) {
         self.deref().set_backend_req_fd(backend)
     }
@@ -495,6 +520,10 @@ impl<T: VhostUserBackendMut> VhostUserBackend for Mutex<T> {
 
     fn update_memory(&self, mem: GM<Self::Bitmap>) -> Result<()> {
         self.lock().unwrap().update_memory(mem)
+    }
+
+    fn check_memory_region(&self, region: &GuestRegionMmap<Self::Bitmap>) -> Result<()> {
+        self.lock().unwrap().check_memory_region(region)
     }
 
     fn set_backend_req_fd(&self, backend: Backend) {
@@ -595,6 +624,10 @@ impl<T: VhostUserBackendMut> VhostUserBackend for RwLock<T> {
 
     fn update_memory(&self, mem: GM<Self::Bitmap>) -> Result<()> {
         self.write().unwrap().update_memory(mem)
+    }
+
+    fn check_memory_region(&self, region: &GuestRegionMmap<Self::Bitmap>) -> Result<()> {
+        self.read().unwrap().check_memory_region(region)
     }
 
     fn set_backend_req_fd(&self, backend: Backend) {

@@ -395,6 +395,10 @@ where
             .ok_or(VhostUserError::ReqHandlerError(
                 io::ErrorKind::InvalidInput.into(),
             ))?;
+            // pvnet patch: the backend vets each region before anything touches it.
+            self.backend
+                .check_memory_region(&guest_region)
+                .map_err(VhostUserError::ReqHandlerError)?;
             let mapping = AddrMapping {
                 #[cfg(feature = "postcopy")]
                 local_addr: guest_region.as_ptr() as u64,
@@ -709,6 +713,10 @@ where
                 io::ErrorKind::InvalidInput.into(),
             ))?,
         );
+        // pvnet patch: the backend vets the region before anything touches it.
+        self.backend
+            .check_memory_region(&guest_region)
+            .map_err(VhostUserError::ReqHandlerError)?;
 
         let addr_mapping = AddrMapping {
             #[cfg(feature = "postcopy")]
