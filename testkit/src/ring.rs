@@ -191,10 +191,13 @@ impl DriverRing {
     fn write_used_event(&self, m: &GuestMemoryMmap<()>) -> Result<(), Error> {
         let off = ga(self.avail + 4 + 2 * u64::from(self.size));
         if self.event_idx {
-            // Suppressed: an event index just behind what we have seen is only crossed again
-            // after a 16-bit wrap.
+            // Suppressed: half the index space ahead of what we have seen. The device is
+            // never more than a ring (at most 32768 entries) ahead of us, so no window it
+            // checks (`[old, new)`) contains it. An index just behind what we have seen is
+            // not enough: after the device published entries and before it reads
+            // `used_event`, we may consume them and move "just behind" into that window.
             let ev = if self.suppress {
-                self.last_used.wrapping_sub(1)
+                self.last_used.wrapping_add(0x8000)
             } else {
                 self.last_used
             };
@@ -337,7 +340,7 @@ mod tests {
         // Published: notify me for entry 2 onwards.
         assert_eq!(m.read_obj::<u16>(used_event).unwrap(), 2);
         r.set_suppress(&m, true).unwrap();
-        assert_eq!(m.read_obj::<u16>(used_event).unwrap(), 1);
+        assert_eq!(m.read_obj::<u16>(used_event).unwrap(), 2 + 0x8000);
         assert!(!r.arm(&m).unwrap());
         m.write_obj(3u16, ga(r.used + 2)).unwrap();
         assert!(r.arm(&m).unwrap());
@@ -350,6 +353,32 @@ mod tests {
         );
         r.set_suppress(&m, false).unwrap();
         assert_eq!(m.read_obj::<u16>(ga(r.avail)).unwrap(), 0);
+    }
+
+    /// The device published entries and, before it checks `used_event`, the driver (interrupts
+    /// off) consumes them and writes `used_event` again: the device must still not signal.
+    #[test]
+    fn interrupts_off_stay_off_when_the_driver_consumes_before_the_device_checks() {
+        let (_mem, mut r, m) = ring(true);
+        let used_event = ga(r.avail + 4 + 2 * 8);
+        r.set_suppress(&m, true).unwrap();
+        for _ in 0..4 {
+            r.add_chain(&m, &[(0x2000, 10, 0)], &[], vec![]).unwrap();
+        }
+        r.publish(&m).unwrap();
+        // The device returns all four (used.idx 0 -> 4)...
+        for slot in 0..4u64 {
+            m.write_obj(slot as u32, ga(r.used + 4 + 8 * slot)).unwrap();
+        }
+        m.write_obj(4u16, ga(r.used + 2)).unwrap();
+        // ... the driver consumes them before the device looks at used_event ...
+        assert_eq!(r.harvest(&m).unwrap().len(), 4);
+        // ... and the device's check (virtio's vring_need_event over [0, 4)) finds no event.
+        let ev: u16 = m.read_obj(used_event).unwrap();
+        assert!(
+            !need_event(ev, 4, 0),
+            "used_event {ev} inside the device's window"
+        );
     }
 
     #[test]
