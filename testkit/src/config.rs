@@ -1,12 +1,14 @@
 //! Guest configuration and the device configuration space as the driver reads it.
 
+use vhost::vhost_user::message::VhostUserVirtioFeatures;
 use virtio_bindings::bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::bindings::virtio_net::*;
 use virtio_bindings::bindings::virtio_ring::{
     VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC,
 };
 
-/// virtio-net feature masks (`1 << bit`), for building [`GuestConfig::features`].
+/// virtio-net feature masks (`1 << bit`), for building [`GuestConfig::features`]. The list of
+/// what pvnet offers is pvnet's own ([`pvnet_offered`]); these are names for single bits.
 pub mod features {
     use super::*;
 
@@ -43,25 +45,15 @@ pub mod features {
     /// `VIRTIO_RING_F_INDIRECT_DESC`: indirect descriptor tables.
     pub const INDIRECT_DESC: u64 = 1 << VIRTIO_RING_F_INDIRECT_DESC;
     /// `VHOST_USER_F_PROTOCOL_FEATURES` (bit 30); the kit always requests it when offered.
-    pub const PROTOCOL_FEATURES: u64 = 1 << 30;
+    pub const PROTOCOL_FEATURES: u64 = VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
 
-    /// What a modern Linux guest asks for (everything pvnet offers, plus indirect descriptors).
-    pub const LINUX_GUEST: u64 = VERSION_1
-        | MRG_RXBUF
-        | MQ
-        | CSUM
-        | GUEST_CSUM
-        | HOST_TSO4
-        | HOST_TSO6
-        | HOST_ECN
-        | GUEST_TSO4
-        | GUEST_TSO6
-        | GUEST_ECN
-        | STATUS
-        | MTU
-        | MAC
-        | EVENT_IDX
-        | INDIRECT_DESC;
+    /// Everything pvnet's device offers ([`pvnet_backend::device::offered_features`], MTU
+    /// included) but `PROTOCOL_FEATURES`, which the kit adds by itself: what a Linux guest
+    /// negotiates with pvnet, and the default of [`GuestConfig::features`]. A test that wants
+    /// a guest without something removes that bit.
+    pub fn pvnet_offered() -> u64 {
+        pvnet_backend::device::offered_features(true) & !PROTOCOL_FEATURES
+    }
 }
 
 /// How the test guest is built and what it asks the device for.
@@ -78,11 +70,21 @@ pub struct GuestConfig {
     /// The guest's own MAC address (used by tests as the source MAC; the kit does not filter).
     pub mac: [u8; 6],
     /// virtio-net feature bits the driver wants; the kit ANDs them with the device's offer.
-    /// Default [`features::LINUX_GUEST`].
+    /// Default [`features::pvnet_offered`].
     pub features: u64,
     /// Put the net header and the frame in separate TX descriptors (the frame itself is then
-    /// cut into descriptors of at most 16 KiB). Default false: one descriptor per frame.
+    /// cut into descriptors of at most 16 KiB), as Linux does for an skb without headroom.
+    /// Default false: one descriptor per frame. Pre-filled TX slots
+    /// ([`crate::TestGuest::fill_tx`]) always take one descriptor.
     pub tx_split: bool,
+    /// Fill every RX ring with buffers of this many bytes (one writable descriptor each, a
+    /// ring's worth) before the rings are enabled, as a Linux guest does when it brings the
+    /// device up. Default `None`: the test posts buffers itself ([`crate::TestGuest::post_rx`]).
+    pub rx_fill: Option<u32>,
+    /// At most this many TX frames in flight per queue pair ([`crate::TestGuest::send`] reports
+    /// [`crate::Error::RingFull`] beyond it, as a driver with byte queue limits stops its
+    /// queue). Default `None`: as many as the ring has descriptors.
+    pub tx_limit: Option<u16>,
 }
 
 impl Default for GuestConfig {
@@ -92,8 +94,10 @@ impl Default for GuestConfig {
             queue_size: 256,
             mem_size: 64 << 20,
             mac: [0x52, 0x54, 0x00, 0x12, 0x34, 0x56],
-            features: features::LINUX_GUEST,
+            features: features::pvnet_offered(),
             tx_split: false,
+            rx_fill: None,
+            tx_limit: None,
         }
     }
 }

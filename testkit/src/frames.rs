@@ -4,8 +4,17 @@
 //! [`parse`] finds the layers again; [`verify_checksums`] checks them; [`partial_csum`] turns
 //! a frame into what a guest with checksum offload sends (pseudo-header sum only, plus a
 //! `NEEDS_CSUM` header), and [`complete_csum`] finishes such a frame as a device would.
+//! [`tagged`] frames carry a flow, a sequence number and a byte pattern that the receiver
+//! checks (for traffic runs and benchmarks).
+//!
+//! The checksum here is the plain RFC 1071 sum, written for clarity: it is the independent
+//! reference the tests hold pvnet's optimised `pvnet_backend::net::csum` against.
+
+use pvnet_backend::net::hdr::{GSO_TCPV4, GSO_TCPV6, NEEDS_CSUM};
 
 use crate::VirtioNetHdr;
+
+pub mod tagged;
 
 /// EtherType IPv4.
 pub const ETH_P_IPV4: u16 = 0x0800;
@@ -341,10 +350,29 @@ pub fn partial_csum(frame: &[u8]) -> Option<(VirtioNetHdr, Vec<u8>)> {
     let ps = fold(pseudo_sum(&src, &dst, proto, seg_len));
     f.get_mut(l4 + off..l4 + off + 2)?
         .copy_from_slice(&ps.to_be_bytes());
-    Some((
-        VirtioNetHdr::needs_csum(u16::try_from(l4).ok()?, off as u16),
-        f,
-    ))
+    Some((csum_hdr(u16::try_from(l4).ok()?, off as u16), f))
+}
+
+/// A header asking for a partial checksum to be completed (`NEEDS_CSUM`): the ones'-complement
+/// sum from `csum_start` to the end goes to `csum_start + csum_offset`.
+pub fn csum_hdr(csum_start: u16, csum_offset: u16) -> VirtioNetHdr {
+    VirtioNetHdr {
+        flags: NEEDS_CSUM,
+        csum_start,
+        csum_offset,
+        ..VirtioNetHdr::plain()
+    }
+}
+
+/// A TSO header for a TCP frame (IPv4 if `v4`, else IPv6) with partial checksum:
+/// `l4_off` is where the TCP header starts, `hdr_len` the length of all headers.
+pub fn tso_hdr(v4: bool, l4_off: u16, hdr_len: u16, mss: u16) -> VirtioNetHdr {
+    VirtioNetHdr {
+        gso_type: if v4 { GSO_TCPV4 } else { GSO_TCPV6 },
+        hdr_len,
+        gso_size: mss,
+        ..csum_hdr(l4_off, 16)
+    }
 }
 
 /// Completes a `NEEDS_CSUM` frame as a device does: the ones'-complement sum from
@@ -416,7 +444,7 @@ mod tests {
             ipv4_udp(A, B, [10, 0, 0, 1], [10, 0, 0, 2], 1, 2, &payload),
         ] {
             let (hdr, mut partial) = partial_csum(&f).unwrap();
-            assert!(hdr.is_needs_csum());
+            assert!(hdr.needs_csum() && !hdr.is_gso());
             assert_ne!(partial, f);
             assert!(verify_checksums(&partial).is_err());
             complete_csum(&mut partial, hdr.csum_start, hdr.csum_offset).unwrap();

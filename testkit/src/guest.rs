@@ -1,97 +1,82 @@
-//! [`TestGuest`]: the vhost-user frontend plus the split-ring virtio-net driver.
+//! [`TestGuest`]: the vhost-user frontend (bring-up, config space, ring enabling, memory)
+//! around the split-ring virtio-net driver. Sending and receiving are in `txrx`, the polling
+//! mode in `poll`, misbehaviour in `hostile`.
 
 use std::cell::Cell;
-use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use vhost::vhost_user::message::VhostUserHeaderFlag;
 use vhost::vhost_user::{Frontend, VhostUserFrontend, VhostUserProtocolFeatures};
 use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
-use virtio_bindings::bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::config::features;
-use crate::mem::GuestMem;
-use crate::ring::{DescSpec, DriverRing, NextSlot};
+use crate::mem::{GuestMem, RegionInfo};
+use crate::ring::DriverRing;
 use crate::{Error, GuestConfig, NetConfig, VirtioNetHdr};
 
 /// How long [`TestGuest::connect`] keeps retrying while the socket does not accept yet.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// With `tx_split`, frame bytes are cut into descriptors of at most this size.
-const TX_SPLIT_PIECE: usize = 16 << 10;
 
-/// A frame received on an RX ring, reassembled from its buffers.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RxFrame {
-    /// The net header as the device wrote it (from the first buffer).
+/// A frame whose first RX buffers arrived and whose others are still to come.
+pub(crate) struct Partial {
     pub hdr: VirtioNetHdr,
-    /// The Ethernet frame, header stripped.
     pub frame: Vec<u8>,
-    /// How many RX buffers (used entries) it occupied.
-    pub buffers: u16,
+    pub want: u16,
+    pub got: u16,
 }
 
-/// Where a [`RawDesc`]'s `next` field points.
+/// What the driver keeps per queue pair.
+pub(crate) struct Pair {
+    pub rx: DriverRing,
+    pub tx: DriverRing,
+    pub partial: Option<Partial>,
+    /// TX chains returned since the last [`TestGuest::reclaim_tx`].
+    pub tx_done: usize,
+    pub rx_calls: Cell<u64>,
+    pub tx_calls: Cell<u64>,
+    /// Pre-filled TX slots not in flight (polling mode).
+    pub slots: Vec<(u64, u32)>,
+    /// RX buffers still to come of the frame [`TestGuest::count_rx`] counted last.
+    pub count_rest: u16,
+}
+
+/// How consumed RX buffers go back to the device.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum RawNext {
-    /// The next descriptor of the slice (its table slot); 0 for the last one.
+pub enum Repost {
+    /// All buffers consumed in one receive call, with one avail-index publication (and at
+    /// most one kick), as a NAPI poll does.
     #[default]
-    Follow,
-    /// The descriptor at this position of the slice (e.g. 0 to make a loop).
-    Chain(usize),
-    /// This raw descriptor-table index, unchecked (may be out of range).
-    Raw(u16),
-}
-
-/// A descriptor exactly as the caller wants it in the table, for hostile / malformed chains.
-/// `flags` are raw `VRING_DESC_F_*` bits (NEXT = 1, WRITE = 2, INDIRECT = 4); the kit does not
-/// add NEXT by itself.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct RawDesc {
-    /// Guest-physical buffer address (may be outside guest memory).
-    pub addr: u64,
-    /// Buffer length.
-    pub len: u32,
-    /// `VRING_DESC_F_*` flags.
-    pub flags: u16,
-    /// What to write in the `next` field.
-    pub next: RawNext,
-}
-
-struct Partial {
-    hdr: VirtioNetHdr,
-    frame: Vec<u8>,
-    want: u16,
-    got: u16,
-}
-
-struct Pair {
-    rx: DriverRing,
-    tx: DriverRing,
-    partial: Option<Partial>,
-    tx_done: usize,
-    rx_calls: Cell<u64>,
-    tx_calls: Cell<u64>,
+    Batch,
+    /// Each buffer on its own, with its own publication and kick decision, as a slow guest
+    /// refilling one buffer at a time does.
+    OneByOne,
+    /// Not at all: buffers are freed (the ring runs dry unless the test posts more).
+    Off,
 }
 
 /// An in-process guest: a connected vhost-user frontend with its memory and rings.
 pub struct TestGuest {
-    frontend: Frontend,
-    mem: GuestMem,
-    cfg: GuestConfig,
-    acked: u64,
-    protocol: VhostUserProtocolFeatures,
-    hdr_len: usize,
-    pairs: Vec<Pair>,
-    auto_repost: bool,
-    device_errors: u64,
+    pub(crate) frontend: Frontend,
+    pub(crate) mem: GuestMem,
+    pub(crate) cfg: GuestConfig,
+    pub(crate) acked: u64,
+    pub(crate) protocol: VhostUserProtocolFeatures,
+    pub(crate) hdr_len: usize,
+    pub(crate) pairs: Vec<Pair>,
+    pub(crate) repost: Repost,
+    pub(crate) device_errors: u64,
+    pub(crate) sleeps: u64,
+    pub(crate) timeouts: u64,
+    /// Where a reading receiver copies its frames to (a socket buffer, say).
+    pub(crate) sink: Vec<u8>,
 }
 
 // `..Default::default()` fills the extra fields vhost has with its "xen" feature.
 #[allow(clippy::needless_update)]
-fn region_info(r: &crate::mem::RegionInfo) -> VhostUserMemoryRegionInfo {
+pub(crate) fn region_info(r: &RegionInfo) -> VhostUserMemoryRegionInfo {
     VhostUserMemoryRegionInfo {
         guest_phys_addr: r.gpa,
         memory_size: r.len,
@@ -102,44 +87,103 @@ fn region_info(r: &crate::mem::RegionInfo) -> VhostUserMemoryRegionInfo {
     }
 }
 
-fn vh<T>(request: &'static str, r: vhost::Result<T>) -> Result<T, Error> {
+pub(crate) fn vh<T>(request: &'static str, r: vhost::Result<T>) -> Result<T, Error> {
     r.map_err(|source| Error::Vhost { request, source })
 }
 
-fn drain(fd: &EventFd, counter: &Cell<u64>) {
+/// Adds what `fd` counted since the last read to `counter`.
+pub(crate) fn drain(fd: &EventFd, counter: &Cell<u64>) {
     if let Ok(v) = fd.read() {
         counter.set(counter.get() + v);
     }
 }
 
-/// Waits until one of `fds` is readable or `timeout` passes.
-fn wait_readable(fds: &[i32], timeout: Duration) -> Result<(), Error> {
-    let mut pfds: Vec<libc::pollfd> = fds
-        .iter()
-        .map(|&fd| libc::pollfd {
-            fd,
-            events: libc::POLLIN,
-            revents: 0,
-        })
-        .collect();
-    let ms = timeout.as_millis().clamp(1, i32::MAX as u128) as i32;
-    // SAFETY: `pfds` is a valid, exclusively borrowed array of `pfds.len()` pollfd structs
-    // that outlives the call.
-    let rc = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, ms) };
-    if rc < 0 {
-        let e = std::io::Error::last_os_error();
-        if e.kind() != std::io::ErrorKind::Interrupted {
-            return Err(e.into());
+/// Connects (retrying until `deadline`: a listener about to be replaced, by a device restarting
+/// after the previous frontend left, may accept and then reset) and reads the feature offer.
+fn connect_frontend(socket: &Path, nq: u64, timeout: Duration) -> Result<(Frontend, u64), Error> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let attempt = Frontend::connect(socket, nq).and_then(|f| {
+            f.set_owner()?;
+            let offered = f.get_features()?;
+            Ok((f, offered))
+        });
+        match attempt {
+            Ok(ok) => return Ok(ok),
+            Err(source) if Instant::now() >= deadline => {
+                return Err(Error::Connect {
+                    path: socket.to_path_buf(),
+                    source,
+                })
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(10)),
         }
     }
-    Ok(())
+}
+
+/// Negotiates the protocol features the kit uses (MQ, REPLY_ACK, CONFIG, CONFIGURE_MEM_SLOTS
+/// where offered) and checks the device has `nq` queues.
+fn negotiate_protocol(
+    frontend: &mut Frontend,
+    acked: u64,
+    nq: u64,
+) -> Result<VhostUserProtocolFeatures, Error> {
+    if acked & features::PROTOCOL_FEATURES == 0 {
+        return Ok(VhostUserProtocolFeatures::empty());
+    }
+    let pf = vh("GET_PROTOCOL_FEATURES", frontend.get_protocol_features())?;
+    let protocol = pf
+        & (VhostUserProtocolFeatures::MQ
+            | VhostUserProtocolFeatures::REPLY_ACK
+            | VhostUserProtocolFeatures::CONFIG
+            | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS);
+    vh(
+        "SET_PROTOCOL_FEATURES",
+        frontend.set_protocol_features(protocol),
+    )?;
+    if protocol.contains(VhostUserProtocolFeatures::REPLY_ACK) {
+        frontend.set_hdr_flags(VhostUserHeaderFlag::NEED_REPLY);
+    }
+    if protocol.contains(VhostUserProtocolFeatures::MQ) {
+        let n = vh("GET_QUEUE_NUM", frontend.get_queue_num())?;
+        if n < nq {
+            return Err(Error::InvalidArgument(format!(
+                "device has {n} queues, {nq} wanted"
+            )));
+        }
+    }
+    Ok(protocol)
+}
+
+/// Tells the device where vring `q` lives and which eventfds it uses.
+fn set_up_vring(
+    frontend: &mut Frontend,
+    mem: &GuestMem,
+    q: usize,
+    ring: &DriverRing,
+) -> Result<(), Error> {
+    let vring = VringConfigData {
+        queue_max_size: ring.size,
+        queue_size: ring.size,
+        flags: 0,
+        desc_table_addr: mem.host_addr(ring.desc)?,
+        used_ring_addr: mem.host_addr(ring.used)?,
+        avail_ring_addr: mem.host_addr(ring.avail)?,
+        log_addr: None,
+    };
+    vh("SET_VRING_NUM", frontend.set_vring_num(q, ring.size))?;
+    vh("SET_VRING_ADDR", frontend.set_vring_addr(q, &vring))?;
+    vh("SET_VRING_BASE", frontend.set_vring_base(q, 0))?;
+    vh("SET_VRING_CALL", frontend.set_vring_call(q, &ring.call))?;
+    vh("SET_VRING_KICK", frontend.set_vring_kick(q, &ring.kick))
 }
 
 impl TestGuest {
     /// Connects to the device at `socket` (retrying for a few seconds until it accepts) and
     /// brings it up like QEMU does: owner, features (the AND of `cfg.features` and the offer,
     /// plus `VHOST_USER_F_PROTOCOL_FEATURES`), protocol features (MQ, REPLY_ACK, CONFIG,
-    /// CONFIGURE_MEM_SLOTS where offered), memory table, every vring, and enables all rings.
+    /// CONFIGURE_MEM_SLOTS where offered), memory table, every vring, RX buffers when
+    /// [`GuestConfig::rx_fill`] asks for them, and enables all rings.
     pub fn connect(socket: &Path, cfg: GuestConfig) -> Result<TestGuest, Error> {
         Self::connect_with_timeout(socket, cfg, CONNECT_TIMEOUT)
     }
@@ -157,51 +201,9 @@ impl TestGuest {
             )));
         }
         let nq = 2 * u64::from(cfg.queue_pairs);
-        // Retry until the device accepts and answers: a listener that is about to be replaced
-        // (a device restarting after the previous frontend left) may accept and then reset.
-        let deadline = Instant::now() + timeout;
-        let (mut frontend, offered) = loop {
-            let attempt = Frontend::connect(socket, nq).and_then(|f| {
-                f.set_owner()?;
-                let offered = f.get_features()?;
-                Ok((f, offered))
-            });
-            match attempt {
-                Ok(ok) => break ok,
-                Err(source) if Instant::now() >= deadline => {
-                    return Err(Error::Connect {
-                        path: socket.to_path_buf(),
-                        source,
-                    })
-                }
-                Err(_) => std::thread::sleep(Duration::from_millis(10)),
-            }
-        };
+        let (mut frontend, offered) = connect_frontend(socket, nq, timeout)?;
         let acked = (cfg.features | features::PROTOCOL_FEATURES) & offered;
-        let mut protocol = VhostUserProtocolFeatures::empty();
-        if acked & features::PROTOCOL_FEATURES != 0 {
-            let pf = vh("GET_PROTOCOL_FEATURES", frontend.get_protocol_features())?;
-            protocol = pf
-                & (VhostUserProtocolFeatures::MQ
-                    | VhostUserProtocolFeatures::REPLY_ACK
-                    | VhostUserProtocolFeatures::CONFIG
-                    | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS);
-            vh(
-                "SET_PROTOCOL_FEATURES",
-                frontend.set_protocol_features(protocol),
-            )?;
-            if protocol.contains(VhostUserProtocolFeatures::REPLY_ACK) {
-                frontend.set_hdr_flags(VhostUserHeaderFlag::NEED_REPLY);
-            }
-            if protocol.contains(VhostUserProtocolFeatures::MQ) {
-                let n = vh("GET_QUEUE_NUM", frontend.get_queue_num())?;
-                if n < nq {
-                    return Err(Error::InvalidArgument(format!(
-                        "device has {n} queues, {nq} wanted"
-                    )));
-                }
-            }
-        }
+        let protocol = negotiate_protocol(&mut frontend, acked, nq)?;
         if cfg.queue_pairs > 1
             && (acked & features::MQ == 0 || !protocol.contains(VhostUserProtocolFeatures::MQ))
         {
@@ -226,31 +228,15 @@ impl TestGuest {
                 tx_done: 0,
                 rx_calls: Cell::new(0),
                 tx_calls: Cell::new(0),
+                slots: Vec::new(),
+                count_rest: 0,
             });
         }
         for (p, pair) in pairs.iter().enumerate() {
-            for (q, ring) in [(2 * p, &pair.rx), (2 * p + 1, &pair.tx)] {
-                let vring = VringConfigData {
-                    queue_max_size: ring.size,
-                    queue_size: ring.size,
-                    flags: 0,
-                    desc_table_addr: mem.host_addr(ring.desc)?,
-                    used_ring_addr: mem.host_addr(ring.used)?,
-                    avail_ring_addr: mem.host_addr(ring.avail)?,
-                    log_addr: None,
-                };
-                vh("SET_VRING_NUM", frontend.set_vring_num(q, ring.size))?;
-                vh("SET_VRING_ADDR", frontend.set_vring_addr(q, &vring))?;
-                vh("SET_VRING_BASE", frontend.set_vring_base(q, 0))?;
-                vh("SET_VRING_CALL", frontend.set_vring_call(q, &ring.call))?;
-                vh("SET_VRING_KICK", frontend.set_vring_kick(q, &ring.kick))?;
-            }
+            set_up_vring(&mut frontend, &mem, 2 * p, &pair.rx)?;
+            set_up_vring(&mut frontend, &mem, 2 * p + 1, &pair.tx)?;
         }
-        let hdr_len = if acked & (features::VERSION_1 | features::MRG_RXBUF) != 0 {
-            VirtioNetHdr::LEN
-        } else {
-            VirtioNetHdr::LEGACY_LEN
-        };
+        let hdr_len = pvnet_backend::net::net_hdr_len(acked);
         let mut guest = TestGuest {
             frontend,
             mem,
@@ -259,9 +245,17 @@ impl TestGuest {
             protocol,
             hdr_len,
             pairs,
-            auto_repost: true,
+            repost: Repost::Batch,
             device_errors: 0,
+            sleeps: 0,
+            timeouts: 0,
+            sink: Vec::new(),
         };
+        if let Some(len) = guest.cfg.rx_fill {
+            for p in 0..guest.cfg.queue_pairs {
+                guest.post_rx(p, usize::from(guest.cfg.queue_size), len)?;
+            }
+        }
         let n = guest.cfg.queue_pairs;
         guest.set_enabled_pairs(n)?;
         log::debug!(
@@ -274,6 +268,16 @@ impl TestGuest {
     /// The negotiated virtio feature bits (including `VHOST_USER_F_PROTOCOL_FEATURES`).
     pub fn acked_features(&self) -> u64 {
         self.acked
+    }
+
+    /// True if `VIRTIO_RING_F_EVENT_IDX` was negotiated.
+    pub fn event_idx(&self) -> bool {
+        self.acked & features::EVENT_IDX != 0
+    }
+
+    /// True if `VIRTIO_NET_F_MRG_RXBUF` was negotiated.
+    pub fn mergeable_rx(&self) -> bool {
+        self.acked & features::MRG_RXBUF != 0
     }
 
     /// The negotiated vhost-user protocol features.
@@ -289,6 +293,11 @@ impl TestGuest {
     /// The configuration this guest was built with.
     pub fn guest_config(&self) -> &GuestConfig {
         &self.cfg
+    }
+
+    /// The guest's MAC address ([`GuestConfig::mac`]).
+    pub fn mac(&self) -> [u8; 6] {
+        self.cfg.mac
     }
 
     /// Reads the device config space with GET_CONFIG (needs protocol feature CONFIG).
@@ -335,142 +344,10 @@ impl TestGuest {
         Ok(())
     }
 
-    fn pair(&mut self, pair: u16) -> Result<&mut Pair, Error> {
+    pub(crate) fn pair(&mut self, pair: u16) -> Result<&mut Pair, Error> {
         self.pairs
             .get_mut(usize::from(pair))
             .ok_or(Error::NoSuchPair(pair))
-    }
-
-    /// Posts up to `count` RX buffers of `buf_len` bytes (one writable descriptor each) and
-    /// kicks; returns how many were posted (fewer when the ring fills up).
-    pub fn post_rx(&mut self, pair: u16, count: usize, buf_len: u32) -> Result<usize, Error> {
-        if buf_len == 0 {
-            return Err(Error::InvalidArgument("RX buffer length 0".into()));
-        }
-        let m = self.mem.mem().clone();
-        let room = self.pair(pair)?.rx.free_descs().min(count);
-        for _ in 0..room {
-            let addr = self.mem.alloc_buf(buf_len)?;
-            let p = &mut self.pairs[usize::from(pair)];
-            p.rx.add_chain(
-                &m,
-                &[(addr, buf_len, VRING_DESC_F_WRITE as u16)],
-                &[],
-                vec![(addr, buf_len)],
-            )?;
-        }
-        self.pairs[usize::from(pair)].rx.publish(&m)?;
-        Ok(room)
-    }
-
-    /// Re-post consumed RX buffers automatically in [`Self::recv`] (default on).
-    pub fn set_auto_repost(&mut self, on: bool) {
-        self.auto_repost = on;
-    }
-
-    /// Sends one frame: writes `hdr` + `frame` into guest memory, adds a TX chain (one
-    /// descriptor, or header + frame pieces with `tx_split`), publishes and kicks if the device
-    /// wants a kick. Reclaims used TX chains first when short of descriptors;
-    /// `Err(RingFull)` if there is still no room.
-    pub fn send(&mut self, pair: u16, hdr: &VirtioNetHdr, frame: &[u8]) -> Result<(), Error> {
-        match self.send_batch(pair, &[(*hdr, frame)])? {
-            0 => Err(Error::RingFull),
-            _ => Ok(()),
-        }
-    }
-
-    /// Queues as many of `frames` as fit (reclaiming used TX chains when needed), then
-    /// publishes them with at most one kick; returns how many were queued.
-    pub fn send_batch(
-        &mut self,
-        pair: u16,
-        frames: &[(VirtioNetHdr, &[u8])],
-    ) -> Result<usize, Error> {
-        let m = self.mem.mem().clone();
-        self.pair(pair)?;
-        let mut sent = 0;
-        for (hdr, frame) in frames {
-            let pieces = if self.cfg.tx_split {
-                1 + frame.len().div_ceil(TX_SPLIT_PIECE).max(1)
-            } else {
-                1
-            };
-            if self.pairs[usize::from(pair)].tx.free_descs() < pieces {
-                self.reclaim_inner(pair)?;
-                if self.pairs[usize::from(pair)].tx.free_descs() < pieces {
-                    break;
-                }
-            }
-            let total = self.hdr_len + frame.len();
-            let len = u32::try_from(total)
-                .map_err(|_| Error::InvalidArgument(format!("frame of {total} bytes")))?;
-            let addr = self.mem.alloc_buf(len)?;
-            m.write_slice(&hdr.to_bytes()[..self.hdr_len], GuestAddress(addr))?;
-            m.write_slice(frame, GuestAddress(addr + self.hdr_len as u64))?;
-            let next = VRING_DESC_F_NEXT as u16;
-            let descs: Vec<DescSpec> = if self.cfg.tx_split {
-                let mut d = vec![(addr, self.hdr_len as u32, next)];
-                let mut off = self.hdr_len;
-                loop {
-                    let n = (total - off).min(TX_SPLIT_PIECE);
-                    d.push((addr + off as u64, n as u32, next));
-                    off += n;
-                    if off >= total {
-                        break;
-                    }
-                }
-                if let Some(last) = d.last_mut() {
-                    last.2 = 0;
-                }
-                d
-            } else {
-                vec![(addr, len, 0)]
-            };
-            self.pairs[usize::from(pair)]
-                .tx
-                .add_chain(&m, &descs, &[], vec![(addr, len)])?;
-            sent += 1;
-        }
-        self.pairs[usize::from(pair)].tx.publish(&m)?;
-        Ok(sent)
-    }
-
-    fn raw_chain(descs: &[RawDesc]) -> (Vec<DescSpec>, Vec<Option<NextSlot>>) {
-        let d = descs.iter().map(|d| (d.addr, d.len, d.flags)).collect();
-        let n = descs
-            .iter()
-            .map(|d| match d.next {
-                RawNext::Follow => None,
-                RawNext::Chain(i) => Some(NextSlot::Chain(i)),
-                RawNext::Raw(r) => Some(NextSlot::Raw(r)),
-            })
-            .collect();
-        (d, n)
-    }
-
-    /// Places an arbitrary (possibly malformed or hostile) descriptor chain on the TX ring of
-    /// `pair` and kicks. Buffers are whatever the caller put at those addresses
-    /// ([`Self::alloc`], [`Self::write_guest`]); indirect tables too.
-    pub fn send_chain(&mut self, pair: u16, descs: &[RawDesc]) -> Result<(), Error> {
-        let m = self.mem.mem().clone();
-        let (d, n) = Self::raw_chain(descs);
-        if self.pair(pair)?.tx.free_descs() < d.len() {
-            self.reclaim_inner(pair)?;
-        }
-        let p = self.pair(pair)?;
-        p.tx.add_chain(&m, &d, &n, Vec::new())?;
-        p.tx.publish(&m)
-    }
-
-    /// Like [`Self::send_chain`] but on the RX ring: an arbitrary buffer chain offered to the
-    /// device for receiving (e.g. read-only or out-of-range buffers). If the device uses it,
-    /// [`Self::recv`] skips it and counts a device error.
-    pub fn post_rx_chain(&mut self, pair: u16, descs: &[RawDesc]) -> Result<(), Error> {
-        let m = self.mem.mem().clone();
-        let (d, n) = Self::raw_chain(descs);
-        let p = self.pair(pair)?;
-        p.rx.add_chain(&m, &d, &n, Vec::new())?;
-        p.rx.publish(&m)
     }
 
     /// Copies `data` into guest memory at guest-physical `addr`.
@@ -504,64 +381,10 @@ impl TestGuest {
         self.mem.mem()
     }
 
-    fn reclaim_inner(&mut self, pair: u16) -> Result<(), Error> {
-        let m = self.mem.mem().clone();
-        let p = self.pair(pair)?;
-        drain(&p.tx.call, &p.tx_calls);
-        let used = p.tx.harvest(&m)?;
-        let mut bufs = Vec::new();
-        let mut bad = 0;
-        for (id, _) in used {
-            match p.tx.release(id) {
-                Some(inf) => {
-                    bufs.extend(inf.bufs);
-                    p.tx_done += 1;
-                }
-                None => bad += 1,
-            }
-        }
-        self.device_errors += bad;
-        for (a, l) in bufs {
-            self.mem.free_buf(a, l);
-        }
-        Ok(())
-    }
-
-    /// Number of TX chains the device returned (used) since the last call.
-    pub fn reclaim_tx(&mut self, pair: u16) -> usize {
-        if self.reclaim_inner(pair).is_err() {
-            return 0;
-        }
-        std::mem::take(&mut self.pairs[usize::from(pair)].tx_done)
-    }
-
-    /// TX chains handed to the device and not yet returned, on `pair`.
-    pub fn tx_in_flight(&self, pair: u16) -> usize {
-        self.pairs
-            .get(usize::from(pair))
-            .map_or(0, |p| p.tx.in_flight())
-    }
-
-    /// RX buffers currently posted to the device on `pair`.
-    pub fn rx_posted(&self, pair: u16) -> usize {
-        self.pairs
-            .get(usize::from(pair))
-            .map_or(0, |p| p.rx.in_flight())
-    }
-
     /// Used entries that made no sense (unknown id, length beyond the buffer, no header,
     /// a chain without kit buffers, num_buffers 0): a correct device keeps this at 0.
     pub fn device_errors(&self) -> u64 {
         self.device_errors
-    }
-
-    /// Turns device notifications (interrupts) on or off per ring of `pair`: with EVENT_IDX
-    /// through `used_event`, otherwise with `VRING_AVAIL_F_NO_INTERRUPT` (a hint only).
-    pub fn set_interrupts(&mut self, pair: u16, rx_on: bool, tx_on: bool) -> Result<(), Error> {
-        let m = self.mem.mem().clone();
-        let p = self.pair(pair)?;
-        p.rx.set_suppress(&m, !rx_on)?;
-        p.tx.set_suppress(&m, !tx_on)
     }
 
     /// How often the device signalled the call eventfds of `pair`: `(rx, tx)`.
@@ -583,153 +406,18 @@ impl TestGuest {
             .map_or((0, 0), |p| (p.rx.kicks, p.tx.kicks))
     }
 
-    /// Harvests used RX entries of `pair`, reassembles frames, re-posts (or frees) buffers.
-    fn collect_rx(&mut self, pair: u16) -> Result<Vec<RxFrame>, Error> {
-        let m = self.mem.mem().clone();
-        let mrg = self.acked & features::MRG_RXBUF != 0;
-        let hdr_len = self.hdr_len;
-        let idx = usize::from(pair);
-        let used = self.pair(pair)?.rx.harvest(&m)?;
-        let mut out = Vec::new();
-        let mut done_bufs = Vec::new();
-        for (id, len) in used {
-            let Some(inf) = self.pairs[idx].rx.release(id) else {
-                self.device_errors += 1;
-                continue;
-            };
-            let Some(&(addr, blen)) = inf.bufs.first() else {
-                self.device_errors += 1;
-                continue;
-            };
-            done_bufs.push((addr, blen));
-            if len > blen {
-                self.device_errors += 1;
-            }
-            let len = len.min(blen) as usize;
-            let mut data = vec![0u8; len];
-            m.read_slice(&mut data, GuestAddress(addr))?;
-            let p = &mut self.pairs[idx];
-            if let Some(mut part) = p.partial.take() {
-                part.frame.extend_from_slice(&data);
-                part.got += 1;
-                if part.got >= part.want {
-                    out.push(RxFrame {
-                        hdr: part.hdr,
-                        frame: part.frame,
-                        buffers: part.got,
-                    });
-                } else {
-                    p.partial = Some(part);
-                }
-                continue;
-            }
-            let Some(hdr) = (len >= hdr_len)
-                .then(|| VirtioNetHdr::from_bytes(&data[..hdr_len]))
-                .flatten()
-            else {
-                self.device_errors += 1;
-                continue;
-            };
-            let want = if mrg { hdr.num_buffers } else { 1 };
-            if want == 0 {
-                self.device_errors += 1;
-            }
-            let part = Partial {
-                hdr,
-                frame: data[hdr_len..].to_vec(),
-                want: want.max(1),
-                got: 1,
-            };
-            if part.got >= part.want {
-                out.push(RxFrame {
-                    hdr: part.hdr,
-                    frame: part.frame,
-                    buffers: 1,
-                });
-            } else {
-                p.partial = Some(part);
-            }
-        }
-        if self.auto_repost {
-            let p = &mut self.pairs[idx];
-            for &(addr, blen) in &done_bufs {
-                p.rx.add_chain(
-                    &m,
-                    &[(addr, blen, VRING_DESC_F_WRITE as u16)],
-                    &[],
-                    vec![(addr, blen)],
-                )?;
-            }
-            p.rx.publish(&m)?;
-        } else {
-            for (a, l) in done_bufs {
-                self.mem.free_buf(a, l);
-            }
-        }
-        Ok(out)
+    /// Kicks of every ring of this guest.
+    pub fn total_kicks(&self) -> u64 {
+        self.pairs.iter().map(|p| p.rx.kicks + p.tx.kicks).sum()
     }
 
-    /// Waits (on the RX call eventfd, or by polling when RX interrupts are off) until used RX
-    /// entries arrive or `timeout` passes, and returns the complete frames (empty on timeout).
-    pub fn recv(&mut self, pair: u16, timeout: Duration) -> Result<Vec<RxFrame>, Error> {
-        Ok(self
-            .recv_until(Some(pair), 1, timeout)?
-            .into_iter()
-            .map(|(_, f)| f)
-            .collect())
-    }
-
-    /// Gathers frames from one pair (`Some`) or all pairs (`None`) until at least `n_frames`
-    /// arrived or `timeout` passed; returns what arrived, tagged with the pair.
-    pub fn recv_until(
-        &mut self,
-        pair: Option<u16>,
-        n_frames: usize,
-        timeout: Duration,
-    ) -> Result<Vec<(u16, RxFrame)>, Error> {
-        let pairs: Vec<u16> = match pair {
-            Some(p) => {
-                self.pair(p)?;
-                vec![p]
-            }
-            None => (0..self.cfg.queue_pairs).collect(),
-        };
-        let deadline = Instant::now() + timeout;
-        let mut out = Vec::new();
-        loop {
-            for &p in &pairs {
-                out.extend(self.collect_rx(p)?.into_iter().map(|f| (p, f)));
-            }
-            if out.len() >= n_frames {
-                return Ok(out);
-            }
-            let m = self.mem.mem().clone();
-            let mut pending = false;
-            let mut polling = false;
-            let mut fds = Vec::with_capacity(pairs.len());
-            for &p in &pairs {
-                let r = &self.pairs[usize::from(p)];
-                pending |= r.rx.arm(&m)?;
-                polling |= r.rx.suppressed();
-                fds.push(r.rx.call.as_raw_fd());
-            }
-            if pending {
-                continue;
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                return Ok(out);
-            }
-            let mut wait = deadline - now;
-            if polling {
-                wait = wait.min(Duration::from_millis(1));
-            }
-            wait_readable(&fds, wait)?;
-            for &p in &pairs {
-                let r = &self.pairs[usize::from(p)];
-                drain(&r.rx.call, &r.rx_calls);
-            }
-        }
+    /// Turns device notifications (interrupts) on or off per ring of `pair`: with EVENT_IDX
+    /// through `used_event`, otherwise with `VRING_AVAIL_F_NO_INTERRUPT` (a hint only).
+    pub fn set_interrupts(&mut self, pair: u16, rx_on: bool, tx_on: bool) -> Result<(), Error> {
+        let p = self.pair(pair)?;
+        p.rx.set_suppress(!rx_on);
+        p.tx.set_suppress(!tx_on);
+        Ok(())
     }
 
     /// Closes the vhost-user socket and unmaps guest memory.

@@ -1,17 +1,30 @@
-//! pvnet-testkit: an in-process vhost-user *frontend* (the part QEMU plays) plus a minimal
+//! pvnet-testkit: pvnet's in-process vhost-user *frontend* (the part QEMU plays) plus a
 //! split-ring virtio-net driver (the part the guest kernel plays), for driving a vhost-user
-//! net device over its real Unix socket from tests and benchmarks.
+//! net device over its real Unix socket from tests and benchmarks. It is the only such driver
+//! in the project; the model is vhost-user-backend's own `tests/vhost-user-server.rs`.
 //!
 //! * Guest memory lives in several `memfd` regions (two adjacent ones, then a gap, then a high
 //!   one above 4 GiB) that are passed to the device with `SET_MEM_TABLE`, exactly as QEMU does
 //!   with `memory-backend-memfd,share=on`.
-//! * [`TestGuest`] negotiates features, sets up `2 * queue_pairs` rings (RX ring of pair `i` is
+//! * [`TestGuest`] negotiates features (by default everything pvnet offers:
+//!   [`features::pvnet_offered`]), sets up `2 * queue_pairs` rings (RX ring of pair `i` is
 //!   vring `2*i`, TX ring is `2*i + 1`), posts RX buffers and TX chains like a guest, honours
 //!   `VIRTIO_RING_F_EVENT_IDX` in both directions, and reassembles mergeable RX buffers.
-//! * [`TestGuest::send_chain`] places arbitrary, possibly hostile, descriptor chains, for
-//!   bad-input tests.
-//! * [`frames`] builds Ethernet / IPv4 / IPv6 / TCP / UDP frames with correct checksums and
-//!   parses and verifies them.
+//!   Ring fields are read and written directly (atomics on the mapped memory), as a guest
+//!   driver does.
+//! * Polling mode (`poll`): bursts of pre-filled single-descriptor TX frames, no
+//!   notifications while busy, sleeping on the call eventfds when idle, received frames
+//!   counted (and optionally read) in place: the driver of the benchmarks.
+//! * Misbehaviour (`hostile`): arbitrary descriptor chains ([`RawDesc`]), indirect tables,
+//!   chains re-published without waiting, bare kicks, bogus avail indexes, a closed socket, a
+//!   replaced memory table.
+//! * [`frames`] builds Ethernet / IPv4 / IPv6 / TCP / UDP frames with correct checksums, and
+//!   [`frames::tagged`] frames that say what they are and catch any corruption.
+//! * [`harness`] runs pvnet's switch with several guests exchanging tagged frames;
+//!   [`procstat`] reads what the process holds (fds, threads, mappings, RSS).
+//!
+//! The virtio-net header type is pvnet's own ([`VirtioNetHdr`], from `pvnet_backend::net`),
+//! and so is the list of offered features.
 //!
 //! A `TestGuest` is used from one thread; run several in parallel threads for multi-port tests.
 //!
@@ -42,14 +55,21 @@ mod config;
 mod error;
 pub mod frames;
 mod guest;
-mod hdr;
+pub mod harness;
+mod hostile;
 mod mem;
+mod poll;
+pub mod procstat;
 mod ring;
+mod txrx;
 
 pub use config::{features, GuestConfig, NetConfig};
 pub use error::Error;
-pub use guest::{RawDesc, RawNext, RxFrame, TestGuest};
-pub use hdr::VirtioNetHdr;
+pub use guest::{Repost, TestGuest};
+pub use hostile::{desc, RawDesc, RawNext};
+pub use poll::PollStats;
+pub use pvnet_backend::net::VirtioNetHdr;
+pub use txrx::RxFrame;
 
 /// Index of the RX vring of queue pair `pair`.
 pub const fn rx_queue_index(pair: u16) -> usize {

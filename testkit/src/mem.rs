@@ -5,10 +5,9 @@
 //! region 2 at `[4 GiB, 4 GiB + size/2)`. The bump allocator hands out ranges inside one of
 //! the two contiguous spans; never across the gap. Freed buffers go to power-of-two free lists.
 
-use std::fs::File;
-use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::os::fd::{AsRawFd, RawFd};
 
-use vm_memory::{FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
 use crate::Error;
 
@@ -34,49 +33,37 @@ pub(crate) struct RegionInfo {
 
 pub(crate) struct GuestMem {
     mem: GuestMemoryMmap<()>,
+    /// `(guest address, host address, length)` of each region, for direct access.
+    map: Vec<(u64, usize, u64)>,
     spans: Vec<Span>,
     free: Vec<Vec<u64>>,
 }
 
-fn memfd(name: &std::ffi::CStr, len: u64) -> Result<File, Error> {
-    // SAFETY: `name` is a valid NUL-terminated string; memfd_create has no other inputs.
-    let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error().into());
+/// The `(guest address, length)` ranges of guest memory of `size` bytes (see the module
+/// comment).
+fn layout(size: usize) -> Result<[(u64, usize); 3], Error> {
+    if size < (1 << 20) || size % (16 << 10) != 0 {
+        return Err(Error::InvalidArgument(format!(
+            "mem_size {size} must be >= 1 MiB and a multiple of 16 KiB"
+        )));
     }
-    // SAFETY: `fd` was just returned by memfd_create and is owned by nobody else.
-    let file = unsafe { File::from_raw_fd(fd) };
-    file.set_len(len)?;
-    Ok(file)
+    let q = size / 4;
+    Ok([(0, q), (q as u64, q), (HIGH_BASE, 2 * q)])
 }
 
 impl GuestMem {
     pub(crate) fn new(size: usize) -> Result<Self, Error> {
-        if size < (1 << 20) || size % (16 << 10) != 0 {
-            return Err(Error::InvalidArgument(format!(
-                "mem_size {size} must be >= 1 MiB and a multiple of 16 KiB"
-            )));
-        }
-        let q = (size / 4) as u64;
-        let ranges = [(0u64, q), (q, q), (HIGH_BASE, 2 * q)];
-        let mut with_files = Vec::with_capacity(ranges.len());
-        for (i, &(gpa, len)) in ranges.iter().enumerate() {
-            let name = match i {
-                0 => c"pvnet-testkit-0",
-                1 => c"pvnet-testkit-1",
-                _ => c"pvnet-testkit-2",
-            };
-            let file = memfd(name, len)?;
-            with_files.push((
-                GuestAddress(gpa),
-                len as usize,
-                Some(FileOffset::new(file, 0)),
-            ));
-        }
-        let mem = GuestMemoryMmap::from_ranges_with_files(&with_files)
+        let ranges = layout(size)?;
+        let mem = pvnet_grant::memfd::guest_memory(&ranges)
             .map_err(|e| Error::MemorySetup(e.to_string()))?;
+        let map = mem
+            .iter()
+            .map(|r| (r.start_addr().0, r.as_ptr() as usize, r.len()))
+            .collect();
+        let q = ranges[1].0;
         Ok(GuestMem {
             mem,
+            map,
             spans: vec![
                 Span {
                     end: 2 * q,
@@ -97,22 +84,7 @@ impl GuestMem {
 
     /// The regions to pass with SET_MEM_TABLE.
     pub(crate) fn regions(&self) -> Result<Vec<RegionInfo>, Error> {
-        self.mem
-            .iter()
-            .map(|r| {
-                let fd = r
-                    .file_offset()
-                    .ok_or_else(|| Error::MemorySetup("region without a file".into()))?
-                    .file()
-                    .as_raw_fd();
-                Ok(RegionInfo {
-                    gpa: r.start_addr().0,
-                    len: r.len(),
-                    host: self.host_addr(r.start_addr().0)?,
-                    fd,
-                })
-            })
-            .collect()
+        regions_of(&self.mem)
     }
 
     /// The frontend's own virtual address of a guest-physical address (what vring addresses
@@ -121,25 +93,45 @@ impl GuestMem {
         Ok(self.mem.get_host_address(GuestAddress(gpa))? as u64)
     }
 
+    /// Host address of `[gpa, gpa + len)` when the range lies inside one region.
+    pub(crate) fn host_ptr(&self, gpa: u64, len: usize) -> Option<*mut u8> {
+        self.map.iter().find_map(|&(start, host, rlen)| {
+            let off = gpa.checked_sub(start)?;
+            (off.checked_add(len as u64)? <= rlen).then_some((host + off as usize) as *mut u8)
+        })
+    }
+
     /// Bump-allocates `len` bytes aligned to `align` (a power of two) from the span with the
-    /// most room left; never returns a range that crosses the gap.
-    pub(crate) fn alloc(&mut self, len: u64, align: u64) -> Result<u64, Error> {
+    /// most room left; never returns a range that crosses the gap. With `one_region`, the
+    /// range also stays inside one memory region (ring parts, accessed through one mapping).
+    pub(crate) fn alloc_in(
+        &mut self,
+        len: u64,
+        align: u64,
+        one_region: bool,
+    ) -> Result<u64, Error> {
         let len = len.max(1);
         let align = align.max(1);
+        let round = |v: u64| v.checked_add(align - 1).map(|v| v & !(align - 1));
         let mut best: Option<(usize, u64, u64)> = None;
         for (i, s) in self.spans.iter().enumerate() {
-            let start = s.next.checked_add(align - 1).map(|v| v & !(align - 1));
-            let Some(start) = start else { continue };
+            let Some(mut start) = round(s.next) else {
+                continue;
+            };
+            if one_region && self.host_ptr(start, len as usize).is_none() {
+                // Crosses into the next region: start at that region instead.
+                let Some(&(next, ..)) = self.map.iter().find(|r| r.0 > start) else {
+                    continue;
+                };
+                let Some(s2) = round(next) else { continue };
+                start = s2;
+            }
             let Some(end) = start.checked_add(len) else {
                 continue;
             };
-            if end <= s.end {
+            if end <= s.end && (!one_region || self.host_ptr(start, len as usize).is_some()) {
                 let room = s.end - end;
-                let better = match best {
-                    None => true,
-                    Some((_, _, r)) => room > r,
-                };
-                if better {
+                if best.map_or(true, |(_, _, r)| room > r) {
                     best = Some((i, start, room));
                 }
             }
@@ -147,6 +139,11 @@ impl GuestMem {
         let (i, start, _) = best.ok_or(Error::OutOfMemory(len))?;
         self.spans[i].next = start + len;
         Ok(start)
+    }
+
+    /// [`Self::alloc_in`] that may straddle two adjacent regions.
+    pub(crate) fn alloc(&mut self, len: u64, align: u64) -> Result<u64, Error> {
+        self.alloc_in(len, align, false)
     }
 
     fn class(len: u32) -> u32 {
@@ -175,6 +172,30 @@ impl GuestMem {
     }
 }
 
+/// The regions of `mem` as SET_MEM_TABLE describes them (every region has a memfd).
+pub(crate) fn regions_of(mem: &GuestMemoryMmap<()>) -> Result<Vec<RegionInfo>, Error> {
+    mem.iter()
+        .map(|r| {
+            let fd = r
+                .file_offset()
+                .ok_or_else(|| Error::MemorySetup("region without a file".into()))?
+                .file()
+                .as_raw_fd();
+            Ok(RegionInfo {
+                gpa: r.start_addr().0,
+                len: r.len(),
+                host: r.as_ptr() as u64,
+                fd,
+            })
+        })
+        .collect()
+}
+
+/// Fresh memfd memory with the layout of a guest of `size` bytes (nothing copied).
+pub(crate) fn fresh_memory(size: usize) -> Result<GuestMemoryMmap<()>, Error> {
+    pvnet_grant::memfd::guest_memory(&layout(size)?).map_err(|e| Error::MemorySetup(e.to_string()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -197,6 +218,10 @@ mod tests {
             .mem()
             .write_slice(&[7u8; 64], GuestAddress(3 << 20))
             .is_err());
+        // Direct access: inside one region only.
+        assert!(m.host_ptr((1 << 20) - 32, 32).is_some());
+        assert!(m.host_ptr((1 << 20) - 32, 33).is_none());
+        assert!(m.host_ptr(3 << 20, 1).is_none());
         assert!(GuestMem::new(1000).is_err());
     }
 
@@ -216,5 +241,23 @@ mod tests {
         }
         assert_eq!(n, 14);
         assert!(matches!(m.alloc(64 << 10, 64), Err(Error::OutOfMemory(_))));
+    }
+
+    #[test]
+    fn one_region_allocations_skip_the_region_boundary() {
+        let mut m = GuestMem::new(1 << 20).unwrap();
+        // Fill the high span so that the low one is chosen, up to just below the boundary
+        // between regions 0 and 1 (at 256 KiB).
+        m.alloc(512 << 10, 4096).unwrap();
+        let below = m.alloc((256 << 10) - 0x1000 - 0x800, 64).unwrap();
+        assert_eq!(below, LOW_START);
+        // 4 KiB no longer fit below the boundary: a straddling range is allowed...
+        let mut m2 = GuestMem::new(1 << 20).unwrap();
+        m2.alloc(512 << 10, 4096).unwrap();
+        m2.alloc((256 << 10) - 0x1000 - 0x800, 64).unwrap();
+        assert_eq!(m2.alloc(4096, 64).unwrap(), (256 << 10) - 0x800);
+        // ... unless it must stay in one region: then it starts at region 1.
+        assert_eq!(m.alloc_in(4096, 64, true).unwrap(), 256 << 10);
+        assert!(m.host_ptr(256 << 10, 4096).is_some());
     }
 }

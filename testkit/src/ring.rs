@@ -2,48 +2,138 @@
 //!
 //! Layout in guest memory (virtio 1.x, 2.7): descriptor table (16 bytes per entry), avail ring
 //! (`flags`, `idx`, `ring[size]`, `used_event`), used ring (`flags`, `idx`, `ring[size]` of
-//! `{id: u32, len: u32}`, `avail_event`).
+//! `{id: u32, len: u32}`, `avail_event`). Each part lies inside one memory region and is read
+//! and written the way a guest driver does: atomics on the mapped memory, no bounds-checked
+//! memory calls on the fast path.
 //!
 //! Ordering: descriptors and avail entries are written first, then `avail.idx` is stored with
 //! Release; the kick decision reads `avail_event` / `used.flags` only after a SeqCst fence, so
 //! the device either sees the new index or we see its request for a kick. On the used side,
 //! `used.idx` is loaded with Acquire before the entries are read; before sleeping, the driver
 //! publishes `used_event` (or clears NO_INTERRUPT), fences, and re-reads `used.idx`.
+//!
+//! Chains are tracked without allocating: a shadow of each slot's `next` link (the kit's own,
+//! whatever a hostile chain wrote into the table) and, per head, the chain's length and what
+//! the kit owns in it ([`Owner`]).
 
-use std::sync::atomic::{fence, Ordering};
+use std::sync::atomic::{fence, AtomicU16, AtomicU32, AtomicU64, Ordering};
 
 use virtio_bindings::bindings::virtio_ring::{VRING_AVAIL_F_NO_INTERRUPT, VRING_USED_F_NO_NOTIFY};
-use virtio_queue::desc::split::Descriptor;
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::mem::GuestMem;
 use crate::Error;
 
-/// One descriptor chain the device has not returned yet.
-#[derive(Default)]
-pub(crate) struct Inflight {
-    /// Descriptor table slots the chain occupies.
-    pub descs: Vec<u16>,
-    /// Pool buffers `(addr, len)` to give back (or re-post) when the chain is used.
-    pub bufs: Vec<(u64, u32)>,
-}
-
 /// One descriptor to write: `(guest address, length, VRING_DESC_F_* flags)`.
 pub(crate) type DescSpec = (u64, u32, u16);
+
+/// What the kit owns in a chain, given back when the device returns it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Owner {
+    /// Nothing (a hand-made chain): nothing to give back.
+    None,
+    /// A buffer `(addr, len)` from the guest's buffer pool.
+    Buf(u64, u32),
+    /// A pre-filled TX slot `(addr, len)` of polling mode: back to its pair's slots.
+    Slot(u64, u32),
+}
+
+/// A chain handed to the device.
+#[derive(Clone, Copy, Debug)]
+struct Chain {
+    /// Descriptor slots it occupies (its head first, then the shadow links).
+    len: u16,
+    owner: Owner,
+    /// Published any number of times and never freed (a guest that re-posts one chain).
+    pinned: bool,
+}
 
 /// `vring_need_event` from the virtio spec: has `new` moved past `event` since `old`?
 pub(crate) fn need_event(event: u16, new: u16, old: u16) -> bool {
     new.wrapping_sub(event).wrapping_sub(1) < new.wrapping_sub(old)
 }
 
+/// `used_event` of a ring whose interrupts are off: half the index space ahead of what the
+/// driver has consumed. The device is never more than a ring (at most 32768 entries) ahead of
+/// the driver, so no window it checks (`[old, new)`, with `new` at most that far ahead) ever
+/// contains this value. (A value just behind the driver's position is not enough: after the
+/// device published entries and before it checks `used_event`, the driver may consume them
+/// and move "just behind" into the window the device is about to check.)
+fn suppressed_used_event(last_used: u16) -> u16 {
+    last_used.wrapping_add(0x8000)
+}
+
+/// One part of a ring (descriptor table, avail ring, used ring) in the mapped guest memory.
+struct Part {
+    /// Keeps the mapping alive for as long as the part is accessed.
+    _mem: GuestMemoryMmap<()>,
+    ptr: *mut u8,
+    len: usize,
+}
+
+impl Part {
+    fn new(mem: &GuestMem, gpa: u64, len: usize) -> Result<Part, Error> {
+        let ptr = mem.host_ptr(gpa, len).ok_or_else(|| {
+            Error::MemorySetup(format!("ring part at {gpa:#x} not in one region"))
+        })?;
+        Ok(Part {
+            _mem: mem.mem().clone(),
+            ptr,
+            len,
+        })
+    }
+
+    fn check<T>(&self, off: usize) {
+        let n = std::mem::size_of::<T>();
+        assert!(off + n <= self.len, "ring field {off} outside its part");
+        assert_eq!(
+            (self.ptr as usize + off) % n,
+            0,
+            "ring field {off} misaligned"
+        );
+    }
+
+    fn u16(&self, off: usize) -> &AtomicU16 {
+        self.check::<u16>(off);
+        // SAFETY: `check` verified the field is aligned and lies inside this part, which lies
+        // inside one mapping of guest memory that `_mem` keeps alive; the device accesses it
+        // concurrently, hence only atomic accesses.
+        unsafe { AtomicU16::from_ptr(self.ptr.add(off).cast()) }
+    }
+
+    fn u32(&self, off: usize) -> &AtomicU32 {
+        self.check::<u32>(off);
+        // SAFETY: as in `u16`, for an aligned u32.
+        unsafe { AtomicU32::from_ptr(self.ptr.add(off).cast()) }
+    }
+
+    fn u64(&self, off: usize) -> &AtomicU64 {
+        self.check::<u64>(off);
+        // SAFETY: as in `u16`, for an aligned u64.
+        unsafe { AtomicU64::from_ptr(self.ptr.add(off).cast()) }
+    }
+}
+
+// SAFETY: a `Part` is a pointer into shared guest memory whose mapping it keeps alive (the
+// `GuestMemoryMmap` clone is `Send`); every access through it is atomic.
+unsafe impl Send for Part {}
+
 pub(crate) struct DriverRing {
     pub size: u16,
+    /// Guest addresses of the three parts.
     pub desc: u64,
     pub avail: u64,
     pub used: u64,
+    desc_p: Part,
+    avail_p: Part,
+    used_p: Part,
     free: Vec<u16>,
-    inflight: Vec<Option<Inflight>>,
+    /// Shadow of each descriptor slot's link to the next slot of its chain.
+    links: Vec<u16>,
+    chains: Vec<Option<Chain>>,
+    slots: Vec<u16>,
+    in_flight: usize,
     /// Shadow of `avail.idx` (next slot to fill).
     avail_idx: u16,
     /// `avail.idx` at the last kick decision.
@@ -58,30 +148,32 @@ pub(crate) struct DriverRing {
     pub kicks: u64,
 }
 
-fn ga(a: u64) -> GuestAddress {
-    GuestAddress(a)
-}
-
 impl DriverRing {
     pub(crate) fn new(mem: &mut GuestMem, size: u16, event_idx: bool) -> Result<Self, Error> {
         if size == 0 || !size.is_power_of_two() || size > 32768 {
             return Err(Error::InvalidArgument(format!("queue size {size}")));
         }
-        let n = u64::from(size);
-        let desc = mem.alloc(16 * n, 4096)?;
-        let avail = mem.alloc(6 + 2 * n, 4096)?;
-        let used = mem.alloc(6 + 8 * n, 4096)?;
-        let m = mem.mem();
-        m.write_slice(&vec![0u8; 16 * n as usize], ga(desc))?;
-        m.write_slice(&vec![0u8; 6 + 2 * n as usize], ga(avail))?;
-        m.write_slice(&vec![0u8; 6 + 8 * n as usize], ga(used))?;
+        let n = usize::from(size);
+        let (dl, al, ul) = (16 * n, 6 + 2 * n, 6 + 8 * n);
+        let desc = mem.alloc_in(dl as u64, 4096, true)?;
+        let avail = mem.alloc_in(al as u64, 4096, true)?;
+        let used = mem.alloc_in(ul as u64, 4096, true)?;
+        for (a, l) in [(desc, dl), (avail, al), (used, ul)] {
+            vm_memory::Bytes::write_slice(mem.mem(), &vec![0u8; l], vm_memory::GuestAddress(a))?;
+        }
         Ok(DriverRing {
             size,
             desc,
             avail,
             used,
+            desc_p: Part::new(mem, desc, dl)?,
+            avail_p: Part::new(mem, avail, al)?,
+            used_p: Part::new(mem, used, ul)?,
             free: (0..size).rev().collect(),
-            inflight: (0..size).map(|_| None).collect(),
+            links: vec![0; n],
+            chains: vec![None; n],
+            slots: Vec::with_capacity(n),
+            in_flight: 0,
             avail_idx: 0,
             kicked_idx: 0,
             last_used: 0,
@@ -97,15 +189,85 @@ impl DriverRing {
         self.free.len()
     }
 
+    /// Number of chains handed to the device and not yet returned (pinned ones not counted).
+    pub(crate) fn in_flight(&self) -> usize {
+        self.in_flight
+    }
+
+    fn used_event(&self) -> &AtomicU16 {
+        self.avail_p.u16(4 + 2 * usize::from(self.size))
+    }
+
+    fn avail_event(&self) -> &AtomicU16 {
+        self.used_p.u16(4 + 8 * usize::from(self.size))
+    }
+
+    /// Writes descriptor `i` of the table.
+    pub(crate) fn write_desc(&self, i: u16, addr: u64, len: u32, flags: u16, next: u16) {
+        let at = 16 * usize::from(i % self.size);
+        self.desc_p.u64(at).store(addr.to_le(), Ordering::Relaxed);
+        self.desc_p
+            .u32(at + 8)
+            .store(len.to_le(), Ordering::Relaxed);
+        self.desc_p
+            .u16(at + 12)
+            .store(flags.to_le(), Ordering::Relaxed);
+        self.desc_p
+            .u16(at + 14)
+            .store(next.to_le(), Ordering::Relaxed);
+    }
+
+    /// Puts `head` in the next avail slot (published with the next [`Self::publish`]).
+    pub(crate) fn push_avail(&mut self, head: u16) {
+        let slot = usize::from(self.avail_idx % self.size);
+        self.avail_p
+            .u16(4 + 2 * slot)
+            .store(head.to_le(), Ordering::Relaxed);
+        self.avail_idx = self.avail_idx.wrapping_add(1);
+    }
+
     /// Writes a chain into free descriptor slots and puts its head in the next avail slot
-    /// (not yet published). `descs[i].next` is an index into `descs` ("link to that one"),
-    /// or, when `raw[i]` is set, a raw table index written as is.
+    /// (not yet published). `descs[i]` links to the next descriptor of the chain unless
+    /// `next[i]` says otherwise ([`NextSlot`]).
     pub(crate) fn add_chain(
         &mut self,
-        m: &GuestMemoryMmap<()>,
         descs: &[DescSpec],
         next: &[Option<NextSlot>],
-        bufs: Vec<(u64, u32)>,
+        owner: Owner,
+    ) -> Result<u16, Error> {
+        let head = self.place(descs, next, owner)?;
+        self.push_avail(head);
+        self.in_flight += 1;
+        Ok(head)
+    }
+
+    /// A one-descriptor chain (an RX buffer, a TX frame): [`Self::add_chain`] without links.
+    pub(crate) fn add_one(
+        &mut self,
+        addr: u64,
+        len: u32,
+        flags: u16,
+        owner: Owner,
+    ) -> Result<u16, Error> {
+        let head = self.free.pop().ok_or(Error::RingFull)?;
+        self.write_desc(head, addr, len, flags, 0);
+        self.chains[usize::from(head)] = Some(Chain {
+            len: 1,
+            owner,
+            pinned: false,
+        });
+        self.push_avail(head);
+        self.in_flight += 1;
+        Ok(head)
+    }
+
+    /// Writes a chain into free descriptor slots (without making it available); its slots
+    /// stay taken until it is released, or for good when `pinned`.
+    fn place(
+        &mut self,
+        descs: &[DescSpec],
+        next: &[Option<NextSlot>],
+        owner: Owner,
     ) -> Result<u16, Error> {
         if descs.is_empty() {
             return Err(Error::InvalidArgument("empty chain".into()));
@@ -113,110 +275,141 @@ impl DriverRing {
         if descs.len() > self.free.len() {
             return Err(Error::RingFull);
         }
-        let slots: Vec<u16> = (0..descs.len()).filter_map(|_| self.free.pop()).collect();
+        let mut slots = std::mem::take(&mut self.slots);
+        slots.clear();
+        slots.extend((0..descs.len()).filter_map(|_| self.free.pop()));
         for (i, &(addr, len, flags)) in descs.iter().enumerate() {
+            let follow = slots.get(i + 1).copied().unwrap_or(0);
             let nxt = match next.get(i).copied().flatten() {
                 Some(NextSlot::Chain(j)) => slots.get(j).copied().unwrap_or(0),
                 Some(NextSlot::Raw(r)) => r,
-                None => slots.get(i + 1).copied().unwrap_or(0),
+                None => follow,
             };
-            let d = Descriptor::new(addr, len, flags, nxt);
-            m.write_obj(d, ga(self.desc + 16 * u64::from(slots[i])))?;
+            self.write_desc(slots[i], addr, len, flags, nxt);
+            self.links[usize::from(slots[i])] = follow;
         }
         let head = slots[0];
-        let slot = u64::from(self.avail_idx % self.size);
-        m.write_obj(head.to_le(), ga(self.avail + 4 + 2 * slot))?;
-        self.avail_idx = self.avail_idx.wrapping_add(1);
-        self.inflight[usize::from(head)] = Some(Inflight { descs: slots, bufs });
+        self.chains[usize::from(head)] = Some(Chain {
+            len: descs.len() as u16,
+            owner,
+            pinned: false,
+        });
+        self.slots = slots;
         Ok(head)
     }
 
-    /// Publishes new avail entries and kicks the device if it wants a kick.
-    pub(crate) fn publish(&mut self, m: &GuestMemoryMmap<()>) -> Result<(), Error> {
-        if self.avail_idx == self.kicked_idx {
-            return Ok(());
+    /// Writes a chain whose slots stay taken for good, without making it available: publish
+    /// it (any number of times) with [`Self::push_avail`].
+    pub(crate) fn pin(
+        &mut self,
+        descs: &[DescSpec],
+        next: &[Option<NextSlot>],
+    ) -> Result<u16, Error> {
+        let head = self.place(descs, next, Owner::None)?;
+        if let Some(c) = self.chains[usize::from(head)].as_mut() {
+            c.pinned = true;
         }
-        m.store(
-            self.avail_idx.to_le(),
-            ga(self.avail + 2),
-            Ordering::Release,
-        )?;
+        Ok(head)
+    }
+
+    /// Publishes new avail entries and kicks the device if it wants a kick; true if it kicked.
+    pub(crate) fn publish(&mut self) -> Result<bool, Error> {
+        if self.avail_idx == self.kicked_idx {
+            return Ok(false);
+        }
+        self.avail_p
+            .u16(2)
+            .store(self.avail_idx.to_le(), Ordering::Release);
         fence(Ordering::SeqCst);
         let need = if self.event_idx {
-            let ev: u16 = m.load(
-                ga(self.used + 4 + 8 * u64::from(self.size)),
-                Ordering::Acquire,
-            )?;
-            need_event(u16::from_le(ev), self.avail_idx, self.kicked_idx)
+            let ev = u16::from_le(self.avail_event().load(Ordering::Acquire));
+            need_event(ev, self.avail_idx, self.kicked_idx)
         } else {
-            let flags: u16 = m.load(ga(self.used), Ordering::Acquire)?;
-            u16::from_le(flags) & VRING_USED_F_NO_NOTIFY as u16 == 0
+            let flags = u16::from_le(self.used_p.u16(0).load(Ordering::Acquire));
+            flags & VRING_USED_F_NO_NOTIFY as u16 == 0
         };
         self.kicked_idx = self.avail_idx;
         if need {
             self.kick.write(1)?;
             self.kicks += 1;
         }
-        Ok(())
+        Ok(need)
     }
 
-    /// Reads all new used entries as `(id, len)`.
-    pub(crate) fn harvest(&mut self, m: &GuestMemoryMmap<()>) -> Result<Vec<(u32, u32)>, Error> {
-        let idx: u16 = u16::from_le(m.load(ga(self.used + 2), Ordering::Acquire)?);
-        let mut out = Vec::with_capacity(usize::from(idx.wrapping_sub(self.last_used)));
-        while self.last_used != idx {
-            let slot = u64::from(self.last_used % self.size);
-            let mut e = [0u8; 8];
-            m.read_slice(&mut e, ga(self.used + 4 + 8 * slot))?;
-            out.push((
-                u32::from_le_bytes([e[0], e[1], e[2], e[3]]),
-                u32::from_le_bytes([e[4], e[5], e[6], e[7]]),
-            ));
-            self.last_used = self.last_used.wrapping_add(1);
-        }
-        if !out.is_empty() {
-            self.write_used_event(m)?;
-        }
-        Ok(out)
+    /// Sets the avail index (shadow and ring) to `v` without a kick, bogus values included.
+    pub(crate) fn set_avail_idx(&mut self, v: u16) {
+        self.avail_p.u16(2).store(v.to_le(), Ordering::Release);
+        self.avail_idx = v;
+        self.kicked_idx = v;
+    }
+
+    /// The driver's avail index: what it pushed, published or not.
+    pub(crate) fn avail_idx(&self) -> u16 {
+        self.avail_idx
+    }
+
+    /// The used index as the device last published it.
+    pub(crate) fn device_used_idx(&self) -> u16 {
+        u16::from_le(self.used_p.u16(2).load(Ordering::Acquire))
+    }
+
+    /// Number of used entries not read yet.
+    pub(crate) fn used_pending(&self) -> u16 {
+        self.device_used_idx().wrapping_sub(self.last_used)
+    }
+
+    /// Reads the next used entry `(id, len)`; call only while [`Self::used_pending`] is not 0.
+    pub(crate) fn pop_used(&mut self) -> (u32, u32) {
+        let at = 4 + 8 * usize::from(self.last_used % self.size);
+        let id = u32::from_le(self.used_p.u32(at).load(Ordering::Relaxed));
+        let len = u32::from_le(self.used_p.u32(at + 4).load(Ordering::Relaxed));
+        self.last_used = self.last_used.wrapping_add(1);
+        (id, len)
     }
 
     /// Takes the chain whose head is `id` off the in-flight table and frees its descriptors;
-    /// `None` if the device returned an id that is not an in-flight head.
-    pub(crate) fn release(&mut self, id: u32) -> Option<Inflight> {
-        let inf = self.inflight.get_mut(id as usize)?.take()?;
-        self.free.extend(inf.descs.iter().copied());
-        Some(inf)
+    /// `None` if the device returned an id that is not an in-flight head. A pinned chain stays.
+    pub(crate) fn release(&mut self, id: u32) -> Option<Owner> {
+        let head = u16::try_from(id).ok()?;
+        let entry = self.chains.get_mut(usize::from(head))?;
+        let chain = (*entry)?;
+        if chain.pinned {
+            return Some(chain.owner);
+        }
+        *entry = None;
+        let mut slot = head;
+        for _ in 0..chain.len {
+            self.free.push(slot);
+            slot = self.links[usize::from(slot)];
+        }
+        self.in_flight -= 1;
+        Some(chain.owner)
     }
 
-    fn write_used_event(&self, m: &GuestMemoryMmap<()>) -> Result<(), Error> {
-        let off = ga(self.avail + 4 + 2 * u64::from(self.size));
+    /// Tells the device whether to notify: `used_event` with EVENT_IDX (the next entry, or
+    /// never while suppressed), otherwise the avail ring's NO_INTERRUPT flag.
+    pub(crate) fn write_used_event(&self) {
         if self.event_idx {
-            // Suppressed: half the index space ahead of what we have seen. The device is
-            // never more than a ring (at most 32768 entries) ahead of us, so no window it
-            // checks (`[old, new)`) contains it. An index just behind what we have seen is
-            // not enough: after the device published entries and before it reads
-            // `used_event`, we may consume them and move "just behind" into that window.
             let ev = if self.suppress {
-                self.last_used.wrapping_add(0x8000)
+                suppressed_used_event(self.last_used)
             } else {
                 self.last_used
             };
-            m.store(ev.to_le(), off, Ordering::Release)?;
+            self.used_event().store(ev.to_le(), Ordering::Release);
         } else {
             let flags = if self.suppress {
                 VRING_AVAIL_F_NO_INTERRUPT as u16
             } else {
                 0
             };
-            m.store(flags.to_le(), ga(self.avail), Ordering::Release)?;
+            self.avail_p.u16(0).store(flags.to_le(), Ordering::Release);
         }
-        Ok(())
     }
 
     /// Turns device notifications for this ring off (`true`) or on.
-    pub(crate) fn set_suppress(&mut self, m: &GuestMemoryMmap<()>, on: bool) -> Result<(), Error> {
+    pub(crate) fn set_suppress(&mut self, on: bool) {
         self.suppress = on;
-        self.write_used_event(m)
+        self.write_used_event();
     }
 
     pub(crate) fn suppressed(&self) -> bool {
@@ -224,16 +417,25 @@ impl DriverRing {
     }
 
     /// Re-arms notifications before sleeping; true if used entries are already pending.
-    pub(crate) fn arm(&self, m: &GuestMemoryMmap<()>) -> Result<bool, Error> {
-        self.write_used_event(m)?;
+    pub(crate) fn arm(&self) -> bool {
+        self.write_used_event();
         fence(Ordering::SeqCst);
-        let idx: u16 = u16::from_le(m.load(ga(self.used + 2), Ordering::Acquire)?);
-        Ok(idx != self.last_used)
+        self.used_pending() != 0
     }
 
-    /// Number of chains handed to the device and not yet returned.
-    pub(crate) fn in_flight(&self) -> usize {
-        self.inflight.iter().filter(|i| i.is_some()).count()
+    /// Asks for a notification once `after` (at least 1) more entries are used, whatever the
+    /// suppression (EVENT_IDX's `used_event`; without it, on the next one: NO_INTERRUPT is
+    /// cleared); true if entries are already pending (do not sleep). [`Self::write_used_event`]
+    /// goes back to the ring's setting.
+    pub(crate) fn arm_after(&self, after: u16) -> bool {
+        if self.event_idx {
+            let ev = self.last_used.wrapping_add(after.max(1) - 1);
+            self.used_event().store(ev.to_le(), Ordering::Release);
+        } else {
+            self.avail_p.u16(0).store(0, Ordering::Release);
+        }
+        fence(Ordering::SeqCst);
+        self.used_pending() != 0
     }
 }
 
@@ -247,158 +449,4 @@ pub(crate) enum NextSlot {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn need_event_matches_spec() {
-        // Device asked for a kick when idx passes 5; we moved 4 -> 6.
-        assert!(need_event(5, 6, 4));
-        // Moved 6 -> 7 after that: event 5 already passed, no kick.
-        assert!(!need_event(5, 7, 6));
-        // Wrap-around.
-        assert!(need_event(0xffff, 1, 0xfffe));
-        assert!(!need_event(3, 3, 3));
-    }
-
-    #[test]
-    fn chains_take_and_return_descriptors() {
-        let mut mem = GuestMem::new(1 << 20).unwrap();
-        let mut r = DriverRing::new(&mut mem, 4, true).unwrap();
-        let m = mem.mem().clone();
-        let h = r
-            .add_chain(&m, &[(0x2000, 12, 1), (0x3000, 100, 0)], &[], vec![])
-            .unwrap();
-        assert_eq!(r.free_descs(), 2);
-        assert!(matches!(
-            r.add_chain(&m, &[(0, 1, 0); 3], &[], vec![]),
-            Err(Error::RingFull)
-        ));
-        let d: Descriptor = m.read_obj(ga(r.desc + 16 * u64::from(h))).unwrap();
-        assert!(d.has_next());
-        r.publish(&m).unwrap();
-        let idx: u16 = m.read_obj(ga(r.avail + 2)).unwrap();
-        assert_eq!(idx, 1);
-        // Simulate the device returning the chain.
-        m.write_obj(u32::from(h), ga(r.used + 4)).unwrap();
-        m.write_obj(1u16, ga(r.used + 2)).unwrap();
-        assert_eq!(r.harvest(&m).unwrap(), vec![(u32::from(h), 0)]);
-        assert!(r.release(u32::from(h)).is_some());
-        assert!(r.release(u32::from(h)).is_none());
-        assert_eq!(r.free_descs(), 4);
-        assert_eq!(r.in_flight(), 0);
-    }
-
-    fn ring(event_idx: bool) -> (GuestMem, DriverRing, GuestMemoryMmap<()>) {
-        let mut mem = GuestMem::new(1 << 20).unwrap();
-        let r = DriverRing::new(&mut mem, 8, event_idx).unwrap();
-        let m = mem.mem().clone();
-        (mem, r, m)
-    }
-
-    #[test]
-    fn kicks_follow_avail_event() {
-        let (_mem, mut r, m) = ring(true);
-        let avail_event = ga(r.used + 4 + 8 * 8);
-        // Device wants a kick once idx passes 2 (i.e. when entry 2 is published).
-        m.write_obj(2u16, avail_event).unwrap();
-        for expect in [0, 0, 1, 1] {
-            r.add_chain(&m, &[(0x2000, 10, 0)], &[], vec![]).unwrap();
-            r.publish(&m).unwrap();
-            assert_eq!(r.kicks, expect);
-        }
-        // A publish with nothing new never kicks.
-        r.publish(&m).unwrap();
-        assert_eq!(r.kicks, 1);
-    }
-
-    #[test]
-    fn kicks_follow_no_notify_flag() {
-        let (_mem, mut r, m) = ring(false);
-        m.write_obj(VRING_USED_F_NO_NOTIFY as u16, ga(r.used))
-            .unwrap();
-        r.add_chain(&m, &[(0x2000, 10, 0)], &[], vec![]).unwrap();
-        r.publish(&m).unwrap();
-        assert_eq!(r.kicks, 0);
-        m.write_obj(0u16, ga(r.used)).unwrap();
-        r.add_chain(&m, &[(0x2000, 10, 0)], &[], vec![]).unwrap();
-        r.publish(&m).unwrap();
-        assert_eq!(r.kicks, 1);
-        assert_eq!(r.kick.read().unwrap(), 1);
-    }
-
-    #[test]
-    fn used_event_and_interrupt_suppression() {
-        let (_mem, mut r, m) = ring(true);
-        let used_event = ga(r.avail + 4 + 2 * 8);
-        for _ in 0..3 {
-            r.add_chain(&m, &[(0x2000, 10, 0)], &[], vec![]).unwrap();
-        }
-        r.publish(&m).unwrap();
-        m.write_obj(2u16, ga(r.used + 2)).unwrap();
-        assert_eq!(r.harvest(&m).unwrap().len(), 2);
-        // Published: notify me for entry 2 onwards.
-        assert_eq!(m.read_obj::<u16>(used_event).unwrap(), 2);
-        r.set_suppress(&m, true).unwrap();
-        assert_eq!(m.read_obj::<u16>(used_event).unwrap(), 2 + 0x8000);
-        assert!(!r.arm(&m).unwrap());
-        m.write_obj(3u16, ga(r.used + 2)).unwrap();
-        assert!(r.arm(&m).unwrap());
-
-        let (_mem, mut r, m) = ring(false);
-        r.set_suppress(&m, true).unwrap();
-        assert_eq!(
-            m.read_obj::<u16>(ga(r.avail)).unwrap(),
-            VRING_AVAIL_F_NO_INTERRUPT as u16
-        );
-        r.set_suppress(&m, false).unwrap();
-        assert_eq!(m.read_obj::<u16>(ga(r.avail)).unwrap(), 0);
-    }
-
-    /// The device published entries and, before it checks `used_event`, the driver (interrupts
-    /// off) consumes them and writes `used_event` again: the device must still not signal.
-    #[test]
-    fn interrupts_off_stay_off_when_the_driver_consumes_before_the_device_checks() {
-        let (_mem, mut r, m) = ring(true);
-        let used_event = ga(r.avail + 4 + 2 * 8);
-        r.set_suppress(&m, true).unwrap();
-        for _ in 0..4 {
-            r.add_chain(&m, &[(0x2000, 10, 0)], &[], vec![]).unwrap();
-        }
-        r.publish(&m).unwrap();
-        // The device returns all four (used.idx 0 -> 4)...
-        for slot in 0..4u64 {
-            m.write_obj(slot as u32, ga(r.used + 4 + 8 * slot)).unwrap();
-        }
-        m.write_obj(4u16, ga(r.used + 2)).unwrap();
-        // ... the driver consumes them before the device looks at used_event ...
-        assert_eq!(r.harvest(&m).unwrap().len(), 4);
-        // ... and the device's check (virtio's vring_need_event over [0, 4)) finds no event.
-        let ev: u16 = m.read_obj(used_event).unwrap();
-        assert!(
-            !need_event(ev, 4, 0),
-            "used_event {ev} inside the device's window"
-        );
-    }
-
-    #[test]
-    fn raw_next_fields() {
-        let (_mem, mut r, m) = ring(false);
-        let h = r
-            .add_chain(
-                &m,
-                &[(0x2000, 1, 1), (0x3000, 1, 1)],
-                &[None, Some(NextSlot::Chain(0))],
-                vec![],
-            )
-            .unwrap();
-        let d0: Descriptor = m.read_obj(ga(r.desc + 16 * u64::from(h))).unwrap();
-        let d1: Descriptor = m.read_obj(ga(r.desc + 16 * u64::from(d0.next()))).unwrap();
-        assert_eq!(d1.next(), h, "loop back to the head");
-        let h2 = r
-            .add_chain(&m, &[(0x2000, 1, 1)], &[Some(NextSlot::Raw(999))], vec![])
-            .unwrap();
-        let d: Descriptor = m.read_obj(ga(r.desc + 16 * u64::from(h2))).unwrap();
-        assert_eq!(d.next(), 999);
-    }
-}
+mod tests;

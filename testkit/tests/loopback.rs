@@ -20,7 +20,7 @@ use vmm_sys_util::event::{
     new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
 };
 
-const HDR: usize = VirtioNetHdr::LEN;
+const HDR: usize = pvnet_backend::net::hdr::HDR_LEN;
 const WAIT: Duration = Duration::from_secs(10);
 
 /// RX chains popped but not yet filled: `(head, [(addr, len)] of writable descriptors)`.
