@@ -1,13 +1,14 @@
 //! Switching throughput through real vhost-user sockets with in-process guests:
 //! guest A streams frames to guest B over every queue pair; B drains its RX rings.
-//! The guests drive their rings like a busy Linux/DPDK guest (`tests/common/poll.rs`):
+//! The guests are pvnet-testkit's in polling mode, driving their rings like a busy
+//! Linux/DPDK guest:
 //! TX in bursts of pre-filled single-descriptor frames, no used-buffer notifications while
 //! busy, sleep on the call eventfds when idle. Single-core memcpy bandwidth is measured in
 //! every round too and the 64 KiB rows are printed as a fraction of it.
 //! Frames/s and Gbit/s per frame size, queue pairs and lock-kind combination; the lock
 //! kinds alternate within one run (round-robin over configurations, `ROUNDS` times).
 //!
-//! `cargo bench -p pvnet-backend --bench datapath [-- SECS [ROUNDS [SIZES [PAIRS]]] [FLAGS]]`
+//! `cargo bench -p pvnet-bench --bench datapath [-- SECS [ROUNDS [SIZES [PAIRS]]] [FLAGS]]`
 //! (SIZES and PAIRS: comma-separated lists, default `64,1500,65536` and `1,16`).
 //! By default the driver flatters the switch (one direction, EVENT_IDX, payloads never read,
 //! so the copies stay cache-hot on the sender's side). These flags take that away, one by one:
@@ -25,17 +26,13 @@
 //! The real-frontend benchmark is `scripts/switchbench.sh` (DPDK virtio-user as the guests);
 //! `docs/benchmarks.md` explains how its numbers and these differ.
 
-#[path = "../tests/common/mod.rs"]
-mod common;
-
-use common::frames::{self, HELLO, MAGIC};
-use common::harness::{hdr, mac, server};
-use common::{Guest, Opts};
 use pvnet_locks::{RwLockKind, SpinLockKind};
+use pvnet_testkit::frames::tagged::{self as frames, HELLO, MAGIC};
+use pvnet_testkit::harness::{mac, server};
+use pvnet_testkit::{features, GuestConfig, TestGuest, VirtioNetHdr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 
 /// TX frames posted per burst (one avail-index publication, at most one kick), like a
 /// DPDK PMD's default burst.
@@ -43,6 +40,8 @@ const BURST: usize = 32;
 /// TX bytes in flight per queue (Linux's byte queue limits keep a queue to a few hundred
 /// KiB .. a few MiB); at least 16 frames.
 const TX_INFLIGHT: u64 = 1 << 20;
+/// Ring size of every queue.
+const QUEUE_SIZE: u16 = 256;
 
 /// How much the driver flatters the switch (see the module comment).
 #[derive(Clone, Copy, Debug, Default)]
@@ -95,22 +94,25 @@ impl Mode {
     }
 }
 
-fn guest_opts(i: usize, pairs: u16, size: usize, mode: Mode) -> Opts {
-    let mut o = Opts::new(pairs, 0);
-    o.mac = mac(i);
-    o.tx_slot_len = ((12 + size as u64) + 4095) & !4095;
-    o.tx_one_desc = true;
-    // Bytes in flight per TX queue bounded like Linux's byte queue limits.
-    let fit = TX_INFLIGHT / o.tx_slot_len;
-    o.tx_slots = fit.clamp(16, u64::from(o.qsize)) as u16;
-    // Linux sizes mergeable RX buffers by the average received length, up to a page.
-    if size > 1514 {
-        o.rx_buf_len = 4096;
-    }
+/// Guest `i`'s configuration for frames of `size` bytes, and its TX slots per queue.
+fn guest_config(i: usize, pairs: u16, size: usize, mode: Mode) -> (GuestConfig, usize) {
+    let mut c = GuestConfig {
+        queue_pairs: pairs,
+        queue_size: QUEUE_SIZE,
+        mac: mac(i),
+        // Linux sizes mergeable RX buffers by the average received length, up to a page.
+        rx_fill: Some(if size > 1514 { 4096 } else { 2048 }),
+        mem_size: 128 << 20,
+        ..GuestConfig::default()
+    };
     if mode.no_event_idx {
-        o.features &= !common::bit(VIRTIO_RING_F_EVENT_IDX);
+        c.features &= !features::EVENT_IDX;
     }
-    o
+    // Bytes in flight per TX queue bounded like Linux's byte queue limits (slots are
+    // page-aligned: header + frame rounded up to 4 KiB).
+    let slot = (12 + size as u64).next_multiple_of(4096);
+    let slots = (TX_INFLIGHT / slot).clamp(16, u64::from(QUEUE_SIZE)) as usize;
+    (c, slots)
 }
 
 /// Frames and frame bytes received so far by one guest (written by its thread).
@@ -135,25 +137,28 @@ impl Received {
 
 /// One guest's loop: post TX bursts (when it sends), drain RX (counting, and reading the
 /// payload in `--read` mode), sleep on the call eventfds when there was nothing to do.
-fn guest_loop(mut g: Guest, sends: bool, receives: bool, ctx: Loop) -> Guest {
+fn guest_loop(mut g: TestGuest, sends: bool, receives: bool, ctx: Loop) -> TestGuest {
+    let pairs = g.guest_config().queue_pairs;
     while !ctx.stop.load(Ordering::Relaxed) {
         let mut progress = false;
         if sends {
-            for q in 0..g.opts.pairs {
-                progress |= g.post_burst(q, ctx.len, BURST) > 0;
+            for q in 0..pairs {
+                progress |= g.post_burst(q, BURST).expect("TX burst") > 0;
             }
         }
         if receives {
-            let r = g.count_rx(ctx.read);
+            let r = g.count_rx(ctx.read).expect("RX");
             progress |= r.0 > 0;
             ctx.rx.add(r);
         }
         if !progress {
+            let idle = Duration::from_millis(1);
             match (sends, receives) {
-                (true, true) => g.wait_any(Duration::from_millis(1)),
-                (true, false) => g.wait_tx(Duration::from_millis(1)),
-                _ => g.wait_rx(Duration::from_millis(1)),
+                (true, true) => g.wait_any(idle),
+                (true, false) => g.wait_tx(idle),
+                _ => g.wait_rx(idle),
             }
+            .expect("sleep");
         }
     }
     g
@@ -163,37 +168,32 @@ fn guest_loop(mut g: Guest, sends: bool, receives: bool, ctx: Loop) -> Guest {
 struct Loop {
     stop: Arc<AtomicBool>,
     rx: Arc<Received>,
-    len: usize,
     read: bool,
 }
 
 /// Makes the switch learn `g`'s MAC: `g` broadcasts until `other` receives it.
-fn learn(g: &mut Guest, other: &mut Guest, from: usize) {
+fn learn(g: &mut TestGuest, other: &mut TestGuest, from: usize) {
     let t0 = Instant::now();
-    let mut rx = Vec::new();
-    while rx.is_empty() && t0.elapsed() < Duration::from_secs(10) {
-        let _ = g.send(
-            0,
-            &hdr(),
-            &frames::build([0xff; 6], mac(from), HELLO, 0, 0, 60),
-        );
+    let hello = frames::build([0xff; 6], mac(from), HELLO, 0, 0, 60);
+    let mut heard = false;
+    while !heard && t0.elapsed() < Duration::from_secs(10) {
+        g.try_send(0, &VirtioNetHdr::plain(), &hello)
+            .expect("hello");
         std::thread::sleep(Duration::from_millis(20));
-        other.poll_rx(&mut rx);
+        heard = !other.poll_rx().expect("receive").is_empty();
     }
-    assert!(
-        !rx.is_empty(),
-        "the switch never delivered guest {from}'s frame"
-    );
+    assert!(heard, "the switch never delivered guest {from}'s frame");
 }
 
-/// Writes frames from guest `from` to guest `to` into every TX slot of `g`.
-fn fill(g: &mut Guest, from: usize, to: usize, pairs: u16, len: usize) {
-    for q in 0..pairs {
+/// Writes frames from guest `from` to guest `to` into `slots` TX slots per pair of `g`.
+fn fill(g: &mut TestGuest, from: usize, to: usize, len: usize, slots: usize) {
+    for q in 0..g.guest_config().queue_pairs {
         while g.tx_in_flight(q) > 0 {
             std::thread::sleep(Duration::from_millis(1));
         }
         let f = frames::build(mac(to), mac(from), MAGIC, q, 0, len);
-        g.fill_tx(q, &hdr(), &f);
+        g.fill_tx(q, &VirtioNetHdr::plain(), &f, slots)
+            .expect("fill TX slots");
     }
 }
 
@@ -207,25 +207,26 @@ fn measure(
 ) -> (f64, f64) {
     let s = server(&format!("bench-{size}-{pairs}-{gl}-{ql}"), 2, pairs, gl, ql);
     let p = s.paths().to_vec();
-    let mut a = Guest::connect(&p[0], guest_opts(0, pairs, size, mode));
-    let mut b = Guest::connect(&p[1], guest_opts(1, pairs, size, mode));
+    let (cfg_a, slots) = guest_config(0, pairs, size, mode);
+    let (cfg_b, _) = guest_config(1, pairs, size, mode);
+    let mut a = TestGuest::connect(&p[0], cfg_a).expect("guest A");
+    let mut b = TestGuest::connect(&p[1], cfg_b).expect("guest B");
     // Learning: B's MAC (and A's, when B sends too).
     learn(&mut b, &mut a, 1);
     if mode.bidir {
         learn(&mut a, &mut b, 0);
     }
     let len = size.max(60);
-    fill(&mut a, 0, 1, pairs, len);
+    fill(&mut a, 0, 1, len, slots);
     if mode.bidir {
-        fill(&mut b, 1, 0, pairs, len);
+        fill(&mut b, 1, 0, len, slots);
     }
-    a.set_polling();
-    b.set_polling();
+    a.set_polling(true);
+    b.set_polling(true);
     let stop = Arc::new(AtomicBool::new(false));
     let ctx = |rx: &Arc<Received>| Loop {
         stop: stop.clone(),
         rx: rx.clone(),
-        len,
         read: mode.read,
     };
     let (rx_a, rx_b) = (Arc::new(Received::default()), Arc::new(Received::default()));
@@ -257,15 +258,16 @@ fn measure(
                 t.add(&port.queue_snapshot(q));
             }
         }
+        let (sa, sb) = (a.poll_stats(), b.poll_stats());
         eprintln!(
             "{size} {pairs} ({}): {t:?} kicks A {} B {}; sleeps/timeouts: A {}/{} B {}/{}",
             mode.describe(),
-            a.kicks_sent,
-            b.kicks_sent,
-            a.sleeps.get(),
-            a.timeouts.get(),
-            b.sleeps.get(),
-            b.timeouts.get()
+            a.total_kicks(),
+            b.total_kicks(),
+            sa.sleeps,
+            sa.timeouts,
+            sb.sleeps,
+            sb.timeouts
         );
         let mut by: std::collections::BTreeMap<String, f64> = Default::default();
         for (k, (name, v)) in &cpu1 {
