@@ -1,14 +1,9 @@
 //! Feature variants: EVENT_IDX off, receivers without mergeable RX buffers, a legacy
 //! (10-byte header) guest talking to a modern one, and the device config space.
 
-mod common;
-
-use common::harness::{run, server, Run};
-use common::{bit, linux_features};
 use pvnet_locks::{RwLockKind, SpinLockKind};
-use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
-use virtio_bindings::virtio_net::VIRTIO_NET_F_MRG_RXBUF;
-use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
+use pvnet_testkit::features::{self as f, pvnet_offered};
+use pvnet_testkit::harness::{run, server, Run};
 
 fn no_drops(s: &pvnet_backend::Server, pairs: usize) {
     let sw = s.switch();
@@ -27,8 +22,8 @@ fn no_drops(s: &pvnet_backend::Server, pairs: usize) {
 fn event_idx_off() {
     let s = server("noevidx", 2, 4, RwLockKind::Percpu, SpinLockKind::Pvqspin);
     let mut r = Run::new(2, 4, 1000);
-    for o in r.opts.iter_mut() {
-        o.features = linux_features() & !bit(VIRTIO_RING_F_EVENT_IDX);
+    for g in r.guests.iter_mut() {
+        g.features = pvnet_offered() & !f::EVENT_IDX;
     }
     let seen = run(&s, &r);
     assert!(seen.iter().all(|g| g.received == 1000));
@@ -73,12 +68,12 @@ fn big_buffers_without_mergeable_and_legacy_header() {
     let s = server("nomrg", 2, 2, RwLockKind::Percpu, SpinLockKind::Pvqspin);
     let mut r = Run::new(2, 2, 400);
     // Guest 0: modern without MRG_RXBUF (one 66 KiB buffer per frame, 12-byte header).
-    r.opts[0].features = linux_features() & !bit(VIRTIO_NET_F_MRG_RXBUF);
+    r.guests[0].features = pvnet_offered() & !f::MRG_RXBUF;
     // Guest 1: legacy layout (no VERSION_1, no MRG_RXBUF: 10-byte header).
-    r.opts[1].features = linux_features() & !bit(VIRTIO_NET_F_MRG_RXBUF) & !bit(VIRTIO_F_VERSION_1);
-    for o in r.opts.iter_mut() {
-        o.qsize = 64;
-        o.rx_buf_len = 66 * 1024;
+    r.guests[1].features = pvnet_offered() & !f::MRG_RXBUF & !f::VERSION_1;
+    for g in r.guests.iter_mut() {
+        g.queue_size = 64;
+        g.rx_fill = Some(66 * 1024);
     }
     let seen = run(&s, &r);
     for g in &seen {
@@ -92,12 +87,11 @@ fn big_buffers_without_mergeable_and_legacy_header() {
 #[test]
 fn config_space() {
     let s = server("config", 1, 3, RwLockKind::Percpu, SpinLockKind::Pvqspin);
-    let mut g = common::Guest::connect(&s.paths()[0], common::Opts::new(3, 1));
-    let c = g.config();
-    assert_eq!(c.len(), 12);
-    assert_eq!(&c[..6], &s.switch().ports[0].mac);
-    assert_eq!(u16::from_le_bytes([c[6], c[7]]), 1, "link up");
-    assert_eq!(u16::from_le_bytes([c[8], c[9]]), 3, "max_virtqueue_pairs");
+    let mut g = pvnet_testkit::harness::connect(&s.paths()[0], 3, [2, 0, 0, 0, 0, 1]);
+    let c = g.config().expect("GET_CONFIG");
+    assert_eq!(c.mac, s.switch().ports[0].mac);
+    assert_eq!(c.status, 1, "link up");
+    assert_eq!(c.max_virtqueue_pairs, 3);
     drop(g);
     s.shutdown();
 }

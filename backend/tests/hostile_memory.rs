@@ -6,23 +6,17 @@
 //! Each test here would take the whole test process down with SIGBUS without its defence.
 
 use pvnet_backend::{Config, Server};
+use pvnet_testkit::harness::tmpdir;
 use pvnet_testkit::{frames, GuestConfig, TestGuest, VirtioNetHdr};
 use std::fs::File;
-use std::os::fd::{AsRawFd, FromRawFd};
-use std::path::{Path, PathBuf};
+use std::os::fd::AsRawFd;
+use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 use vhost::vhost_user::message::{VhostUserHeaderFlag, VhostUserProtocolFeatures};
 use vhost::vhost_user::{Frontend, VhostUserFrontend};
 use vhost::{VhostBackend, VhostUserMemoryRegionInfo};
 use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
-
-fn tmpdir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("pvnet-hostile-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).expect("tmp");
-    d
-}
 
 fn server(d: &Path, ports: usize) -> Server {
     Server::start(Config {
@@ -55,16 +49,6 @@ fn wait(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) {
         assert!(t0.elapsed() < limit, "{what}");
         std::thread::sleep(Duration::from_millis(1));
     }
-}
-
-fn memfd(len: u64) -> File {
-    // SAFETY: a valid NUL-terminated name; memfd_create has no other inputs.
-    let fd = unsafe { libc::memfd_create(c"pvnet-hostile".as_ptr(), libc::MFD_CLOEXEC) };
-    assert!(fd >= 0);
-    // SAFETY: `fd` was just created and is owned by nobody else.
-    let f = unsafe { File::from_raw_fd(fd) };
-    f.set_len(len).expect("set_len");
-    f
 }
 
 /// `from` sends one unicast frame to `to_mac` tagged `n`; `to` must receive it.
@@ -117,7 +101,7 @@ fn region_larger_than_its_file_gets_an_error() {
     fe.set_hdr_flags(VhostUserHeaderFlag::NEED_REPLY);
     fe.set_features(offered).expect("set features");
     // 4 KiB of file declared as 1 MiB of guest memory.
-    let f = memfd(4096);
+    let f = pvnet_grant::memfd::memfd(c"pvnet-hostile", 4096).expect("memfd");
     let region = VhostUserMemoryRegionInfo {
         guest_phys_addr: 0,
         memory_size: 1 << 20,

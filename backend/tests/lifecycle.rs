@@ -3,10 +3,8 @@
 //! when the port's workers were held back by a full receiver that never drains (a waiter
 //! list must not keep a dead connection's eventfd open).
 
-mod common;
-
-use common::procstat::{fd_list, quiet};
 use pvnet_backend::{Config, Server};
+use pvnet_testkit::procstat::{fd_list, quiet};
 use pvnet_testkit::{frames, GuestConfig, TestGuest, VirtioNetHdr};
 use std::path::Path;
 use std::sync::atomic::Ordering;

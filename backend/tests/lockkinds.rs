@@ -1,11 +1,9 @@
 //! The same traffic test for every `--grant-lock` kind with a few `--queue-lock` kinds, and
 //! every `--queue-lock` kind once.
 
-mod common;
-
-use common::harness::{run, server, Run};
 use pvnet_locks::family::resolve_rw;
 use pvnet_locks::{RwLockKind, SpinLockKind};
+use pvnet_testkit::harness::{run, server, Run};
 
 fn traffic(tag: &str, gl: RwLockKind, ql: SpinLockKind) {
     let s = server(&format!("{tag}-{gl}-{ql}"), 2, 4, gl, ql);

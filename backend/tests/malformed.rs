@@ -1,61 +1,67 @@
 //! Hostile TX chains are dropped and counted per reason; the ring keeps moving and good
 //! traffic on another queue of the same port continues.
 
-mod common;
-
-use common::frames::{self, MAGIC};
-use common::harness::{hdr, mac, server};
-use common::{Guest, Opts, F_INDIRECT, F_NEXT, F_WRITE};
 use pvnet_backend::stats::Drop;
 use pvnet_locks::{RwLockKind, SpinLockKind};
+use pvnet_testkit::frames::tagged::{self as frames, MAGIC};
+use pvnet_testkit::harness::{connect, mac, server};
+use pvnet_testkit::{desc, RawDesc, RawNext, VirtioNetHdr};
 use std::time::{Duration, Instant};
 
 #[test]
 fn malformed_chains_dropped_and_counted() {
     let s = server("malformed", 2, 2, RwLockKind::Percpu, SpinLockKind::Pvqspin);
     let paths = s.paths().to_vec();
-    let mut opts_a = Opts::new(2, 0);
-    opts_a.mac = mac(0);
-    let mut opts_b = Opts::new(2, 0);
-    opts_b.mac = mac(1);
-    let mut a = Guest::connect(&paths[0], opts_a);
-    let mut b = Guest::connect(&paths[1], opts_b);
+    let mut a = connect(&paths[0], 2, mac(0));
+    let mut b = connect(&paths[1], 2, mac(1));
+    let plain = VirtioNetHdr::plain();
     // Learning: B says hello.
     let hello = frames::build([0xff; 6], mac(1), frames::HELLO, 0, 0, 60);
-    let mut rx = Vec::new();
     let t0 = Instant::now();
-    while rx.is_empty() {
+    while a.poll_rx().expect("receive").is_empty() {
         assert!(
             t0.elapsed() < Duration::from_secs(10),
             "hello never arrived"
         );
-        let _ = b.send(0, &hdr(), &hello);
+        b.try_send(0, &plain, &hello).expect("send");
         std::thread::sleep(Duration::from_millis(20));
-        a.poll_rx(&mut rx);
     }
-    b.poll_rx(&mut Vec::new());
-    let data = a.scratch;
-    // A plausible frame in guest memory for chains that only break one rule.
+    b.poll_rx().expect("receive");
+    // A plausible frame in guest memory for chains that only break one rule, with room
+    // behind it for the oversized one.
     let good = frames::build(mac(1), mac(0), MAGIC, 9, 0, 100);
-    let mut with_hdr = vec![0u8; 12];
+    let mut with_hdr = plain.to_bytes().to_vec();
     with_hdr.extend_from_slice(&good);
-    vm_memory::Bytes::write_slice(&a.mem, &with_hdr, vm_memory::GuestAddress(data)).expect("write");
+    let data = a.alloc(128 << 10).expect("alloc");
+    a.write_guest(data, &with_hdr).expect("write");
     let len = with_hdr.len() as u32;
-    type Chain = Vec<(u16, u64, u32, u16, u16)>;
-    let bad: Vec<(Drop, Chain)> = vec![
-        (Drop::NotGranted, vec![(40, 0x7_0000_0000, len, 0, 0)]),
-        (Drop::NotGranted, vec![(40, 2 * (40 << 20) - 50, 100, 0, 0)]),
-        (Drop::WritableInTx, vec![(40, data, len, F_WRITE, 0)]),
+    // The end of the low memory span: a buffer there runs into the gap.
+    let (low, low_len) = a.memory_regions()[1];
+    let d = RawDesc::new;
+    let (next, write, indirect) = (desc::NEXT, desc::WRITE, desc::INDIRECT);
+    let bad: Vec<(Drop, Vec<RawDesc>)> = vec![
+        (Drop::NotGranted, vec![d(0x7_0000_0000, len, 0)]),
+        (Drop::NotGranted, vec![d(low + low_len - 50, 100, 0)]),
+        (Drop::WritableInTx, vec![d(data, len, write)]),
         (
             Drop::ChainLoop,
-            vec![(40, data, 12, F_NEXT, 41), (41, data + 12, 100, F_NEXT, 40)],
+            vec![
+                d(data, 12, next),
+                d(data + 12, 100, next).next(RawNext::Chain(0)),
+            ],
         ),
-        (Drop::ChainLoop, vec![(40, data, 12, F_NEXT, 40)]),
-        (Drop::TooShort, vec![(40, data, 8, 0, 0)]),
-        (Drop::TooShort, vec![(40, data, 20, 0, 0)]),
-        (Drop::TooLarge, vec![(40, data, 70_000 + 12, 0, 0)]),
-        (Drop::BadChain, vec![(40, 0x7_0000_0000, 64, F_INDIRECT, 0)]),
-        (Drop::ChainLoop, vec![(40, data, len, F_NEXT, 4000)]),
+        (
+            Drop::ChainLoop,
+            vec![d(data, 12, next).next(RawNext::Chain(0))],
+        ),
+        (Drop::TooShort, vec![d(data, 8, 0)]),
+        (Drop::TooShort, vec![d(data, 20, 0)]),
+        (Drop::TooLarge, vec![d(data, 70_000 + 12, 0)]),
+        (Drop::BadChain, vec![d(0x7_0000_0000, 64, indirect)]),
+        (
+            Drop::ChainLoop,
+            vec![d(data, len, next).next(RawNext::Raw(4000))],
+        ),
     ];
     let mut expected = [0u64; pvnet_backend::stats::NR_DROPS];
     let mut sent_good = 0u32;
@@ -63,12 +69,11 @@ fn malformed_chains_dropped_and_counted() {
     for (reason, chain) in &bad {
         expected[*reason as usize] += 1;
         // Interleave: a hostile chain on pair 1, good frames on pair 0.
-        a.send_chain(1, chain);
+        a.send_chain(1, chain).expect("hostile chain");
         for _ in 0..10 {
             let f = frames::build(mac(1), mac(0), MAGIC, 0, sent_good, 60 + sent_good as usize);
-            while !a.send(0, &hdr(), &f) {
-                std::thread::yield_now();
-            }
+            a.send_wait(0, &plain, &f, Duration::from_secs(10))
+                .expect("send");
             sent_good += 1;
         }
         // The hostile chain must come back before the next one is written.
@@ -98,10 +103,8 @@ fn malformed_chains_dropped_and_counted() {
             t0.elapsed() < Duration::from_secs(20),
             "good traffic stalled"
         );
-        rx.clear();
-        b.poll_rx(&mut rx);
-        for (_, _, f, _) in rx.drain(..) {
-            let (m, _, flow, seq) = frames::check(&f).expect("intact");
+        for (_, r) in b.poll_rx().expect("receive") {
+            let (m, _, flow, seq) = frames::check(&r.frame).expect("intact");
             assert_eq!((m, flow, seq), (MAGIC, 0, got_good));
             got_good += 1;
         }

@@ -1,51 +1,31 @@
 //! A port's frontend disconnects in the middle of traffic and reconnects with a new memory
 //! table: the other ports keep switching without loss, and the reconnected port works again.
 
-mod common;
-
-use common::frames::{self, HELLO, MAGIC};
-use common::harness::{hdr, mac, run, server, Run};
-use common::{Guest, Opts};
 use pvnet_locks::{RwLockKind, SpinLockKind};
+use pvnet_testkit::frames::tagged::{self as frames, HELLO, MAGIC};
+use pvnet_testkit::harness::{connect, mac, run, server, wait_enabled, Run};
+use pvnet_testkit::{TestGuest, VirtioNetHdr};
 use std::time::{Duration, Instant};
 
-fn guest(path: &std::path::Path, i: usize) -> Guest {
-    let mut o = Opts::new(4, 0);
-    o.mac = mac(i);
-    Guest::connect(path, o)
+fn guest(path: &std::path::Path, i: usize) -> TestGuest {
+    connect(path, 4, mac(i))
 }
 
 /// Receives until `want` holds for a received frame; false after 20 s.
 #[must_use]
-fn recv_until(g: &mut Guest, mut want: impl FnMut(u32, [u8; 6], u16, u32) -> bool) -> bool {
+fn recv_until(g: &mut TestGuest, mut want: impl FnMut(u32, [u8; 6], u16, u32) -> bool) -> bool {
     let t0 = Instant::now();
-    let mut rx = Vec::new();
     loop {
         if t0.elapsed() > Duration::from_secs(20) {
             return false;
         }
-        rx.clear();
-        g.poll_rx(&mut rx);
-        for (_, _, f, _) in rx.drain(..) {
-            let (m, src, flow, seq) = frames::check(&f).expect("intact");
+        for (_, r) in g.poll_rx().expect("receive") {
+            let (m, src, flow, seq) = frames::check(&r.frame).expect("intact");
             if want(m, src, flow, seq) {
                 return true;
             }
         }
         std::thread::sleep(Duration::from_micros(200));
-    }
-}
-
-/// Rings are attached to the switch by their worker threads shortly after SET_VRING_ENABLE:
-/// wait for that before streaming to a freshly connected guest.
-fn wait_enabled(s: &pvnet_backend::Server, port: usize, pairs: u32) {
-    let t0 = Instant::now();
-    while s.switch().ports[port].enabled_pairs() < pairs {
-        assert!(
-            t0.elapsed() < Duration::from_secs(10),
-            "port {port} rings never enabled"
-        );
-        std::thread::sleep(Duration::from_millis(1));
     }
 }
 
@@ -67,12 +47,9 @@ fn diag(s: &pvnet_backend::Server) -> String {
         .collect()
 }
 
-fn send(g: &mut Guest, f: &[u8]) {
-    let t0 = Instant::now();
-    while !g.send(0, &hdr(), f) {
-        assert!(t0.elapsed() < Duration::from_secs(10), "TX ring stuck");
-        std::thread::sleep(Duration::from_micros(100));
-    }
+fn send(g: &mut TestGuest, f: &[u8]) {
+    g.send_wait(0, &VirtioNetHdr::plain(), f, Duration::from_secs(10))
+        .expect("TX ring stuck");
 }
 
 #[test]
@@ -87,8 +64,8 @@ fn reconnect_mid_traffic_other_ports_unaffected() {
         // Ports 2 (C) and 3 (D): D streams to C; C goes away and comes back.
         let mut c = guest(&paths[2], 2);
         let mut d = guest(&paths[3], 3);
-        wait_enabled(&s, 2, 4);
-        wait_enabled(&s, 3, 4);
+        wait_enabled(s.switch(), 2, 4);
+        wait_enabled(s.switch(), 3, 4);
         send(&mut c, &frames::build([0xff; 6], mac(2), HELLO, 0, 0, 60));
         assert!(
             recv_until(&mut d, |m, src, _, _| m == HELLO && src == mac(2)),
@@ -135,8 +112,12 @@ fn reconnect_mid_traffic_other_ports_unaffected() {
         }
         // C comes back with fresh memory (new memfds, new memory table).
         let mut c = guest(&paths[2], 2);
-        wait_enabled(&s, 2, 4);
-        assert_eq!(s.grants(2).len(), 2, "new memory table granted");
+        wait_enabled(s.switch(), 2, 4);
+        assert_eq!(
+            s.grants(2).len(),
+            c.memory_regions().len(),
+            "new memory table granted"
+        );
         send(&mut c, &frames::build([0xff; 6], mac(2), HELLO, 0, 1, 60));
         assert!(
             recv_until(&mut d, |m, src, _, s| m == HELLO && src == mac(2) && s == 1),
@@ -145,20 +126,17 @@ fn reconnect_mid_traffic_other_ports_unaffected() {
         );
         // Stream again, receiving while sending (the RX ring holds fewer frames than sent).
         let (mut next, mut k) = (0u32, 0u32);
-        let mut rx = Vec::new();
         let t0 = Instant::now();
         while next < 500 {
             assert!(t0.elapsed() < Duration::from_secs(30), "{}", diag(&s));
             if k < 500 {
                 let f = frames::build(mac(2), mac(3), MAGIC, 2, k, 60 + k as usize * 7);
-                if d.send(0, &hdr(), &f) {
+                if d.try_send(0, &VirtioNetHdr::plain(), &f).expect("send") {
                     k += 1;
                 }
             }
-            rx.clear();
-            c.poll_rx(&mut rx);
-            for (_, _, f, _) in rx.drain(..) {
-                let (m, _, flow, seq) = frames::check(&f).expect("intact");
+            for (_, r) in c.poll_rx().expect("receive") {
+                let (m, _, flow, seq) = frames::check(&r.frame).expect("intact");
                 if m == MAGIC && flow == 2 {
                     assert_eq!(seq, next, "reconnected port: order");
                     next += 1;

@@ -5,10 +5,8 @@
 //! `PVNET_SOAK_CYCLES` sets the number of cycles (default 1000; `scripts/test.sh` runs the
 //! default).
 
-mod common;
-
-use common::procstat::{fd_list, quiet, usage, Usage};
 use pvnet_backend::{Config, Server};
+use pvnet_testkit::procstat::{fd_list, quiet, usage, Usage};
 use pvnet_testkit::{frames, GuestConfig, TestGuest, VirtioNetHdr};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -1,11 +1,10 @@
-//! The switch driven by pvnet-testkit's in-process guests (the shared frontend of the
-//! project): 2 ports x 16 pairs exchange UDP frames of many sizes both ways, byte-exact and
-//! in per-flow order, with mergeable RX buffers re-posted by the kit.
+//! The switch driven by pvnet-testkit's guests in the plainest way a test uses them (default
+//! configuration, frames built by hand, sent and received in one thread): 2 ports x 16 pairs
+//! exchange UDP frames of many sizes both ways, byte-exact and in per-flow order, with
+//! mergeable RX buffers re-posted by the kit.
 
-mod common;
-
-use common::harness::{mac, server};
 use pvnet_locks::{RwLockKind, SpinLockKind};
+use pvnet_testkit::harness::{mac, server};
 use pvnet_testkit::{frames, GuestConfig, TestGuest, VirtioNetHdr};
 use std::time::{Duration, Instant};
 

@@ -1,9 +1,7 @@
 //! Multi-port, multi-queue traffic through real vhost-user sockets.
 
-mod common;
-
-use common::harness::{run, server, Run};
 use pvnet_locks::{RwLockKind, SpinLockKind};
+use pvnet_testkit::harness::{run, server, Run};
 
 fn total_drops(s: &pvnet_backend::Server) -> u64 {
     let sw = s.switch();
