@@ -8,7 +8,8 @@ use virtio_bindings::bindings::virtio_ring::{
 };
 
 /// virtio-net feature masks (`1 << bit`), for building [`GuestConfig::features`]. The list of
-/// what pvnet offers is pvnet's own ([`pvnet_offered`]); these are names for single bits.
+/// what pvnet offers is pvnet's own ([`features::pvnet_offered`]); these are
+/// names for single bits.
 pub mod features {
     use super::*;
 
