@@ -1,9 +1,8 @@
 //! Switching throughput through real vhost-user sockets with in-process guests:
 //! guest A streams frames to guest B over every queue pair; B drains its RX rings.
-//! The guests are pvnet-testkit's in polling mode, driving their rings like a busy
-//! Linux/DPDK guest:
-//! TX in bursts of pre-filled single-descriptor frames, no used-buffer notifications while
-//! busy, sleep on the call eventfds when idle. Single-core memcpy bandwidth is measured in
+//! The guests are pvnet-testkit guests in polling mode, driving their rings like a busy
+//! Linux/DPDK guest: TX in bursts of pre-filled single-descriptor frames, no used-buffer
+//! notifications while busy, sleep on the call eventfds when idle. Single-core memcpy bandwidth is measured in
 //! every round too and the 64 KiB rows are printed as a fraction of it.
 //! Frames/s and Gbit/s per frame size, queue pairs and lock-kind combination; the lock
 //! kinds alternate within one run (round-robin over configurations, `ROUNDS` times).
