@@ -6,6 +6,10 @@ use std::time::Duration;
 
 /// Default [`Config::backpressure_bound`].
 pub const DEFAULT_BACKPRESSURE_BOUND: Duration = Duration::from_secs(1);
+/// Default [`Config::poll_us`].
+pub const DEFAULT_POLL_US: u32 = 0;
+/// Longest `--poll-us` accepted.
+pub const MAX_POLL_US: u32 = 1_000_000;
 
 /// Most queue pairs per port: `queues_per_thread` masks are 64-bit and every pair uses two
 /// bits (RX, TX).
@@ -34,6 +38,10 @@ pub enum ConfigError {
     Mac(String),
     #[error("socket path {0} is given twice")]
     DuplicateSocket(String),
+    #[error("--poll-us must be at most {MAX_POLL_US}, got {0}")]
+    PollUs(u32),
+    #[error("--workers must be between 0 (one per queue pair) and --queues ({1}), got {0}")]
+    Workers(u16, u16),
 }
 
 /// Configuration of the whole switch.
@@ -56,6 +64,16 @@ pub struct Config {
     /// Longest time a full destination RX ring holds a sender back before the frame is
     /// dropped (and the ring is treated as stalled until its guest posts buffers).
     pub backpressure_bound: Duration,
+    /// After a burst that found work, a worker keeps polling its rings (guest notifications
+    /// off) for up to this many microseconds before it sleeps again; 0 = purely
+    /// event-driven.
+    pub poll_us: u32,
+    /// Worker threads per port, each serving a share of the queue pairs; 0 = one thread per
+    /// queue pair.
+    pub workers: u16,
+    /// Frames whose source MAC is not the port's own ([`Config::mac_of`]) are dropped and
+    /// counted (OVS port security, libvirt's `no-mac-spoofing`).
+    pub port_security: bool,
 }
 
 impl Default for Config {
@@ -69,6 +87,9 @@ impl Default for Config {
             macs: Vec::new(),
             mtu: None,
             backpressure_bound: DEFAULT_BACKPRESSURE_BOUND,
+            poll_us: DEFAULT_POLL_US,
+            workers: 0,
+            port_security: false,
         }
     }
 }
@@ -101,6 +122,12 @@ impl Config {
                 return Err(ConfigError::Mtu(m));
             }
         }
+        if self.poll_us > MAX_POLL_US {
+            return Err(ConfigError::PollUs(self.poll_us));
+        }
+        if self.workers > self.queue_pairs {
+            return Err(ConfigError::Workers(self.workers, self.queue_pairs));
+        }
         if self.macs.len() > self.sockets.len() {
             return Err(ConfigError::TooManyMacs(
                 self.macs.len(),
@@ -108,6 +135,14 @@ impl Config {
             ));
         }
         Ok(())
+    }
+
+    /// Worker threads per port (resolves 0 to one per queue pair).
+    pub fn worker_threads(&self) -> usize {
+        match self.workers {
+            0 => usize::from(self.queue_pairs),
+            n => usize::from(n),
+        }
     }
 
     /// The MAC of port `idx`: the configured one, or a locally administered unicast address
@@ -172,6 +207,15 @@ mod tests {
         let mut c = base();
         c.sockets.push("/tmp/a".into());
         assert!(matches!(c.validate(), Err(ConfigError::DuplicateSocket(_))));
+        let mut c = base();
+        c.workers = 17;
+        assert_eq!(c.validate(), Err(ConfigError::Workers(17, 16)));
+        c.workers = 4;
+        assert_eq!(c.worker_threads(), 4);
+        c.workers = 0;
+        assert_eq!(c.worker_threads(), 16);
+        c.poll_us = MAX_POLL_US + 1;
+        assert!(c.validate().is_err());
     }
 
     #[test]

@@ -5,9 +5,12 @@
 //!
 //! * [`config`]: the validated [`Config`] (`pvnet` flags turn into it);
 //! * [`server`]: [`Server::start`] binds one socket per port and runs its connection loop;
-//! * [`device`]: the `VhostUserBackend` implementation (features, config space, memory);
-//! * [`datapath`]: TX → switch → RX with grant copies, back-pressure and offloads;
-//! * [`switch`], [`fdb`]: ports, RX queue slots under the `--queue-lock` kind, MAC table;
+//! * [`device`]: the `VhostUserBackend` implementation (features, config space, memory,
+//!   dispatch of worker events);
+//! * [`datapath`]: TX bursts → switch → RX rings, with grant copies, back-pressure,
+//!   notification suppression, adaptive polling and offloads (its module documentation
+//!   names every step and the function that does it);
+//! * [`switch`], [`fdb`]: ports, RX queues under the `--queue-lock` kind, MAC table;
 //! * [`stats`], [`report`]: per-port, per-queue counters and their text/JSON rendering;
 //! * [`net`]: header parsing, flow hash, checksums, software segmentation.
 
@@ -17,7 +20,6 @@ pub mod device;
 pub mod fdb;
 pub mod net;
 pub mod report;
-mod rx;
 pub mod server;
 pub mod stats;
 pub mod switch;

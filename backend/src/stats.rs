@@ -37,10 +37,17 @@ pub enum Drop {
     RxTooSmall,
     /// GSO/checksum metadata that cannot be honoured in software.
     BadOffload,
+    /// TX or RX chain of more than [`crate::datapath::chain::MAX_CHAIN_DESCS`] descriptors
+    /// (Linux vhost-net's limit).
+    ChainTooLong,
+    /// Source MAC other than the port's own with `--port-security`.
+    SpoofedMac,
+    /// Destination RX ring unreadable (bogus avail index, ring outside granted memory).
+    RxBadRing,
 }
 
 /// Number of [`Drop`] reasons.
-pub const NR_DROPS: usize = Drop::BadOffload as usize + 1;
+pub const NR_DROPS: usize = Drop::RxBadRing as usize + 1;
 
 impl Drop {
     /// Every reason, in counter order.
@@ -57,6 +64,9 @@ impl Drop {
         Drop::RxBadChain,
         Drop::RxTooSmall,
         Drop::BadOffload,
+        Drop::ChainTooLong,
+        Drop::SpoofedMac,
+        Drop::RxBadRing,
     ];
 
     /// Short name used in tables and JSON.
@@ -74,6 +84,9 @@ impl Drop {
             Drop::RxBadChain => "rx_bad_chain",
             Drop::RxTooSmall => "rx_too_small",
             Drop::BadOffload => "bad_offload",
+            Drop::ChainTooLong => "chain_too_long",
+            Drop::SpoofedMac => "spoofed_mac",
+            Drop::RxBadRing => "rx_bad_ring",
         }
     }
 }
@@ -84,6 +97,8 @@ struct TxInner {
     bytes: AtomicU64,
     backpressure: AtomicU64,
     notifications: AtomicU64,
+    tx_kicks: AtomicU64,
+    rx_kicks: AtomicU64,
     drops: [AtomicU64; NR_DROPS],
 }
 
@@ -110,6 +125,14 @@ impl TxStats {
     pub fn notified(&self) {
         bump(&self.0.notifications, 1);
     }
+    /// The guest kicked this pair's TX ring (one handled kick event).
+    pub fn tx_kick(&self) {
+        bump(&self.0.tx_kicks, 1);
+    }
+    /// The guest kicked this pair's RX ring (posted buffers while a sender was held back).
+    pub fn rx_kick(&self) {
+        bump(&self.0.rx_kicks, 1);
+    }
     /// A drop for `reason`.
     pub fn drop(&self, reason: Drop) {
         bump(&self.0.drops[reason as usize], 1);
@@ -125,6 +148,8 @@ impl TxStats {
             tx_bytes: self.0.bytes.load(Relaxed),
             backpressure: self.0.backpressure.load(Relaxed),
             tx_notifications: self.0.notifications.load(Relaxed),
+            tx_kicks: self.0.tx_kicks.load(Relaxed),
+            rx_kicks: self.0.rx_kicks.load(Relaxed),
             ..QueueSnapshot::default()
         };
         for (d, c) in s.drops.iter_mut().zip(self.0.drops.iter()) {
@@ -181,6 +206,9 @@ pub struct QueueSnapshot {
     pub backpressure: u64,
     pub tx_notifications: u64,
     pub rx_notifications: u64,
+    /// Kick events handled on the TX / RX ring (driver → device notifications).
+    pub tx_kicks: u64,
+    pub rx_kicks: u64,
     pub drops: [u64; NR_DROPS],
 }
 
@@ -194,6 +222,8 @@ impl QueueSnapshot {
         self.backpressure += o.backpressure;
         self.tx_notifications += o.tx_notifications;
         self.rx_notifications += o.rx_notifications;
+        self.tx_kicks += o.tx_kicks;
+        self.rx_kicks += o.rx_kicks;
         for (a, b) in self.drops.iter_mut().zip(o.drops.iter()) {
             *a += b;
         }
@@ -221,6 +251,8 @@ impl QueueSnapshot {
             "backpressure": self.backpressure,
             "tx_notifications": self.tx_notifications,
             "rx_notifications": self.rx_notifications,
+            "tx_kicks": self.tx_kicks,
+            "rx_kicks": self.rx_kicks,
             "drops": drops,
         })
     }

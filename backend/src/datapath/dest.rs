@@ -1,0 +1,152 @@
+//! The receiving side of a switch port, as the sending side sees it: a [`Destination`]
+//! takes an ordered set of frames for one of its queues and says what became of each.
+//!
+//! A guest port ([`GuestPort`]: vhost-user RX rings under `--queue-lock`, copies under both
+//! ports' grant guards) is one kind of destination; another kind (a tap device writing frames
+//! with `writev`, registering the sender for `EPOLLOUT` when full) implements the same trait.
+//!
+//! Lock-hold bound: one call delivers at most [`HOLD_BYTES`] of frame data (and at most one
+//! burst of frames) per queue-lock hold; a larger share is delivered in several holds.
+
+use crate::datapath::rxq::Waker;
+use crate::datapath::{Fate, FrameSet, FrameSrc};
+use crate::switch::{Fabric, Grants, Locks, Port, PortFabric};
+use pvnet_grant::{read_pair, RegionHint};
+use pvnet_locks::family::MutexApi;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use vhost_user_backend::VringT;
+
+/// Most frame bytes copied into one queue per lock hold.
+pub const HOLD_BYTES: usize = 256 * 1024;
+
+/// The sending side's grants, for the copy (and a hint into them).
+pub struct SrcGrants<'a, L: Locks> {
+    pub table: &'a Grants<L>,
+    pub hint: &'a mut RegionHint,
+}
+
+/// The receiving side of a port (see the module documentation).
+pub trait Destination<L: Locks> {
+    /// The virtio-net features the receiver negotiated (decides offload pass-through).
+    fn features(&self) -> u64;
+    /// The queue that receives flow `hash`, or `None` when no queue is attached.
+    fn pick_queue(&self, hash: u32) -> Option<usize>;
+    /// Offers `frames`, in order, to queue `q`; writes each one's fate into `fates`. A frame
+    /// that does not fit makes it and every later frame [`Fate::Full`] and registers `waker`
+    /// to be woken when room appears.
+    fn deliver(
+        &self,
+        q: usize,
+        src: &mut SrcGrants<'_, L>,
+        frames: &dyn FrameSet,
+        fates: &mut [Fate],
+        waker: &Arc<Waker>,
+    );
+}
+
+/// A guest port of the switch as a [`Destination`].
+pub struct GuestPort<'a, L: Locks> {
+    port: &'a Port,
+    fabric: &'a PortFabric<L>,
+}
+
+impl<'a, L: Locks> GuestPort<'a, L> {
+    /// Port `d` of `fabric`, if it exists.
+    pub fn new(fabric: &'a Fabric<L>, d: usize) -> Option<Self> {
+        Some(GuestPort {
+            port: fabric.sw.ports.get(d)?,
+            fabric: fabric.ports.get(d)?,
+        })
+    }
+
+    /// Whether a guest is connected.
+    pub fn connected(&self) -> bool {
+        self.port.connected.load(Ordering::Acquire)
+    }
+}
+
+/// Frames `off..off + n` of another set.
+struct Window<'s> {
+    set: &'s dyn FrameSet,
+    off: usize,
+    n: usize,
+}
+
+impl FrameSet for Window<'_> {
+    fn count(&self) -> usize {
+        self.n
+    }
+    fn get(&self, i: usize) -> FrameSrc<'_> {
+        self.set.get(self.off + i)
+    }
+}
+
+impl<L: Locks> Destination<L> for GuestPort<'_, L> {
+    fn features(&self) -> u64 {
+        self.port.features.load(Ordering::Acquire)
+    }
+
+    fn pick_queue(&self, hash: u32) -> Option<usize> {
+        self.port.pick_queue(hash)
+    }
+
+    fn deliver(
+        &self,
+        q: usize,
+        src: &mut SrcGrants<'_, L>,
+        frames: &dyn FrameSet,
+        fates: &mut [Fate],
+        waker: &Arc<Waker>,
+    ) {
+        let n = frames.count().min(fates.len());
+        let (Some(lock), Some(slot)) = (self.fabric.rings.get(q), self.port.rx.get(q)) else {
+            fates[..n].fill(Fate::NotReady);
+            return;
+        };
+        // Both guards in address order (never wait for a grant lock holding a queue lock).
+        let pair = read_pair(src.table, &self.fabric.grants);
+        let mut call = None;
+        let mut start = 0;
+        while start < n {
+            // One hold: frames up to HOLD_BYTES (at least one).
+            let mut end = start;
+            let mut bytes = 0;
+            while end < n && (end == start || bytes + frames.get(end).len <= HOLD_BYTES) {
+                bytes += frames.get(end).len;
+                end += 1;
+            }
+            let w = Window {
+                set: frames,
+                off: start,
+                n: end - start,
+            };
+            let mut ring = lock.lock();
+            let Some(r) = ring.as_mut() else {
+                drop(ring);
+                fates[start..n].fill(Fate::NotReady);
+                break;
+            };
+            let c = r.deliver(
+                (pair.src(), &mut *src.hint),
+                pair.dst(),
+                &w,
+                &mut fates[start..end],
+                slot,
+                waker,
+            );
+            drop(ring);
+            call = c.or(call);
+            if fates[end - 1] == Fate::Full {
+                fates[end..n].fill(Fate::Full);
+                break;
+            }
+            start = end;
+        }
+        drop(pair);
+        // One used-buffer notification per ring per delivery, after every lock is released.
+        if let Some(v) = call {
+            let _ = v.signal_used_queue();
+        }
+    }
+}
