@@ -24,6 +24,7 @@ pub const F_INDIRECT: u16 = 4;
 
 pub mod frames;
 pub mod harness;
+pub mod hostile;
 pub mod poll;
 
 /// What a Linux guest asks for.
