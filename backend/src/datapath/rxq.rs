@@ -25,7 +25,7 @@
 use crate::datapath::chain::{read_chain, Dir, MAX_CHAIN_DESCS};
 use crate::datapath::copy::{self, CopyError, SegCursor, Side};
 use crate::datapath::ring::{needs_call, Kicks, RingLayout, UsedShadow};
-use crate::datapath::{Data, Fate, FrameSet, LogLimit, Seg};
+use crate::datapath::{Data, Fate, FrameSet, FrameSrc, LogLimit, Seg};
 use crate::net;
 use crate::stats::{Drop, RxStats};
 use crate::switch::Vring;
@@ -35,7 +35,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use vhost_user_backend::{VringState, VringT};
 use virtio_bindings::virtio_net::VIRTIO_NET_F_MRG_RXBUF;
-use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use virtio_queue::{AvailIter, Queue, QueueOwnedT, QueueT};
 use vm_memory::{GuestAddress, GuestMemory, Permissions};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
@@ -132,22 +132,21 @@ impl RxSlot {
     }
 }
 
-/// Result of [`RxRing::reserve`].
-enum Reserve {
-    /// `heads` and `bufs` hold the frame's buffers.
-    Ok,
-    /// Not enough buffers; kicks are armed.
-    Full,
-    /// The frame cannot be delivered into this ring.
-    Drop(Drop),
-}
-
-/// An attached RX ring (see the module documentation).
+/// An attached RX ring (see the module documentation): virtio-queue's `Queue` (positions,
+/// addresses) and everything else, apart, so that a hold can keep one avail-ring snapshot
+/// (an `AvailIter` borrowing the queue) while it works on the rest.
 pub struct RxRing {
     queue: Queue,
+    st: RxState,
+}
+
+/// An RX ring's state besides its `Queue`.
+struct RxState {
     lay: RingLayout,
     vring: Vring,
-    hint: RegionHint,
+    /// Translation hints: the ring's fields, and the buffers.
+    ring_hint: RegionHint,
+    buf_hint: RegionHint,
     kicks: Kicks,
     /// Used index at the last call decision.
     signalled: u16,
@@ -161,6 +160,21 @@ pub struct RxRing {
     log: LogLimit,
 }
 
+/// What [`RxState::pop_until`] ended with.
+#[derive(Debug, PartialEq, Eq)]
+enum Pop {
+    /// The frame fits.
+    Enough,
+    /// The snapshot ran out of chains.
+    Dry,
+    /// A malformed chain (its head is the last in `heads`).
+    Bad,
+    /// A single chain is too small and mergeable buffers are off.
+    TooSmall,
+    /// The frame popped more chains than its budget.
+    Budget,
+}
+
 impl RxRing {
     /// Takes the state of `vring` if it is started and enabled and its layout is valid.
     /// `features` are the guest's acknowledged virtio features.
@@ -172,63 +186,72 @@ impl RxRing {
         }
         let queue = Queue::try_from(state.get_queue().state()).ok()?;
         drop(st);
+        Self::new(queue, vring.clone(), features)
+    }
+
+    fn new(queue: Queue, vring: Vring, features: u64) -> Option<RxRing> {
         let lay = RingLayout::of(&queue)?;
         let event_idx = queue.event_idx_enabled();
         Some(RxRing {
-            signalled: queue.next_used(),
+            st: RxState {
+                signalled: queue.next_used(),
+                lay,
+                vring,
+                ring_hint: RegionHint::default(),
+                buf_hint: RegionHint::default(),
+                kicks: Kicks::new(event_idx),
+                mrg: features & (1 << VIRTIO_NET_F_MRG_RXBUF) != 0,
+                hdr_len: net::net_hdr_len(features),
+                features,
+                shadow: UsedShadow::with_capacity(64),
+                bufs: Vec::with_capacity(64),
+                heads: Vec::with_capacity(64),
+                log: LogLimit::default(),
+            },
             queue,
-            lay,
-            vring: vring.clone(),
-            hint: RegionHint::default(),
-            kicks: Kicks::new(event_idx),
-            mrg: features & (1 << VIRTIO_NET_F_MRG_RXBUF) != 0,
-            hdr_len: net::net_hdr_len(features),
-            features,
-            shadow: UsedShadow::with_capacity(64),
-            bufs: Vec::with_capacity(64),
-            heads: Vec::with_capacity(64),
-            log: LogLimit::default(),
         })
     }
 
     /// The guest's acknowledged features.
     pub fn features(&self) -> u64 {
-        self.features
+        self.st.features
     }
 
     /// Stops asking the guest for kicks (no sender is waiting yet).
     pub fn quiet<F: RwFamily>(&mut self, g: &GrantReadGuard<'_, F>) {
-        let mem = GrantMemory::new(g, self.hint);
-        self.kicks.disarm(&self.lay, &mem);
-        self.hint = mem.hint();
+        let mem = GrantMemory::new(g, self.st.ring_hint);
+        self.st.kicks.disarm(&self.st.lay, &mem);
+        self.st.ring_hint = mem.hint();
     }
 
     /// Writes the ring position back into the vring (the frontend reads it with
     /// GET_VRING_BASE) and gives the vring back.
     pub fn detach(self) -> Vring {
-        self.vring.set_queue_next_avail(self.queue.next_avail());
-        self.vring.set_queue_next_used(self.queue.next_used());
-        self.vring
+        let v = self.st.vring;
+        v.set_queue_next_avail(self.queue.next_avail());
+        v.set_queue_next_used(self.queue.next_used());
+        v
     }
 
-    /// The guest kicked this ring. Returns whether buffers were really posted (the held-back
-    /// senders may retry: they are taken from `slot` and returned); a kick without new
-    /// buffers changes nothing (kicks stay armed, a stall stays).
+    /// The guest kicked this ring. Returns the held-back senders to wake when buffers were
+    /// really posted; a kick without new buffers changes nothing (kicks stay armed, a stall
+    /// stays).
     pub fn kicked<F: RwFamily>(
         &mut self,
         g: &GrantReadGuard<'_, F>,
         slot: &RxSlot,
     ) -> Option<Vec<Arc<Waker>>> {
-        let mem = GrantMemory::new(g, self.hint);
+        let mem = GrantMemory::new(g, self.st.ring_hint);
         let posted = self
+            .st
             .lay
             .read_avail_idx(&mem)
             .is_ok_and(|a| a != self.queue.next_avail());
         if posted {
-            self.kicks.disarm(&self.lay, &mem);
+            self.st.kicks.disarm(&self.st.lay, &mem);
             slot.clear_stall();
         }
-        self.hint = mem.hint();
+        self.st.ring_hint = mem.hint();
         posted.then(|| slot.take_waiters())
     }
 
@@ -246,47 +269,136 @@ impl RxRing {
         slot: &RxSlot,
         waker: &Arc<Waker>,
     ) -> Option<Vring> {
-        let mut dhint = self.hint;
+        let mem = GrantMemory::new(dst, self.st.ring_hint);
+        let mut bh = self.st.buf_hint;
+        let bufs = BufGuards {
+            sg: src.0,
+            sh: src.1,
+            dg: dst,
+            dh: &mut bh,
+        };
+        let call = self.deliver_with(&mem, bufs, frames, fates, slot, waker);
+        self.st.ring_hint = mem.hint();
+        self.st.buf_hint = bh;
+        call
+    }
+
+    /// [`RxRing::deliver`] with the ring's fields read and written through `mem` (the
+    /// destination's grants; a test double in unit tests).
+    fn deliver_with<F: RwFamily, M: GuestMemory>(
+        &mut self,
+        mem: &M,
+        bufs: BufGuards<'_, '_, '_, F>,
+        frames: &dyn FrameSet,
+        fates: &mut [Fate],
+        slot: &RxSlot,
+        waker: &Arc<Waker>,
+    ) -> Option<Vring> {
+        let BufGuards { sg, sh, dg, dh } = bufs;
+        let RxRing { queue, st } = self;
         let n = frames.count().min(fates.len());
-        let mut i = 0;
-        while i < n {
-            let f = frames.get(i);
-            let need = self.hdr_len + f.len;
-            fates[i] = match self.reserve(dst, &mut dhint, need, slot) {
-                Reserve::Ok => match self.copy_frame(src.0, src.1, dst, &mut dhint, &f) {
-                    Ok(()) => {
-                        slot.stats.frame(f.len);
-                        Fate::Delivered
-                    }
-                    Err(_) => {
-                        self.abandon();
-                        Fate::Dropped(Drop::NotGranted)
-                    }
-                },
-                Reserve::Full => {
-                    slot.add_waiter(waker);
-                    fates[i..n].fill(Fate::Full);
-                    break;
-                }
-                Reserve::Drop(d) => Fate::Dropped(d),
-            };
-            i += 1;
+        // One avail-index read per hold: a snapshot, taken again only when it runs dry.
+        let mut it = queue.iter(mem).ok();
+        if it.is_none() && st.log.allow() {
+            log::warn!("RX ring unreadable (bogus avail index or ring outside memory)");
         }
-        let mem = GrantMemory::new(dst, dhint);
-        if let Err(e) = self.shadow.flush(&mut self.queue, &self.lay, &mem) {
-            if self.log.allow() {
+        for i in 0..n {
+            let f = frames.get(i);
+            let need = st.hdr_len + f.len;
+            st.heads.clear();
+            st.bufs.clear();
+            let mut cap = 0usize;
+            // Chains one frame may pop, malformed ones included: a guest re-posting bad
+            // chains as fast as they come back cannot keep the queue lock.
+            let mut budget = 2 * usize::from(st.lay.size());
+            fates[i] = loop {
+                let Some(iter) = it.as_mut() else {
+                    break Fate::Dropped(Drop::RxBadRing);
+                };
+                match st.pop_until(iter, mem, need, &mut cap, &mut budget) {
+                    Pop::Enough => {
+                        slot.clear_stall();
+                        break match st.copy_frame(sg, sh, dg, dh, &f) {
+                            Ok(()) => {
+                                slot.stats.frame(f.len);
+                                Fate::Delivered
+                            }
+                            Err(_) => {
+                                st.abandon();
+                                Fate::Dropped(Drop::NotGranted)
+                            }
+                        };
+                    }
+                    Pop::TooSmall => break Fate::Dropped(Drop::RxTooSmall),
+                    Pop::Bad => {
+                        // The frame being assembled is abandoned (its chains return empty,
+                        // the bad one too) and assembly starts over.
+                        slot.stats.drop(Drop::RxBadChain);
+                        st.abandon();
+                        cap = 0;
+                    }
+                    Pop::Budget => {
+                        for _ in 0..st.heads.len() {
+                            iter.go_to_previous_position();
+                        }
+                        st.heads.clear();
+                        break Fate::Dropped(Drop::RxBadChain);
+                    }
+                    Pop::Dry => {
+                        // Ask for a kick at the index we stopped at; buffers published since
+                        // will not kick, so take them now (incrementally: nothing popped is
+                        // popped again). Full only when nothing was published after the
+                        // request: the guest's next posting kicks.
+                        it = None;
+                        let at = queue.next_avail();
+                        match st.kicks.arm(&st.lay, mem, at) {
+                            Ok(seen) if seen != at => {
+                                it = queue.iter(mem).ok();
+                                continue;
+                            }
+                            r => {
+                                // At most a ring's worth of chains: fits u16.
+                                let back = st.heads.len() as u16;
+                                queue.set_next_avail(at.wrapping_sub(back));
+                                st.heads.clear();
+                                break match r {
+                                    Ok(_) => Fate::Full,
+                                    Err(_) => Fate::Dropped(Drop::RxBadRing),
+                                };
+                            }
+                        }
+                    }
+                }
+            };
+            if fates[i] == Fate::Full {
+                slot.add_waiter(waker);
+                fates[i..n].fill(Fate::Full);
+                break;
+            }
+        }
+        if let Err(e) = st.shadow.flush(queue, &st.lay, mem) {
+            if st.log.allow() {
                 log::warn!("RX used ring not writable: {e}");
             }
         }
-        let call = needs_call(&self.queue, &self.lay, &mem, self.signalled);
-        self.signalled = self.queue.next_used();
-        self.hint = mem.hint();
+        let call = needs_call(queue, &st.lay, mem, st.signalled);
+        st.signalled = queue.next_used();
         if call {
             slot.stats.notified();
         }
-        call.then(|| self.vring.clone())
+        call.then(|| st.vring.clone())
     }
+}
 
+/// The buffer side of a delivery: source guard and hint, destination guard and hint.
+struct BufGuards<'x, 's, 'd, F: RwFamily> {
+    sg: &'x GrantReadGuard<'s, F>,
+    sh: &'x mut RegionHint,
+    dg: &'x GrantReadGuard<'d, F>,
+    dh: &'x mut RegionHint,
+}
+
+impl RxState {
     /// Returns the chains of the frame being assembled as used and empty (they are the
     /// guest's again, in ring order).
     fn abandon(&mut self) {
@@ -297,88 +409,16 @@ impl RxRing {
         self.bufs.clear();
     }
 
-    /// Reserves buffers for `need` bytes (header included) into `heads` / `bufs`.
-    fn reserve<F: RwFamily>(
+    /// Pops chains from the snapshot `it` until `cap` reaches `need` (`reserve_avail_buf` +
+    /// `fill_vec_buf`).
+    fn pop_until<M: GuestMemory>(
         &mut self,
-        dst: &GrantReadGuard<'_, F>,
-        hint: &mut RegionHint,
-        need: usize,
-        slot: &RxSlot,
-    ) -> Reserve {
-        self.heads.clear();
-        self.bufs.clear();
-        let mut cap = 0usize;
-        // Chains one frame may pop, malformed ones included: a guest re-posting bad chains as
-        // fast as they come back cannot keep the queue lock.
-        let mut budget = 2 * usize::from(self.lay.size());
-        loop {
-            let mem = GrantMemory::new(dst, *hint);
-            let step = self.pop_until(&mem, need, &mut cap, &mut budget);
-            *hint = mem.hint();
-            match step {
-                Pop::Enough => {
-                    slot.clear_stall();
-                    return Reserve::Ok;
-                }
-                Pop::TooSmall => return Reserve::Drop(Drop::RxTooSmall),
-                Pop::Bad => {
-                    // A malformed chain: the frame being assembled is abandoned (its chains
-                    // return empty, the bad one too) and assembly starts over.
-                    slot.stats.drop(Drop::RxBadChain);
-                    if self.log.allow() {
-                        log::debug!("malformed RX chain returned empty");
-                    }
-                    self.abandon();
-                    cap = 0;
-                }
-                Pop::BadRing => return self.give_back(Reserve::Drop(Drop::RxBadRing)),
-                Pop::Budget => return self.give_back(Reserve::Drop(Drop::RxBadChain)),
-                Pop::Dry => {
-                    // Ask for a kick at the index we stopped at. Buffers published since
-                    // will not kick: take them now (incrementally, nothing is popped twice).
-                    let mem = GrantMemory::new(dst, *hint);
-                    let at = self.queue.next_avail();
-                    let seen = self.kicks.arm(&self.lay, &mem, at);
-                    *hint = mem.hint();
-                    match seen {
-                        Ok(s) if s != at => continue,
-                        Ok(_) => return self.give_back(Reserve::Full),
-                        Err(_) => return self.give_back(Reserve::Drop(Drop::RxBadRing)),
-                    }
-                }
-            }
-        }
-    }
-
-    /// Puts the chains of the frame being assembled back on the avail ring (they were
-    /// popped in order, so moving `next_avail` back returns exactly them).
-    fn give_back(&mut self, r: Reserve) -> Reserve {
-        // At most one ring's worth of chains: fits u16.
-        let n = self.heads.len() as u16;
-        self.queue
-            .set_next_avail(self.queue.next_avail().wrapping_sub(n));
-        self.heads.clear();
-        self.bufs.clear();
-        r
-    }
-
-    /// Pops chains through one avail-index snapshot until `cap` reaches `need`.
-    fn pop_until<F: RwFamily>(
-        &mut self,
-        mem: &GrantMemory<'_, '_, F>,
+        it: &mut AvailIter<'_, &M>,
+        mem: &M,
         need: usize,
         cap: &mut usize,
         budget: &mut usize,
     ) -> Pop {
-        let mut it = match self.queue.iter(mem) {
-            Ok(it) => it,
-            Err(e) => {
-                if self.log.allow() {
-                    log::warn!("RX ring unreadable: {e}");
-                }
-                return Pop::BadRing;
-            }
-        };
         while *cap < need {
             if *budget == 0 {
                 return Pop::Budget;
@@ -426,11 +466,11 @@ impl RxRing {
         sh: &mut RegionHint,
         dg: &GrantReadGuard<'_, F>,
         dh: &mut RegionHint,
-        f: &crate::datapath::FrameSrc<'_>,
+        f: &FrameSrc<'_>,
     ) -> Result<(), CopyError> {
         let dhl = self.hdr_len;
         let mut h = f.hdr;
-        // At most u16::MAX chains per frame (checked when reserving).
+        // At most a ring's worth of chains per frame.
         h.num_buffers = if self.mrg { self.heads.len() as u16 } else { 1 };
         let hb = h.to_bytes();
         let mut dc = SegCursor::new(&self.bufs);
@@ -451,19 +491,17 @@ impl RxRing {
                 if !sc.skip(skip) {
                     return Err(CopyError::Short);
                 }
-                copy::copy(
-                    Side {
-                        guard: sg,
-                        hint: sh,
-                        cur: &mut sc,
-                    },
-                    Side {
-                        guard: dg,
-                        hint: dh,
-                        cur: &mut dc,
-                    },
-                    f.len,
-                )?;
+                let src = Side {
+                    guard: sg,
+                    hint: sh,
+                    cur: &mut sc,
+                };
+                let dst = Side {
+                    guard: dg,
+                    hint: dh,
+                    cur: &mut dc,
+                };
+                copy::copy(src, dst, f.len)?;
             }
         }
         // Used lengths: each chain as full as the frame made it, in order.
@@ -480,18 +518,161 @@ impl RxRing {
     }
 }
 
-/// What [`RxRing::pop_until`] ended with.
-enum Pop {
-    /// The frame fits.
-    Enough,
-    /// The snapshot ran out of chains.
-    Dry,
-    /// A malformed chain (its head is the last in `heads`).
-    Bad,
-    /// A single chain is too small and mergeable buffers are off.
-    TooSmall,
-    /// The avail index is bogus or unreadable.
-    BadRing,
-    /// The frame popped more chains than its budget.
-    Budget,
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::net::VirtioNetHdr;
+    use crate::switch::Gm;
+    use pvnet_grant::GrantTable;
+    use pvnet_locks::family::Percpu;
+    use std::cell::Cell;
+    use vhost_user_backend::VringRwLock;
+    use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+    use virtio_bindings::virtio_ring::VRING_DESC_F_WRITE;
+    use virtio_queue::desc::{split::Descriptor, RawDescriptor};
+    use virtio_queue::mock::MockSplitQueue;
+    use vm_memory::bitmap::BS;
+    use vm_memory::guest_memory::GuestMemorySliceIterator;
+    use vm_memory::{Bytes, GuestMemoryError, GuestMemoryMmap};
+
+    const SIZE: u16 = 16;
+    const BUF: u64 = 0x10_0000;
+    const BUF_LEN: u32 = 4096;
+
+    /// Guest memory whose guest posts one more 4 KiB RX buffer every time the device reads
+    /// the avail index (until `left` runs out): the worst case for a device that asks for a
+    /// kick and re-reads the index.
+    struct Posting<'m> {
+        mem: &'m GuestMemoryMmap,
+        avail: u64,
+        desc: u64,
+        left: Cell<u16>,
+    }
+
+    impl Posting<'_> {
+        fn idx(&self) -> u16 {
+            self.mem
+                .read_obj(GuestAddress(self.avail + 2))
+                .expect("idx")
+        }
+
+        fn post(&self) {
+            let i = self.idx();
+            let d = RawDescriptor::from(Descriptor::new(
+                BUF + u64::from(i % SIZE) * u64::from(BUF_LEN),
+                BUF_LEN,
+                VRING_DESC_F_WRITE as u16,
+                0,
+            ));
+            let m = self.mem;
+            m.write_obj(d, GuestAddress(self.desc + 16 * u64::from(i % SIZE)))
+                .expect("desc");
+            m.write_obj(
+                i % SIZE,
+                GuestAddress(self.avail + 4 + 2 * u64::from(i % SIZE)),
+            )
+            .expect("entry");
+            m.write_obj(i.wrapping_add(1), GuestAddress(self.avail + 2))
+                .expect("idx");
+        }
+    }
+
+    impl GuestMemory for Posting<'_> {
+        type PhysicalMemory = GuestMemoryMmap;
+        type Bitmap = ();
+
+        fn check_range(&self, addr: GuestAddress, count: usize, access: Permissions) -> bool {
+            GuestMemory::check_range(self.mem, addr, count, access)
+        }
+
+        fn get_slices<'a>(
+            &'a self,
+            addr: GuestAddress,
+            count: usize,
+            access: Permissions,
+        ) -> Result<impl GuestMemorySliceIterator<'a, BS<'a, ()>>, GuestMemoryError> {
+            if addr.0 == self.avail + 2 && access == Permissions::Read && self.left.get() > 0 {
+                self.left.set(self.left.get() - 1);
+                self.post();
+            }
+            GuestMemory::get_slices(self.mem, addr, count, access)
+        }
+    }
+
+    struct Frame(Vec<u8>);
+
+    impl FrameSet for Frame {
+        fn count(&self) -> usize {
+            1
+        }
+        fn get(&self, _: usize) -> FrameSrc<'_> {
+            FrameSrc {
+                hdr: VirtioNetHdr::plain(),
+                len: self.0.len(),
+                data: Data::Local(&self.0),
+            }
+        }
+    }
+
+    /// A ring with `initial` buffers posted, whose guest posts `later` more one at a time,
+    /// offered one 17 KiB frame (5 buffers with the header). Returns its fate, the ring and
+    /// the avail index / avail_event at the end.
+    fn offer(initial: u16, later: u16) -> (Fate, RxRing, u16, u16) {
+        let mem: GuestMemoryMmap =
+            pvnet_grant::memfd::guest_memory(&[(0, 0x20_0000)]).expect("memory");
+        let vq = MockSplitQueue::new(&mem, SIZE);
+        let mut q: Queue = vq.create_queue().expect("queue");
+        q.set_event_idx(true);
+        let posting = Posting {
+            mem: &mem,
+            avail: vq.avail_addr().0,
+            desc: vq.desc_table_addr().0,
+            left: Cell::new(0),
+        };
+        for _ in 0..initial {
+            posting.post();
+        }
+        posting.left.set(later);
+        let vring = VringRwLock::new(Gm::new(mem.clone()), SIZE).expect("vring");
+        let features = (1 << VIRTIO_F_VERSION_1) | (1 << VIRTIO_NET_F_MRG_RXBUF);
+        let mut ring = RxRing::new(q, vring, features).expect("ring");
+        let t = GrantTable::<Percpu>::new();
+        t.replace_from_memory(&mem).expect("grants");
+        let g = t.read();
+        let (mut sh, mut dh) = (RegionHint::default(), RegionHint::default());
+        let bufs = BufGuards {
+            sg: &g,
+            sh: &mut sh,
+            dg: &g,
+            dh: &mut dh,
+        };
+        let slot = RxSlot::default();
+        let waker = Arc::new(Waker::new().expect("waker"));
+        let mut fates = [Fate::Pending];
+        let frame = Frame(vec![0xab; 17_000]);
+        ring.deliver_with(&posting, bufs, &frame, &mut fates, &slot, &waker);
+        let avail_event: u16 = mem
+            .read_obj(GuestAddress(vq.used_addr().0 + 4 + 8 * u64::from(SIZE)))
+            .expect("avail_event");
+        (fates[0], ring, posting.idx(), avail_event)
+    }
+
+    #[test]
+    fn a_ring_that_runs_dry_asks_for_a_kick_at_the_newest_index() {
+        // 2 buffers, then 2 more posted while the device looks: still short of 5. The device
+        // must give up with the kick requested at the guest's newest index (4), or the
+        // guest's next posting would not kick and the sender would never be woken.
+        let (fate, ring, idx, avail_event) = offer(2, 2);
+        assert_eq!(fate, Fate::Full);
+        assert_eq!(idx, 4);
+        assert_eq!(avail_event, idx, "kick requested at a stale index");
+        assert_eq!(ring.queue.next_avail(), 0, "buffers given back");
+        // Enough arrives while asking: taken incrementally, the frame is delivered.
+        let (fate, ring, idx, _) = offer(2, 3);
+        assert_eq!(fate, Fate::Delivered);
+        assert_eq!(
+            (idx, ring.queue.next_avail(), ring.queue.next_used()),
+            (5, 5, 5)
+        );
+    }
 }
