@@ -274,3 +274,110 @@ fn classify_one<F: RwFamily>(
         None => Route::Flood,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::net::hdr::DATA_VALID;
+    use pvnet_grant::GrantTable;
+    use pvnet_locks::family::Percpu;
+    use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
+    use virtio_queue::desc::{split::Descriptor, RawDescriptor};
+    use virtio_queue::mock::MockSplitQueue;
+    use virtio_queue::QueueT;
+    use vm_memory::{Bytes, GuestMemoryMmap};
+
+    const ME: [u8; 6] = [2, 0, 0, 0, 0, 1];
+    const PEER: [u8; 6] = [2, 0, 0, 0, 0, 2];
+
+    fn desc(addr: u64, len: u32, flags: u16, next: u16) -> RawDescriptor {
+        RawDescriptor::from(Descriptor::new(addr, len, flags, next))
+    }
+
+    /// Header (flags `f`) + a 60-byte frame from `src` to `dst` at `at`.
+    fn frame(mem: &GuestMemoryMmap, at: u64, f: u8, dst: [u8; 6], src: [u8; 6]) -> u32 {
+        let mut b = vec![0u8; 12 + 60];
+        b[0] = f;
+        b[12..18].copy_from_slice(&dst);
+        b[18..24].copy_from_slice(&src);
+        mem.write_slice(&b, GuestAddress(at)).expect("frame");
+        b.len() as u32
+    }
+
+    #[test]
+    fn fetch_and_classify_a_burst() {
+        let mem: GuestMemoryMmap =
+            pvnet_grant::memfd::guest_memory(&[(0, 0x10_0000)]).expect("memory");
+        let vq = MockSplitQueue::new(&mem, 16);
+        let len = frame(&mem, 0x1000, DATA_VALID | NEEDS_CSUM, PEER, ME);
+        frame(&mem, 0x2000, 0, [0xff; 6], ME);
+        frame(&mem, 0x3000, 0, PEER, PEER);
+        let next = VRING_DESC_F_NEXT as u16;
+        vq.add_desc_chains(
+            &[
+                // 0: header and frame split over two descriptors, to a known peer.
+                desc(0x1000, 12, next, 1),
+                desc(0x100c, len - 12, 0, 0),
+                // 2: broadcast.
+                desc(0x2000, len, 0, 0),
+                // 3: too short for a header and an Ethernet header.
+                desc(0x2000, 20, 0, 0),
+                // 4: writable in a TX chain.
+                desc(0x2000, len, VRING_DESC_F_WRITE as u16, 0),
+                // 5: another port's source MAC.
+                desc(0x3000, len, 0, 0),
+            ],
+            0,
+        )
+        .expect("chains");
+        let mut q: Queue = vq.create_queue().expect("queue");
+        let t = GrantTable::<Percpu>::new();
+        t.replace_from_memory(&mem).expect("grants");
+        let g = t.read();
+        let gm = GrantMemory::new(&g, RegionHint::default());
+        let mut b = Burst::default();
+        let room = Room {
+            frames: BURST,
+            segs: 1 << 20,
+        };
+        assert_eq!(fetch(&mut b, &mut q, &gm, room, 12).expect("fetch"), 5);
+        assert_eq!(q.next_avail(), 5);
+        let fdb = Fdb::new();
+        fdb.learn(&PEER, 1);
+        let stats = TxStats::default();
+        let mut cx = ClassifyCtx {
+            fdb: &fdb,
+            now: fdb.now(),
+            port: 0,
+            mac: ME,
+            port_security: true,
+            ports: 2,
+            stats: &stats,
+        };
+        let mut hint = RegionHint::default();
+        prefetch(&b, &g, &mut hint);
+        classify(&mut b, &g, &mut hint, &cx);
+        let routes: Vec<Route> = b.frames.iter().map(|f| f.route).collect();
+        assert_eq!(
+            routes,
+            [
+                Route::Port(1),
+                Route::Flood,
+                Route::Drop(Drop::TooShort),
+                Route::Drop(Drop::WritableInTx),
+                Route::Drop(Drop::SpoofedMac),
+            ]
+        );
+        // Only NEEDS_CSUM survives from the sender's flags.
+        assert_eq!(b.frames[0].hdr.flags, NEEDS_CSUM);
+        assert_eq!(b.frames[0].len, 60);
+        assert_eq!(fdb.lookup(&ME), Some(0), "source learned");
+        // A small frame is delivered from what was read.
+        assert!(matches!(b.src(0).data, Data::Local(f) if f.len() == 60 && f[..6] == PEER));
+        // Without port security the same frame is forwarded (and PEER moves to port 0).
+        cx.port_security = false;
+        b.frames[4].route = Route::Unknown;
+        classify(&mut b, &g, &mut hint, &cx);
+        assert_eq!(b.frames[4].route, Route::Drop(Drop::NoDest));
+    }
+}
