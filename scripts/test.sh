@@ -2,7 +2,8 @@
 # pvnet's test command (README "run the tests"; CI calls exactly this).
 #
 #   scripts/test.sh            unit, stress, property and in-process vhost-user tests,
-#                              bounded loom models, and the QEMU VM-to-VM smoke test
+#                              bounded loom models, the QEMU VM-to-VM smoke test and the
+#                              DPDK virtio-user interoperability test
 #   scripts/test.sh --quick    the cargo tests only
 #
 # Steps that need a component this machine lacks (e.g. QEMU cannot be installed) print a
@@ -45,6 +46,7 @@ if [ "$quick" = 0 ]; then
     CARGO_TARGET_DIR=target/loom cargo test -p pvnet-locks --release \
     --test loom_rw --test loom_spin
   step "VM smoke test (QEMU, 2 guests, 16 queue pairs)" scripts/vm-smoke.sh
+  step "DPDK virtio-user interop (1 and 2 queue pairs)" timeout 600 scripts/dpdk-interop.sh
 fi
 
 echo

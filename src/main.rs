@@ -5,6 +5,7 @@ mod lockbench;
 mod plot;
 mod report;
 mod serve;
+mod switchbench;
 
 use clap::{Parser, Subcommand};
 
@@ -27,6 +28,8 @@ enum Cmd {
     Lockbench(lockbench::Args),
     /// Grant-table lookup and copy benchmark, per rwlock kind.
     Grantbench(grantbench::Args),
+    /// Table and chart of scripts/switchbench.sh's runs (medians, ratios to DPDK testpmd).
+    SwitchbenchReport(switchbench::Args),
 }
 
 fn main() {
@@ -51,6 +54,7 @@ fn main() {
         Some(Cmd::Serve(a)) => serve::run(a),
         Some(Cmd::Lockbench(a)) => lockbench::run(a),
         Some(Cmd::Grantbench(a)) => grantbench::run(a),
+        Some(Cmd::SwitchbenchReport(a)) => switchbench::run(a),
     };
     if let Err(e) = res {
         eprintln!("pvnet: {e:#}");

@@ -7,10 +7,23 @@
 //! Frames/s and Gbit/s per frame size, queue pairs and lock-kind combination; the lock
 //! kinds alternate within one run (round-robin over configurations, `ROUNDS` times).
 //!
-//! `cargo bench -p pvnet-backend --bench datapath [-- SECS [ROUNDS [SIZES [PAIRS]]]]`
+//! `cargo bench -p pvnet-backend --bench datapath [-- SECS [ROUNDS [SIZES [PAIRS]]] [FLAGS]]`
 //! (SIZES and PAIRS: comma-separated lists, default `64,1500,65536` and `1,16`).
+//! By default the driver flatters the switch (one direction, EVENT_IDX, payloads never read,
+//! so the copies stay cache-hot on the sender's side). These flags take that away, one by one:
+//! * `--no-event-idx`: the guests do not negotiate EVENT_IDX (DPDK's virtio PMD does not);
+//!   they suppress notifications with the rings' flags, and kick on every burst unless the
+//!   device set `VRING_USED_F_NO_NOTIFY`;
+//! * `--read`: the receiver copies every byte of every received buffer out (as a guest's
+//!   stack does), so that the device's writes are pulled to the receiver's core;
+//! * `--bidir`: both guests send and receive at once (each in one thread), as
+//!   `scripts/switchbench.sh`'s closed loop does; frames/s count both directions;
+//! * `--strict`: all three.
+//!
 //! `PVNET_BENCH_DEBUG=1` also prints, per measurement, the switch's counters (frames,
-//! notifications), the sender's kicks and the CPU time per thread name.
+//! notifications, kicks), the guests' kicks and the CPU time per thread name.
+//! The real-frontend benchmark is `scripts/switchbench.sh` (DPDK virtio-user as the guests);
+//! `docs/benchmarks.md` explains how its numbers and these differ.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -19,9 +32,10 @@ use common::frames::{self, HELLO, MAGIC};
 use common::harness::{hdr, mac, server};
 use common::{Guest, Opts};
 use pvnet_locks::{RwLockKind, SpinLockKind};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 
 /// TX frames posted per burst (one avail-index publication, at most one kick), like a
 /// DPDK PMD's default burst.
@@ -30,7 +44,58 @@ const BURST: usize = 32;
 /// KiB .. a few MiB); at least 16 frames.
 const TX_INFLIGHT: u64 = 1 << 20;
 
-fn guest_opts(i: usize, pairs: u16, size: usize) -> Opts {
+/// How much the driver flatters the switch (see the module comment).
+#[derive(Clone, Copy, Debug, Default)]
+struct Mode {
+    no_event_idx: bool,
+    read: bool,
+    bidir: bool,
+}
+
+impl Mode {
+    fn from_flags(flags: &[String]) -> Mode {
+        let mut m = Mode::default();
+        for f in flags {
+            match f.as_str() {
+                "--no-event-idx" => m.no_event_idx = true,
+                "--read" => m.read = true,
+                "--bidir" => m.bidir = true,
+                "--strict" => {
+                    m = Mode {
+                        no_event_idx: true,
+                        read: true,
+                        bidir: true,
+                    }
+                }
+                // cargo bench passes --bench; libtest-style flags are not ours.
+                _ => {}
+            }
+        }
+        m
+    }
+
+    fn describe(&self) -> String {
+        let mut v = Vec::new();
+        v.push(if self.bidir {
+            "both directions"
+        } else {
+            "one direction (A to B)"
+        });
+        v.push(if self.no_event_idx {
+            "no EVENT_IDX"
+        } else {
+            "EVENT_IDX"
+        });
+        v.push(if self.read {
+            "receiver reads every byte"
+        } else {
+            "payloads not read"
+        });
+        v.join(", ")
+    }
+}
+
+fn guest_opts(i: usize, pairs: u16, size: usize, mode: Mode) -> Opts {
     let mut o = Opts::new(pairs, 0);
     o.mac = mac(i);
     o.tx_slot_len = ((12 + size as u64) + 4095) & !4095;
@@ -42,73 +107,148 @@ fn guest_opts(i: usize, pairs: u16, size: usize) -> Opts {
     if size > 1514 {
         o.rx_buf_len = 4096;
     }
+    if mode.no_event_idx {
+        o.features &= !common::bit(VIRTIO_RING_F_EVENT_IDX);
+    }
     o
 }
 
-fn measure(size: usize, pairs: u16, gl: RwLockKind, ql: SpinLockKind, secs: f64) -> (f64, f64) {
-    let s = server(&format!("bench-{size}-{pairs}-{gl}-{ql}"), 2, pairs, gl, ql);
-    let p = s.paths().to_vec();
-    let mut a = Guest::connect(&p[0], guest_opts(0, pairs, size));
-    let mut b = Guest::connect(&p[1], guest_opts(1, pairs, size));
-    // Learning: B's MAC.
+/// Frames and frame bytes received so far by one guest (written by its thread).
+#[derive(Default)]
+struct Received {
+    frames: AtomicU64,
+    bytes: AtomicU64,
+}
+
+impl Received {
+    fn add(&self, (f, b): (u64, u64)) {
+        self.frames.fetch_add(f, Ordering::Relaxed);
+        self.bytes.fetch_add(b, Ordering::Relaxed);
+    }
+    fn get(&self) -> (u64, u64) {
+        (
+            self.frames.load(Ordering::Relaxed),
+            self.bytes.load(Ordering::Relaxed),
+        )
+    }
+}
+
+/// One guest's loop: post TX bursts (when it sends), drain RX (counting, and reading the
+/// payload in `--read` mode), sleep on the call eventfds when there was nothing to do.
+fn guest_loop(mut g: Guest, sends: bool, receives: bool, ctx: Loop) -> Guest {
+    while !ctx.stop.load(Ordering::Relaxed) {
+        let mut progress = false;
+        if sends {
+            for q in 0..g.opts.pairs {
+                progress |= g.post_burst(q, ctx.len, BURST) > 0;
+            }
+        }
+        if receives {
+            let r = g.count_rx(ctx.read);
+            progress |= r.0 > 0;
+            ctx.rx.add(r);
+        }
+        if !progress {
+            match (sends, receives) {
+                (true, true) => g.wait_any(Duration::from_millis(1)),
+                (true, false) => g.wait_tx(Duration::from_millis(1)),
+                _ => g.wait_rx(Duration::from_millis(1)),
+            }
+        }
+    }
+    g
+}
+
+#[derive(Clone)]
+struct Loop {
+    stop: Arc<AtomicBool>,
+    rx: Arc<Received>,
+    len: usize,
+    read: bool,
+}
+
+/// Makes the switch learn `g`'s MAC: `g` broadcasts until `other` receives it.
+fn learn(g: &mut Guest, other: &mut Guest, from: usize) {
     let t0 = Instant::now();
     let mut rx = Vec::new();
     while rx.is_empty() && t0.elapsed() < Duration::from_secs(10) {
-        let _ = b.send(
+        let _ = g.send(
             0,
             &hdr(),
-            &frames::build([0xff; 6], mac(1), HELLO, 0, 0, 60),
+            &frames::build([0xff; 6], mac(from), HELLO, 0, 0, 60),
         );
         std::thread::sleep(Duration::from_millis(20));
-        a.poll_rx(&mut rx);
+        other.poll_rx(&mut rx);
     }
-    let len = size.max(60);
+    assert!(
+        !rx.is_empty(),
+        "the switch never delivered guest {from}'s frame"
+    );
+}
+
+/// Writes frames from guest `from` to guest `to` into every TX slot of `g`.
+fn fill(g: &mut Guest, from: usize, to: usize, pairs: u16, len: usize) {
     for q in 0..pairs {
-        while a.tx_in_flight(q) > 0 {
+        while g.tx_in_flight(q) > 0 {
             std::thread::sleep(Duration::from_millis(1));
         }
-        let f = frames::build(mac(1), mac(0), MAGIC, q, 0, len);
-        a.fill_tx(q, &hdr(), &f);
+        let f = frames::build(mac(to), mac(from), MAGIC, q, 0, len);
+        g.fill_tx(q, &hdr(), &f);
+    }
+}
+
+fn measure(
+    size: usize,
+    pairs: u16,
+    gl: RwLockKind,
+    ql: SpinLockKind,
+    secs: f64,
+    mode: Mode,
+) -> (f64, f64) {
+    let s = server(&format!("bench-{size}-{pairs}-{gl}-{ql}"), 2, pairs, gl, ql);
+    let p = s.paths().to_vec();
+    let mut a = Guest::connect(&p[0], guest_opts(0, pairs, size, mode));
+    let mut b = Guest::connect(&p[1], guest_opts(1, pairs, size, mode));
+    // Learning: B's MAC (and A's, when B sends too).
+    learn(&mut b, &mut a, 1);
+    if mode.bidir {
+        learn(&mut a, &mut b, 0);
+    }
+    let len = size.max(60);
+    fill(&mut a, 0, 1, pairs, len);
+    if mode.bidir {
+        fill(&mut b, 1, 0, pairs, len);
     }
     a.set_polling();
     b.set_polling();
     let stop = Arc::new(AtomicBool::new(false));
-    let stop2 = stop.clone();
-    let sender = std::thread::spawn(move || {
-        while !stop2.load(Ordering::Relaxed) {
-            let mut progress = false;
-            for q in 0..pairs {
-                progress |= a.post_burst(q, len, BURST) > 0;
-            }
-            if !progress {
-                a.wait_tx(Duration::from_millis(1));
-            }
-        }
-        a
-    });
-    let mut drain = || {
-        let r = b.count_rx();
-        if r.0 == 0 {
-            b.wait_rx(Duration::from_millis(1));
-        }
-        r
+    let ctx = |rx: &Arc<Received>| Loop {
+        stop: stop.clone(),
+        rx: rx.clone(),
+        len,
+        read: mode.read,
     };
-    let warm = Instant::now() + Duration::from_millis(300);
-    while Instant::now() < warm {
-        drain();
-    }
+    let (rx_a, rx_b) = (Arc::new(Received::default()), Arc::new(Received::default()));
+    let (ca, cb) = (ctx(&rx_a), ctx(&rx_b));
+    let bidir = mode.bidir;
+    let ta = std::thread::spawn(move || guest_loop(a, true, bidir, ca));
+    let tb = std::thread::spawn(move || guest_loop(b, bidir, true, cb));
+    let total = || {
+        let (x, y) = (rx_a.get(), rx_b.get());
+        (x.0 + y.0, x.1 + y.1)
+    };
+    std::thread::sleep(Duration::from_millis(300));
     let cpu0 = thread_cpu();
+    let (f0, b0) = total();
     let t0 = Instant::now();
-    let (mut frames, mut bytes) = (0u64, 0u64);
-    while t0.elapsed().as_secs_f64() < secs {
-        let (f, by) = drain();
-        frames += f;
-        bytes += by;
-    }
+    std::thread::sleep(Duration::from_secs_f64(secs));
+    let (f1, b1) = total();
     let el = t0.elapsed().as_secs_f64();
     let cpu1 = thread_cpu();
     stop.store(true, Ordering::Relaxed);
-    let a = sender.join().expect("sender");
+    let a = ta.join().expect("guest A");
+    let b = tb.join().expect("guest B");
+    let frames = f1 - f0;
     if std::env::var_os("PVNET_BENCH_DEBUG").is_some() {
         let sw = s.switch();
         let mut t = pvnet_backend::stats::QueueSnapshot::default();
@@ -118,8 +258,10 @@ fn measure(size: usize, pairs: u16, gl: RwLockKind, ql: SpinLockKind, secs: f64)
             }
         }
         eprintln!(
-            "{size} {pairs}: {t:?} kicks {}; sleeps/timeouts: sender {}/{} receiver {}/{}",
+            "{size} {pairs} ({}): {t:?} kicks A {} B {}; sleeps/timeouts: A {}/{} B {}/{}",
+            mode.describe(),
             a.kicks_sent,
+            b.kicks_sent,
             a.sleeps.get(),
             a.timeouts.get(),
             b.sleeps.get(),
@@ -139,7 +281,7 @@ fn measure(size: usize, pairs: u16, gl: RwLockKind, ql: SpinLockKind, secs: f64)
     }
     drop((a, b));
     s.shutdown();
-    (frames as f64 / el, bytes as f64 * 8.0 / el / 1e9)
+    (frames as f64 / el, (b1 - b0) as f64 * 8.0 / el / 1e9)
 }
 
 /// CPU seconds so far of every thread of this process: tid -> (name, seconds).
@@ -193,10 +335,9 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| !a.starts_with('-'))
-        .collect();
+    let (flags, args): (Vec<String>, Vec<String>) =
+        std::env::args().skip(1).partition(|a| a.starts_with('-'));
+    let mode = Mode::from_flags(&flags);
     let secs: f64 = args.first().and_then(|a| a.parse().ok()).unwrap_or(2.0);
     let rounds: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(2);
     let list = |i: usize, all: &[usize]| -> Vec<usize> {
@@ -220,7 +361,7 @@ fn main() {
         for &size in &sizes {
             for &pairs in &pair_counts {
                 for &(gl, ql) in &combos {
-                    let r = measure(size, pairs, gl, ql, secs);
+                    let r = measure(size, pairs, gl, ql, secs, mode);
                     let key = (size, pairs, format!("{gl}+{ql}"));
                     match results.iter_mut().find(|x| x.0 == key) {
                         Some(x) => x.1.push(r),
@@ -231,6 +372,7 @@ fn main() {
         }
     }
     let (hot, cold) = (median(hot), median(cold));
+    println!("in-process guests: {}", mode.describe());
     println!(
         "single-core memcpy, 64 KiB copies (median of {rounds}): {hot:.1} Gbit/s between two \
          64 KiB buffers, {cold:.1} Gbit/s walking two 64 MiB buffers"

@@ -1,5 +1,11 @@
 //! Rendering of the switch's counters: a text table or JSON lines, per port and per queue
 //! pair, with the lock counters of the grant-lock and queue-lock kinds.
+//!
+//! Per queue pair (and per port in `total`): `tx_frames`/`tx_bytes` taken from the guest's TX
+//! ring, `rx_frames`/`rx_bytes` delivered into its RX ring, `backpressure` (sender held back
+//! by a full RX ring), `tx_notifications`/`rx_notifications` (calls to the guest),
+//! `tx_kicks`/`rx_kicks` (kicks from the guest handled on the TX / RX queue) and `drops` by
+//! reason. `scripts/switchbench.sh` reads these JSON keys.
 
 use crate::stats::Drop as DropReason;
 use crate::stats::{QueueSnapshot, NR_DROPS};
@@ -50,7 +56,7 @@ fn render_text(sw: &Switch) -> String {
     let mut o = String::new();
     let _ = writeln!(
         o,
-        "{:<6} {:<5} {:>12} {:>14} {:>12} {:>14} {:>8} {:>10} {:>10}  drops",
+        "{:<6} {:<5} {:>12} {:>14} {:>12} {:>14} {:>8} {:>10} {:>10} {:>10} {:>10}  drops",
         "port",
         "queue",
         "tx_frames",
@@ -59,7 +65,9 @@ fn render_text(sw: &Switch) -> String {
         "rx_bytes",
         "bp",
         "tx_notif",
-        "rx_notif"
+        "rx_notif",
+        "tx_kicks",
+        "rx_kicks"
     );
     for p in 0..sw.ports.len() {
         let mut rows = Vec::new();
@@ -73,7 +81,7 @@ fn render_text(sw: &Switch) -> String {
         for (q, s) in rows {
             let _ = writeln!(
                 o,
-                "{:<6} {:<5} {:>12} {:>14} {:>12} {:>14} {:>8} {:>10} {:>10} {}",
+                "{:<6} {:<5} {:>12} {:>14} {:>12} {:>14} {:>8} {:>10} {:>10} {:>10} {:>10} {}",
                 p,
                 q,
                 s.tx_frames,
@@ -83,6 +91,8 @@ fn render_text(sw: &Switch) -> String {
                 s.backpressure,
                 s.tx_notifications,
                 s.rx_notifications,
+                s.tx_kicks,
+                s.rx_kicks,
                 drops_text(&s)
             );
         }

@@ -97,8 +97,8 @@ struct TxInner {
     bytes: AtomicU64,
     backpressure: AtomicU64,
     notifications: AtomicU64,
-    tx_kicks: AtomicU64,
-    rx_kicks: AtomicU64,
+    /// Kick events handled: [RX queue, TX queue] of the pair.
+    kicks: [AtomicU64; 2],
     drops: [AtomicU64; NR_DROPS],
 }
 
@@ -125,13 +125,17 @@ impl TxStats {
     pub fn notified(&self) {
         bump(&self.0.notifications, 1);
     }
-    /// The guest kicked this pair's TX ring (one handled kick event).
-    pub fn tx_kick(&self) {
-        bump(&self.0.tx_kicks, 1);
-    }
-    /// The guest kicked this pair's RX ring (posted buffers while a sender was held back).
-    pub fn rx_kick(&self) {
-        bump(&self.0.rx_kicks, 1);
+    /// A kick from the frontend was handled on the pair's queue `queue_in_pair` (0: its RX
+    /// queue, the frontend posted buffers; 1: its TX queue, the frontend posted frames); any
+    /// other event (back-pressure retry, timer) is not a kick and is ignored. One count per
+    /// wake-up of the kick eventfd: kicks sent while one is still pending coalesce.
+    pub fn kicked(&self, queue_in_pair: u64) {
+        if let Some(c) = usize::try_from(queue_in_pair)
+            .ok()
+            .and_then(|i| self.0.kicks.get(i))
+        {
+            bump(c, 1);
+        }
     }
     /// A drop for `reason`.
     pub fn drop(&self, reason: Drop) {
@@ -148,8 +152,8 @@ impl TxStats {
             tx_bytes: self.0.bytes.load(Relaxed),
             backpressure: self.0.backpressure.load(Relaxed),
             tx_notifications: self.0.notifications.load(Relaxed),
-            tx_kicks: self.0.tx_kicks.load(Relaxed),
-            rx_kicks: self.0.rx_kicks.load(Relaxed),
+            rx_kicks: self.0.kicks[0].load(Relaxed),
+            tx_kicks: self.0.kicks[1].load(Relaxed),
             ..QueueSnapshot::default()
         };
         for (d, c) in s.drops.iter_mut().zip(self.0.drops.iter()) {
@@ -206,8 +210,9 @@ pub struct QueueSnapshot {
     pub backpressure: u64,
     pub tx_notifications: u64,
     pub rx_notifications: u64,
-    /// Kick events handled on the TX / RX ring (driver → device notifications).
+    /// Kicks handled on the TX queue (the frontend posted frames).
     pub tx_kicks: u64,
+    /// Kicks handled on the RX queue (the frontend posted receive buffers).
     pub rx_kicks: u64,
     pub drops: [u64; NR_DROPS],
 }
@@ -251,8 +256,7 @@ impl QueueSnapshot {
             "backpressure": self.backpressure,
             "tx_notifications": self.tx_notifications,
             "rx_notifications": self.rx_notifications,
-            "tx_kicks": self.tx_kicks,
-            "rx_kicks": self.rx_kicks,
+            "tx_kicks": self.tx_kicks, "rx_kicks": self.rx_kicks,
             "drops": drops,
         })
     }
@@ -271,6 +275,10 @@ mod tests {
         t.drop(Drop::TooShort);
         r.frame(60);
         r.drop(Drop::FloodFull);
+        t.kicked(1);
+        t.kicked(1);
+        t.kicked(0);
+        t.kicked(2); // not a queue kick
         let mut s = t.snapshot();
         r.add_to(&mut s);
         assert_eq!(
@@ -279,6 +287,9 @@ mod tests {
         );
         assert_eq!(s.total_drops(), 2);
         assert_eq!(s.drops_for(Drop::TooShort), 1);
+        assert_eq!((s.tx_kicks, s.rx_kicks), (2, 1));
         assert_eq!(s.to_json()["drops"]["flood_full"], 1);
+        assert_eq!(s.to_json()["tx_kicks"], 2);
+        assert_eq!(s.to_json()["rx_kicks"], 1);
     }
 }

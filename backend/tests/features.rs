@@ -39,6 +39,21 @@ fn event_idx_off() {
         snap.rx_notifications > 0 && snap.tx_notifications > 0,
         "{snap:?}"
     );
+    // The guests' kicks are counted: frames posted on TX, buffers reposted on RX.
+    let sw = s.switch();
+    let kicks = |p: usize| {
+        (0..4)
+            .map(|q| sw.ports[p].queue_snapshot(q))
+            .fold((0, 0), |k, q| (k.0 + q.tx_kicks, k.1 + q.rx_kicks))
+    };
+    for p in 0..2 {
+        let (tx, rx) = kicks(p);
+        assert!(
+            tx > 0 && tx <= 1000,
+            "port {p}: {tx} TX kicks for 1000 frames"
+        );
+        assert!(rx > 0, "port {p}: no RX kicks counted");
+    }
     s.shutdown();
 }
 

@@ -12,10 +12,10 @@ def drops(d):
 
 def main():
     cols = ("tx_frames", "tx_bytes", "rx_frames", "rx_bytes", "backpressure",
-            "tx_notifications", "rx_notifications")
+            "tx_notifications", "rx_notifications", "tx_kicks", "rx_kicks")
     head = ("port", "queue", "tx_frames", "tx_bytes", "rx_frames", "rx_bytes", "bp",
-            "tx_notif", "rx_notif")
-    print("%-4s %-5s %10s %13s %10s %13s %7s %9s %9s  drops" % head)
+            "tx_notif", "rx_notif", "tx_kicks", "rx_kicks")
+    print("%-4s %-5s %10s %13s %10s %13s %7s %9s %9s %9s %9s  drops" % head)
     for line in sys.stdin:
         line = line.strip()
         if not line.startswith("{"):
@@ -29,7 +29,7 @@ def main():
                     if any(q.get(c) for c in cols)]
             rows.append(("all", o.get("total", {})))
             for name, q in rows:
-                print("%-4s %-5s %10d %13d %10d %13d %7d %9d %9d  %s" % (
+                print("%-4s %-5s %10d %13d %10d %13d %7d %9d %9d %9d %9d  %s" % (
                     o["port"], name, *(q.get(c, 0) for c in cols), drops(q.get("drops", {}))))
         else:
             for key in ("grant_lock", "queue_lock"):

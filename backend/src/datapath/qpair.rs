@@ -344,10 +344,7 @@ impl QueuePair {
                 }
                 None
             }
-            Some(r) => {
-                port.tx[self.q].rx_kick();
-                r.kicked(&g, slot)
-            }
+            Some(r) => r.kicked(&g, slot),
         };
         drop(ring);
         drop(g);

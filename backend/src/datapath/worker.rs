@@ -119,12 +119,13 @@ impl Worker {
         match tok {
             Token::Rx(k) => {
                 if let (Some(qp), Some(rx)) = (self.pairs.get_mut(k), vrings.get(2 * k)) {
+                    cx.fabric.sw.ports[cx.port].tx[qp.q].kicked(0);
                     qp.rx_event(cx, rx);
                 }
             }
             Token::Tx(k) => {
                 if let Some(qp) = self.pairs.get(k) {
-                    cx.fabric.sw.ports[cx.port].tx[qp.q].tx_kick();
+                    cx.fabric.sw.ports[cx.port].tx[qp.q].kicked(1);
                 }
                 self.run(cx, vrings, false);
             }

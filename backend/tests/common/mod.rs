@@ -543,8 +543,10 @@ impl Guest {
         len
     }
 
-    /// Drains every RX ring without copying frames out: (frames, frame bytes).
-    pub fn count_rx(&mut self) -> (u64, u64) {
+    /// Drains every RX ring: (frames, frame bytes). With `read`, every byte of every used
+    /// buffer is copied out as a receiving guest's stack would (see `Guest::read_rx_buf`);
+    /// without, only the ring entries and the header's `num_buffers` are read.
+    pub fn count_rx(&mut self, read: bool) -> (u64, u64) {
         let (mut frames, mut bytes) = (0u64, 0u64);
         for pair in 0..self.opts.pairs {
             let ring = 2 * usize::from(pair);
@@ -579,6 +581,9 @@ impl Guest {
                         + 4
                         + 8 * u64::from(self.rings[ring].last_used % self.rings[ring].size);
                     let id = self.r32(e) as u16;
+                    if read {
+                        self.read_rx_buf(self.rx_buf(pair, id), self.r32(e + 4));
+                    }
                     self.rings[ring].last_used = self.rings[ring].last_used.wrapping_add(1);
                     self.push_avail(ring, id);
                 }

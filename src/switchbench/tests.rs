@@ -1,0 +1,93 @@
+//! Tests of `pvnet switchbench-report` (parsing, medians, ratios, every output format).
+
+use super::*;
+
+const RUNS: &str = "\
+round,size,pairs,loop,dest,flows,config,switch,status,mpps,gbps,reports,window_s,frames,cpu_s,ctxsw,tx_kicks,rx_kicks,full_ring_drops,other_drops,drops,switch_cpu_other_pct,client_cpu_other_pct
+1,64,1,closed,learned,many,pvnet,pvnet,ok,1.0,0.5,5,5.0,5000000,5.0,500,1000,2000,0,0,,1.5,0.5
+1,64,1,closed,learned,many,testpmd,testpmd,ok,4.0,2.0,5,5.0,20000000,5.0,10,,,0,0,,1.5,0.5
+2,64,1,closed,learned,many,pvnet,pvnet,ok,1.2,0.6,5,5.0,6000000,4.8,600,1200,2400,3,0,rx_full_timeout=3,1.5,0.5
+2,64,1,closed,learned,many,testpmd,testpmd,ok,3.0,1.5,5,5.0,15000000,5.0,10,,,0,0,,1.5,0.5
+3,64,1,closed,learned,many,pvnet,pvnet,failed: pvnet dropped 2 frames,0.9,0.4,5,5.0,4500000,5.0,500,900,1800,0,2,no_dest=2,1.5,0.5
+3,64,1,closed,learned,many,testpmd,testpmd,retried,50.0,25,5,5.0,25000000,5.0,10,,,0,0,,90,1
+3,64,1,closed,learned,many,testpmd,testpmd,ok,5.0,2.5,5,5.0,25000000,5.0,10,,,0,0,,1.5,0.5
+";
+
+#[test]
+fn medians_ratios_and_per_frame_figures() {
+    let sums = summarize(&parse_runs(RUNS).unwrap());
+    assert_eq!(sums.len(), 2);
+    let p = &sums[0];
+    assert_eq!((p.config.as_str(), p.runs_ok, p.runs), ("pvnet", 2, 3));
+    // Only the two good runs count: median of 1.0 and 1.2.
+    assert!((p.mpps - 1.1).abs() < 1e-9, "{p:?}");
+    // testpmd: median of 4, 3, 5 = 4; ratio 1.1 / 4.
+    assert!((sums[1].mpps - 4.0).abs() < 1e-9);
+    assert!((p.ratio.unwrap() - 1.1 / 4.0).abs() < 1e-9);
+    assert_eq!(sums[1].ratio, None);
+    // CPU per frame: 5 s / 5e6 = 1000 ns and 4.8 s / 6e6 = 800 ns -> 900.
+    assert!((p.cpu_ns_per_frame - 900.0).abs() < 1e-6);
+    // Kicks per 1000 frames: 0.2 tx and 0.4 rx in both good runs.
+    let (t, r) = p.kicks_per_kframe.unwrap();
+    assert!((t - 0.2).abs() < 1e-9 && (r - 0.4).abs() < 1e-9);
+    assert!(
+        sums[1].kicks_per_kframe.is_none(),
+        "testpmd counts no kicks"
+    );
+    // Drops are summed over every run, failed ones included.
+    assert_eq!((p.full_ring_drops, p.other_drops), (3, 2));
+    let drops: Vec<(&str, u64)> = p.drops.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+    assert_eq!(drops, [("no_dest", 2), ("rx_full_timeout", 3)]);
+    assert_eq!(p.mpps_rounds[..2], [1.0, 1.2]);
+    assert!(p.mpps_rounds[2].is_nan(), "a failed round has no figure");
+    assert_eq!(p.other_load, Some((1.5, 0.5)));
+}
+
+#[test]
+fn every_format_renders_every_row() {
+    let sums = summarize(&parse_runs(RUNS).unwrap());
+    let idle =
+        parse_idle("config,switch,pairs,secs,cpu_s,ctxsw,status\npvnet,pvnet,8,10.0,0.05,40,ok\n")
+            .unwrap();
+    let text = render_text(&sums, &idle);
+    assert!(text.contains("0.28x"), "{text}");
+    assert!(text.contains("no_dest=2 rx_full_timeout=3"), "{text}");
+    assert!(
+        text.contains("1.00 1.20 -"),
+        "failed round shown as '-': {text}"
+    );
+    assert!(
+        text.contains("|     64 |     1 | closed | learned |"),
+        "{text}"
+    );
+    assert!(text.contains("|-------:|"), "{text}");
+    assert!(text.contains("0.5"), "idle CPU %: {text}");
+    let csv = render_csv(&sums, &idle);
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(lines.len(), 4);
+    let ncol = CSV_HEAD.split(',').count();
+    assert!(lines.iter().all(|l| l.split(',').count() == ncol), "{csv}");
+    let json = render_json(&sums, &idle);
+    for l in json.lines() {
+        let v: serde_json::Value = serde_json::from_str(l).unwrap();
+        assert!(v["kind"] == "case" || v["kind"] == "idle");
+    }
+    let first: serde_json::Value = serde_json::from_str(json.lines().next().unwrap()).unwrap();
+    assert_eq!(first["mpps_rounds"], serde_json::json!([1.0, 1.2, null]));
+    let svg = svg(&sums);
+    assert!(svg.starts_with("<svg") && svg.contains("testpmd"));
+    assert!(svg.contains(">64B 1q<"), "{svg}");
+}
+
+#[test]
+fn bad_input_is_an_error_with_its_line() {
+    let bad = RUNS.replace(
+        "1,64,1,closed,learned,many,pvnet,pvnet,ok,1.0",
+        "1,64,x,closed,learned,many,pvnet,pvnet,ok,1.0",
+    );
+    let e = format!("{:#}", parse_runs(&bad).unwrap_err());
+    assert!(e.contains("line 2") && e.contains("pairs"), "{e}");
+    assert!(parse_runs("").is_err());
+    let e = format!("{:#}", parse_runs("round,size\n1,64\n").unwrap_err());
+    assert!(e.contains("no column"), "{e}");
+}
