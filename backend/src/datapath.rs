@@ -41,6 +41,7 @@ pub mod poll;
 pub mod qpair;
 pub mod ring;
 pub mod rxq;
+pub mod soft;
 pub mod worker;
 
 use crate::net::VirtioNetHdr;
@@ -79,6 +80,10 @@ pub trait FrameSet {
     fn count(&self) -> usize;
     /// Frame `i` (`i < count()`).
     fn get(&self, i: usize) -> FrameSrc<'_>;
+    /// Frame bytes of frame `i` (what a lock-hold budget counts).
+    fn bytes(&self, i: usize) -> usize {
+        self.get(i).len
+    }
 }
 
 /// What became of a frame offered to a destination queue.

@@ -80,6 +80,9 @@ impl FrameSet for Window<'_> {
     fn get(&self, i: usize) -> FrameSrc<'_> {
         self.set.get(self.off + i)
     }
+    fn bytes(&self, i: usize) -> usize {
+        self.set.bytes(self.off + i)
+    }
 }
 
 impl<L: Locks> Destination<L> for GuestPort<'_, L> {
@@ -112,8 +115,8 @@ impl<L: Locks> Destination<L> for GuestPort<'_, L> {
             // One hold: frames up to HOLD_BYTES (at least one).
             let mut end = start;
             let mut bytes = 0;
-            while end < n && (end == start || bytes + frames.get(end).len <= HOLD_BYTES) {
-                bytes += frames.get(end).len;
+            while end < n && (end == start || bytes + frames.bytes(end) <= HOLD_BYTES) {
+                bytes += frames.bytes(end);
                 end += 1;
             }
             let w = Window {

@@ -14,11 +14,11 @@
 
 use crate::config::Config;
 use crate::datapath::burst::{self, Burst, ClassifyCtx, Frame, Route};
-use crate::datapath::copy::{self, SegCursor};
 use crate::datapath::dest::{Destination, GuestPort, SrcGrants};
 use crate::datapath::held::HeldBack;
 use crate::datapath::ring::{needs_call, Kicks, RingLayout, UsedShadow};
 use crate::datapath::rxq::{RxRing, Waker};
+use crate::datapath::soft::Soft;
 use crate::datapath::{Data, Fate, FrameSet, FrameSrc, LogLimit};
 use crate::net::{self, gso, Delivery, VirtioNetHdr};
 use crate::stats::{Drop, TxStats};
@@ -116,6 +116,14 @@ impl FrameSet for Run<'_> {
             None => empty(),
         }
     }
+
+    fn bytes(&self, i: usize) -> usize {
+        match self.ids.get(i) {
+            Some(FrameId::Burst(k)) => self.burst.frames.get(*k).map_or(0, |f| f.len as usize),
+            Some(FrameId::Held(k)) => self.held.get(*k).map_or(0, |h| h.frame.len as usize),
+            None => 0,
+        }
+    }
 }
 
 fn empty() -> FrameSrc<'static> {
@@ -124,36 +132,6 @@ fn empty() -> FrameSrc<'static> {
         len: 0,
         data: Data::Local(&[]),
     }
-}
-
-/// Software-offload output for one frame: complete frames, back to back.
-struct Pieces<'a> {
-    buf: &'a [u8],
-    at: &'a [(usize, usize)],
-}
-
-impl FrameSet for Pieces<'_> {
-    fn count(&self) -> usize {
-        self.at.len()
-    }
-
-    fn get(&self, i: usize) -> FrameSrc<'_> {
-        let (a, n) = self.at.get(i).copied().unwrap_or_default();
-        FrameSrc {
-            hdr: VirtioNetHdr::plain(),
-            len: n,
-            data: Data::Local(self.buf.get(a..a + n).unwrap_or_default()),
-        }
-    }
-}
-
-/// Buffers of the software offload path (reused).
-#[derive(Default)]
-struct Soft {
-    lin: Vec<u8>,
-    scratch: Vec<u8>,
-    out: Vec<u8>,
-    at: Vec<(usize, usize)>,
 }
 
 /// One queue pair (see the module documentation).
@@ -537,9 +515,8 @@ impl QueuePair {
         }
     }
 
-    /// A frame the receiver cannot take as it is: linearised, then its checksum completed
-    /// or it is segmented, and the result delivered as complete frames. A frame partly
-    /// delivered when the queue fills is not held back (dropped, `flood_full`).
+    /// A frame the receiver cannot take as it is ([`soft`](crate::datapath::soft)):
+    /// prepared under the source guard, then delivered as complete frames.
     fn deliver_soft<L: Locks>(
         &mut self,
         cx: &PortCtx<'_, L>,
@@ -551,73 +528,27 @@ impl QueuePair {
         let Some(f) = self.frame_of(id).copied() else {
             return Fate::Dropped(Drop::BadChain);
         };
-        let len = f.len as usize;
-        let s = &mut self.soft;
-        s.lin.resize(len, 0);
-        {
-            let segs = match id {
-                FrameId::Burst(k) => self.burst.segs_of(k),
-                FrameId::Held(k) => match self.held.get(k).map(|h| h.src().data) {
-                    Some(Data::Guest { segs, .. }) => segs,
-                    _ => &[],
-                },
-            };
-            let g = cx.grants().read();
-            let mut cur = SegCursor::new(segs);
-            if !cur.skip(usize::from(f.hl))
-                || copy::read_into(&g, &mut self.hint, &mut cur, &mut s.lin).is_err()
-            {
-                return Fate::Dropped(Drop::NotGranted);
-            }
-        }
-        s.out.clear();
-        s.at.clear();
-        match gso::plan(&f.hdr, dfeat) {
-            Delivery::CompleteCsum => {
-                let (cs, co) = (
-                    usize::from(f.hdr.csum_start),
-                    usize::from(f.hdr.csum_offset),
-                );
-                if net::complete_csum(&mut s.lin, cs, co).is_err() {
-                    return Fate::Dropped(Drop::BadOffload);
-                }
-                s.at.push((0, len));
-                std::mem::swap(&mut s.out, &mut s.lin);
-            }
-            _ => {
-                if s.scratch.len() < gso::SCRATCH_LEN {
-                    s.scratch.resize(gso::SCRATCH_LEN, 0);
-                }
-                let (out, at) = (&mut s.out, &mut s.at);
-                let r = gso::segment_all(&f.hdr, &s.lin, &mut s.scratch, |_, seg| {
-                    at.push((out.len(), seg.len()));
-                    out.extend_from_slice(seg);
-                });
-                if r.is_err() {
-                    return Fate::Dropped(Drop::BadOffload);
-                }
-            }
-        }
-        let n = s.at.len();
-        let mut fates = vec![Fate::Pending; n];
-        let set = Pieces {
-            buf: &s.out,
-            at: &s.at,
+        let segs = match id {
+            FrameId::Burst(k) => self.burst.segs_of(k),
+            FrameId::Held(k) => match self.held.get(k).map(|h| h.src().data) {
+                Some(Data::Guest { segs, .. }) => segs,
+                _ => &[],
+            },
         };
+        let prepared = {
+            let g = cx.grants().read();
+            self.soft.prepare(&g, &mut self.hint, segs, &f, dfeat)
+        };
+        if let Err(r) = prepared {
+            return Fate::Dropped(r);
+        }
+        let (set, fates) = self.soft.output();
         let mut src = SrcGrants {
             table: cx.grants(),
             hint: &mut self.hint,
         };
-        dest.deliver(q, &mut src, &set, &mut fates, &self.waker);
-        if matches!(gso::plan(&f.hdr, dfeat), Delivery::CompleteCsum) {
-            std::mem::swap(&mut s.out, &mut s.lin);
-        }
-        let delivered = fates.iter().filter(|x| **x == Fate::Delivered).count();
-        match (delivered, fates.iter().find(|x| **x != Fate::Delivered)) {
-            (_, None) => Fate::Delivered,
-            (0, Some(first)) => *first,
-            (_, Some(_)) => Fate::Dropped(Drop::FloodFull),
-        }
+        dest.deliver(q, &mut src, &set, fates, &self.waker);
+        Soft::fold(fates)
     }
 
     /// Applies the destination's verdicts on `run` (frames for port `d`).

@@ -157,6 +157,8 @@ struct RxState {
     /// The frame being assembled: its buffers, and its chains (head, capacity).
     bufs: Vec<Seg>,
     heads: Vec<(u16, u32)>,
+    /// Header and small frame assembled here (not zeroed per frame).
+    small: Box<[u8; SMALL]>,
     log: LogLimit,
 }
 
@@ -206,6 +208,7 @@ impl RxRing {
                 shadow: UsedShadow::with_capacity(64),
                 bufs: Vec::with_capacity(64),
                 heads: Vec::with_capacity(64),
+                small: Box::new([0u8; SMALL]),
                 log: LogLimit::default(),
             },
             queue,
@@ -476,10 +479,10 @@ impl RxState {
         let mut dc = SegCursor::new(&self.bufs);
         match f.data {
             Data::Local(b) if dhl + b.len() <= SMALL => {
-                let mut small = [0u8; SMALL];
+                let small = &mut self.small[..dhl + b.len()];
                 small[..dhl].copy_from_slice(&hb[..dhl]);
-                small[dhl..dhl + b.len()].copy_from_slice(b);
-                copy::write_from(dg, dh, &mut dc, &small[..dhl + b.len()])?;
+                small[dhl..].copy_from_slice(b);
+                copy::write_from(dg, dh, &mut dc, small)?;
             }
             Data::Local(b) => {
                 copy::write_from(dg, dh, &mut dc, &hb[..dhl])?;
