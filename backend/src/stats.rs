@@ -25,7 +25,8 @@ pub enum Drop {
     TooShort,
     /// Frame larger than 64 KiB plus headers.
     TooLarge,
-    /// Destination RX ring stayed full past the back-pressure bound.
+    /// Destination RX ring stayed full past the back-pressure bound (or the sender's TX ring
+    /// stopped while the frame was held back by it).
     RxFullTimeout,
     /// Flooded copy not delivered to a port whose RX ring was full.
     FloodFull,

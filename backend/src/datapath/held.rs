@@ -178,11 +178,12 @@ impl HeldBack {
         }
     }
 
-    /// Drops every held frame (the TX ring stops or the connection goes): all chains are
-    /// staged as used.
+    /// Drops every held frame (the sender's TX ring stops while they wait for room): all
+    /// chains are staged as used; counted `rx_full_timeout` (they were held back by a full
+    /// receiver and their wait ended without room).
     pub fn drop_all(&mut self, used: &mut UsedShadow, stats: &TxStats) {
         for k in 0..self.list.len() {
-            self.finish(k, Some(Drop::NoDest), stats);
+            self.finish(k, Some(Drop::RxFullTimeout), stats);
         }
         self.release(used);
     }
@@ -242,6 +243,6 @@ mod tests {
         assert!(h.waiting_for(1) && !h.waiting_for(2));
         h.drop_all(&mut used, &stats);
         assert_eq!((used.len(), h.len()), (3, 0));
-        assert_eq!(stats.drops(Drop::NoDest), 1);
+        assert_eq!(stats.drops(Drop::RxFullTimeout), 2);
     }
 }

@@ -557,7 +557,8 @@ impl QueuePair {
             match id {
                 FrameId::Held(k) => match fate {
                     Fate::Delivered => self.held.finish(k, None, stats),
-                    Fate::NotReady => self.held.finish(k, Some(Drop::NoDest), stats),
+                    // Its queue went away while it waited for room there.
+                    Fate::NotReady => self.held.finish(k, Some(Drop::RxFullTimeout), stats),
                     Fate::Dropped(r) => self.held.finish(k, Some(r), stats),
                     Fate::Full | Fate::Pending => {}
                 },
