@@ -15,8 +15,9 @@
 //!
 //! All of it runs under the source port's grant read guard.
 
-use crate::datapath::chain::{read_chain, Dir};
+use crate::datapath::chain::{read_chain, DescTable, Dir};
 use crate::datapath::copy::{self, SegCursor};
+use crate::datapath::ring::one_slice;
 use crate::datapath::{Data, FrameSrc, Seg};
 use crate::fdb::Fdb;
 use crate::net::{self, hdr::NEEDS_CSUM, VirtioNetHdr};
@@ -128,15 +129,18 @@ pub struct Room {
 }
 
 /// Step 1: takes chains from the TX ring `q` with one avail-index read (at most [`BURST`]
-/// and `room`) and walks each into the burst's segment list. Returns the number taken; a
+/// and `room`) and walks each into the burst's segment list, reading descriptors from
+/// `table` (the ring's descriptor table, translated once). Returns the number taken; a
 /// ring whose avail index is bogus yields an error and nothing.
-pub fn fetch<F: RwFamily>(
+pub fn fetch<'m, F: RwFamily>(
     b: &mut Burst,
     q: &mut Queue,
-    mem: &GrantMemory<'_, '_, F>,
+    mem: &'m GrantMemory<'_, '_, F>,
+    table: &DescTable<'m>,
     room: Room,
     hl: usize,
 ) -> Result<usize, virtio_queue::Error> {
+    let mut indirect = |gpa: u64, len: u32| one_slice(mem, gpa, len as usize, Permissions::Read);
     let mut it = q.iter(mem)?;
     let max = room.frames.min(BURST);
     let mut n = 0;
@@ -144,7 +148,15 @@ pub fn fetch<F: RwFamily>(
         let Some(chain) = it.next() else { break };
         let head = chain.head_index();
         let seg0 = b.segs.len();
-        let route = match read_chain(chain, Dir::Readable, MAX_FRAME + hl, &mut b.segs) {
+        let r = read_chain(
+            table,
+            head,
+            &mut indirect,
+            Dir::Readable,
+            MAX_FRAME + hl,
+            &mut b.segs,
+        );
+        let route = match r {
             Ok(info) if info.bytes < hl + net::eth::ETH_HLEN => Route::Drop(Drop::TooShort),
             Ok(_) => Route::Unknown,
             Err(e) => Route::Drop(e.tx_drop()),
@@ -193,6 +205,8 @@ pub struct ClassifyCtx<'a> {
     pub port_security: bool,
     /// Number of ports (a lone port has nobody to flood to).
     pub ports: usize,
+    /// RX queues enabled on port `d` now.
+    pub queues_of: &'a dyn Fn(usize) -> u32,
     pub stats: &'a TxStats,
 }
 
@@ -261,18 +275,25 @@ fn classify_one<F: RwFamily>(
     if !net::is_multicast(&smac) {
         cx.fdb.learn_at(&smac, cx.port, cx.now);
     }
-    let fr = &mut b.frames[i];
-    fr.hdr = hdr;
-    fr.hash = net::flow_hash(frame);
     let known = (!net::is_multicast(&dmac))
         .then(|| cx.fdb.lookup_at(&dmac, cx.now))
         .flatten();
-    match known {
+    let route = match known {
         Some(d) if d == cx.port => Route::Drop(Drop::NoDest),
         Some(d) => Route::Port(d),
         None if cx.ports < 2 => Route::Drop(Drop::NoDest),
         None => Route::Flood,
-    }
+    };
+    // The flow hash only picks among several RX queues: a unicast frame to a port with
+    // one queue enabled does without it.
+    let hash = match route {
+        Route::Port(d) if (cx.queues_of)(d) < 2 => 0,
+        _ => net::flow_hash(frame),
+    };
+    let fr = &mut b.frames[i];
+    fr.hdr = hdr;
+    fr.hash = hash;
+    route
 }
 
 #[cfg(test)]
@@ -340,7 +361,12 @@ mod tests {
             frames: BURST,
             segs: 1 << 20,
         };
-        assert_eq!(fetch(&mut b, &mut q, &gm, room, 12).expect("fetch"), 5);
+        let lay = crate::datapath::ring::RingLayout::of(&q).expect("layout");
+        let table = lay.desc_table(&gm).expect("table");
+        assert_eq!(
+            fetch(&mut b, &mut q, &gm, &table, room, 12).expect("fetch"),
+            5
+        );
         assert_eq!(q.next_avail(), 5);
         let fdb = Fdb::new();
         fdb.learn(&PEER, 1);
@@ -352,6 +378,7 @@ mod tests {
             mac: ME,
             port_security: true,
             ports: 2,
+            queues_of: &|_| 2,
             stats: &stats,
         };
         let mut hint = RegionHint::default();

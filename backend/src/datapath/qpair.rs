@@ -226,7 +226,12 @@ impl QueuePair {
             let mem = GrantMemory::new(&g, self.hint);
             self.kicks.disarm(&lay, &mem);
             let hl = net::net_hdr_len(cx.features);
-            match burst::fetch(&mut self.burst, q, &mem, self.held.room(), hl) {
+            let fetched = match lay.desc_table(&mem) {
+                Some(t) => burst::fetch(&mut self.burst, q, &mem, &t, self.held.room(), hl)
+                    .map_err(|e| e.to_string()),
+                None => Err("descriptor table outside granted memory".into()),
+            };
+            match fetched {
                 Ok(n) => out.taken = n,
                 Err(e) => {
                     if self.log.allow() {
@@ -245,6 +250,7 @@ impl QueuePair {
                 mac: port.mac,
                 port_security: cx.cfg().port_security,
                 ports: cx.sw().ports.len(),
+                queues_of: &|d| cx.sw().ports.get(d).map_or(0, |p| p.enabled_pairs()),
                 stats,
             };
             burst::classify(&mut self.burst, &g, &mut self.hint, &ccx);

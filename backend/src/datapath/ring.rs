@@ -15,15 +15,18 @@
 //! `pvnet_grant::GrantMemory`, so ring accesses are checked against the grant table and
 //! happen under its read lock like buffer accesses.
 
+use crate::datapath::chain::DescTable;
 use std::sync::atomic::{fence, Ordering};
 use virtio_bindings::virtio_ring::{VRING_AVAIL_F_NO_INTERRUPT, VRING_USED_F_NO_NOTIFY};
 use virtio_queue::{Queue, QueueT};
-use vm_memory::{Bytes, GuestAddress, GuestMemory, GuestMemoryError, Permissions};
+use vm_memory::{Bytes, GuestAddress, GuestMemory, GuestMemoryError, Permissions, VolatileSlice};
 
 /// Where the fields of one split ring are (guest addresses).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RingLayout {
     size: u16,
+    /// Descriptor table: `size` entries of 16 bytes.
+    desc: u64,
     /// `virtq_avail`: flags at +0, idx at +2, ring at +4, `used_event` after the ring.
     avail: u64,
     /// `virtq_used`: flags at +0, idx at +2, elements at +4, `avail_event` after them.
@@ -46,6 +49,7 @@ impl RingLayout {
         q.used_ring().checked_add(6 + 8 * s)?;
         Some(RingLayout {
             size,
+            desc: q.desc_table(),
             avail: q.avail_ring(),
             used: q.used_ring(),
         })
@@ -54,6 +58,18 @@ impl RingLayout {
     /// Ring size.
     pub fn size(&self) -> u16 {
         self.size
+    }
+
+    /// The descriptor table in host memory, translated once through `mem`, or `None` when
+    /// it is not inside one granted region (DPDK's vhost library refuses such rings too).
+    pub fn desc_table<'m, M: GuestMemory<Bitmap = ()>>(&self, mem: &'m M) -> Option<DescTable<'m>> {
+        let s = one_slice(
+            mem,
+            self.desc,
+            16 * usize::from(self.size),
+            Permissions::Read,
+        )?;
+        DescTable::new(s, self.size)
     }
 
     fn avail_flags(&self) -> GuestAddress {
@@ -95,6 +111,21 @@ impl RingLayout {
         mem.load::<u16>(self.avail_idx(), Ordering::Acquire)
             .map(u16::from_le)
     }
+}
+
+/// `len` bytes at `gpa` as one host slice (they must lie inside one granted region).
+pub fn one_slice<M: GuestMemory<Bitmap = ()>>(
+    mem: &M,
+    gpa: u64,
+    len: usize,
+    access: Permissions,
+) -> Option<VolatileSlice<'_>> {
+    let s = mem
+        .get_slices(GuestAddress(gpa), len, access)
+        .ok()?
+        .next()?
+        .ok()?;
+    (s.len() == len).then_some(s)
 }
 
 /// Used elements of a burst, published with one used-index update (DPDK's

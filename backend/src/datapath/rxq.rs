@@ -22,9 +22,9 @@
 //! ([`RxRing::reserve`] arms them when it runs out of buffers); [`RxRing::kicked`] wakes the
 //! held-back senders only when buffers really were posted, and then stops asking.
 
-use crate::datapath::chain::{read_chain, Dir, MAX_CHAIN_DESCS};
+use crate::datapath::chain::{read_chain, DescTable, Dir, MAX_CHAIN_DESCS};
 use crate::datapath::copy::{self, CopyError, SegCursor, Side};
-use crate::datapath::ring::{needs_call, Kicks, RingLayout, UsedShadow};
+use crate::datapath::ring::{needs_call, one_slice, Kicks, RingLayout, UsedShadow};
 use crate::datapath::{Data, Fate, FrameSet, FrameSrc, LogLimit, Seg};
 use crate::net;
 use crate::stats::{Drop, RxStats};
@@ -288,7 +288,7 @@ impl RxRing {
 
     /// [`RxRing::deliver`] with the ring's fields read and written through `mem` (the
     /// destination's grants; a test double in unit tests).
-    fn deliver_with<F: RwFamily, M: GuestMemory>(
+    fn deliver_with<F: RwFamily, M: GuestMemory<Bitmap = ()>>(
         &mut self,
         mem: &M,
         bufs: BufGuards<'_, '_, '_, F>,
@@ -300,8 +300,10 @@ impl RxRing {
         let BufGuards { sg, sh, dg, dh } = bufs;
         let RxRing { queue, st } = self;
         let n = frames.count().min(fates.len());
-        // One avail-index read per hold: a snapshot, taken again only when it runs dry.
-        let mut it = queue.iter(mem).ok();
+        // One avail-index read per hold: a snapshot, taken again only when it runs dry; the
+        // descriptor table translated once.
+        let table = st.lay.desc_table(mem);
+        let mut it = table.and_then(|_| queue.iter(mem).ok());
         if it.is_none() && st.log.allow() {
             log::warn!("RX ring unreadable (bogus avail index or ring outside memory)");
         }
@@ -315,10 +317,10 @@ impl RxRing {
             // chains as fast as they come back cannot keep the queue lock.
             let mut budget = 2 * usize::from(st.lay.size());
             fates[i] = loop {
-                let Some(iter) = it.as_mut() else {
+                let (Some(iter), Some(table)) = (it.as_mut(), table.as_ref()) else {
                     break Fate::Dropped(Drop::RxBadRing);
                 };
-                match st.pop_until(iter, mem, need, &mut cap, &mut budget) {
+                match st.pop_until(iter, mem, table, need, &mut cap, &mut budget) {
                     Pop::Enough => {
                         slot.clear_stall();
                         break match st.copy_frame(sg, sh, dg, dh, &f) {
@@ -414,14 +416,17 @@ impl RxState {
 
     /// Pops chains from the snapshot `it` until `cap` reaches `need` (`reserve_avail_buf` +
     /// `fill_vec_buf`).
-    fn pop_until<M: GuestMemory>(
+    fn pop_until<'m, M: GuestMemory<Bitmap = ()>>(
         &mut self,
-        it: &mut AvailIter<'_, &M>,
-        mem: &M,
+        it: &mut AvailIter<'_, &'m M>,
+        mem: &'m M,
+        table: &DescTable<'m>,
         need: usize,
         cap: &mut usize,
         budget: &mut usize,
     ) -> Pop {
+        let mut indirect =
+            |gpa: u64, len: u32| one_slice(mem, gpa, len as usize, Permissions::Read);
         while *cap < need {
             if *budget == 0 {
                 return Pop::Budget;
@@ -432,7 +437,15 @@ impl RxState {
             *budget -= 1;
             let head = chain.head_index();
             let start = self.bufs.len();
-            let Ok(info) = read_chain(chain, Dir::Writable, usize::MAX, &mut self.bufs) else {
+            let r = read_chain(
+                table,
+                head,
+                &mut indirect,
+                Dir::Writable,
+                usize::MAX,
+                &mut self.bufs,
+            );
+            let Ok(info) = r else {
                 self.heads.push((head, 0));
                 return Pop::Bad;
             };
