@@ -80,10 +80,6 @@ pub trait FrameSet {
     fn count(&self) -> usize;
     /// Frame `i` (`i < count()`).
     fn get(&self, i: usize) -> FrameSrc<'_>;
-    /// Frame bytes of frame `i` (what a lock-hold budget counts).
-    fn bytes(&self, i: usize) -> usize {
-        self.get(i).len
-    }
 }
 
 /// What became of a frame offered to a destination queue.

@@ -205,7 +205,7 @@ pub struct ClassifyCtx<'a> {
     pub port_security: bool,
     /// Number of ports (a lone port has nobody to flood to).
     pub ports: usize,
-    /// RX queues enabled on port `d` now.
+    /// RX queues enabled on port `d` now (asked at most once per port and burst).
     pub queues_of: &'a dyn Fn(usize) -> u32,
     pub stats: &'a TxStats,
 }
@@ -217,14 +217,46 @@ pub fn classify<F: RwFamily>(
     hint: &mut RegionHint,
     cx: &ClassifyCtx<'_>,
 ) {
+    let mut queues = QueueCounts::default();
     for i in 0..b.frames.len() {
         if b.frames[i].route != Route::Unknown {
             continue;
         }
-        let route = classify_one(b, i, g, hint, cx);
+        let route = classify_one(b, i, g, hint, cx, &mut queues);
         b.frames[i].route = route;
         if !matches!(route, Route::Drop(Drop::NotGranted | Drop::SpoofedMac)) {
             cx.stats.frame(b.frames[i].len as usize);
+        }
+    }
+}
+
+/// RX queue counts of the ports a burst sends to, asked once per port.
+struct QueueCounts {
+    known: u64,
+    n: [u8; 64],
+}
+
+impl Default for QueueCounts {
+    fn default() -> Self {
+        QueueCounts {
+            known: 0,
+            n: [0; 64],
+        }
+    }
+}
+
+impl QueueCounts {
+    fn of(&mut self, d: usize, ask: &dyn Fn(usize) -> u32) -> u32 {
+        let bit = 1u64.checked_shl(d as u32).unwrap_or(0);
+        match self.n.get_mut(d) {
+            Some(n) if self.known & bit != 0 => u32::from(*n),
+            Some(n) => {
+                let q = ask(d);
+                *n = u8::try_from(q).unwrap_or(u8::MAX);
+                self.known |= bit;
+                q
+            }
+            None => ask(d),
         }
     }
 }
@@ -235,6 +267,7 @@ fn classify_one<F: RwFamily>(
     g: &GrantReadGuard<'_, F>,
     hint: &mut RegionHint,
     cx: &ClassifyCtx<'_>,
+    queues: &mut QueueCounts,
 ) -> Route {
     let f = b.frames[i];
     let (hl, len) = (usize::from(f.hl), f.len as usize);
@@ -287,7 +320,7 @@ fn classify_one<F: RwFamily>(
     // The flow hash only picks among several RX queues: a unicast frame to a port with
     // one queue enabled does without it.
     let hash = match route {
-        Route::Port(d) if (cx.queues_of)(d) < 2 => 0,
+        Route::Port(d) if queues.of(d, cx.queues_of) < 2 => 0,
         _ => net::flow_hash(frame),
     };
     let fr = &mut b.frames[i];

@@ -5,8 +5,9 @@
 //! ports' grant guards) is one kind of destination; another kind (a tap device writing frames
 //! with `writev`, registering the sender for `EPOLLOUT` when full) implements the same trait.
 //!
-//! Lock-hold bound: one call delivers at most [`HOLD_BYTES`] of frame data (and at most one
-//! burst of frames) per queue-lock hold; a larger share is delivered in several holds.
+//! Lock-hold bound: a guest port delivers at most
+//! [`HOLD_BYTES`](crate::datapath::rxq::HOLD_BYTES) of frame data per queue-lock hold; a
+//! larger share is delivered in several holds.
 
 use crate::datapath::rxq::Waker;
 use crate::datapath::{Fate, FrameSet, FrameSrc};
@@ -16,9 +17,6 @@ use pvnet_locks::family::MutexApi;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use vhost_user_backend::VringT;
-
-/// Most frame bytes copied into one queue per lock hold.
-pub const HOLD_BYTES: usize = 256 * 1024;
 
 /// The sending side's grants, for the copy (and a hint into them).
 pub struct SrcGrants<'a, L: Locks> {
@@ -80,9 +78,6 @@ impl FrameSet for Window<'_> {
     fn get(&self, i: usize) -> FrameSrc<'_> {
         self.set.get(self.off + i)
     }
-    fn bytes(&self, i: usize) -> usize {
-        self.set.bytes(self.off + i)
-    }
 }
 
 impl<L: Locks> Destination<L> for GuestPort<'_, L> {
@@ -111,19 +106,15 @@ impl<L: Locks> Destination<L> for GuestPort<'_, L> {
         let pair = read_pair(src.table, &self.fabric.grants);
         let mut call = None;
         let mut start = 0;
+        fates[..n].fill(Fate::Pending);
         while start < n {
-            // One hold: frames up to HOLD_BYTES (at least one).
-            let mut end = start;
-            let mut bytes = 0;
-            while end < n && (end == start || bytes + frames.bytes(end) <= HOLD_BYTES) {
-                bytes += frames.bytes(end);
-                end += 1;
-            }
             let w = Window {
                 set: frames,
                 off: start,
-                n: end - start,
+                n: n - start,
             };
+            // One hold: at most HOLD_BYTES of frames (the ring stops there, leaving the rest
+            // Pending for the next hold).
             let mut ring = lock.lock();
             let Some(r) = ring.as_mut() else {
                 drop(ring);
@@ -134,17 +125,16 @@ impl<L: Locks> Destination<L> for GuestPort<'_, L> {
                 (pair.src(), &mut *src.hint),
                 pair.dst(),
                 &w,
-                &mut fates[start..end],
+                &mut fates[start..n],
                 slot,
                 waker,
             );
             drop(ring);
             call = c.or(call);
-            if fates[end - 1] == Fate::Full {
-                fates[end..n].fill(Fate::Full);
-                break;
+            match fates[start..n].iter().position(|f| *f == Fate::Pending) {
+                Some(p) if fates[n - 1] != Fate::Full => start += p.max(1),
+                _ => break,
             }
-            start = end;
         }
         drop(pair);
         // One used-buffer notification per ring per delivery, after every lock is released.

@@ -41,6 +41,9 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 /// Header plus frame bytes assembled locally and written with one grant copy.
 const SMALL: usize = 256;
+/// Most frame bytes copied into one ring per queue-lock hold (a larger share of a burst is
+/// delivered in several holds, so other senders never wait for more than this).
+pub const HOLD_BYTES: usize = 256 * 1024;
 
 /// What a held-back sender registers with a full RX queue: an eventfd in the sender's worker
 /// epoll set, and a flag that a polling worker checks without a system call.
@@ -260,9 +263,10 @@ impl RxRing {
 
     /// Delivers `frames` in order into this ring (queue lock held), writing each frame's fate
     /// into `fates`. Stops at the first frame that does not fit: it and every later frame
-    /// are [`Fate::Full`], `waker` is registered with `slot` and kicks are armed. Returns
-    /// the vring to signal (used-buffer notification) after unlocking, if the guest wants
-    /// one.
+    /// are [`Fate::Full`], `waker` is registered with `slot` and kicks are armed; and after
+    /// [`HOLD_BYTES`] of frames: the frames not offered stay [`Fate::Pending`] for the next
+    /// hold. Returns the vring to signal (used-buffer notification) after unlocking, if the
+    /// guest wants one.
     pub fn deliver<F: RwFamily>(
         &mut self,
         src: (&GrantReadGuard<'_, F>, &mut RegionHint),
@@ -300,6 +304,7 @@ impl RxRing {
         let BufGuards { sg, sh, dg, dh } = bufs;
         let RxRing { queue, st } = self;
         let n = frames.count().min(fates.len());
+        let mut held_bytes = 0usize;
         // One avail-index read per hold: a snapshot, taken again only when it runs dry; the
         // descriptor table translated once.
         let table = st.lay.desc_table(mem);
@@ -378,6 +383,10 @@ impl RxRing {
             if fates[i] == Fate::Full {
                 slot.add_waiter(waker);
                 fates[i..n].fill(Fate::Full);
+                break;
+            }
+            held_bytes += f.len;
+            if held_bytes >= HOLD_BYTES {
                 break;
             }
         }
@@ -551,7 +560,7 @@ mod tests {
     use vm_memory::guest_memory::GuestMemorySliceIterator;
     use vm_memory::{Bytes, GuestMemoryError, GuestMemoryMmap};
 
-    const SIZE: u16 = 16;
+    const SIZE: u16 = 128;
     const BUF: u64 = 0x10_0000;
     const BUF_LEN: u32 = 4096;
 
@@ -615,11 +624,12 @@ mod tests {
         }
     }
 
-    struct Frame(Vec<u8>);
+    /// `n` copies of one frame.
+    struct Frames(Vec<u8>, usize);
 
-    impl FrameSet for Frame {
+    impl FrameSet for Frames {
         fn count(&self) -> usize {
-            1
+            self.1
         }
         fn get(&self, _: usize) -> FrameSrc<'_> {
             FrameSrc {
@@ -631,9 +641,9 @@ mod tests {
     }
 
     /// A ring with `initial` buffers posted, whose guest posts `later` more one at a time,
-    /// offered one 17 KiB frame (5 buffers with the header). Returns its fate, the ring and
-    /// the avail index / avail_event at the end.
-    fn offer(initial: u16, later: u16) -> (Fate, RxRing, u16, u16) {
+    /// offered `n` frames of `len` bytes. Returns their fates, the ring and the avail index
+    /// / avail_event at the end.
+    fn offer(initial: u16, later: u16, n: usize, len: usize) -> (Vec<Fate>, RxRing, u16, u16) {
         let mem: GuestMemoryMmap =
             pvnet_grant::memfd::guest_memory(&[(0, 0x20_0000)]).expect("memory");
         let vq = MockSplitQueue::new(&mem, SIZE);
@@ -664,13 +674,13 @@ mod tests {
         };
         let slot = RxSlot::default();
         let waker = Arc::new(Waker::new().expect("waker"));
-        let mut fates = [Fate::Pending];
-        let frame = Frame(vec![0xab; 17_000]);
-        ring.deliver_with(&posting, bufs, &frame, &mut fates, &slot, &waker);
+        let mut fates = vec![Fate::Pending; n];
+        let frames = Frames(vec![0xab; len], n);
+        ring.deliver_with(&posting, bufs, &frames, &mut fates, &slot, &waker);
         let avail_event: u16 = mem
             .read_obj(GuestAddress(vq.used_addr().0 + 4 + 8 * u64::from(SIZE)))
             .expect("avail_event");
-        (fates[0], ring, posting.idx(), avail_event)
+        (fates, ring, posting.idx(), avail_event)
     }
 
     #[test]
@@ -678,17 +688,31 @@ mod tests {
         // 2 buffers, then 2 more posted while the device looks: still short of 5. The device
         // must give up with the kick requested at the guest's newest index (4), or the
         // guest's next posting would not kick and the sender would never be woken.
-        let (fate, ring, idx, avail_event) = offer(2, 2);
-        assert_eq!(fate, Fate::Full);
+        let (fates, ring, idx, avail_event) = offer(2, 2, 1, 17_000);
+        assert_eq!(fates, [Fate::Full]);
         assert_eq!(idx, 4);
         assert_eq!(avail_event, idx, "kick requested at a stale index");
         assert_eq!(ring.queue.next_avail(), 0, "buffers given back");
         // Enough arrives while asking: taken incrementally, the frame is delivered.
-        let (fate, ring, idx, _) = offer(2, 3);
-        assert_eq!(fate, Fate::Delivered);
+        let (fates, ring, idx, _) = offer(2, 3, 1, 17_000);
+        assert_eq!(fates, [Fate::Delivered]);
         assert_eq!(
             (idx, ring.queue.next_avail(), ring.queue.next_used()),
             (5, 5, 5)
         );
+    }
+
+    #[test]
+    fn one_hold_copies_at_most_hold_bytes() {
+        // Six 60,000-byte frames (15 buffers each): the hold stops after the frame that
+        // reaches HOLD_BYTES; the rest is left for the next hold.
+        let (fates, ring, _, _) = offer(120, 0, 6, 60_000);
+        let done = HOLD_BYTES.div_ceil(60_000);
+        assert_eq!(&fates[..done], &vec![Fate::Delivered; done][..]);
+        assert!(
+            fates[done..].iter().all(|f| *f == Fate::Pending),
+            "{fates:?}"
+        );
+        assert_eq!(ring.queue.next_used(), 15 * done as u16);
     }
 }
