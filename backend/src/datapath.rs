@@ -28,9 +28,10 @@
 //! ([`rxq::Waker`]), and after `Config::backpressure_bound` the held-back frames are dropped
 //! and the queue is marked stalled. Flooded copies to a full queue are dropped at once.
 //!
-//! Module layering (no cycles): [`chain`], [`ring`], [`copy`] (pure ring and buffer steps) ←
-//! [`rxq`] (a guest RX ring as a destination) ← `switch` (ports, fabric) ← [`dest`],
-//! [`burst`] ← [`qpair`] ← [`worker`] ← `device`.
+//! Module layering (each file uses only the ones before it): [`chain`], [`ring`], [`copy`]
+//! (ring and buffer steps) ← [`rxslot`], [`rxq`] (a guest RX ring as a destination) ←
+//! `switch` (ports, fabric) ← [`dest`], [`burst`], [`held`], [`soft`] ← [`qpair`] ←
+//! [`poll`], [`worker`] ← `device` ← `server`.
 
 pub mod burst;
 pub mod chain;
@@ -41,12 +42,22 @@ pub mod poll;
 pub mod qpair;
 pub mod ring;
 pub mod rxq;
+pub mod rxslot;
 pub mod soft;
 pub mod worker;
 
 use crate::net::VirtioNetHdr;
 use crate::stats::Drop;
 use std::time::{Duration, Instant};
+use vhost_user_backend::VringRwLock;
+use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
+
+/// Guest memory as vhost-user-backend shares it with the device (the data path reaches
+/// guest memory through the grant tables instead).
+pub type Gm = GuestMemoryAtomic<GuestMemoryMmap>;
+/// The vring type of every port (kick and call fds, and the ring state vhost-user-backend
+/// keeps for the frontend's requests).
+pub type Vring = VringRwLock<Gm>;
 
 /// A guest buffer: guest-physical address and length.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -20,13 +20,8 @@ use pvnet_locks::{RwLockKind, SpinLockKind};
 use std::marker::PhantomData;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use vhost_user_backend::VringRwLock;
-use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 
-/// Guest memory as vhost-user-backend shares it (rings are read through it).
-pub type Gm = GuestMemoryAtomic<GuestMemoryMmap>;
-/// The vring type of every port.
-pub type Vring = VringRwLock<Gm>;
+pub use crate::datapath::{Gm, Vring};
 
 /// The lock algorithms the data path is compiled for: the grant tables' rwlock and the RX
 /// queues' spinlock.

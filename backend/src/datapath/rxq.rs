@@ -25,115 +25,24 @@
 use crate::datapath::chain::{read_chain, DescTable, Dir, MAX_CHAIN_DESCS};
 use crate::datapath::copy::{self, CopyError, SegCursor, Side};
 use crate::datapath::ring::{needs_call, one_slice, Kicks, RingLayout, UsedShadow};
+pub use crate::datapath::rxslot::{RxSlot, Waker};
+use crate::datapath::Vring;
 use crate::datapath::{Data, Fate, FrameSet, FrameSrc, LogLimit, Seg};
 use crate::net;
-use crate::stats::{Drop, RxStats};
-use crate::switch::Vring;
+use crate::stats::Drop;
 use pvnet_grant::{GrantMemory, GrantReadGuard, RegionHint};
 use pvnet_locks::family::RwFamily;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use vhost_user_backend::{VringState, VringT};
 use virtio_bindings::virtio_net::VIRTIO_NET_F_MRG_RXBUF;
 use virtio_queue::{AvailIter, Queue, QueueOwnedT, QueueT};
 use vm_memory::{GuestAddress, GuestMemory, Permissions};
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 /// Header plus frame bytes assembled locally and written with one grant copy.
 const SMALL: usize = 256;
 /// Most frame bytes copied into one ring per queue-lock hold (a larger share of a burst is
 /// delivered in several holds, so other senders never wait for more than this).
 pub const HOLD_BYTES: usize = 256 * 1024;
-
-/// What a held-back sender registers with a full RX queue: an eventfd in the sender's worker
-/// epoll set, and a flag that a polling worker checks without a system call.
-pub struct Waker {
-    fd: EventFd,
-    pending: AtomicBool,
-}
-
-impl Waker {
-    /// A new waker (non-blocking eventfd).
-    pub fn new() -> std::io::Result<Self> {
-        Ok(Waker {
-            fd: EventFd::new(EFD_NONBLOCK)?,
-            pending: AtomicBool::new(false),
-        })
-    }
-
-    /// The eventfd, for the worker's epoll set.
-    pub fn fd(&self) -> &EventFd {
-        &self.fd
-    }
-
-    /// Wakes the worker (one eventfd write per batch of wakes).
-    pub fn wake(&self) {
-        if !self.pending.swap(true, Ordering::AcqRel) {
-            let _ = self.fd.write(1);
-        }
-    }
-
-    /// Whether a wake is pending (no system call).
-    pub fn is_pending(&self) -> bool {
-        self.pending.load(Ordering::Acquire)
-    }
-
-    /// Consumes a pending wake. The eventfd is read before the flag is cleared, so a wake
-    /// that races with this either finds the flag set (and is seen by the caller's retry,
-    /// which follows) or sets it anew and writes the eventfd again.
-    pub fn take(&self) -> bool {
-        let _ = self.fd.read();
-        self.pending.swap(false, Ordering::AcqRel)
-    }
-}
-
-/// One RX queue of a port as every sender shares it, besides its ring (which lives under
-/// the queue lock in the [`Fabric`](crate::switch::Fabric)).
-pub struct RxSlot {
-    /// Senders held back by this full ring; woken when the guest posts buffers. Changed
-    /// only with the queue lock held.
-    waiters: Mutex<Vec<Arc<Waker>>>,
-    /// Receive counters (written under the queue lock).
-    pub stats: RxStats,
-    /// A sender already waited the whole back-pressure bound on this ring: further frames
-    /// are dropped at once until buffers are really posted (not merely kicked).
-    pub stalled: AtomicBool,
-}
-
-impl Default for RxSlot {
-    fn default() -> Self {
-        RxSlot {
-            waiters: Mutex::new(Vec::new()),
-            stats: RxStats::default(),
-            stalled: AtomicBool::new(false),
-        }
-    }
-}
-
-impl RxSlot {
-    fn waiters(&self) -> std::sync::MutexGuard<'_, Vec<Arc<Waker>>> {
-        self.waiters.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Registers `w` to be woken (once) when the guest posts buffers (queue lock held).
-    pub fn add_waiter(&self, w: &Arc<Waker>) {
-        let mut l = self.waiters();
-        if !l.iter().any(|x| Arc::ptr_eq(x, w)) {
-            l.push(w.clone());
-        }
-    }
-
-    /// Takes every registered waiter (queue lock held); wake them after unlocking.
-    pub fn take_waiters(&self) -> Vec<Arc<Waker>> {
-        std::mem::take(&mut *self.waiters())
-    }
-
-    fn clear_stall(&self) {
-        if self.stalled.load(Ordering::Relaxed) {
-            self.stalled.store(false, Ordering::Release);
-        }
-    }
-}
 
 /// An attached RX ring (see the module documentation): virtio-queue's `Queue` (positions,
 /// addresses) and everything else, apart, so that a hold can keep one avail-ring snapshot
@@ -546,8 +455,8 @@ impl RxState {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::datapath::Gm;
     use crate::net::VirtioNetHdr;
-    use crate::switch::Gm;
     use pvnet_grant::GrantTable;
     use pvnet_locks::family::Percpu;
     use std::cell::Cell;
