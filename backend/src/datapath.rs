@@ -23,7 +23,7 @@
 //! mapping — rings included.
 //!
 //! Back-pressure: a unicast frame whose destination queue is full is held back
-//! ([`qpair::HeldBack`]): its TX chain stays unconsumed while later frames to other
+//! ([`held::HeldBack`]): its TX chain stays unconsumed while later frames to other
 //! destinations go on; the destination's next posting of RX buffers wakes the sender
 //! ([`rxq::Waker`]), and after `Config::backpressure_bound` the held-back frames are dropped
 //! and the queue is marked stalled. Flooded copies to a full queue are dropped at once.

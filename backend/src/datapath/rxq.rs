@@ -7,19 +7,20 @@
 //! lock, never vhost-user-backend's `VringRwLock`.
 //!
 //! The named steps of [`RxRing::deliver`] (one lock hold for one destination queue's share of
-//! a burst), after DPDK's `virtio_dev_rx_split`:
-//! 1. [`RxRing::reserve`] (`reserve_avail_buf` + `fill_vec_buf`): RX chains popped through
-//!    one avail-ring snapshot until the frame fits (mergeable buffers) or one chain holds it;
-//!    when the ring runs dry, ask for a kick ([`Kicks::arm`]) and continue only with buffers
-//!    the guest published meanwhile — each chain is popped at most once per frame, so a
-//!    frame costs O(ring) at worst, never O(ring²);
-//! 2. [`RxRing::copy_frame`] (`copy_mbuf_to_desc`): header and frame written in one forward
-//!    walk over the reserved buffers;
+//! a burst, at most [`HOLD_BYTES`] of frames), after DPDK's `virtio_dev_rx_split`:
+//! 1. reserve (`RxState::pop_until`; DPDK's `reserve_avail_buf` + `fill_vec_buf`): RX chains
+//!    popped through one avail-ring snapshot and the descriptor table translated once, until
+//!    the frame fits (mergeable buffers) or one chain holds it; when the ring runs dry, ask
+//!    for a kick ([`Kicks::arm`]) at the guest's newest index and continue with buffers
+//!    published meanwhile — each chain is popped at most once per frame, so a frame costs
+//!    O(ring) at worst, never O(ring²);
+//! 2. copy (`RxState::copy_frame`; `copy_mbuf_to_desc`): header and frame written in one
+//!    forward walk over the reserved buffers;
 //! 3. [`UsedShadow`]: used entries staged, published with one used-index store per hold;
 //! 4. the call decision ([`needs_call`]); the caller signals after unlocking.
 //!
-//! Kicks on RX rings: pvnet asks for them only while a sender is held back on the ring
-//! ([`RxRing::reserve`] arms them when it runs out of buffers); [`RxRing::kicked`] wakes the
+//! Kicks on RX rings: pvnet asks for them only while a sender is held back on the ring (the
+//! reserve step arms them when it runs out of buffers); [`RxRing::kicked`] wakes the
 //! held-back senders only when buffers really were posted, and then stops asking.
 
 use crate::datapath::chain::{read_chain, DescTable, Dir, MAX_CHAIN_DESCS};

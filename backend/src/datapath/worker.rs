@@ -6,7 +6,7 @@
 //! with a [`Token`]; [`Worker::handle`] does the work:
 //! * [`Token::Tx`] (a guest kick), [`Token::Wake`], [`Token::Timer`] → [`Worker::run`]:
 //!   one TX burst per pair in turn, round after round while bursts find work; then polling
-//!   ([`poll::Poller`]) while it pays; then kicks re-enabled and a last look before sleeping.
+//!   ([`Poller`]) while it pays; then kicks re-enabled and a last look before sleeping.
 //!   One call works for at most [`SLICE`]: a worker with more to do wakes itself and returns,
 //!   so that the epoll loop serves its other events (RX kicks, vring changes, exit) in time;
 //! * [`Token::Rx`] → [`QueuePair::rx_event`] (attach the RX ring, or wake held-back senders).
