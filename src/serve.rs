@@ -45,8 +45,8 @@ pub struct Args {
     /// microseconds before sleeping (0 = purely event-driven; never more pollers than CPUs).
     #[arg(long, value_name = "US", default_value_t = pvnet_backend::config::DEFAULT_POLL_US)]
     pub poll_us: u32,
-    /// Worker threads per port, each serving a share of the queue pairs (0 = one thread per
-    /// queue pair).
+    /// Worker threads per port, each serving a share of the queue pairs (0 = automatic: the
+    /// usable CPUs divided among the ports, at least 1, at most one per queue pair).
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub workers: u16,
     /// MTU advertised in the device config space (offers VIRTIO_NET_F_MTU).

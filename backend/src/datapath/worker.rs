@@ -5,8 +5,9 @@
 //! vhost-user-backend runs the thread's epoll loop and calls the device's `handle_event`
 //! with a [`Token`]; [`Worker::handle`] does the work:
 //! * [`Token::Tx`] (a guest kick), [`Token::Wake`], [`Token::Timer`] → [`Worker::run`]:
-//!   one TX burst per pair in turn, round after round while bursts find work; then polling
-//!   ([`Poller`]) while it pays; then kicks re-enabled and a last look before sleeping.
+//!   one TX burst per pair in turn, round after round until a round finds nothing; then
+//!   polling ([`Poller`]) while it pays; then kicks re-enabled and a last look before
+//!   sleeping.
 //!   One call works for at most [`SLICE`]: a worker with more to do wakes itself and returns,
 //!   so that the epoll loop serves its other events (RX kicks, vring changes, exit) in time;
 //! * [`Token::Rx`] → [`QueuePair::rx_event`] (attach the RX ring, or wake held-back senders).
@@ -176,11 +177,11 @@ impl Worker {
                 self.waker.wake();
                 return;
             }
-            if work {
+            if work || full {
+                // Look again at once: asking for kicks after every round that found work
+                // costs more than one empty round.
                 self.poller.work();
-                if full {
-                    continue;
-                }
+                continue;
             }
             if self.poller.idle() {
                 continue;
