@@ -67,12 +67,26 @@ struct RxState {
     hdr_len: usize,
     features: u64,
     shadow: UsedShadow,
-    /// The frame being assembled: its buffers, and its chains (head, capacity).
+    /// The buffers and chains (head, capacity) reserved in this hold, frame after frame;
+    /// the frame being assembled starts at `cur`.
     bufs: Vec<Seg>,
     heads: Vec<(u16, u32)>,
+    cur: Reserved,
+    reserved: Vec<Reserved>,
     /// Header and small frame assembled here (not zeroed per frame).
     small: Box<[u8; SMALL]>,
     log: LogLimit,
+}
+
+/// One frame's reservation in a hold: frame `frame` of the offered set, its chains
+/// `heads[h0..h1]` and buffers `bufs[b0..b1]`.
+#[derive(Clone, Copy, Debug, Default)]
+struct Reserved {
+    frame: u32,
+    h0: u32,
+    h1: u32,
+    b0: u32,
+    b1: u32,
 }
 
 /// What [`RxState::pop_until`] ended with.
@@ -121,6 +135,8 @@ impl RxRing {
                 shadow: UsedShadow::with_capacity(64),
                 bufs: Vec::with_capacity(64),
                 heads: Vec::with_capacity(64),
+                cur: Reserved::default(),
+                reserved: Vec::with_capacity(64),
                 small: Box::new([0u8; SMALL]),
                 log: LogLimit::default(),
             },
@@ -222,11 +238,16 @@ impl RxRing {
         if it.is_none() && st.log.allow() {
             log::warn!("RX ring unreadable (bogus avail index or ring outside memory)");
         }
+        // Reserve every frame's buffers first (one avail snapshot), then prefetch the first
+        // line of each, then copy: the cache misses on lines the guest's core last touched
+        // overlap instead of adding up frame after frame.
+        st.heads.clear();
+        st.bufs.clear();
+        st.reserved.clear();
         for i in 0..n {
             let f = frames.get(i);
             let need = st.hdr_len + f.len;
-            st.heads.clear();
-            st.bufs.clear();
+            st.begin_frame(i);
             let mut cap = 0usize;
             // Chains one frame may pop, malformed ones included: a guest re-posting bad
             // chains as fast as they come back cannot keep the queue lock.
@@ -238,16 +259,8 @@ impl RxRing {
                 match st.pop_until(iter, mem, table, need, &mut cap, &mut budget) {
                     Pop::Enough => {
                         slot.clear_stall();
-                        break match st.copy_frame(sg, sh, dg, dh, &f) {
-                            Ok(()) => {
-                                slot.stats.frame(f.len);
-                                Fate::Delivered
-                            }
-                            Err(_) => {
-                                st.abandon();
-                                Fate::Dropped(Drop::NotGranted)
-                            }
-                        };
+                        st.end_frame();
+                        break Fate::Pending;
                     }
                     Pop::TooSmall => break Fate::Dropped(Drop::RxTooSmall),
                     Pop::Bad => {
@@ -258,10 +271,10 @@ impl RxRing {
                         cap = 0;
                     }
                     Pop::Budget => {
-                        for _ in 0..st.heads.len() {
+                        for _ in 0..st.frame_chains() {
                             iter.go_to_previous_position();
                         }
-                        st.heads.clear();
+                        st.forget_frame();
                         break Fate::Dropped(Drop::RxBadChain);
                     }
                     Pop::Dry => {
@@ -278,9 +291,9 @@ impl RxRing {
                             }
                             r => {
                                 // At most a ring's worth of chains: fits u16.
-                                let back = st.heads.len() as u16;
+                                let back = st.frame_chains() as u16;
                                 queue.set_next_avail(at.wrapping_sub(back));
-                                st.heads.clear();
+                                st.forget_frame();
                                 break match r {
                                     Ok(_) => Fate::Full,
                                     Err(_) => Fate::Dropped(Drop::RxBadRing),
@@ -299,6 +312,19 @@ impl RxRing {
             if held_bytes >= HOLD_BYTES {
                 break;
             }
+        }
+        st.prefetch(dg, dh);
+        for k in 0..st.reserved.len() {
+            let r = st.reserved[k];
+            let i = r.frame as usize;
+            let f = frames.get(i);
+            fates[i] = match st.copy_frame(sg, sh, dg, dh, &f, r) {
+                Ok(()) => {
+                    slot.stats.frame(f.len);
+                    Fate::Delivered
+                }
+                Err(_) => Fate::Dropped(Drop::NotGranted),
+            };
         }
         if let Err(e) = st.shadow.flush(queue, &st.lay, mem) {
             if st.log.allow() {
@@ -323,14 +349,53 @@ struct BufGuards<'x, 's, 'd, F: RwFamily> {
 }
 
 impl RxState {
+    /// Starts assembling frame `i` at the ends of the hold's lists.
+    fn begin_frame(&mut self, i: usize) {
+        // At most one burst of frames, a ring's worth of chains, MAX_CHAIN_DESCS buffers
+        // per frame: all fit u32.
+        self.cur = Reserved {
+            frame: i as u32,
+            h0: self.heads.len() as u32,
+            h1: 0,
+            b0: self.bufs.len() as u32,
+            b1: 0,
+        };
+    }
+
+    /// Chains popped for the frame being assembled.
+    fn frame_chains(&self) -> usize {
+        self.heads.len() - self.cur.h0 as usize
+    }
+
+    /// The frame being assembled is reserved.
+    fn end_frame(&mut self) {
+        self.cur.h1 = self.heads.len() as u32;
+        self.cur.b1 = self.bufs.len() as u32;
+        self.reserved.push(self.cur);
+    }
+
+    /// Forgets the frame being assembled (its chains were given back to the ring).
+    fn forget_frame(&mut self) {
+        self.heads.truncate(self.cur.h0 as usize);
+        self.bufs.truncate(self.cur.b0 as usize);
+    }
+
     /// Returns the chains of the frame being assembled as used and empty (they are the
     /// guest's again, in ring order).
     fn abandon(&mut self) {
-        for &(h, _) in &self.heads {
+        for &(h, _) in &self.heads[self.cur.h0 as usize..] {
             self.shadow.push(h, 0);
         }
-        self.heads.clear();
-        self.bufs.clear();
+        self.forget_frame();
+    }
+
+    /// Hints the CPU to fetch the first line of every reserved frame's first buffer.
+    fn prefetch<F: RwFamily>(&self, dg: &GrantReadGuard<'_, F>, dh: &mut RegionHint) {
+        for r in &self.reserved {
+            if let Some(b) = self.bufs.get(r.b0 as usize..r.b1 as usize) {
+                copy::prefetch(dg, dh, &SegCursor::new(b));
+            }
+        }
     }
 
     /// Pops chains from the snapshot `it` until `cap` reaches `need` (`reserve_avail_buf` +
@@ -371,9 +436,9 @@ impl RxState {
             let granted = self.bufs[start..]
                 .iter()
                 .all(|s| mem.check_range(GuestAddress(s.gpa), s.len as usize, Permissions::Write));
-            let first = self.heads.is_empty();
-            if !granted || self.bufs.len() > MAX_CHAIN_DESCS || (first && info.bytes < self.hdr_len)
-            {
+            let first = self.frame_chains() == 0;
+            let too_many = self.bufs.len() - self.cur.b0 as usize > MAX_CHAIN_DESCS;
+            if !granted || too_many || (first && info.bytes < self.hdr_len) {
                 self.heads.push((head, 0));
                 return Pop::Bad;
             }
@@ -402,54 +467,61 @@ impl RxState {
         dg: &GrantReadGuard<'_, F>,
         dh: &mut RegionHint,
         f: &FrameSrc<'_>,
+        r: Reserved,
     ) -> Result<(), CopyError> {
+        let heads = self
+            .heads
+            .get(r.h0 as usize..r.h1 as usize)
+            .unwrap_or_default();
+        let bufs = self
+            .bufs
+            .get(r.b0 as usize..r.b1 as usize)
+            .unwrap_or_default();
         let dhl = self.hdr_len;
         let mut h = f.hdr;
         // At most a ring's worth of chains per frame.
-        h.num_buffers = if self.mrg { self.heads.len() as u16 } else { 1 };
+        h.num_buffers = if self.mrg { heads.len() as u16 } else { 1 };
         let hb = h.to_bytes();
-        let mut dc = SegCursor::new(&self.bufs);
-        match f.data {
+        let mut dc = SegCursor::new(bufs);
+        let copied = match f.data {
             Data::Local(b) if dhl + b.len() <= SMALL => {
                 let small = &mut self.small[..dhl + b.len()];
                 small[..dhl].copy_from_slice(&hb[..dhl]);
                 small[dhl..].copy_from_slice(b);
-                copy::write_from(dg, dh, &mut dc, small)?;
+                copy::write_from(dg, dh, &mut dc, small)
             }
-            Data::Local(b) => {
-                copy::write_from(dg, dh, &mut dc, &hb[..dhl])?;
-                copy::write_from(dg, dh, &mut dc, b)?;
-            }
+            Data::Local(b) => copy::write_from(dg, dh, &mut dc, &hb[..dhl])
+                .and_then(|()| copy::write_from(dg, dh, &mut dc, b)),
             Data::Guest { segs, skip } => {
-                copy::write_from(dg, dh, &mut dc, &hb[..dhl])?;
-                let mut sc = SegCursor::new(segs);
-                if !sc.skip(skip) {
-                    return Err(CopyError::Short);
-                }
-                let src = Side {
-                    guard: sg,
-                    hint: sh,
-                    cur: &mut sc,
-                };
-                let dst = Side {
-                    guard: dg,
-                    hint: dh,
-                    cur: &mut dc,
-                };
-                copy::copy(src, dst, f.len)?;
+                copy::write_from(dg, dh, &mut dc, &hb[..dhl]).and_then(|()| {
+                    let mut sc = SegCursor::new(segs);
+                    if !sc.skip(skip) {
+                        return Err(CopyError::Short);
+                    }
+                    let src = Side {
+                        guard: sg,
+                        hint: sh,
+                        cur: &mut sc,
+                    };
+                    let dst = Side {
+                        guard: dg,
+                        hint: dh,
+                        cur: &mut dc,
+                    };
+                    copy::copy(src, dst, f.len)
+                })
             }
-        }
-        // Used lengths: each chain as full as the frame made it, in order.
-        let mut left = dhl + f.len;
-        for &(head, cap) in &self.heads {
+        };
+        // Used lengths: each chain as full as the frame made it, in order (all zero when
+        // the copy failed: the chains return empty).
+        let mut left = if copied.is_ok() { dhl + f.len } else { 0 };
+        for &(head, cap) in heads {
             let n = left.min(cap as usize);
             left -= n;
             // n <= cap, a u32.
             self.shadow.push(head, n as u32);
         }
-        self.heads.clear();
-        self.bufs.clear();
-        Ok(())
+        copied
     }
 }
 
