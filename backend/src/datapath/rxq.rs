@@ -369,9 +369,16 @@ impl RxState {
 
     /// The frame being assembled is reserved.
     fn end_frame(&mut self) {
-        self.cur.h1 = self.heads.len() as u32;
-        self.cur.b1 = self.bufs.len() as u32;
-        self.reserved.push(self.cur);
+        // Built whole (writing two fields of `cur` and copying it would stall on store
+        // forwarding).
+        let r = Reserved {
+            frame: self.cur.frame,
+            h0: self.cur.h0,
+            h1: self.heads.len() as u32,
+            b0: self.cur.b0,
+            b1: self.bufs.len() as u32,
+        };
+        self.reserved.push(r);
     }
 
     /// Forgets the frame being assembled (its chains were given back to the ring).
