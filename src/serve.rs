@@ -44,6 +44,18 @@ pub struct Args {
     /// MAC address per port, in --socket order (default: 52:54:00:12:34:1x by port index).
     #[arg(long = "mac", value_name = "MAC")]
     pub macs: Vec<String>,
+    /// Make each port's MAC binding: frames whose source MAC is not the port's (--mac or
+    /// the default) are dropped and counted (`spoofed_mac`).
+    #[arg(long)]
+    pub port_security: bool,
+    /// After a burst that found work, keep polling the worker's rings for up to this many
+    /// microseconds before sleeping (0 = purely event-driven; never more pollers than CPUs).
+    #[arg(long, value_name = "US", default_value_t = pvnet_backend::config::DEFAULT_POLL_US)]
+    pub poll_us: u32,
+    /// Worker threads per port, each serving a share of the queue pairs (0 = automatic: the
+    /// usable CPUs divided among the ports, at least 1, at most one per queue pair).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub workers: u16,
     /// MTU advertised in the device config space (offers VIRTIO_NET_F_MTU).
     #[arg(long, value_name = "BYTES")]
     pub mtu: Option<u16>,
@@ -82,6 +94,9 @@ impl TryFrom<&Args> for Config {
             queue_lock: a.queue_lock,
             macs,
             mtu: a.mtu,
+            port_security: a.port_security,
+            poll_us: a.poll_us,
+            workers: a.workers,
             ..Config::default()
         };
         cfg.validate()?;

@@ -1,29 +1,33 @@
 //! The vhost-user virtio-net device of one port, for one connection (a fresh instance per
-//! accepted frontend). One worker thread per queue pair: thread `i` owns RX queue `2i` and
-//! TX queue `2i+1`.
+//! accepted frontend): features, config space, memory-table updates, and the dispatch of
+//! worker-thread events to the data path ([`Worker::handle`]). With `--workers 0` each queue
+//! pair has its own thread; with `--workers N` thread `w` serves the pairs `p` with
+//! `p % N == w`. Within a thread, vring events are numbered RX, TX per pair in pair order
+//! ([`Token`]).
 
-use crate::datapath::Worker;
-use crate::switch::{Fabric, Gm, Locks, RxRing, Switch, Vring};
-use pvnet_locks::family::MutexApi;
+use crate::datapath::qpair::PortCtx;
+use crate::datapath::worker::{Token, Worker};
+use crate::switch::{Fabric, Gm, Locks, Switch, Vring};
 use std::io;
-use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
-use vhost_user_backend::{VhostUserBackend, VringT};
+use vhost_user_backend::VhostUserBackend;
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_net::*;
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
-use virtio_queue::QueueT;
 use vm_memory::{GuestAddressSpace, GuestMemoryMmap, GuestRegionMmap};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{
     new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
 };
 
-/// Epoll token offsets above `num_queues()` for the per-worker extra fds.
-pub const TOKEN_WAKE: u64 = 1;
-/// Back-pressure timer token offset.
-pub const TOKEN_TIMER: u64 = 2;
+pub use crate::datapath::worker::{TOKEN_TIMER, TOKEN_WAKE};
+
+/// Locks a mutex, ignoring poisoning (a panicked worker must not wedge the port).
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
 
 /// Virtio-net features offered (MTU added when configured).
 pub fn offered_features(mtu: bool) -> u64 {
@@ -57,13 +61,13 @@ pub struct NetDevice<L: Locks> {
     pub(crate) fabric: Arc<Fabric<L>>,
     pub(crate) port: usize,
     pub(crate) mem: Gm,
+    /// One per worker thread.
     pub(crate) workers: Box<[Mutex<Worker>]>,
     pub(crate) event_idx: AtomicBool,
     pub(crate) acked: AtomicU64,
-    /// Set when the connection is being torn down: workers must not attach rings any more.
+    /// Set when the connection is being torn down: workers stop after their current burst
+    /// and attach nothing any more.
     pub(crate) closed: AtomicBool,
-    /// Pair `i`'s RX ring was attached to the switch by this connection.
-    attached: Box<[AtomicBool]>,
 }
 
 impl<L: Locks> NetDevice<L> {
@@ -71,8 +75,12 @@ impl<L: Locks> NetDevice<L> {
     pub fn new(fabric: Arc<Fabric<L>>, port: usize) -> io::Result<Self> {
         let sw = fabric.sw.clone();
         let pairs = usize::from(sw.cfg.queue_pairs);
-        let workers = (0..pairs)
-            .map(|q| Worker::new(port, q).map(Mutex::new))
+        let threads = sw.cfg.worker_threads().clamp(1, pairs);
+        let workers = (0..threads)
+            .map(|w| {
+                let mine: Vec<usize> = (w..pairs).step_by(threads).collect();
+                Worker::new(&mine, sw.cfg.poll_us).map(Mutex::new)
+            })
             .collect::<io::Result<Vec<_>>>()?
             .into_boxed_slice();
         Ok(NetDevice {
@@ -84,7 +92,6 @@ impl<L: Locks> NetDevice<L> {
             event_idx: AtomicBool::new(false),
             acked: AtomicU64::new(0),
             closed: AtomicBool::new(false),
-            attached: (0..pairs).map(|_| AtomicBool::new(false)).collect(),
         })
     }
 
@@ -104,55 +111,27 @@ impl<L: Locks> NetDevice<L> {
         usize::from(self.sw.cfg.queue_pairs)
     }
 
-    /// Attaches (or refreshes) pair `q`'s RX ring in the switch from this thread's vrings.
-    fn refresh_rx(&self, q: usize, rx: &Vring) {
-        let port = &self.sw.ports[self.port];
-        let Some(slot) = self.fabric.ports[self.port].rings.get(q) else {
-            return;
-        };
-        let usable = {
-            let st = rx.get_ref();
-            st.is_enabled() && st.get_queue().ready()
-        };
-        // Fast path (every event): nothing changed, no lock taken.
-        let bit = port.enabled.load(Ordering::Acquire) & (1u64 << q) != 0;
-        let attached = self
-            .attached
-            .get(q)
-            .is_some_and(|a| a.load(Ordering::Acquire));
-        if usable == bit && (!usable || attached) {
-            return;
-        }
-        let mut ring = slot.lock();
-        if self.closed.load(Ordering::Acquire) {
-            return;
-        }
-        if usable {
-            if ring.is_none() {
-                if let Some(a) = self.attached.get(q) {
-                    a.store(true, Ordering::Release);
-                }
-                *ring = Some(RxRing {
-                    vring: rx.clone(),
-                    mem: self.mem.clone(),
-                    signalled: AtomicU16::new(0),
-                });
-            }
-            port.enabled.fetch_or(1 << q, Ordering::AcqRel);
-        } else {
-            port.enabled.fetch_and(!(1u64 << q), Ordering::AcqRel);
+    fn ctx(&self) -> PortCtx<'_, L> {
+        PortCtx {
+            fabric: &self.fabric,
+            port: self.port,
+            features: self.acked.load(Ordering::Acquire),
+            closing: &self.closed,
         }
     }
 
+    /// The worker thread serving pair `q`.
+    fn worker_of(&self, q: usize) -> Option<&Mutex<Worker>> {
+        self.workers.get(q % self.workers.len().max(1))
+    }
+
     /// Detaches every RX ring of this port from the switch and wakes their waiters; after
-    /// this returns no other worker touches this connection's rings or memory.
+    /// this returns no other worker touches this connection's rings or memory, and this
+    /// connection's workers stop after their current burst.
     pub fn detach(&self) {
         self.closed.store(true, Ordering::Release);
-        let port = &self.sw.ports[self.port];
-        port.enabled.store(0, Ordering::Release);
-        for (q, ring) in self.fabric.ports[self.port].rings.iter().enumerate() {
-            *ring.lock() = None;
-            self.fabric.wake_waiters(self.port, q);
+        for q in 0..self.num_pairs() {
+            self.fabric.detach_rx(self.port, q);
         }
     }
 
@@ -230,11 +209,28 @@ impl<L: Locks> VhostUserBackend for NetDevice<L> {
     }
 
     fn queues_per_thread(&self) -> Vec<u64> {
-        (0..self.num_pairs()).map(|i| 0b11u64 << (2 * i)).collect()
+        let threads = self.workers.len().max(1);
+        (0..threads)
+            .map(|w| {
+                (w..self.num_pairs())
+                    .step_by(threads)
+                    .fold(0u64, |m, p| m | (0b11u64 << (2 * p)))
+            })
+            .collect()
     }
 
     fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
         new_event_consumer_and_notifier(EventFlag::NONBLOCK).ok()
+    }
+
+    fn stop_vring(&self, index: u32) -> io::Result<()> {
+        let q = index as usize / 2;
+        if index % 2 == 0 {
+            self.fabric.detach_rx(self.port, q);
+        } else if let Some(w) = self.worker_of(q) {
+            lock(w).stop_tx(&self.ctx(), q);
+        }
+        Ok(())
     }
 
     fn handle_event(
@@ -244,41 +240,14 @@ impl<L: Locks> VhostUserBackend for NetDevice<L> {
         vrings: &[Vring],
         thread_id: usize,
     ) -> io::Result<()> {
-        if evset != EventSet::IN {
+        if evset != EventSet::IN || self.closed.load(Ordering::Acquire) {
             return Ok(());
         }
-        let [rx, tx] = vrings else {
-            return Err(io::Error::other("worker without its queue pair"));
+        let Some(w) = self.workers.get(thread_id) else {
+            return Err(io::Error::other("event for an unknown worker thread"));
         };
-        let q = thread_id;
-        self.refresh_rx(q, rx);
-        let nq = self.num_queues() as u64;
-        let ev = u64::from(device_event);
-        if let Some(t) = self.sw.ports[self.port].tx.get(q) {
-            t.kicked(ev);
-        }
-        match ev {
-            0 => {
-                // The guest posted RX buffers: senders held back by this ring retry.
-                self.fabric.wake_waiters(self.port, q);
-                Ok(())
-            }
-            1 => self.run_tx(q, tx, false),
-            e if e == nq + TOKEN_WAKE => {
-                if let Some(w) = self.workers.get(q) {
-                    let w = crate::datapath::lock(w);
-                    let _ = w.wake.read();
-                }
-                self.run_tx(q, tx, false)
-            }
-            e if e == nq + TOKEN_TIMER => {
-                if let Some(w) = self.workers.get(q) {
-                    let mut w = crate::datapath::lock(w);
-                    let _ = w.timer.wait();
-                }
-                self.run_tx(q, tx, true)
-            }
-            _ => Ok(()),
-        }
+        let tok = Token::decode(device_event, self.num_queues());
+        lock(w).handle(&self.ctx(), tok, vrings);
+        Ok(())
     }
 }

@@ -6,9 +6,12 @@
 //! * [`config`]: the validated [`Config`] (`pvnet` flags turn into it);
 //! * [`server`]: [`Server::start`] binds one socket per port and runs its connection loop;
 //! * [`socket`]: creating a port's socket safely (mode, group, stale and live sockets);
-//! * [`device`]: the `VhostUserBackend` implementation (features, config space, memory);
-//! * [`datapath`]: TX → switch → RX with grant copies, back-pressure and offloads;
-//! * [`switch`], [`fdb`]: ports, RX queue slots under the `--queue-lock` kind, MAC table;
+//! * [`device`]: the `VhostUserBackend` implementation (features, config space, memory,
+//!   dispatch of worker events);
+//! * [`datapath`]: TX bursts → switch → RX rings, with grant copies, back-pressure,
+//!   notification suppression, adaptive polling and offloads (its module documentation
+//!   names every step and the function that does it);
+//! * [`switch`], [`fdb`]: ports, RX queues under the `--queue-lock` kind, MAC table;
 //! * [`stats`], [`report`]: per-port, per-queue counters and their text/JSON rendering;
 //! * [`memguard`]: vetting guest memory files; containing a truncation's `SIGBUS` to its port;
 //! * [`net`]: header parsing, flow hash, checksums, software segmentation.
@@ -22,7 +25,6 @@ pub mod fuzzing;
 pub mod memguard;
 pub mod net;
 pub mod report;
-mod rx;
 pub mod server;
 pub mod socket;
 pub mod stats;

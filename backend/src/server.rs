@@ -3,15 +3,13 @@
 //! rings leave the switch, its grants are revoked and the socket accepts the next frontend.
 
 use crate::config::{Config, ConfigError};
-use crate::datapath::lock;
-use crate::device::{NetDevice, TOKEN_TIMER, TOKEN_WAKE};
+use crate::device::{lock, NetDevice, TOKEN_TIMER, TOKEN_WAKE};
 use crate::socket::{SocketError, SocketFile};
 use crate::switch::{Fabric, FabricView, LockSet, Locks, Switch};
 use pvnet_grant::GrantInfo;
 use pvnet_locks::{with_rw_family, with_spin_family};
 use pvnet_locks::{RwLockKind, SpinLockKind};
 use std::io;
-use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -219,10 +217,11 @@ fn serve_one<L: Locks>(
     let mut daemon = VhostUserDaemon::new(format!("pvnet-port{idx}"), dev.clone(), dev.memory())
         .map_err(|e| io::Error::other(e.to_string()))?;
     let nq = dev.num_queues() as u64;
-    for (q, h) in daemon.get_epoll_handlers().iter().enumerate() {
-        let w = lock(&dev.workers[q]);
-        h.register_listener(w.wake.as_raw_fd(), EventSet::IN, nq + TOKEN_WAKE)?;
-        h.register_listener(w.timer.as_raw_fd(), EventSet::IN, nq + TOKEN_TIMER)?;
+    for (t, h) in daemon.get_epoll_handlers().iter().enumerate() {
+        let Some(w) = dev.workers.get(t) else { break };
+        let (wake, timer) = lock(w).fds();
+        h.register_listener(wake, EventSet::IN, nq + TOKEN_WAKE)?;
+        h.register_listener(timer, EventSet::IN, nq + TOKEN_TIMER)?;
     }
     daemon
         .start(listener)

@@ -25,7 +25,8 @@ pub enum Drop {
     TooShort,
     /// Frame larger than 64 KiB plus headers.
     TooLarge,
-    /// Destination RX ring stayed full past the back-pressure bound.
+    /// Destination RX ring stayed full past the back-pressure bound (or the sender's TX ring
+    /// stopped while the frame was held back by it).
     RxFullTimeout,
     /// Flooded copy not delivered to a port whose RX ring was full.
     FloodFull,
@@ -37,10 +38,17 @@ pub enum Drop {
     RxTooSmall,
     /// GSO/checksum metadata that cannot be honoured in software.
     BadOffload,
+    /// TX or RX chain of more than [`crate::datapath::chain::MAX_CHAIN_DESCS`] descriptors
+    /// (Linux vhost-net's limit).
+    ChainTooLong,
+    /// Source MAC other than the port's own with `--port-security`.
+    SpoofedMac,
+    /// Destination RX ring unreadable (bogus avail index, ring outside granted memory).
+    RxBadRing,
 }
 
 /// Number of [`Drop`] reasons.
-pub const NR_DROPS: usize = Drop::BadOffload as usize + 1;
+pub const NR_DROPS: usize = Drop::RxBadRing as usize + 1;
 
 impl Drop {
     /// Every reason, in counter order.
@@ -57,6 +65,9 @@ impl Drop {
         Drop::RxBadChain,
         Drop::RxTooSmall,
         Drop::BadOffload,
+        Drop::ChainTooLong,
+        Drop::SpoofedMac,
+        Drop::RxBadRing,
     ];
 
     /// Short name used in tables and JSON.
@@ -74,6 +85,9 @@ impl Drop {
             Drop::RxBadChain => "rx_bad_chain",
             Drop::RxTooSmall => "rx_too_small",
             Drop::BadOffload => "bad_offload",
+            Drop::ChainTooLong => "chain_too_long",
+            Drop::SpoofedMac => "spoofed_mac",
+            Drop::RxBadRing => "rx_bad_ring",
         }
     }
 }

@@ -10,24 +10,19 @@
 //! Both live as long as the process; connections come and go.
 
 use crate::config::Config;
+use crate::datapath::rxq::{RxRing, RxSlot};
 use crate::fdb::Fdb;
 use crate::memguard::MemGuard;
-use crate::stats::{QueueSnapshot, RxStats, TxStats};
+use crate::stats::{QueueSnapshot, TxStats};
 use pvnet_grant::GrantInfo;
 use pvnet_grant::GrantTable;
 use pvnet_locks::family::{MutexApi, RwFamily, SpinFamily};
 use pvnet_locks::{RwLockKind, SpinLockKind};
 use std::marker::PhantomData;
-use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
-use vhost_user_backend::VringRwLock;
-use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
-use vmm_sys_util::eventfd::EventFd;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 
-/// Guest memory as vhost-user-backend shares it (rings are read through it).
-pub type Gm = GuestMemoryAtomic<GuestMemoryMmap>;
-/// The vring type of every port.
-pub type Vring = VringRwLock<Gm>;
+pub use crate::datapath::{Gm, Vring};
 
 /// The lock algorithms the data path is compiled for: the grant tables' rwlock and the RX
 /// queues' spinlock.
@@ -52,66 +47,6 @@ pub type Grants<L> = GrantTable<<L as Locks>::Grant>;
 pub type RingLock<L> = <<L as Locks>::Queue as SpinFamily>::Lock<Option<RxRing>>;
 /// A held RX queue lock under lock set `L`.
 pub type RingGuard<'a, L> = <RingLock<L> as MutexApi<Option<RxRing>>>::Guard<'a>;
-/// Read guards of a sender's and a receiver's grant tables under lock set `L`.
-pub type Pair<'a, L> = pvnet_grant::GuardPair<'a, <L as Locks>::Grant>;
-
-/// An attached RX ring: the vring of the connected guest and its memory (for the ring
-/// itself; buffers go through the port's grant table).
-pub struct RxRing {
-    pub vring: Vring,
-    pub mem: Gm,
-    /// Used index when the guest was last considered for a notification (EVENT_IDX).
-    pub signalled: AtomicU16,
-}
-
-/// One RX queue of a port: what every sending worker shares besides the ring's lock (which
-/// lives in the [`Fabric`]).
-pub struct RxSlot {
-    /// Senders held back by this full ring: woken when the guest posts RX buffers. Weak: a
-    /// sender whose connection ended must not stay open here (its eventfd would leak for as
-    /// long as this ring stays full).
-    pub waiters: Mutex<Vec<Weak<EventFd>>>,
-    /// Receive counters (written under the ring's lock).
-    pub stats: RxStats,
-    /// A sender already waited the full back-pressure bound on this ring: further frames
-    /// are dropped at once until the guest posts RX buffers again.
-    pub stalled: AtomicBool,
-}
-
-impl RxSlot {
-    fn new() -> Self {
-        RxSlot {
-            waiters: Mutex::new(Vec::new()),
-            stats: RxStats::default(),
-            stalled: AtomicBool::new(false),
-        }
-    }
-
-    /// Wakes every sender waiting for this ring. Call with the ring's lock taken and
-    /// released just before (see [`Fabric::wake_waiters`]).
-    fn wake_all(&self) {
-        self.stalled.store(false, Ordering::Release);
-        let list = match self.waiters.lock() {
-            Ok(mut l) => std::mem::take(&mut *l),
-            Err(p) => std::mem::take(&mut *p.into_inner()),
-        };
-        for w in list.iter().filter_map(Weak::upgrade) {
-            let _ = w.write(1);
-        }
-    }
-
-    /// Registers `w` to be woken (once) when the guest posts buffers.
-    pub fn add_waiter(&self, w: &Arc<EventFd>) {
-        let mut l = match self.waiters.lock() {
-            Ok(l) => l,
-            Err(p) => p.into_inner(),
-        };
-        l.retain(|x| x.strong_count() > 0);
-        if !l.iter().any(|x| std::ptr::eq(x.as_ptr(), Arc::as_ptr(w))) {
-            l.push(Arc::downgrade(w));
-        }
-    }
-}
 
 /// One switch port (one vhost-user socket).
 pub struct Port {
@@ -183,7 +118,7 @@ impl Switch {
             .map(|idx| Port {
                 idx,
                 mac: cfg.mac_of(idx),
-                rx: (0..pairs).map(|_| RxSlot::new()).collect(),
+                rx: (0..pairs).map(|_| RxSlot::default()).collect(),
                 tx: (0..pairs).map(|_| TxStats::default()).collect(),
                 enabled: AtomicU64::new(0),
                 features: AtomicU64::new(0),
@@ -248,18 +183,26 @@ impl<L: Locks> Fabric<L> {
         Arc::new(Fabric { sw, ports })
     }
 
-    /// Wakes every sender waiting for RX queue `q` of port `p`.
-    pub fn wake_waiters(&self, p: usize, q: usize) {
+    /// Detaches RX queue `q` of port `p` (its guest stopped or disabled the ring, or went
+    /// away): the ring's position is written back into its vring, the queue leaves the
+    /// port's enabled set, and the senders held back by it are woken (their retry finds the
+    /// queue gone). Returns whether a ring was attached.
+    pub fn detach_rx(&self, p: usize, q: usize) -> bool {
         let (Some(pf), Some(port)) = (self.ports.get(p), self.sw.ports.get(p)) else {
-            return;
+            return false;
         };
-        let (Some(ring), Some(slot)) = (pf.rings.get(q), port.rx.get(q)) else {
-            return;
+        let (Some(lock), Some(slot)) = (pf.rings.get(q), port.rx.get(q)) else {
+            return false;
         };
-        // Serialize with a sender that found the ring full and is registering (it holds the
-        // ring lock from its last look at the avail ring until its registration).
-        drop(ring.lock());
-        slot.wake_all();
+        let (ring, waiters) = {
+            let mut g = lock.lock();
+            port.enabled.fetch_and(!(1u64 << q), Ordering::AcqRel);
+            (g.take(), slot.take_waiters())
+        };
+        for w in waiters {
+            w.wake();
+        }
+        ring.map(RxRing::detach).is_some()
     }
 }
 

@@ -52,3 +52,26 @@ fn three_ports_flood_learn_and_exchange() {
     assert_eq!(total_drops(&s), 0);
     s.shutdown();
 }
+
+/// The same traffic with one worker thread per queue pair (`--workers 16`: 32 threads on
+/// this machine's CPUs) and with one thread serving every pair of a port (`--workers 1`).
+#[test]
+fn two_ports_16_pairs_every_thread_layout() {
+    for workers in [16, 1] {
+        let d = pvnet_testkit::harness::tmpdir(&format!("layout{workers}"));
+        let s = pvnet_backend::Server::start(pvnet_backend::Config {
+            sockets: (0..2).map(|i| d.join(format!("p{i}.sock"))).collect(),
+            queue_pairs: 16,
+            workers,
+            backpressure_bound: std::time::Duration::from_secs(5),
+            ..pvnet_backend::Config::default()
+        })
+        .expect("server");
+        let seen = run(&s, &Run::new(2, 16, 3000));
+        for g in &seen {
+            assert_eq!(g.received, 3000, "workers {workers}");
+        }
+        assert_eq!(total_drops(&s), 0, "workers {workers}");
+        s.shutdown();
+    }
+}

@@ -15,7 +15,11 @@
 //! [`GrantReadGuard::write_from`] and [`grant_copy`] (guest A → guest B, under the guards of
 //! both tables, taken with [`read_pair`]). The per-buffer forms on the table
 //! ([`GrantTable::copy_from_guest`], [`GrantTable::copy_to_guest`],
-//! [`GrantTable::grant_copy_to`], [`GrantTable::check`]) take the lock per call. Everything
+//! [`GrantTable::grant_copy_to`], [`GrantTable::check`]) take the lock per call. For a
+//! stream of nearby accesses, [`GrantReadGuard::slice_hinted`] with a [`RegionHint`] kept
+//! between accesses (and guards) skips the search while the same grant covers them; and
+//! [`GrantMemory`] presents a guard as vm-memory's `GuestMemory`, so that vm-memory-based code
+//! (virtio-queue's rings and descriptor chains) goes through the grants too. Everything
 //! is bounds-, overflow- and permission-checked with [`GrantError`]s before any byte moves;
 //! nothing outside a grant is ever read or written, whatever a guest puts in a descriptor.
 //! Nothing allocates.
@@ -54,6 +58,7 @@
 mod entry;
 mod error;
 pub mod memfd;
+mod memory;
 mod read;
 mod table;
 #[cfg(test)]
@@ -61,5 +66,6 @@ mod tests;
 
 pub use entry::{Access, GrantInfo, HostMapping};
 pub use error::GrantError;
-pub use read::{grant_copy, GrantReadGuard, Pieces};
+pub use memory::{GrantMemory, GrantSlices};
+pub use read::{grant_copy, GrantReadGuard, Pieces, RegionHint};
 pub use table::{read_pair, GrantTable, GrantWriter, GuardPair, ReplaceSummary};

@@ -242,3 +242,52 @@ where
         };
     }
 }
+
+/// A remembered translation: which grant served a reader's last access. A reader keeps one
+/// per stream of nearby accesses (a ring, a frame's buffers) across accesses and across
+/// guards; [`GrantReadGuard::slice_hinted`] tries the grant it names first and falls back to
+/// the search when that grant no longer covers the access. The hint is only an index guess,
+/// checked against the entry it names in the table as it is under the current guard, so a
+/// stale hint (the table changed since: a new generation) costs a search, never a wrong
+/// translation.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RegionHint {
+    index: usize,
+}
+
+impl<'a, F: RwFamily, B: Bitmap + Send + Sync + 'static> GrantReadGuard<'a, F, B> {
+    /// The host slice of the longest prefix of `[gpa, gpa + len)` that lies inside one grant
+    /// (between 1 and `len` bytes), checked for `need`. The caller advances by the slice's
+    /// length and asks again for the rest (a range spanning adjacent grants comes in pieces).
+    /// `hint` is tried first and updated.
+    #[inline]
+    pub fn slice_hinted(
+        &self,
+        hint: &mut RegionHint,
+        gpa: u64,
+        len: usize,
+        need: Access,
+    ) -> Result<VolatileSlice<'_, BS<'_, B>>, GrantError> {
+        if len == 0 {
+            return Err(GrantError::ZeroLength { gpa });
+        }
+        let es = self.entries();
+        let i = match es.get(hint.index) {
+            Some(e) if e.start <= gpa && gpa < e.end() => hint.index,
+            _ => {
+                let i = self.find(gpa).ok_or(GrantError::NotGranted { gpa })?;
+                hint.index = i;
+                i
+            }
+        };
+        let e = &es[i];
+        e.access.check(need, gpa)?;
+        // e.start <= gpa < e.end(): the differences fit usize because e.len does.
+        let n = ((e.end() - gpa) as usize).min(len);
+        let off = e.host.offset + (gpa - e.start) as usize;
+        e.host
+            .map
+            .get_slice(off, n)
+            .map_err(|_| GrantError::Internal { gpa })
+    }
+}

@@ -622,6 +622,14 @@ where
         vring.set_enabled(enable);
         self.update_vring_registration(vring, index as u8)?;
 
+        // pvnet patch: a disabled ring stops being processed, as on GET_VRING_BASE (the
+        // backend detaches it; a backend that keeps ring state of its own writes it back).
+        if !enable {
+            self.backend
+                .stop_vring(index)
+                .map_err(VhostUserError::ReqHandlerError)?;
+        }
+
         Ok(())
     }
 

@@ -1,0 +1,145 @@
+//! The receiving side of a switch port, as the sending side sees it: a [`Destination`]
+//! takes an ordered set of frames for one of its queues and says what became of each.
+//!
+//! A guest port ([`GuestPort`]: vhost-user RX rings under `--queue-lock`, copies under both
+//! ports' grant guards) is one kind of destination; another kind (a tap device writing frames
+//! with `writev`, registering the sender for `EPOLLOUT` when full) implements the same trait.
+//!
+//! Lock-hold bound: a guest port delivers at most
+//! [`HOLD_BYTES`](crate::datapath::rxq::HOLD_BYTES) of frame data per queue-lock hold; a
+//! larger share is delivered in several holds.
+
+use crate::datapath::rxq::Waker;
+use crate::datapath::{Fate, FrameSet, FrameSrc};
+use crate::switch::{Fabric, Grants, Locks, Port, PortFabric};
+use pvnet_grant::{read_pair, RegionHint};
+use pvnet_locks::family::MutexApi;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use vhost_user_backend::VringT;
+
+/// The sending side's grants, for the copy (and a hint into them).
+pub struct SrcGrants<'a, L: Locks> {
+    pub table: &'a Grants<L>,
+    pub hint: &'a mut RegionHint,
+}
+
+/// The receiving side of a port (see the module documentation).
+pub trait Destination<L: Locks> {
+    /// The virtio-net features the receiver negotiated (decides offload pass-through).
+    fn features(&self) -> u64;
+    /// The queue that receives flow `hash`, or `None` when no queue is attached.
+    fn pick_queue(&self, hash: u32) -> Option<usize>;
+    /// Offers `frames`, in order, to queue `q`; writes each one's fate into `fates`. A frame
+    /// that does not fit makes it and every later frame [`Fate::Full`] and registers `waker`
+    /// to be woken when room appears.
+    fn deliver(
+        &self,
+        q: usize,
+        src: &mut SrcGrants<'_, L>,
+        frames: &dyn FrameSet,
+        fates: &mut [Fate],
+        waker: &Arc<Waker>,
+    );
+}
+
+/// A guest port of the switch as a [`Destination`].
+pub struct GuestPort<'a, L: Locks> {
+    port: &'a Port,
+    fabric: &'a PortFabric<L>,
+}
+
+impl<'a, L: Locks> GuestPort<'a, L> {
+    /// Port `d` of `fabric`, if it exists.
+    pub fn new(fabric: &'a Fabric<L>, d: usize) -> Option<Self> {
+        Some(GuestPort {
+            port: fabric.sw.ports.get(d)?,
+            fabric: fabric.ports.get(d)?,
+        })
+    }
+
+    /// Whether a guest is connected.
+    pub fn connected(&self) -> bool {
+        self.port.connected.load(Ordering::Acquire)
+    }
+}
+
+/// Frames `off..off + n` of another set.
+struct Window<'s> {
+    set: &'s dyn FrameSet,
+    off: usize,
+    n: usize,
+}
+
+impl FrameSet for Window<'_> {
+    fn count(&self) -> usize {
+        self.n
+    }
+    fn get(&self, i: usize) -> FrameSrc<'_> {
+        self.set.get(self.off + i)
+    }
+}
+
+impl<L: Locks> Destination<L> for GuestPort<'_, L> {
+    fn features(&self) -> u64 {
+        self.port.features.load(Ordering::Acquire)
+    }
+
+    fn pick_queue(&self, hash: u32) -> Option<usize> {
+        self.port.pick_queue(hash)
+    }
+
+    fn deliver(
+        &self,
+        q: usize,
+        src: &mut SrcGrants<'_, L>,
+        frames: &dyn FrameSet,
+        fates: &mut [Fate],
+        waker: &Arc<Waker>,
+    ) {
+        let n = frames.count().min(fates.len());
+        let (Some(lock), Some(slot)) = (self.fabric.rings.get(q), self.port.rx.get(q)) else {
+            fates[..n].fill(Fate::NotReady);
+            return;
+        };
+        // Both guards in address order (never wait for a grant lock holding a queue lock).
+        let pair = read_pair(src.table, &self.fabric.grants);
+        let mut call = None;
+        let mut start = 0;
+        fates[..n].fill(Fate::Pending);
+        while start < n {
+            let w = Window {
+                set: frames,
+                off: start,
+                n: n - start,
+            };
+            // One hold: at most HOLD_BYTES of frames (the ring stops there, leaving the rest
+            // Pending for the next hold).
+            let mut ring = lock.lock();
+            let Some(r) = ring.as_mut() else {
+                drop(ring);
+                fates[start..n].fill(Fate::NotReady);
+                break;
+            };
+            let c = r.deliver(
+                (pair.src(), &mut *src.hint),
+                pair.dst(),
+                &w,
+                &mut fates[start..n],
+                slot,
+                waker,
+            );
+            drop(ring);
+            call = c.or(call);
+            match fates[start..n].iter().position(|f| *f == Fate::Pending) {
+                Some(p) if fates[n - 1] != Fate::Full => start += p.max(1),
+                _ => break,
+            }
+        }
+        drop(pair);
+        // One used-buffer notification per ring per delivery, after every lock is released.
+        if let Some(v) = call {
+            let _ = v.signal_used_queue();
+        }
+    }
+}

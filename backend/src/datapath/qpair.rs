@@ -1,0 +1,638 @@
+//! One queue pair of a port ([`QueuePair`], after cloud-hypervisor's `NetQueuePair`): it owns
+//! the state of its TX side — the burst in progress, the frames held back by full
+//! destinations, the TX ring's used shadow and notification state — and does one TX burst at
+//! a time, [`QueuePair::tx_burst`], given the port's context ([`PortCtx`]) and its TX vring.
+//! It knows nothing of the vhost-user device or of threads; the RX side of the pair is
+//! written by the senders (see [`rxq`](crate::datapath::rxq)).
+//!
+//! A burst, in phases (each with its own grant guard, see [`datapath`](crate::datapath)):
+//! A. source guard: [`burst::fetch`], [`burst::prefetch`], [`burst::classify`];
+//! B. per destination port ([`QueuePair::deliver_to`]), per RX queue, in order: held-back
+//!    frames first, then the burst's; software offloads where the receiver lacks a feature;
+//!    the destination's verdicts applied (held back, dropped, delivered);
+//! C. source guard: TX used entries published once, the guest called if it asked.
+
+use crate::config::Config;
+use crate::datapath::burst::{self, Burst, ClassifyCtx, Frame, Route};
+use crate::datapath::dest::{Destination, GuestPort, SrcGrants};
+use crate::datapath::held::HeldBack;
+use crate::datapath::ring::{needs_call, Kicks, RingLayout, UsedShadow};
+use crate::datapath::rxq::{RxRing, Waker};
+use crate::datapath::soft::Soft;
+use crate::datapath::{Data, Fate, FrameSet, FrameSrc, LogLimit};
+use crate::net::{self, gso, Delivery, VirtioNetHdr};
+use crate::stats::{Drop, TxStats};
+use crate::switch::{Fabric, Grants, Locks, Switch, Vring};
+use pvnet_grant::{GrantMemory, RegionHint};
+use pvnet_locks::family::MutexApi;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+use vhost_user_backend::VringT;
+use virtio_queue::QueueT;
+
+/// What a queue pair needs to know about its port and the switch.
+pub struct PortCtx<'a, L: Locks> {
+    pub fabric: &'a Fabric<L>,
+    /// This port's index.
+    pub port: usize,
+    /// Virtio features the port's guest acknowledged.
+    pub features: u64,
+    /// Set when the connection is closing.
+    pub closing: &'a AtomicBool,
+}
+
+impl<'a, L: Locks> PortCtx<'a, L> {
+    fn sw(&self) -> &'a Switch {
+        &self.fabric.sw
+    }
+
+    fn cfg(&self) -> &'a Config {
+        &self.fabric.sw.cfg
+    }
+
+    fn grants(&self) -> &'a Grants<L> {
+        &self.fabric.ports[self.port].grants
+    }
+
+    /// Whether this port's rings and buffers may be touched now (checked once per burst):
+    /// not once the connection is closing, nor once its memory is poisoned (the guest's
+    /// memory file shrank under the mapping: the connection loop is disconnecting it).
+    pub fn memory_usable(&self) -> bool {
+        !self.closing.load(Ordering::Acquire) && !self.sw().ports[self.port].guard.poisoned()
+    }
+}
+
+/// What one [`QueuePair::tx_burst`] did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TxProgress {
+    /// Chains taken from the TX ring.
+    pub taken: usize,
+    /// The burst was full (more chains may be waiting).
+    pub full: bool,
+    /// Held-back frames resolved (delivered or dropped).
+    pub resumed: usize,
+}
+
+/// What becomes of one of the burst's frames.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Outcome {
+    /// Not decided yet (a flooded frame stays so until every port had its copy).
+    Pending,
+    /// Delivered (or, flooded, offered everywhere): its chain goes back.
+    Done,
+    /// Dropped for this reason: its chain goes back, the drop is counted once.
+    Drop(Drop),
+    /// Its unicast destination, port `d`, is full: held back, its chain stays.
+    Hold(usize),
+}
+
+/// A frame being delivered: one of the burst's or a held-back one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum FrameId {
+    Burst(usize),
+    Held(usize),
+}
+
+/// The frames of one run, as a [`FrameSet`].
+struct Run<'a> {
+    ids: &'a [FrameId],
+    burst: &'a Burst,
+    held: &'a HeldBack,
+}
+
+impl FrameSet for Run<'_> {
+    fn count(&self) -> usize {
+        self.ids.len()
+    }
+
+    fn get(&self, i: usize) -> FrameSrc<'_> {
+        match self.ids.get(i) {
+            Some(FrameId::Burst(k)) => self.burst.src(*k),
+            Some(FrameId::Held(k)) => match self.held.get(*k) {
+                Some(h) => h.src(),
+                None => empty(),
+            },
+            None => empty(),
+        }
+    }
+}
+
+fn empty() -> FrameSrc<'static> {
+    FrameSrc {
+        hdr: VirtioNetHdr::plain(),
+        len: 0,
+        data: Data::Local(&[]),
+    }
+}
+
+/// One queue pair (see the module documentation).
+pub struct QueuePair {
+    /// Pair index within the port.
+    pub q: usize,
+    burst: Burst,
+    held: HeldBack,
+    used: UsedShadow,
+    kicks: Kicks,
+    /// TX used index at the last call decision (None: not known since the ring started).
+    signalled: Option<u16>,
+    /// Translation hint into this port's grants.
+    hint: RegionHint,
+    waker: Arc<Waker>,
+    ids: Vec<FrameId>,
+    /// The RX queue of each of `ids` (None: not attached), and whether it was delivered.
+    queues: Vec<(Option<usize>, bool)>,
+    run: Vec<FrameId>,
+    fates: Vec<Fate>,
+    /// Per burst frame.
+    outcome: Vec<Outcome>,
+    soft: Soft,
+    log: LogLimit,
+}
+
+impl QueuePair {
+    /// Pair `q`, woken through `waker` when a destination it waits for gets room.
+    pub fn new(q: usize, waker: Arc<Waker>) -> Self {
+        QueuePair {
+            q,
+            burst: Burst::default(),
+            held: HeldBack::default(),
+            used: UsedShadow::with_capacity(burst::BURST),
+            kicks: Kicks::new(false),
+            signalled: None,
+            hint: RegionHint::default(),
+            waker,
+            ids: Vec::with_capacity(2 * burst::BURST),
+            queues: Vec::with_capacity(2 * burst::BURST),
+            run: Vec::with_capacity(2 * burst::BURST),
+            fates: Vec::with_capacity(2 * burst::BURST),
+            outcome: Vec::with_capacity(burst::BURST),
+            soft: Soft::default(),
+            log: LogLimit::default(),
+        }
+    }
+
+    /// Frames held back now.
+    pub fn held(&self) -> usize {
+        self.held.len()
+    }
+
+    /// When the oldest held-back frame's time is up.
+    pub fn deadline<L: Locks>(&self, cx: &PortCtx<'_, L>) -> Option<Instant> {
+        self.held.deadline(cx.cfg().backpressure_bound)
+    }
+
+    /// One TX burst (see the module documentation). `retry`: also offer held-back frames
+    /// whose destinations get no new frame in this burst (after a wake or a timeout).
+    pub fn tx_burst<L: Locks>(
+        &mut self,
+        cx: &PortCtx<'_, L>,
+        tx: &Vring,
+        retry: bool,
+    ) -> TxProgress {
+        let mut out = TxProgress::default();
+        if !cx.memory_usable() {
+            return out;
+        }
+        let mut vs = tx.get_mut();
+        if !vs.is_enabled() || !vs.get_queue().ready() {
+            return out;
+        }
+        let stats = &cx.sw().ports[cx.port].tx[self.q];
+        let q = vs.get_queue_mut();
+        let Some(lay) = RingLayout::of(q) else {
+            if self.log.allow() {
+                log::warn!(
+                    "port {} queue {}: TX ring outside the address space",
+                    cx.port,
+                    self.q
+                );
+            }
+            return out;
+        };
+        self.kicks.set_event_idx(q.event_idx_enabled());
+        self.burst.clear();
+        // A: fetch, prefetch, classify under the source guard.
+        {
+            let g = cx.grants().read();
+            let mem = GrantMemory::new(&g, self.hint);
+            self.kicks.disarm(&lay, &mem);
+            let hl = net::net_hdr_len(cx.features);
+            let fetched = match lay.desc_table(&mem) {
+                Some(t) => burst::fetch(&mut self.burst, q, &mem, &t, self.held.room(), hl)
+                    .map_err(|e| e.to_string()),
+                None => Err("descriptor table outside granted memory".into()),
+            };
+            match fetched {
+                Ok(n) => out.taken = n,
+                Err(e) => {
+                    if self.log.allow() {
+                        log::warn!("port {} queue {}: TX ring: {e}", cx.port, self.q);
+                    }
+                }
+            }
+            self.hint = mem.hint();
+            out.full = out.taken == burst::BURST;
+            burst::prefetch(&self.burst, &g, &mut self.hint);
+            let port = &cx.sw().ports[cx.port];
+            let ccx = ClassifyCtx {
+                fdb: &cx.sw().fdb,
+                now: cx.sw().fdb.now(),
+                port: cx.port,
+                mac: port.mac,
+                port_security: cx.cfg().port_security,
+                ports: cx.sw().ports.len(),
+                queues_of: &|d| cx.sw().ports.get(d).map_or(0, |p| p.enabled_pairs()),
+                stats,
+            };
+            burst::classify(&mut self.burst, &g, &mut self.hint, &ccx);
+        }
+        // B: deliver, destination by destination.
+        self.outcome.clear();
+        self.outcome
+            .extend(self.burst.frames.iter().map(|f| match f.route {
+                Route::Drop(r) => Outcome::Drop(r),
+                _ => Outcome::Pending,
+            }));
+        let mut dests = self.burst_dests(cx);
+        if retry {
+            dests |= self.held.dests();
+        }
+        for d in 0..cx.sw().ports.len().min(64) {
+            if dests & (1u64 << d) != 0 {
+                self.deliver_to(cx, d, stats);
+            }
+        }
+        self.settle_burst(stats);
+        let bound = cx.cfg().backpressure_bound;
+        self.held.expire(Instant::now(), bound, stats, |d, hash| {
+            mark_stalled(cx.sw(), d, hash);
+        });
+        // C: publish under the source guard; call the guest after it.
+        let before = self.held.len();
+        self.held.release(&mut self.used);
+        out.resumed = before - self.held.len();
+        if self.used.is_empty() {
+            return out;
+        }
+        let call = {
+            let g = cx.grants().read();
+            let mem = GrantMemory::new(&g, self.hint);
+            let old = self.signalled.unwrap_or(q.next_used());
+            if let Err(e) = self.used.flush(q, &lay, &mem) {
+                if self.log.allow() {
+                    log::warn!("port {} queue {}: TX used ring: {e}", cx.port, self.q);
+                }
+            }
+            let c = needs_call(q, &lay, &mem, old);
+            self.signalled = Some(q.next_used());
+            self.hint = mem.hint();
+            c
+        };
+        if call {
+            stats.notified();
+            let _ = vs.signal_used_queue();
+        }
+        out
+    }
+
+    /// The RX side of this pair, on an event of its RX ring (a kick, or the ring just
+    /// started or enabled): attaches the ring to the switch if it is not attached yet;
+    /// otherwise wakes the senders held back by it, if the guest really posted buffers.
+    pub fn rx_event<L: Locks>(&mut self, cx: &PortCtx<'_, L>, rx: &Vring) {
+        let pf = &cx.fabric.ports[cx.port];
+        let port = &cx.sw().ports[cx.port];
+        let (Some(lock), Some(slot)) = (pf.rings.get(self.q), port.rx.get(self.q)) else {
+            return;
+        };
+        if !cx.memory_usable() {
+            return;
+        }
+        // Lock order: grant guard, then queue lock (then the vring's own lock, in attach).
+        let g = pf.grants.read();
+        let mut ring = lock.lock();
+        let waiters = match ring.as_mut() {
+            None => {
+                if let Some(mut r) = RxRing::attach(rx, cx.features) {
+                    r.quiet(&g);
+                    *ring = Some(r);
+                    port.enabled.fetch_or(1 << self.q, Ordering::AcqRel);
+                }
+                None
+            }
+            Some(r) => r.kicked(&g, slot),
+        };
+        drop(ring);
+        drop(g);
+        for w in waiters.into_iter().flatten() {
+            w.wake();
+        }
+    }
+
+    /// Asks the guest to kick on its next TX publication (going idle). Returns true when
+    /// chains were published meanwhile (run another burst instead of sleeping).
+    pub fn arm_kicks<L: Locks>(&mut self, cx: &PortCtx<'_, L>, tx: &Vring) -> bool {
+        if !cx.memory_usable() {
+            return false;
+        }
+        let mut vs = tx.get_mut();
+        if !vs.is_enabled() || !vs.get_queue().ready() {
+            return false;
+        }
+        let q = vs.get_queue_mut();
+        let Some(lay) = RingLayout::of(q) else {
+            return false;
+        };
+        self.kicks.set_event_idx(q.event_idx_enabled());
+        let g = cx.grants().read();
+        let mem = GrantMemory::new(&g, self.hint);
+        let at = q.next_avail();
+        // A bogus index (more than a ring ahead) is not work: the ring is broken and the
+        // worker must not spin on it.
+        let moved = self
+            .kicks
+            .arm(&lay, &mem, at)
+            .is_ok_and(|s| s != at && s.wrapping_sub(at) <= lay.size());
+        self.hint = mem.hint();
+        moved
+    }
+
+    /// The TX ring stops (GET_VRING_BASE, disable, disconnect): every held-back frame is
+    /// dropped and its chain returned, so that the ring's state read by the frontend is
+    /// complete.
+    pub fn stop<L: Locks>(&mut self, cx: &PortCtx<'_, L>, tx: &Vring) {
+        if self.held.is_empty() {
+            return;
+        }
+        self.signalled = None;
+        let stats = &cx.sw().ports[cx.port].tx[self.q];
+        self.held.drop_all(&mut self.used, stats);
+        let mut vs = tx.get_mut();
+        let q = vs.get_queue_mut();
+        if let Some(lay) = RingLayout::of(q) {
+            let g = cx.grants().read();
+            let mem = GrantMemory::new(&g, self.hint);
+            let _ = self.used.flush(q, &lay, &mem);
+        }
+        self.used.clear();
+    }
+
+    /// Ports this burst sends to, as a bit mask.
+    fn burst_dests<L: Locks>(&self, cx: &PortCtx<'_, L>) -> u64 {
+        let bit = |d: usize| 1u64.checked_shl(d as u32).unwrap_or(0);
+        let mut m = 0u64;
+        let mut flood = false;
+        for f in &self.burst.frames {
+            match f.route {
+                Route::Port(d) => m |= bit(d),
+                Route::Flood => flood = true,
+                _ => {}
+            }
+        }
+        if flood {
+            for (d, p) in cx.sw().ports.iter().enumerate() {
+                if d != cx.port && p.connected.load(Ordering::Acquire) {
+                    m |= bit(d);
+                }
+            }
+        }
+        m
+    }
+
+    /// Delivers to port `d` everything waiting for it: its held-back frames, then this
+    /// burst's unicast frames to it and flooded frames, queue by queue in order.
+    pub fn deliver_to<L: Locks>(&mut self, cx: &PortCtx<'_, L>, d: usize, stats: &TxStats) {
+        let Some(dest) = GuestPort::new(cx.fabric, d) else {
+            return;
+        };
+        self.ids.clear();
+        self.ids.extend(self.held.for_dest(d).map(FrameId::Held));
+        for (i, f) in self.burst.frames.iter().enumerate() {
+            match f.route {
+                Route::Port(p) if p == d => self.ids.push(FrameId::Burst(i)),
+                Route::Flood if d != cx.port => self.ids.push(FrameId::Burst(i)),
+                _ => {}
+            }
+        }
+        if self.ids.is_empty() {
+            return;
+        }
+        let connected = dest.connected();
+        self.queues.clear();
+        for k in 0..self.ids.len() {
+            let q = connected
+                .then(|| dest.pick_queue(self.hash_of(self.ids[k])))
+                .flatten();
+            self.queues.push((q, false));
+        }
+        // Queue by queue, in order of first appearance; each queue's frames in order.
+        let ids = std::mem::take(&mut self.ids);
+        let mut run = std::mem::take(&mut self.run);
+        for k in 0..ids.len() {
+            if self.queues[k].1 {
+                continue;
+            }
+            let q = self.queues[k].0;
+            run.clear();
+            for (&id, (qj, taken)) in ids.iter().zip(self.queues.iter_mut()).skip(k) {
+                if !*taken && *qj == q {
+                    *taken = true;
+                    run.push(id);
+                }
+            }
+            self.fates.clear();
+            self.fates.resize(run.len(), Fate::NotReady);
+            if let Some(q) = q {
+                self.deliver_queue(cx, &dest, q, &run);
+            }
+            self.apply(cx, d, &run, stats);
+        }
+        self.ids = ids;
+        self.run = run;
+    }
+
+    fn hash_of(&self, id: FrameId) -> u32 {
+        match id {
+            FrameId::Burst(k) => self.burst.frames.get(k).map_or(0, |f| f.hash),
+            FrameId::Held(k) => self.held.get(k).map_or(0, |h| h.frame.hash),
+        }
+    }
+
+    fn frame_of(&self, id: FrameId) -> Option<&Frame> {
+        match id {
+            FrameId::Burst(k) => self.burst.frames.get(k),
+            FrameId::Held(k) => self.held.get(k).map(|h| &h.frame),
+        }
+    }
+
+    /// Offers `run` to queue `q` of `dest`, in order: runs of frames the receiver takes as
+    /// they are in one delivery, frames needing a software offload one by one.
+    fn deliver_queue<L: Locks>(
+        &mut self,
+        cx: &PortCtx<'_, L>,
+        dest: &GuestPort<'_, L>,
+        q: usize,
+        run: &[FrameId],
+    ) {
+        let dfeat = dest.features();
+        let mut k = 0;
+        while k < run.len() {
+            let start = k;
+            while k < run.len()
+                && self
+                    .frame_of(run[k])
+                    .is_some_and(|f| gso::plan(&f.hdr, dfeat) == Delivery::PassThrough)
+            {
+                k += 1;
+            }
+            if k > start {
+                let set = Run {
+                    ids: &run[start..k],
+                    burst: &self.burst,
+                    held: &self.held,
+                };
+                let mut src = SrcGrants {
+                    table: cx.grants(),
+                    hint: &mut self.hint,
+                };
+                dest.deliver(q, &mut src, &set, &mut self.fates[start..k], &self.waker);
+                if self.fates[k - 1] == Fate::Full {
+                    self.fates[k..].fill(Fate::Full);
+                    return;
+                }
+            }
+            if k < run.len() {
+                let fate = self.deliver_soft(cx, dest, q, run[k], dfeat);
+                self.fates[k] = fate;
+                if fate == Fate::Full {
+                    self.fates[k..].fill(Fate::Full);
+                    return;
+                }
+                k += 1;
+            }
+        }
+    }
+
+    /// A frame the receiver cannot take as it is ([`soft`](crate::datapath::soft)):
+    /// prepared under the source guard, then delivered as complete frames.
+    fn deliver_soft<L: Locks>(
+        &mut self,
+        cx: &PortCtx<'_, L>,
+        dest: &GuestPort<'_, L>,
+        q: usize,
+        id: FrameId,
+        dfeat: u64,
+    ) -> Fate {
+        let Some(f) = self.frame_of(id).copied() else {
+            return Fate::Dropped(Drop::BadChain);
+        };
+        let segs = match id {
+            FrameId::Burst(k) => self.burst.segs_of(k),
+            FrameId::Held(k) => match self.held.get(k).map(|h| h.src().data) {
+                Some(Data::Guest { segs, .. }) => segs,
+                _ => &[],
+            },
+        };
+        let prepared = {
+            let g = cx.grants().read();
+            self.soft.prepare(&g, &mut self.hint, segs, &f, dfeat)
+        };
+        if let Err(r) = prepared {
+            return Fate::Dropped(r);
+        }
+        let (set, fates) = self.soft.output();
+        let mut src = SrcGrants {
+            table: cx.grants(),
+            hint: &mut self.hint,
+        };
+        dest.deliver(q, &mut src, &set, fates, &self.waker);
+        Soft::fold(fates)
+    }
+
+    /// Applies the destination's verdicts on `run` (frames for port `d`).
+    fn apply<L: Locks>(&mut self, cx: &PortCtx<'_, L>, d: usize, run: &[FrameId], stats: &TxStats) {
+        for (&id, &fate) in run.iter().zip(&self.fates) {
+            match id {
+                FrameId::Held(k) => match fate {
+                    Fate::Delivered => self.held.finish(k, None, stats),
+                    // Its queue went away while it waited for room there.
+                    Fate::NotReady => self.held.finish(k, Some(Drop::RxFullTimeout), stats),
+                    Fate::Dropped(r) => self.held.finish(k, Some(r), stats),
+                    Fate::Full | Fate::Pending => {}
+                },
+                FrameId::Burst(i) => {
+                    let (Some(f), Some(o)) = (self.burst.frames.get(i), self.outcome.get_mut(i))
+                    else {
+                        continue;
+                    };
+                    if f.route == Route::Flood {
+                        // One copy of a flooded frame: a full or broken port loses its copy.
+                        match fate {
+                            Fate::Full => stats.drop(Drop::FloodFull),
+                            Fate::Dropped(r) => stats.drop(r),
+                            _ => {}
+                        }
+                        continue;
+                    }
+                    *o = match fate {
+                        Fate::Delivered => Outcome::Done,
+                        Fate::Full if queue_stalled(cx.sw(), d, f.hash) => {
+                            // Its guest already let a sender wait a whole bound.
+                            Outcome::Drop(Drop::RxFullTimeout)
+                        }
+                        Fate::Full => Outcome::Hold(d),
+                        Fate::NotReady | Fate::Pending => Outcome::Drop(Drop::NoDest),
+                        Fate::Dropped(r) => Outcome::Drop(r),
+                    };
+                }
+            }
+        }
+    }
+
+    /// Decides the end of every burst frame: chains of delivered and dropped frames are
+    /// staged as used (drops counted once), unicast frames that found their queue full are
+    /// held back (their chains stay with the device).
+    fn settle_burst(&mut self, stats: &TxStats) {
+        let now = Instant::now();
+        for i in 0..self.burst.frames.len() {
+            let f = self.burst.frames[i];
+            let outcome = match (self.outcome[i], f.route) {
+                // A unicast frame never offered (cannot happen with <= 64 ports).
+                (Outcome::Pending, Route::Port(_)) => Outcome::Drop(Drop::NoDest),
+                (o, _) => o,
+            };
+            match outcome {
+                Outcome::Pending | Outcome::Done => self.used.push(f.head, 0),
+                Outcome::Drop(r) => {
+                    stats.drop(r);
+                    self.used.push(f.head, 0);
+                }
+                Outcome::Hold(d) => {
+                    if !self.held.waiting_for(d) {
+                        stats.backpressure();
+                    }
+                    self.held.hold(f, self.burst.segs_of(i), d, now);
+                }
+            }
+        }
+    }
+}
+
+/// Whether the RX queue of port `d` that flow `hash` maps to is stalled.
+fn queue_stalled(sw: &Switch, d: usize, hash: u32) -> bool {
+    sw.ports
+        .get(d)
+        .and_then(|p| p.pick_queue(hash).and_then(|q| p.rx.get(q)))
+        .is_some_and(|s| s.stalled.load(Ordering::Acquire))
+}
+
+/// Marks the RX queue of port `d` that flow `hash` maps to as stalled.
+fn mark_stalled(sw: &Switch, d: usize, hash: u32) {
+    if let Some(slot) = sw
+        .ports
+        .get(d)
+        .and_then(|p| p.pick_queue(hash).and_then(|q| p.rx.get(q)))
+    {
+        slot.stalled.store(true, Ordering::Release);
+    }
+}

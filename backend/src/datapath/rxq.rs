@@ -1,0 +1,707 @@
+//! A guest's RX ring as the destination of a delivery, for one RX queue of one port.
+//!
+//! [`RxRing`] is pvnet's own copy of the ring's state (virtio-queue's `Queue`: sizes,
+//! addresses, `next_avail`, `next_used`), taken from the guest's vring when the ring starts and
+//! written back when it stops (`stop_vring`), and kept under the queue's `--queue-lock` in the
+//! [`Fabric`](crate::switch::Fabric): every sender that delivers into this queue takes that
+//! lock, never vhost-user-backend's `VringRwLock`.
+//!
+//! The named steps of [`RxRing::deliver`] (one lock hold for one destination queue's share of
+//! a burst, at most [`HOLD_BYTES`] of frames), after DPDK's `virtio_dev_rx_split`:
+//! 1. reserve (`RxState::pop_until`; DPDK's `reserve_avail_buf` + `fill_vec_buf`): RX chains
+//!    popped through one avail-ring snapshot and the descriptor table translated once, until
+//!    the frame fits (mergeable buffers) or one chain holds it; when the ring runs dry, ask
+//!    for a kick ([`Kicks::arm`]) at the guest's newest index and continue with buffers
+//!    published meanwhile — each chain is popped at most once per frame, so a frame costs
+//!    O(ring) at worst, never O(ring²);
+//! 2. copy (`RxState::copy_frame`; `copy_mbuf_to_desc`): header and frame written in one
+//!    forward walk over the reserved buffers;
+//! 3. [`UsedShadow`]: used entries staged, published with one used-index store per hold;
+//! 4. the call decision ([`needs_call`]); the caller signals after unlocking.
+//!
+//! Kicks on RX rings: pvnet asks for them only while a sender is held back on the ring (the
+//! reserve step arms them when it runs out of buffers); [`RxRing::kicked`] wakes the
+//! held-back senders only when buffers really were posted, and then stops asking.
+
+use crate::datapath::chain::{read_chain, DescTable, Dir, MAX_CHAIN_DESCS};
+use crate::datapath::copy::{self, CopyError, SegCursor, Side};
+use crate::datapath::ring::{needs_call, one_slice, Kicks, RingLayout, UsedShadow};
+pub use crate::datapath::rxslot::{RxSlot, Waker};
+use crate::datapath::Vring;
+use crate::datapath::{Data, Fate, FrameSet, FrameSrc, LogLimit, Seg};
+use crate::net;
+use crate::stats::Drop;
+use pvnet_grant::{GrantMemory, GrantReadGuard, RegionHint};
+use pvnet_locks::family::RwFamily;
+use std::sync::Arc;
+use vhost_user_backend::{VringState, VringT};
+use virtio_bindings::virtio_net::VIRTIO_NET_F_MRG_RXBUF;
+use virtio_queue::{AvailIter, Queue, QueueOwnedT, QueueT};
+use vm_memory::{GuestAddress, GuestMemory, Permissions};
+
+/// Header plus frame bytes assembled locally and written with one grant copy.
+const SMALL: usize = 256;
+/// Most frame bytes copied into one ring per queue-lock hold (a larger share of a burst is
+/// delivered in several holds, so other senders never wait for more than this).
+pub const HOLD_BYTES: usize = 256 * 1024;
+
+/// An attached RX ring (see the module documentation): virtio-queue's `Queue` (positions,
+/// addresses) and everything else, apart, so that a hold can keep one avail-ring snapshot
+/// (an `AvailIter` borrowing the queue) while it works on the rest.
+pub struct RxRing {
+    queue: Queue,
+    st: RxState,
+}
+
+/// An RX ring's state besides its `Queue`.
+struct RxState {
+    lay: RingLayout,
+    vring: Vring,
+    /// Translation hints: the ring's fields, and the buffers.
+    ring_hint: RegionHint,
+    buf_hint: RegionHint,
+    kicks: Kicks,
+    /// Used index at the last call decision.
+    signalled: u16,
+    mrg: bool,
+    hdr_len: usize,
+    features: u64,
+    shadow: UsedShadow,
+    /// The buffers and chains (head, capacity) reserved in this hold, frame after frame;
+    /// the frame being assembled starts at `cur`.
+    bufs: Vec<Seg>,
+    heads: Vec<(u16, u32)>,
+    cur: Reserved,
+    reserved: Vec<Reserved>,
+    /// Header and small frame assembled here (not zeroed per frame).
+    small: Box<[u8; SMALL]>,
+    log: LogLimit,
+}
+
+/// One frame's reservation in a hold: frame `frame` of the offered set, its chains
+/// `heads[h0..h1]` and buffers `bufs[b0..b1]`.
+#[derive(Clone, Copy, Debug, Default)]
+struct Reserved {
+    frame: u32,
+    h0: u32,
+    h1: u32,
+    b0: u32,
+    b1: u32,
+}
+
+/// What [`RxState::pop_until`] ended with.
+#[derive(Debug, PartialEq, Eq)]
+enum Pop {
+    /// The frame fits.
+    Enough,
+    /// The snapshot ran out of chains.
+    Dry,
+    /// A malformed chain (its head is the last in `heads`).
+    Bad,
+    /// A single chain is too small and mergeable buffers are off.
+    TooSmall,
+    /// The frame popped more chains than its budget.
+    Budget,
+}
+
+impl RxRing {
+    /// Takes the state of `vring` if it is started and enabled and its layout is valid.
+    /// `features` are the guest's acknowledged virtio features.
+    pub fn attach(vring: &Vring, features: u64) -> Option<RxRing> {
+        let st = vring.get_ref();
+        let state: &VringState<_> = &st;
+        if !state.is_enabled() || !state.get_queue().ready() {
+            return None;
+        }
+        let queue = Queue::try_from(state.get_queue().state()).ok()?;
+        drop(st);
+        Self::new(queue, vring.clone(), features)
+    }
+
+    fn new(queue: Queue, vring: Vring, features: u64) -> Option<RxRing> {
+        let lay = RingLayout::of(&queue)?;
+        let event_idx = queue.event_idx_enabled();
+        Some(RxRing {
+            st: RxState {
+                signalled: queue.next_used(),
+                lay,
+                vring,
+                ring_hint: RegionHint::default(),
+                buf_hint: RegionHint::default(),
+                kicks: Kicks::new(event_idx),
+                mrg: features & (1 << VIRTIO_NET_F_MRG_RXBUF) != 0,
+                hdr_len: net::net_hdr_len(features),
+                features,
+                shadow: UsedShadow::with_capacity(64),
+                bufs: Vec::with_capacity(64),
+                heads: Vec::with_capacity(64),
+                cur: Reserved::default(),
+                reserved: Vec::with_capacity(64),
+                small: Box::new([0u8; SMALL]),
+                log: LogLimit::default(),
+            },
+            queue,
+        })
+    }
+
+    /// The guest's acknowledged features.
+    pub fn features(&self) -> u64 {
+        self.st.features
+    }
+
+    /// Stops asking the guest for kicks (no sender is waiting yet).
+    pub fn quiet<F: RwFamily>(&mut self, g: &GrantReadGuard<'_, F>) {
+        let mem = GrantMemory::new(g, self.st.ring_hint);
+        self.st.kicks.disarm(&self.st.lay, &mem);
+        self.st.ring_hint = mem.hint();
+    }
+
+    /// Writes the ring position back into the vring (the frontend reads it with
+    /// GET_VRING_BASE) and gives the vring back.
+    pub fn detach(self) -> Vring {
+        let v = self.st.vring;
+        v.set_queue_next_avail(self.queue.next_avail());
+        v.set_queue_next_used(self.queue.next_used());
+        v
+    }
+
+    /// The guest kicked this ring. Returns the held-back senders to wake when buffers were
+    /// really posted; a kick without new buffers changes nothing (kicks stay armed, a stall
+    /// stays).
+    pub fn kicked<F: RwFamily>(
+        &mut self,
+        g: &GrantReadGuard<'_, F>,
+        slot: &RxSlot,
+    ) -> Option<Vec<Arc<Waker>>> {
+        let mem = GrantMemory::new(g, self.st.ring_hint);
+        let posted = self
+            .st
+            .lay
+            .read_avail_idx(&mem)
+            .is_ok_and(|a| a != self.queue.next_avail());
+        if posted {
+            self.st.kicks.disarm(&self.st.lay, &mem);
+            slot.clear_stall();
+        }
+        self.st.ring_hint = mem.hint();
+        posted.then(|| slot.take_waiters())
+    }
+
+    /// Delivers `frames` in order into this ring (queue lock held), writing each frame's fate
+    /// into `fates`. Stops at the first frame that does not fit: it and every later frame
+    /// are [`Fate::Full`], `waker` is registered with `slot` and kicks are armed; and after
+    /// [`HOLD_BYTES`] of frames: the frames not offered stay [`Fate::Pending`] for the next
+    /// hold. Returns the vring to signal (used-buffer notification) after unlocking, if the
+    /// guest wants one.
+    pub fn deliver<F: RwFamily>(
+        &mut self,
+        src: (&GrantReadGuard<'_, F>, &mut RegionHint),
+        dst: &GrantReadGuard<'_, F>,
+        frames: &dyn FrameSet,
+        fates: &mut [Fate],
+        slot: &RxSlot,
+        waker: &Arc<Waker>,
+    ) -> Option<Vring> {
+        let mem = GrantMemory::new(dst, self.st.ring_hint);
+        let mut bh = self.st.buf_hint;
+        let bufs = BufGuards {
+            sg: src.0,
+            sh: src.1,
+            dg: dst,
+            dh: &mut bh,
+        };
+        let call = self.deliver_with(&mem, bufs, frames, fates, slot, waker);
+        self.st.ring_hint = mem.hint();
+        self.st.buf_hint = bh;
+        call
+    }
+
+    /// [`RxRing::deliver`] with the ring's fields read and written through `mem` (the
+    /// destination's grants; a test double in unit tests).
+    fn deliver_with<F: RwFamily, M: GuestMemory<Bitmap = ()>>(
+        &mut self,
+        mem: &M,
+        bufs: BufGuards<'_, '_, '_, F>,
+        frames: &dyn FrameSet,
+        fates: &mut [Fate],
+        slot: &RxSlot,
+        waker: &Arc<Waker>,
+    ) -> Option<Vring> {
+        let BufGuards { sg, sh, dg, dh } = bufs;
+        let RxRing { queue, st } = self;
+        let n = frames.count().min(fates.len());
+        let mut held_bytes = 0usize;
+        // One avail-index read per hold: a snapshot, taken again only when it runs dry; the
+        // descriptor table translated once.
+        let table = st.lay.desc_table(mem);
+        let mut it = table.and_then(|_| queue.iter(mem).ok());
+        if it.is_none() && st.log.allow() {
+            log::warn!("RX ring unreadable (bogus avail index or ring outside memory)");
+        }
+        // Reserve every frame's buffers first (one avail snapshot), then prefetch the first
+        // line of each, then copy: the cache misses on lines the guest's core last touched
+        // overlap instead of adding up frame after frame.
+        st.heads.clear();
+        st.bufs.clear();
+        st.reserved.clear();
+        for i in 0..n {
+            let f = frames.get(i);
+            let need = st.hdr_len + f.len;
+            st.begin_frame(i);
+            let mut cap = 0usize;
+            // Chains one frame may pop, malformed ones included: a guest re-posting bad
+            // chains as fast as they come back cannot keep the queue lock.
+            let mut budget = 2 * usize::from(st.lay.size());
+            fates[i] = loop {
+                let (Some(iter), Some(table)) = (it.as_mut(), table.as_ref()) else {
+                    break Fate::Dropped(Drop::RxBadRing);
+                };
+                match st.pop_until(iter, mem, table, need, &mut cap, &mut budget) {
+                    Pop::Enough => {
+                        slot.clear_stall();
+                        st.end_frame();
+                        break Fate::Pending;
+                    }
+                    Pop::TooSmall => break Fate::Dropped(Drop::RxTooSmall),
+                    Pop::Bad => {
+                        // The frame being assembled is abandoned (its chains return empty,
+                        // the bad one too) and assembly starts over.
+                        slot.stats.drop(Drop::RxBadChain);
+                        st.abandon();
+                        cap = 0;
+                    }
+                    Pop::Budget => {
+                        for _ in 0..st.frame_chains() {
+                            iter.go_to_previous_position();
+                        }
+                        st.forget_frame();
+                        break Fate::Dropped(Drop::RxBadChain);
+                    }
+                    Pop::Dry => {
+                        // Ask for a kick at the index we stopped at; buffers published since
+                        // will not kick, so take them now (incrementally: nothing popped is
+                        // popped again). Full only when nothing was published after the
+                        // request: the guest's next posting kicks.
+                        it = None;
+                        let at = queue.next_avail();
+                        match st.kicks.arm(&st.lay, mem, at) {
+                            Ok(seen) if seen != at => {
+                                it = queue.iter(mem).ok();
+                                continue;
+                            }
+                            r => {
+                                // At most a ring's worth of chains: fits u16.
+                                let back = st.frame_chains() as u16;
+                                queue.set_next_avail(at.wrapping_sub(back));
+                                st.forget_frame();
+                                break match r {
+                                    Ok(_) => Fate::Full,
+                                    Err(_) => Fate::Dropped(Drop::RxBadRing),
+                                };
+                            }
+                        }
+                    }
+                }
+            };
+            if fates[i] == Fate::Full {
+                slot.add_waiter(waker);
+                fates[i..n].fill(Fate::Full);
+                break;
+            }
+            held_bytes += f.len;
+            if held_bytes >= HOLD_BYTES {
+                break;
+            }
+        }
+        st.prefetch(dg, dh);
+        for k in 0..st.reserved.len() {
+            let r = st.reserved[k];
+            let i = r.frame as usize;
+            let f = frames.get(i);
+            fates[i] = match st.copy_frame(sg, sh, dg, dh, &f, r) {
+                Ok(()) => {
+                    slot.stats.frame(f.len);
+                    Fate::Delivered
+                }
+                Err(_) => Fate::Dropped(Drop::NotGranted),
+            };
+        }
+        if let Err(e) = st.shadow.flush(queue, &st.lay, mem) {
+            if st.log.allow() {
+                log::warn!("RX used ring not writable: {e}");
+            }
+        }
+        let call = needs_call(queue, &st.lay, mem, st.signalled);
+        st.signalled = queue.next_used();
+        if call {
+            slot.stats.notified();
+        }
+        call.then(|| st.vring.clone())
+    }
+}
+
+/// The buffer side of a delivery: source guard and hint, destination guard and hint.
+struct BufGuards<'x, 's, 'd, F: RwFamily> {
+    sg: &'x GrantReadGuard<'s, F>,
+    sh: &'x mut RegionHint,
+    dg: &'x GrantReadGuard<'d, F>,
+    dh: &'x mut RegionHint,
+}
+
+impl RxState {
+    /// Starts assembling frame `i` at the ends of the hold's lists.
+    fn begin_frame(&mut self, i: usize) {
+        // At most one burst of frames, a ring's worth of chains, MAX_CHAIN_DESCS buffers
+        // per frame: all fit u32.
+        self.cur = Reserved {
+            frame: i as u32,
+            h0: self.heads.len() as u32,
+            h1: 0,
+            b0: self.bufs.len() as u32,
+            b1: 0,
+        };
+    }
+
+    /// Chains popped for the frame being assembled.
+    fn frame_chains(&self) -> usize {
+        self.heads.len() - self.cur.h0 as usize
+    }
+
+    /// The frame being assembled is reserved.
+    fn end_frame(&mut self) {
+        // Built whole (writing two fields of `cur` and copying it would stall on store
+        // forwarding).
+        let r = Reserved {
+            frame: self.cur.frame,
+            h0: self.cur.h0,
+            h1: self.heads.len() as u32,
+            b0: self.cur.b0,
+            b1: self.bufs.len() as u32,
+        };
+        self.reserved.push(r);
+    }
+
+    /// Forgets the frame being assembled (its chains were given back to the ring).
+    fn forget_frame(&mut self) {
+        self.heads.truncate(self.cur.h0 as usize);
+        self.bufs.truncate(self.cur.b0 as usize);
+    }
+
+    /// Returns the chains of the frame being assembled as used and empty (they are the
+    /// guest's again, in ring order).
+    fn abandon(&mut self) {
+        for &(h, _) in &self.heads[self.cur.h0 as usize..] {
+            self.shadow.push(h, 0);
+        }
+        self.forget_frame();
+    }
+
+    /// Hints the CPU to fetch the first line of every reserved frame's first buffer.
+    fn prefetch<F: RwFamily>(&self, dg: &GrantReadGuard<'_, F>, dh: &mut RegionHint) {
+        for r in &self.reserved {
+            if let Some(b) = self.bufs.get(r.b0 as usize..r.b1 as usize) {
+                copy::prefetch(dg, dh, &SegCursor::new(b));
+            }
+        }
+    }
+
+    /// Pops chains from the snapshot `it` until `cap` reaches `need` (`reserve_avail_buf` +
+    /// `fill_vec_buf`).
+    fn pop_until<'m, M: GuestMemory<Bitmap = ()>>(
+        &mut self,
+        it: &mut AvailIter<'_, &'m M>,
+        mem: &'m M,
+        table: &DescTable<'m>,
+        need: usize,
+        cap: &mut usize,
+        budget: &mut usize,
+    ) -> Pop {
+        let mut indirect =
+            |gpa: u64, len: u32| one_slice(mem, gpa, len as usize, Permissions::Read);
+        while *cap < need {
+            if *budget == 0 {
+                return Pop::Budget;
+            }
+            let Some(chain) = it.next() else {
+                return Pop::Dry;
+            };
+            *budget -= 1;
+            let head = chain.head_index();
+            let start = self.bufs.len();
+            let r = read_chain(
+                table,
+                head,
+                &mut indirect,
+                Dir::Writable,
+                usize::MAX,
+                &mut self.bufs,
+            );
+            let Ok(info) = r else {
+                self.heads.push((head, 0));
+                return Pop::Bad;
+            };
+            let granted = self.bufs[start..]
+                .iter()
+                .all(|s| mem.check_range(GuestAddress(s.gpa), s.len as usize, Permissions::Write));
+            let first = self.frame_chains() == 0;
+            let too_many = self.bufs.len() - self.cur.b0 as usize > MAX_CHAIN_DESCS;
+            if !granted || too_many || (first && info.bytes < self.hdr_len) {
+                self.heads.push((head, 0));
+                return Pop::Bad;
+            }
+            if !self.mrg && info.bytes < need {
+                // Too small without mergeable buffers: the chain stays for a smaller frame.
+                it.go_to_previous_position();
+                self.bufs.truncate(start);
+                return Pop::TooSmall;
+            }
+            self.heads
+                .push((head, u32::try_from(info.bytes).unwrap_or(u32::MAX)));
+            *cap += info.bytes;
+            if !self.mrg {
+                break;
+            }
+        }
+        Pop::Enough
+    }
+
+    /// Writes the header and the frame into the reserved buffers and stages their used
+    /// entries (`copy_mbuf_to_desc` + `update_shadow_used_ring`).
+    fn copy_frame<F: RwFamily>(
+        &mut self,
+        sg: &GrantReadGuard<'_, F>,
+        sh: &mut RegionHint,
+        dg: &GrantReadGuard<'_, F>,
+        dh: &mut RegionHint,
+        f: &FrameSrc<'_>,
+        r: Reserved,
+    ) -> Result<(), CopyError> {
+        let heads = self
+            .heads
+            .get(r.h0 as usize..r.h1 as usize)
+            .unwrap_or_default();
+        let bufs = self
+            .bufs
+            .get(r.b0 as usize..r.b1 as usize)
+            .unwrap_or_default();
+        let dhl = self.hdr_len;
+        let mut h = f.hdr;
+        // At most a ring's worth of chains per frame.
+        h.num_buffers = if self.mrg { heads.len() as u16 } else { 1 };
+        let hb = h.to_bytes();
+        let mut dc = SegCursor::new(bufs);
+        let copied = match f.data {
+            Data::Local(b) if dhl + b.len() <= SMALL => {
+                let small = &mut self.small[..dhl + b.len()];
+                small[..dhl].copy_from_slice(&hb[..dhl]);
+                small[dhl..].copy_from_slice(b);
+                copy::write_from(dg, dh, &mut dc, small)
+            }
+            Data::Local(b) => copy::write_from(dg, dh, &mut dc, &hb[..dhl])
+                .and_then(|()| copy::write_from(dg, dh, &mut dc, b)),
+            Data::Guest { segs, skip } => {
+                copy::write_from(dg, dh, &mut dc, &hb[..dhl]).and_then(|()| {
+                    let mut sc = SegCursor::new(segs);
+                    if !sc.skip(skip) {
+                        return Err(CopyError::Short);
+                    }
+                    let src = Side {
+                        guard: sg,
+                        hint: sh,
+                        cur: &mut sc,
+                    };
+                    let dst = Side {
+                        guard: dg,
+                        hint: dh,
+                        cur: &mut dc,
+                    };
+                    copy::copy(src, dst, f.len)
+                })
+            }
+        };
+        // Used lengths: each chain as full as the frame made it, in order (all zero when
+        // the copy failed: the chains return empty).
+        let mut left = if copied.is_ok() { dhl + f.len } else { 0 };
+        for &(head, cap) in heads {
+            let n = left.min(cap as usize);
+            left -= n;
+            // n <= cap, a u32.
+            self.shadow.push(head, n as u32);
+        }
+        copied
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::datapath::Gm;
+    use crate::net::VirtioNetHdr;
+    use pvnet_grant::GrantTable;
+    use pvnet_locks::family::Percpu;
+    use std::cell::Cell;
+    use vhost_user_backend::VringRwLock;
+    use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+    use virtio_bindings::virtio_ring::VRING_DESC_F_WRITE;
+    use virtio_queue::desc::{split::Descriptor, RawDescriptor};
+    use virtio_queue::mock::MockSplitQueue;
+    use vm_memory::bitmap::BS;
+    use vm_memory::guest_memory::GuestMemorySliceIterator;
+    use vm_memory::{Bytes, GuestMemoryError, GuestMemoryMmap};
+
+    const SIZE: u16 = 128;
+    const BUF: u64 = 0x10_0000;
+    const BUF_LEN: u32 = 4096;
+
+    /// Guest memory whose guest posts one more 4 KiB RX buffer every time the device reads
+    /// the avail index (until `left` runs out): the worst case for a device that asks for a
+    /// kick and re-reads the index.
+    struct Posting<'m> {
+        mem: &'m GuestMemoryMmap,
+        avail: u64,
+        desc: u64,
+        left: Cell<u16>,
+    }
+
+    impl Posting<'_> {
+        fn idx(&self) -> u16 {
+            self.mem
+                .read_obj(GuestAddress(self.avail + 2))
+                .expect("idx")
+        }
+
+        fn post(&self) {
+            let i = self.idx();
+            let d = RawDescriptor::from(Descriptor::new(
+                BUF + u64::from(i % SIZE) * u64::from(BUF_LEN),
+                BUF_LEN,
+                VRING_DESC_F_WRITE as u16,
+                0,
+            ));
+            let m = self.mem;
+            m.write_obj(d, GuestAddress(self.desc + 16 * u64::from(i % SIZE)))
+                .expect("desc");
+            m.write_obj(
+                i % SIZE,
+                GuestAddress(self.avail + 4 + 2 * u64::from(i % SIZE)),
+            )
+            .expect("entry");
+            m.write_obj(i.wrapping_add(1), GuestAddress(self.avail + 2))
+                .expect("idx");
+        }
+    }
+
+    impl GuestMemory for Posting<'_> {
+        type PhysicalMemory = GuestMemoryMmap;
+        type Bitmap = ();
+
+        fn check_range(&self, addr: GuestAddress, count: usize, access: Permissions) -> bool {
+            GuestMemory::check_range(self.mem, addr, count, access)
+        }
+
+        fn get_slices<'a>(
+            &'a self,
+            addr: GuestAddress,
+            count: usize,
+            access: Permissions,
+        ) -> Result<impl GuestMemorySliceIterator<'a, BS<'a, ()>>, GuestMemoryError> {
+            if addr.0 == self.avail + 2 && access == Permissions::Read && self.left.get() > 0 {
+                self.left.set(self.left.get() - 1);
+                self.post();
+            }
+            GuestMemory::get_slices(self.mem, addr, count, access)
+        }
+    }
+
+    /// `n` copies of one frame.
+    struct Frames(Vec<u8>, usize);
+
+    impl FrameSet for Frames {
+        fn count(&self) -> usize {
+            self.1
+        }
+        fn get(&self, _: usize) -> FrameSrc<'_> {
+            FrameSrc {
+                hdr: VirtioNetHdr::plain(),
+                len: self.0.len(),
+                data: Data::Local(&self.0),
+            }
+        }
+    }
+
+    /// A ring with `initial` buffers posted, whose guest posts `later` more one at a time,
+    /// offered `n` frames of `len` bytes. Returns their fates, the ring and the avail index
+    /// / avail_event at the end.
+    fn offer(initial: u16, later: u16, n: usize, len: usize) -> (Vec<Fate>, RxRing, u16, u16) {
+        let mem: GuestMemoryMmap =
+            pvnet_grant::memfd::guest_memory(&[(0, 0x20_0000)]).expect("memory");
+        let vq = MockSplitQueue::new(&mem, SIZE);
+        let mut q: Queue = vq.create_queue().expect("queue");
+        q.set_event_idx(true);
+        let posting = Posting {
+            mem: &mem,
+            avail: vq.avail_addr().0,
+            desc: vq.desc_table_addr().0,
+            left: Cell::new(0),
+        };
+        for _ in 0..initial {
+            posting.post();
+        }
+        posting.left.set(later);
+        let vring = VringRwLock::new(Gm::new(mem.clone()), SIZE).expect("vring");
+        let features = (1 << VIRTIO_F_VERSION_1) | (1 << VIRTIO_NET_F_MRG_RXBUF);
+        let mut ring = RxRing::new(q, vring, features).expect("ring");
+        let t = GrantTable::<Percpu>::new();
+        t.replace_from_memory(&mem).expect("grants");
+        let g = t.read();
+        let (mut sh, mut dh) = (RegionHint::default(), RegionHint::default());
+        let bufs = BufGuards {
+            sg: &g,
+            sh: &mut sh,
+            dg: &g,
+            dh: &mut dh,
+        };
+        let slot = RxSlot::default();
+        let waker = Arc::new(Waker::new().expect("waker"));
+        let mut fates = vec![Fate::Pending; n];
+        let frames = Frames(vec![0xab; len], n);
+        ring.deliver_with(&posting, bufs, &frames, &mut fates, &slot, &waker);
+        let avail_event: u16 = mem
+            .read_obj(GuestAddress(vq.used_addr().0 + 4 + 8 * u64::from(SIZE)))
+            .expect("avail_event");
+        (fates, ring, posting.idx(), avail_event)
+    }
+
+    #[test]
+    fn a_ring_that_runs_dry_asks_for_a_kick_at_the_newest_index() {
+        // 2 buffers, then 2 more posted while the device looks: still short of 5. The device
+        // must give up with the kick requested at the guest's newest index (4), or the
+        // guest's next posting would not kick and the sender would never be woken.
+        let (fates, ring, idx, avail_event) = offer(2, 2, 1, 17_000);
+        assert_eq!(fates, [Fate::Full]);
+        assert_eq!(idx, 4);
+        assert_eq!(avail_event, idx, "kick requested at a stale index");
+        assert_eq!(ring.queue.next_avail(), 0, "buffers given back");
+        // Enough arrives while asking: taken incrementally, the frame is delivered.
+        let (fates, ring, idx, _) = offer(2, 3, 1, 17_000);
+        assert_eq!(fates, [Fate::Delivered]);
+        assert_eq!(
+            (idx, ring.queue.next_avail(), ring.queue.next_used()),
+            (5, 5, 5)
+        );
+    }
+
+    #[test]
+    fn one_hold_copies_at_most_hold_bytes() {
+        // Six 60,000-byte frames (15 buffers each): the hold stops after the frame that
+        // reaches HOLD_BYTES; the rest is left for the next hold.
+        let (fates, ring, _, _) = offer(120, 0, 6, 60_000);
+        let done = HOLD_BYTES.div_ceil(60_000);
+        assert_eq!(&fates[..done], &vec![Fate::Delivered; done][..]);
+        assert!(
+            fates[done..].iter().all(|f| *f == Fate::Pending),
+            "{fates:?}"
+        );
+        assert_eq!(ring.queue.next_used(), 15 * done as u16);
+    }
+}

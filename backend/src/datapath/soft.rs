@@ -1,0 +1,132 @@
+//! Software offloads on delivery: a frame whose virtio header asks for something the receiver
+//! did not negotiate (checksum completion without `GUEST_CSUM`, TSO/USO without the matching
+//! `GUEST_*` feature) is read out of the sender's buffers (linearised), then its checksum is
+//! completed or it is segmented ([`crate::net::gso`]), and the result is offered to the
+//! destination as complete frames with plain headers.
+//!
+//! A segmented frame is delivered whole or not at all while the queue has room; if the queue
+//! fills after some segments went through, the rest is dropped (`flood_full`) rather than
+//! held back (a partial frame is never retried).
+
+use crate::datapath::burst::Frame;
+use crate::datapath::copy::{self, SegCursor};
+use crate::datapath::{Data, Fate, FrameSet, FrameSrc, Seg};
+use crate::net::{self, gso, Delivery, VirtioNetHdr};
+use crate::stats::Drop;
+use pvnet_grant::{GrantReadGuard, RegionHint};
+use pvnet_locks::family::RwFamily;
+
+/// Complete frames, back to back in one buffer.
+pub struct Pieces<'a> {
+    buf: &'a [u8],
+    at: &'a [(usize, usize)],
+}
+
+impl FrameSet for Pieces<'_> {
+    fn count(&self) -> usize {
+        self.at.len()
+    }
+
+    fn get(&self, i: usize) -> FrameSrc<'_> {
+        let (a, n) = self.at.get(i).copied().unwrap_or_default();
+        FrameSrc {
+            hdr: VirtioNetHdr::plain(),
+            len: n,
+            data: Data::Local(self.buf.get(a..a + n).unwrap_or_default()),
+        }
+    }
+}
+
+/// The buffers of the software-offload path (reused from frame to frame).
+#[derive(Default)]
+pub struct Soft {
+    lin: Vec<u8>,
+    scratch: Vec<u8>,
+    out: Vec<u8>,
+    at: Vec<(usize, usize)>,
+    fates: Vec<Fate>,
+}
+
+impl Soft {
+    /// Prepares frame `f` (its bytes in `segs`, after its virtio header) for a receiver with
+    /// features `dfeat`, under the source's guard `g`.
+    pub fn prepare<F: RwFamily>(
+        &mut self,
+        g: &GrantReadGuard<'_, F>,
+        hint: &mut RegionHint,
+        segs: &[Seg],
+        f: &Frame,
+        dfeat: u64,
+    ) -> Result<(), Drop> {
+        let len = f.len as usize;
+        self.lin.resize(len, 0);
+        let mut cur = SegCursor::new(segs);
+        if !cur.skip(usize::from(f.hl))
+            || copy::read_into(g, hint, &mut cur, &mut self.lin).is_err()
+        {
+            return Err(Drop::NotGranted);
+        }
+        self.out.clear();
+        self.at.clear();
+        if gso::plan(&f.hdr, dfeat) == Delivery::CompleteCsum {
+            let (cs, co) = (
+                usize::from(f.hdr.csum_start),
+                usize::from(f.hdr.csum_offset),
+            );
+            net::complete_csum(&mut self.lin, cs, co).map_err(|_| Drop::BadOffload)?;
+            self.out.extend_from_slice(&self.lin);
+            self.at.push((0, len));
+        } else {
+            if self.scratch.len() < gso::SCRATCH_LEN {
+                self.scratch.resize(gso::SCRATCH_LEN, 0);
+            }
+            let (out, at) = (&mut self.out, &mut self.at);
+            gso::segment_all(&f.hdr, &self.lin, &mut self.scratch, |_, seg| {
+                at.push((out.len(), seg.len()));
+                out.extend_from_slice(seg);
+            })
+            .map_err(|_| Drop::BadOffload)?;
+        }
+        self.fates.clear();
+        self.fates.resize(self.at.len(), Fate::Pending);
+        Ok(())
+    }
+
+    /// The prepared frames and room for their fates.
+    pub fn output(&mut self) -> (Pieces<'_>, &mut [Fate]) {
+        (
+            Pieces {
+                buf: &self.out,
+                at: &self.at,
+            },
+            &mut self.fates,
+        )
+    }
+
+    /// The fate of the whole frame from its pieces' fates.
+    pub fn fold(fates: &[Fate]) -> Fate {
+        let delivered = fates.iter().filter(|x| **x == Fate::Delivered).count();
+        match (delivered, fates.iter().find(|x| **x != Fate::Delivered)) {
+            (_, None) => Fate::Delivered,
+            (0, Some(first)) => *first,
+            (_, Some(_)) => Fate::Dropped(Drop::FloodFull),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fates_of_pieces_fold_into_one() {
+        use Fate::*;
+        assert_eq!(Soft::fold(&[Delivered, Delivered]), Delivered);
+        assert_eq!(Soft::fold(&[Full, Full]), Full);
+        assert_eq!(Soft::fold(&[Delivered, Full]), Dropped(Drop::FloodFull));
+        assert_eq!(
+            Soft::fold(&[Dropped(Drop::RxTooSmall), Full]),
+            Dropped(Drop::RxTooSmall)
+        );
+    }
+}

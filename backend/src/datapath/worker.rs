@@ -1,0 +1,248 @@
+//! A worker thread's share of a port: the queue pairs it serves (one, or several with
+//! `--workers`), the eventfd that wakes it when a destination it waits for gets room, the
+//! timer that bounds those waits, and its polling state.
+//!
+//! vhost-user-backend runs the thread's epoll loop and calls the device's `handle_event`
+//! with a [`Token`]; [`Worker::handle`] does the work:
+//! * [`Token::Tx`] (a guest kick), [`Token::Wake`], [`Token::Timer`] → [`Worker::run`]:
+//!   one TX burst per pair in turn, round after round until a round finds nothing; then
+//!   polling ([`Poller`]) while it pays; then kicks re-enabled and a last look before
+//!   sleeping.
+//!   One call works for at most [`SLICE`]: a worker with more to do wakes itself and returns,
+//!   so that the epoll loop serves its other events (RX kicks, vring changes, exit) in time;
+//! * [`Token::Rx`] → [`QueuePair::rx_event`] (attach the RX ring, or wake held-back senders).
+
+use crate::datapath::poll::Poller;
+use crate::datapath::qpair::{PortCtx, QueuePair};
+use crate::datapath::rxq::Waker;
+use crate::switch::{Locks, Vring};
+use std::io;
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use vmm_sys_util::timerfd::TimerFd;
+
+/// Epoll token offset (above the number of vrings) of a worker's wake eventfd.
+pub const TOKEN_WAKE: u64 = 1;
+/// Epoll token offset of a worker's back-pressure timer.
+pub const TOKEN_TIMER: u64 = 2;
+/// Longest time one event handling call keeps working before it lets the epoll loop run.
+pub const SLICE: Duration = Duration::from_millis(1);
+
+/// What an event of a worker's epoll set is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Token {
+    /// The RX ring of the worker's `k`-th pair (a kick, or the ring became ready).
+    Rx(usize),
+    /// The TX ring of the worker's `k`-th pair.
+    Tx(usize),
+    /// A destination this worker waits for got room.
+    Wake,
+    /// A back-pressure bound expired.
+    Timer,
+    /// Anything else (ignored).
+    Other,
+}
+
+impl Token {
+    /// Decodes vhost-user-backend's `device_event`: vrings of the thread first (RX, TX per
+    /// pair, in pair order), extra listeners above `num_queues`.
+    pub fn decode(device_event: u16, num_queues: usize) -> Token {
+        let e = u64::from(device_event);
+        let nq = num_queues as u64;
+        match e {
+            e if e < nq => {
+                let k = (e / 2) as usize;
+                if e % 2 == 0 {
+                    Token::Rx(k)
+                } else {
+                    Token::Tx(k)
+                }
+            }
+            e if e == nq + TOKEN_WAKE => Token::Wake,
+            e if e == nq + TOKEN_TIMER => Token::Timer,
+            _ => Token::Other,
+        }
+    }
+}
+
+/// One worker thread's state (see the module documentation).
+pub struct Worker {
+    pairs: Vec<QueuePair>,
+    waker: Arc<Waker>,
+    timer: TimerFd,
+    timer_at: Option<Instant>,
+    poller: Poller,
+    /// The thread's vrings, kept from the first event (for `stop_vring`).
+    vrings: Vec<Vring>,
+}
+
+impl Worker {
+    /// A worker for the port's queue pairs `pairs` (in vring order), polling for up to
+    /// `poll_us` microseconds after work.
+    pub fn new(pairs: &[usize], poll_us: u32) -> io::Result<Self> {
+        let timer = TimerFd::new()?;
+        // SAFETY: fcntl on a descriptor we own; only the O_NONBLOCK status flag changes.
+        let r = unsafe { libc::fcntl(timer.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) };
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let waker = Arc::new(Waker::new()?);
+        Ok(Worker {
+            pairs: pairs
+                .iter()
+                .map(|&q| QueuePair::new(q, waker.clone()))
+                .collect(),
+            waker,
+            timer,
+            timer_at: None,
+            poller: Poller::new(poll_us),
+            vrings: Vec::new(),
+        })
+    }
+
+    /// The wake eventfd and the timer, for the thread's epoll set.
+    pub fn fds(&self) -> (i32, i32) {
+        (self.waker.fd().as_raw_fd(), self.timer.as_raw_fd())
+    }
+
+    /// The local index of pair `q`, if this worker serves it.
+    pub fn local(&self, q: usize) -> Option<usize> {
+        self.pairs.iter().position(|p| p.q == q)
+    }
+
+    /// Handles one event of the thread's epoll set.
+    pub fn handle<L: Locks>(&mut self, cx: &PortCtx<'_, L>, tok: Token, vrings: &[Vring]) {
+        if self.vrings.is_empty() {
+            self.vrings = vrings.to_vec();
+        }
+        self.poller.woken();
+        match tok {
+            Token::Rx(k) => {
+                if let (Some(qp), Some(rx)) = (self.pairs.get_mut(k), vrings.get(2 * k)) {
+                    cx.fabric.sw.ports[cx.port].tx[qp.q].kicked(0);
+                    qp.rx_event(cx, rx);
+                }
+            }
+            Token::Tx(k) => {
+                if let Some(qp) = self.pairs.get(k) {
+                    cx.fabric.sw.ports[cx.port].tx[qp.q].kicked(1);
+                }
+                self.run(cx, vrings, false);
+            }
+            Token::Wake => {
+                self.waker.take();
+                self.run(cx, vrings, true);
+            }
+            Token::Timer => {
+                let _ = self.timer.wait();
+                self.timer_at = None;
+                self.run(cx, vrings, true);
+            }
+            Token::Other => {}
+        }
+    }
+
+    /// Bursts on every pair, round after round, then polling, then kicks (see the module
+    /// documentation). `retry`: held-back frames are offered again in the first round.
+    pub fn run<L: Locks>(&mut self, cx: &PortCtx<'_, L>, vrings: &[Vring], retry: bool) {
+        let start = Instant::now();
+        let mut retry = retry;
+        loop {
+            let mut work = false;
+            let mut full = false;
+            for (k, qp) in self.pairs.iter_mut().enumerate() {
+                let Some(tx) = vrings.get(2 * k + 1) else {
+                    continue;
+                };
+                let p = qp.tx_burst(cx, tx, retry);
+                work |= p.taken > 0 || p.resumed > 0;
+                full |= p.full;
+            }
+            retry = false;
+            if !cx.memory_usable() {
+                self.poller.sleep();
+                return;
+            }
+            self.update_timer(cx);
+            if self.waker.is_pending() {
+                // Woken while busy: offer the held-back frames again now.
+                self.waker.take();
+                retry = true;
+                continue;
+            }
+            if start.elapsed() >= SLICE {
+                // More to do: come back after the epoll loop had a look at other events.
+                self.poller.sleep();
+                self.waker.wake();
+                return;
+            }
+            if work || full {
+                // Look again at once: asking for kicks after every round that found work
+                // costs more than one empty round.
+                self.poller.work();
+                continue;
+            }
+            if self.poller.idle() {
+                continue;
+            }
+            // Going to sleep: ask for kicks, and look once more (a publication between the
+            // last burst and the request would not kick).
+            let mut moved = false;
+            for (k, qp) in self.pairs.iter_mut().enumerate() {
+                if let Some(tx) = vrings.get(2 * k + 1) {
+                    moved |= qp.arm_kicks(cx, tx);
+                }
+            }
+            if !moved {
+                return;
+            }
+        }
+    }
+
+    /// Arms the timer for the earliest held-back frame's bound.
+    fn update_timer<L: Locks>(&mut self, cx: &PortCtx<'_, L>) {
+        let next = self.pairs.iter().filter_map(|p| p.deadline(cx)).min();
+        if next == self.timer_at {
+            return;
+        }
+        self.timer_at = next;
+        match next {
+            Some(t) => {
+                // At least 1 ms, so that a deadline just passed still fires.
+                let d = t
+                    .saturating_duration_since(Instant::now())
+                    .max(Duration::from_millis(1));
+                let _ = self.timer.reset(d, None);
+            }
+            None => {
+                let _ = self.timer.clear();
+            }
+        }
+    }
+
+    /// The TX ring of pair `q` stops: its held-back frames are dropped and their chains
+    /// returned (see [`QueuePair::stop`]).
+    pub fn stop_tx<L: Locks>(&mut self, cx: &PortCtx<'_, L>, q: usize) {
+        let Some(k) = self.local(q) else { return };
+        if let (Some(qp), Some(tx)) = (self.pairs.get_mut(k), self.vrings.get(2 * k + 1)) {
+            qp.stop(cx, tx);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_decode() {
+        // A thread with two pairs of a 16-pair device (32 vrings).
+        assert_eq!(Token::decode(0, 32), Token::Rx(0));
+        assert_eq!(Token::decode(1, 32), Token::Tx(0));
+        assert_eq!(Token::decode(3, 32), Token::Tx(1));
+        assert_eq!(Token::decode(33, 32), Token::Wake);
+        assert_eq!(Token::decode(34, 32), Token::Timer);
+        assert_eq!(Token::decode(32, 32), Token::Other);
+    }
+}

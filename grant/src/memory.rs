@@ -1,0 +1,205 @@
+//! [`GrantMemory`]: a read guard seen as vm-memory's [`GuestMemory`], so that code written
+//! against vm-memory (virtio-queue's rings and descriptor chains) reaches guest memory only
+//! through the grant table, under the guard.
+//!
+//! Every access is checked like the guard's own operations (granted, rights, no overflow) and
+//! translated through a [`RegionHint`] kept in the view: consecutive accesses to the same
+//! grant (a ring, a descriptor table) cost a range check, not a search. Because the view
+//! borrows the guard, nothing read or written through it can outlive the read-lock hold: when
+//! a writer (a revoke) returns, no access through an old view is in flight.
+
+use std::cell::Cell;
+use std::iter::FusedIterator;
+
+use pvnet_locks::family::RwFamily;
+use vm_memory::bitmap::{Bitmap, BS};
+use vm_memory::guest_memory::GuestMemorySliceIterator;
+use vm_memory::{
+    GuestAddress, GuestMemory, GuestMemoryError, GuestMemoryMmap, Permissions, VolatileSlice,
+};
+
+use crate::{Access, GrantReadGuard, RegionHint};
+
+/// A [`GrantReadGuard`] as a [`GuestMemory`] (see the module documentation).
+pub struct GrantMemory<'g, 'a, F: RwFamily, B: Bitmap + Send + Sync + 'static = ()> {
+    guard: &'g GrantReadGuard<'a, F, B>,
+    hint: Cell<RegionHint>,
+}
+
+impl<'g, 'a, F: RwFamily, B: Bitmap + Send + Sync + 'static> GrantMemory<'g, 'a, F, B> {
+    /// A view of `guard`, starting from `hint` (e.g. one kept from the previous burst).
+    pub fn new(guard: &'g GrantReadGuard<'a, F, B>, hint: RegionHint) -> Self {
+        GrantMemory {
+            guard,
+            hint: Cell::new(hint),
+        }
+    }
+
+    /// The guard this view reads through.
+    pub fn guard(&self) -> &'g GrantReadGuard<'a, F, B> {
+        self.guard
+    }
+
+    /// The hint as the last access left it (to keep for the next view).
+    pub fn hint(&self) -> RegionHint {
+        self.hint.get()
+    }
+}
+
+fn need_of(access: Permissions) -> Option<Access> {
+    match access {
+        Permissions::Read => Some(Access::ReadOnly),
+        Permissions::Write => Some(Access::WriteOnly),
+        Permissions::ReadWrite => Some(Access::ReadWrite),
+        Permissions::No => None,
+    }
+}
+
+/// The host pieces of one access through a [`GrantMemory`], one per grant it touches.
+pub struct GrantSlices<'m, 'g, 'a, F: RwFamily, B: Bitmap + Send + Sync + 'static> {
+    mem: &'m GrantMemory<'g, 'a, F, B>,
+    gpa: u64,
+    left: usize,
+    need: Access,
+}
+
+impl<'m, 'g, 'a, F: RwFamily, B: Bitmap + Send + Sync + 'static> Iterator
+    for GrantSlices<'m, 'g, 'a, F, B>
+{
+    type Item = Result<VolatileSlice<'m, BS<'m, B>>, GuestMemoryError>;
+
+    #[inline]
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.left == 0 {
+            return None;
+        }
+        let mut hint = self.mem.hint.get();
+        let r = self
+            .mem
+            .guard
+            .slice_hinted(&mut hint, self.gpa, self.left, self.need);
+        self.mem.hint.set(hint);
+        match r {
+            Ok(s) => {
+                self.left -= s.len();
+                self.gpa = self.gpa.wrapping_add(s.len() as u64);
+                Some(Ok(s))
+            }
+            Err(_) => {
+                let at = GuestAddress(self.gpa);
+                self.left = 0;
+                Some(Err(GuestMemoryError::InvalidGuestAddress(at)))
+            }
+        }
+    }
+}
+
+impl<F: RwFamily, B: Bitmap + Send + Sync + 'static> FusedIterator
+    for GrantSlices<'_, '_, '_, F, B>
+{
+}
+
+impl<'m, F: RwFamily, B: Bitmap + Send + Sync + 'static> GuestMemorySliceIterator<'m, BS<'m, B>>
+    for GrantSlices<'m, '_, '_, F, B>
+{
+}
+
+impl<F: RwFamily, B: Bitmap + Send + Sync + 'static> GuestMemory for GrantMemory<'_, '_, F, B> {
+    type PhysicalMemory = GuestMemoryMmap<B>;
+    type Bitmap = B;
+
+    fn check_range(&self, addr: GuestAddress, count: usize, access: Permissions) -> bool {
+        match self.get_slices(addr, count, access) {
+            Ok(mut it) => it.all(|s| s.is_ok()),
+            Err(_) => false,
+        }
+    }
+
+    fn get_slices<'m>(
+        &'m self,
+        addr: GuestAddress,
+        count: usize,
+        access: Permissions,
+    ) -> Result<impl GuestMemorySliceIterator<'m, BS<'m, B>>, GuestMemoryError> {
+        let need = need_of(access).ok_or(GuestMemoryError::InvalidGuestAddress(addr))?;
+        if addr.0.checked_add(count as u64).is_none() {
+            return Err(GuestMemoryError::GuestAddressOverflow);
+        }
+        Ok(GrantSlices {
+            mem: self,
+            gpa: addr.0,
+            left: count,
+            need,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{memfd, GrantTable};
+    use pvnet_locks::family::StdRw;
+    use std::sync::atomic::Ordering;
+    use vm_memory::Bytes;
+
+    #[test]
+    fn reads_writes_and_atomics_go_through_the_grants() {
+        // Two adjacent regions: an access across the boundary comes in two pieces.
+        let mem = memfd::guest_memory::<()>(&[(0x1000, 0x1000), (0x2000, 0x1000)]).unwrap();
+        let t = GrantTable::<StdRw>::new();
+        t.replace_from_memory(&mem).unwrap();
+        let g = t.read();
+        let gm = GrantMemory::new(&g, RegionHint::default());
+        gm.write_slice(&[7u8; 32], GuestAddress(0x1ff0)).unwrap();
+        let mut out = [0u8; 32];
+        mem.read_slice(&mut out, GuestAddress(0x1ff0)).unwrap();
+        assert_eq!(out, [7u8; 32]);
+        gm.store(0xbeefu16, GuestAddress(0x2010), Ordering::Release)
+            .unwrap();
+        assert_eq!(
+            gm.load::<u16>(GuestAddress(0x2010), Ordering::Acquire)
+                .unwrap(),
+            0xbeef
+        );
+        let d: u64 = gm.read_obj(GuestAddress(0x1008)).unwrap();
+        assert_eq!(d, 0);
+        // Outside every grant, and running off the end: refused.
+        assert!(gm.read_obj::<u32>(GuestAddress(0x3000)).is_err());
+        assert!(gm.read_obj::<u64>(GuestAddress(0x2ffc)).is_err());
+        assert!(!gm.check_range(GuestAddress(0x2f00), 0x200, Permissions::Read));
+        assert!(gm.check_range(GuestAddress(0x1f00), 0x200, Permissions::ReadWrite));
+        assert!(gm
+            .get_slices(GuestAddress(u64::MAX - 1), 4, Permissions::Read)
+            .is_err());
+    }
+
+    #[test]
+    fn hint_survives_guards_and_never_lies_after_a_change() {
+        let t = GrantTable::<StdRw>::new();
+        let m1 = memfd::guest_memory::<()>(&[(0, 0x1000), (0x1000, 0x1000)]).unwrap();
+        t.replace_from_memory(&m1).unwrap();
+        let mut hint = RegionHint::default();
+        {
+            let g = t.read();
+            let s = g
+                .slice_hinted(&mut hint, 0x1800, 0x1000, Access::ReadOnly)
+                .unwrap();
+            // Clipped at the end of the grant.
+            assert_eq!(s.len(), 0x800);
+        }
+        // The table changes: the second region goes away and the first is remapped.
+        t.remove_region(GuestAddress(0x1000)).unwrap();
+        let g = t.read();
+        assert_eq!(
+            g.slice_hinted(&mut hint, 0x1800, 8, Access::ReadOnly)
+                .unwrap_err(),
+            crate::GrantError::NotGranted { gpa: 0x1800 }
+        );
+        assert!(g
+            .slice_hinted(&mut hint, 0x10, 8, Access::WriteOnly)
+            .is_ok());
+        assert!(g
+            .slice_hinted(&mut hint, 0x10, 0, Access::ReadOnly)
+            .is_err());
+    }
+}
