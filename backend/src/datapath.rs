@@ -47,7 +47,7 @@ pub mod soft;
 pub mod worker;
 
 use crate::net::VirtioNetHdr;
-use crate::stats::Drop;
+use crate::stats::DropReason;
 use std::time::{Duration, Instant};
 use vhost_user_backend::VringRwLock;
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
@@ -105,7 +105,7 @@ pub enum Fate {
     /// The destination queue is not attached (no guest, ring disabled).
     NotReady,
     /// Not deliverable for this reason.
-    Dropped(Drop),
+    Dropped(DropReason),
 }
 
 /// At most one log line per second from one place (guests control how often errors

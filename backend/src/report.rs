@@ -7,7 +7,7 @@
 //! `tx_kicks`/`rx_kicks` (kicks from the guest handled on the TX / RX queue) and `drops` by
 //! reason. `scripts/switchbench.sh` reads these JSON keys.
 
-use crate::stats::Drop as DropReason;
+use crate::stats::DropReason;
 use crate::stats::{QueueSnapshot, NR_DROPS};
 use crate::switch::Switch;
 use pvnet_locks::family::resolve_rw;

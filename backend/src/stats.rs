@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 /// Why a frame (or a chain) was dropped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(usize)]
-pub enum Drop {
+pub enum DropReason {
     /// TX chain whose descriptors loop or outnumber the queue (iteration cut short).
     ChainLoop = 0,
     /// TX chain with no usable descriptor (empty, bad indirect table).
@@ -47,47 +47,47 @@ pub enum Drop {
     RxBadRing,
 }
 
-/// Number of [`Drop`] reasons.
-pub const NR_DROPS: usize = Drop::RxBadRing as usize + 1;
+/// Number of [`DropReason`] reasons.
+pub const NR_DROPS: usize = DropReason::RxBadRing as usize + 1;
 
-impl Drop {
+impl DropReason {
     /// Every reason, in counter order.
-    pub const ALL: [Drop; NR_DROPS] = [
-        Drop::ChainLoop,
-        Drop::BadChain,
-        Drop::WritableInTx,
-        Drop::NotGranted,
-        Drop::TooShort,
-        Drop::TooLarge,
-        Drop::RxFullTimeout,
-        Drop::FloodFull,
-        Drop::NoDest,
-        Drop::RxBadChain,
-        Drop::RxTooSmall,
-        Drop::BadOffload,
-        Drop::ChainTooLong,
-        Drop::SpoofedMac,
-        Drop::RxBadRing,
+    pub const ALL: [DropReason; NR_DROPS] = [
+        DropReason::ChainLoop,
+        DropReason::BadChain,
+        DropReason::WritableInTx,
+        DropReason::NotGranted,
+        DropReason::TooShort,
+        DropReason::TooLarge,
+        DropReason::RxFullTimeout,
+        DropReason::FloodFull,
+        DropReason::NoDest,
+        DropReason::RxBadChain,
+        DropReason::RxTooSmall,
+        DropReason::BadOffload,
+        DropReason::ChainTooLong,
+        DropReason::SpoofedMac,
+        DropReason::RxBadRing,
     ];
 
     /// Short name used in tables and JSON.
     pub const fn name(self) -> &'static str {
         match self {
-            Drop::ChainLoop => "chain_loop",
-            Drop::BadChain => "bad_chain",
-            Drop::WritableInTx => "writable_in_tx",
-            Drop::NotGranted => "not_granted",
-            Drop::TooShort => "too_short",
-            Drop::TooLarge => "too_large",
-            Drop::RxFullTimeout => "rx_full_timeout",
-            Drop::FloodFull => "flood_full",
-            Drop::NoDest => "no_dest",
-            Drop::RxBadChain => "rx_bad_chain",
-            Drop::RxTooSmall => "rx_too_small",
-            Drop::BadOffload => "bad_offload",
-            Drop::ChainTooLong => "chain_too_long",
-            Drop::SpoofedMac => "spoofed_mac",
-            Drop::RxBadRing => "rx_bad_ring",
+            DropReason::ChainLoop => "chain_loop",
+            DropReason::BadChain => "bad_chain",
+            DropReason::WritableInTx => "writable_in_tx",
+            DropReason::NotGranted => "not_granted",
+            DropReason::TooShort => "too_short",
+            DropReason::TooLarge => "too_large",
+            DropReason::RxFullTimeout => "rx_full_timeout",
+            DropReason::FloodFull => "flood_full",
+            DropReason::NoDest => "no_dest",
+            DropReason::RxBadChain => "rx_bad_chain",
+            DropReason::RxTooSmall => "rx_too_small",
+            DropReason::BadOffload => "bad_offload",
+            DropReason::ChainTooLong => "chain_too_long",
+            DropReason::SpoofedMac => "spoofed_mac",
+            DropReason::RxBadRing => "rx_bad_ring",
         }
     }
 }
@@ -139,11 +139,11 @@ impl TxStats {
         }
     }
     /// A drop for `reason`.
-    pub fn drop(&self, reason: Drop) {
+    pub fn count_drop(&self, reason: DropReason) {
         bump(&self.0.drops[reason as usize], 1);
     }
     /// Drops counted for `reason` so far.
-    pub fn drops(&self, reason: Drop) -> u64 {
+    pub fn drops(&self, reason: DropReason) -> u64 {
         self.0.drops[reason as usize].load(Relaxed)
     }
     /// Snapshot.
@@ -187,7 +187,7 @@ impl RxStats {
         bump(&self.0.notifications, 1);
     }
     /// A drop attributed to this RX queue.
-    pub fn drop(&self, reason: Drop) {
+    pub fn count_drop(&self, reason: DropReason) {
         bump(&self.0.drops[reason as usize], 1);
     }
     /// Adds these counters into `s`.
@@ -241,13 +241,13 @@ impl QueueSnapshot {
     }
 
     /// Drops for one reason.
-    pub fn drops_for(&self, d: Drop) -> u64 {
+    pub fn drops_for(&self, d: DropReason) -> u64 {
         self.drops[d as usize]
     }
 
     /// Counters as a JSON object.
     pub fn to_json(&self) -> serde_json::Value {
-        let drops: serde_json::Map<String, serde_json::Value> = Drop::ALL
+        let drops: serde_json::Map<String, serde_json::Value> = DropReason::ALL
             .iter()
             .map(|d| (d.name().to_string(), self.drops[*d as usize].into()))
             .collect();
@@ -273,9 +273,9 @@ mod tests {
         let r = RxStats::default();
         t.frame(100);
         t.frame(50);
-        t.drop(Drop::TooShort);
+        t.count_drop(DropReason::TooShort);
         r.frame(60);
-        r.drop(Drop::FloodFull);
+        r.count_drop(DropReason::FloodFull);
         t.kicked(1);
         t.kicked(1);
         t.kicked(0);
@@ -287,7 +287,7 @@ mod tests {
             (2, 150, 1, 60)
         );
         assert_eq!(s.total_drops(), 2);
-        assert_eq!(s.drops_for(Drop::TooShort), 1);
+        assert_eq!(s.drops_for(DropReason::TooShort), 1);
         assert_eq!((s.tx_kicks, s.rx_kicks), (2, 1));
         assert_eq!(s.to_json()["drops"]["flood_full"], 1);
         assert_eq!(s.to_json()["tx_kicks"], 2);

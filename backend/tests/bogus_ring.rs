@@ -3,7 +3,7 @@
 //! the logs stay quiet (at most one line per second per ring, not one per retry). Its own
 //! test binary: it counts every log record of the process.
 
-use pvnet_backend::stats::Drop;
+use pvnet_backend::stats::DropReason;
 use pvnet_backend::{Config, Server};
 use pvnet_testkit::frames::tagged::{self as frames, HELLO, MAGIC};
 use pvnet_testkit::harness::{connect, mac, tmpdir};
@@ -72,7 +72,7 @@ fn bogus_rx_avail_index_drops_at_once_with_quiet_logs() {
     let logged = RECORDS.load(Ordering::Relaxed) - before;
     assert!(logged <= 3, "{logged} log records for 20 frames");
     let snap = s.switch().ports[0].queue_snapshot(0);
-    assert_eq!(snap.drops_for(Drop::RxBadRing), 20, "{snap:?}");
+    assert_eq!(snap.drops_for(DropReason::RxBadRing), 20, "{snap:?}");
     drop((a, b));
     s.shutdown();
 }

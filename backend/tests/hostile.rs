@@ -2,7 +2,7 @@
 //! guest could stall, slow down or fool the switch or other guests, and checks the bound
 //! pvnet keeps (time bounds here are seconds: stalls, not speed).
 
-use pvnet_backend::stats::Drop;
+use pvnet_backend::stats::DropReason;
 use pvnet_backend::{Config, Server};
 use pvnet_testkit::frames::tagged::{self as frames, HELLO, MAGIC};
 use pvnet_testkit::harness::{guest_config, mac, tmpdir};
@@ -138,7 +138,7 @@ fn huge_indirect_chain_is_dropped_at_once() {
         std::thread::sleep(Duration::from_millis(1));
     }
     let snap = s.switch().ports[0].queue_snapshot(0);
-    assert_eq!(snap.drops_for(Drop::ChainTooLong), 1, "{snap:?}");
+    assert_eq!(snap.drops_for(DropReason::ChainTooLong), 1, "{snap:?}");
     assert_eq!(snap.total_drops(), 1, "{snap:?}");
     drop((a, b, c));
     s.shutdown();
@@ -173,7 +173,7 @@ fn full_receiver_holds_back_only_its_own_frames_and_bare_kicks_do_not_rearm() {
     // The 4 held-back frames are dropped after the bound; B's queue is stalled.
     let t0 = Instant::now();
     let port = &s.switch().ports[0];
-    while port.tx[0].drops(Drop::RxFullTimeout) < 4 {
+    while port.tx[0].drops(DropReason::RxFullTimeout) < 4 {
         assert!(t0.elapsed() < bound * 3, "held-back frames never timed out");
         std::thread::sleep(Duration::from_millis(5));
     }
@@ -195,14 +195,14 @@ fn full_receiver_holds_back_only_its_own_frames_and_bare_kicks_do_not_rearm() {
             std::thread::sleep(Duration::from_millis(1));
         }
     }
-    assert_eq!(port.tx[0].drops(Drop::RxFullTimeout), 14);
+    assert_eq!(port.tx[0].drops(DropReason::RxFullTimeout), 14);
     // B drains (and re-posts its buffers): the stall ends, frames to B flow again.
     assert!(recv_flow(&mut b, 1, 256, Duration::from_secs(5)).is_some());
     for k in 0..20 {
         send(&mut a, &frames::build(mac(1), mac(0), MAGIC, 4, k, 100));
     }
     assert!(recv_flow(&mut b, 4, 20, Duration::from_secs(5)).is_some());
-    assert_eq!(port.tx[0].drops(Drop::RxFullTimeout), 14);
+    assert_eq!(port.tx[0].drops(DropReason::RxFullTimeout), 14);
     drop((a, b, c));
     s.shutdown();
 }
@@ -304,10 +304,10 @@ fn disconnect_completes_while_the_tx_ring_stays_full() {
     let head = indirect_chain(&mut a, mac(0), 1000);
     let port = &s.switch().ports[0];
     flood_tx(&mut a, &mut b, head, Duration::from_secs(5), |_| {
-        port.tx[0].drops(Drop::NoDest) >= 20
+        port.tx[0].drops(DropReason::NoDest) >= 20
     });
     assert!(
-        port.tx[0].drops(Drop::NoDest) >= 20,
+        port.tx[0].drops(DropReason::NoDest) >= 20,
         "the chains are not taken"
     );
     a.shutdown_socket().expect("shutdown");
@@ -410,7 +410,7 @@ fn port_security_drops_spoofed_source_macs() {
     }
     let t0 = Instant::now();
     let port = &s.switch().ports[0];
-    while port.tx[0].drops(Drop::SpoofedMac) < 5 {
+    while port.tx[0].drops(DropReason::SpoofedMac) < 5 {
         assert!(
             t0.elapsed() < Duration::from_secs(5),
             "spoofed frames not dropped"

@@ -1,7 +1,7 @@
 //! Hostile TX chains are dropped and counted per reason; the ring keeps moving and good
 //! traffic on another queue of the same port continues.
 
-use pvnet_backend::stats::Drop;
+use pvnet_backend::stats::DropReason;
 use pvnet_locks::{RwLockKind, SpinLockKind};
 use pvnet_testkit::frames::tagged::{self as frames, MAGIC};
 use pvnet_testkit::harness::{connect, mac, server};
@@ -39,27 +39,27 @@ fn malformed_chains_dropped_and_counted() {
     let (low, low_len) = a.memory_regions()[1];
     let d = RawDesc::new;
     let (next, write, indirect) = (desc::NEXT, desc::WRITE, desc::INDIRECT);
-    let bad: Vec<(Drop, Vec<RawDesc>)> = vec![
-        (Drop::NotGranted, vec![d(0x7_0000_0000, len, 0)]),
-        (Drop::NotGranted, vec![d(low + low_len - 50, 100, 0)]),
-        (Drop::WritableInTx, vec![d(data, len, write)]),
+    let bad: Vec<(DropReason, Vec<RawDesc>)> = vec![
+        (DropReason::NotGranted, vec![d(0x7_0000_0000, len, 0)]),
+        (DropReason::NotGranted, vec![d(low + low_len - 50, 100, 0)]),
+        (DropReason::WritableInTx, vec![d(data, len, write)]),
         (
-            Drop::ChainLoop,
+            DropReason::ChainLoop,
             vec![
                 d(data, 12, next),
                 d(data + 12, 100, next).next(RawNext::Chain(0)),
             ],
         ),
         (
-            Drop::ChainLoop,
+            DropReason::ChainLoop,
             vec![d(data, 12, next).next(RawNext::Chain(0))],
         ),
-        (Drop::TooShort, vec![d(data, 8, 0)]),
-        (Drop::TooShort, vec![d(data, 20, 0)]),
-        (Drop::TooLarge, vec![d(data, 70_000 + 12, 0)]),
-        (Drop::BadChain, vec![d(0x7_0000_0000, 64, indirect)]),
+        (DropReason::TooShort, vec![d(data, 8, 0)]),
+        (DropReason::TooShort, vec![d(data, 20, 0)]),
+        (DropReason::TooLarge, vec![d(data, 70_000 + 12, 0)]),
+        (DropReason::BadChain, vec![d(0x7_0000_0000, 64, indirect)]),
         (
-            Drop::ChainLoop,
+            DropReason::ChainLoop,
             vec![d(data, len, next).next(RawNext::Raw(4000))],
         ),
     ];
@@ -110,7 +110,7 @@ fn malformed_chains_dropped_and_counted() {
         }
     }
     let snap = s.switch().ports[0].queue_snapshot(1);
-    for d in Drop::ALL {
+    for d in DropReason::ALL {
         assert_eq!(snap.drops_for(d), expected[d as usize], "{d:?}");
     }
     assert_eq!(s.switch().ports[0].queue_snapshot(0).total_drops(), 0);

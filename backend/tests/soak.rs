@@ -224,7 +224,7 @@ fn reconnect_soak_keeps_the_process_flat() {
     // The stream lost nothing and dropped nothing.
     for p in 0..2 {
         let q = sw.ports[p].queue_snapshot(0);
-        let drops: u64 = q.total_drops() - q.drops_for(pvnet_backend::stats::Drop::FloodFull);
+        let drops: u64 = q.total_drops() - q.drops_for(pvnet_backend::stats::DropReason::FloodFull);
         assert_eq!(drops, 0, "port {p}: {q:?}");
     }
     srv.shutdown();

@@ -12,9 +12,9 @@ use crate::GrantError;
 /// in-place update). A need is allowed when the right contains it ([`Access::allows`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Access {
-    /// Read only: the backend may read (e.g. a TX buffer, a frontend's RO IOTLB entry).
+    /// Read only: the backend may read (e.g. a TX buffer).
     ReadOnly,
-    /// Write only (an IOTLB `VHOST_ACCESS_WO` entry; RX buffers under a vIOMMU).
+    /// Write only (for a future IOTLB `VHOST_ACCESS_WO` source; see the crate docs).
     WriteOnly,
     /// Read and write (all vhost-user memory-table regions).
     ReadWrite,
@@ -49,8 +49,9 @@ impl Access {
 /// Where a grant's bytes live in this process: a vm-memory mapping (shared, reference
 /// counted: the grant keeps it mapped) and an offset into it.
 ///
-/// Memory-table regions come from [`HostMapping::from_region`]. A vIOMMU writer builds one
-/// with [`HostMapping::new`] from the memory-table region that holds the IOTLB entry's user
+/// Memory-table regions come from [`HostMapping::from_region`]. A vIOMMU writer (not
+/// implemented; see the crate docs) would build one
+/// with [`HostMapping::new`] from the memory-table region holding the IOTLB entry's user
 /// address, the offset being `uaddr - region's user address`.
 #[derive(Debug)]
 pub struct HostMapping<B = ()> {

@@ -42,7 +42,7 @@ pub enum GrantError {
         /// The first byte of the access inside the read-only grant.
         gpa: u64,
     },
-    /// Read access to a write-only grant (IOTLB `VHOST_ACCESS_WO`).
+    /// Read access to a write-only grant.
     #[error("read from a write-only grant at guest address {gpa:#x}")]
     WriteOnly {
         /// The first byte of the access inside the write-only grant.

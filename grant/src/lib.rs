@@ -34,22 +34,20 @@
 //! them), so the revoked mapping's last `Arc` can be dropped — unmapped — at once; the table
 //! drops its own references after releasing the lock.
 //!
-//! ## A vIOMMU source is one more writer
-//! With `VIRTIO_F_ACCESS_PLATFORM`, descriptors carry I/O virtual addresses and the frontend
-//! sends IOTLB messages (iova, size, user address, permission) and invalidations. A second
-//! `GrantTable` per guest, keyed by iova, serves them without touching the data path:
-//! * update: find the memory-table region holding `uaddr` (vhost-user gives each region's
-//!   user address), build `HostMapping::new(region.get_mmap(), uaddr - region_uaddr)` and
-//!   call `iotlb.grant(iova, size, mapping, access)` with `Access::ReadOnly`, `WriteOnly`
-//!   or `ReadWrite` from `VHOST_ACCESS_RO/WO/RW` (an overlapping update: `update(|w| {
-//!   w.revoke(..); w.grant(..) })`);
-//! * invalidation: `iotlb.revoke(iova, size)` — partial overlaps are trimmed or split;
-//! * memory-table change: the IOTLB grants keep their mapping alive through their `Arc`, so
-//!   nothing dangles; the backend revokes them (`revoke_all`) and the frontend re-sends.
-//!
-//! The workers then translate with the iova table instead of the memory table: same type,
-//! same guard, same errors (a miss is [`GrantError::NotGranted`], upon which the backend
-//! sends an IOTLB miss).
+//! ## Not implemented: a vIOMMU would be one more writer
+//! pvnet does not offer `VIRTIO_F_ACCESS_PLATFORM` today, so descriptors always carry
+//! guest-physical addresses and the memory table is the only source of grants. The table is
+//! shaped so that a vIOMMU could be added without touching the data path; the design, for
+//! whoever adds it:
+//! * a second `GrantTable` per guest, keyed by I/O virtual address, fed by the frontend's
+//!   IOTLB update messages: find the memory-table region holding the entry's user address,
+//!   build a mapping with [`HostMapping::new`] at the right offset, and
+//!   [`GrantTable::grant`] it with the [`Access`] of the message (`VHOST_ACCESS_RO/WO/RW`);
+//! * an invalidation would be [`GrantTable::revoke`] (partial overlaps are trimmed or split);
+//! * on a memory-table change the IOTLB grants would be revoked ([`GrantTable::revoke_all`])
+//!   and the frontend would re-send them;
+//! * the workers would translate through the iova table instead: same type, same guard, same
+//!   errors (a miss, [`GrantError::NotGranted`], would become an IOTLB miss message).
 //!
 //! ## Lock order
 //! At most one read guard per table per thread; guards of two tables through [`read_pair`]

@@ -21,7 +21,7 @@ use crate::datapath::ring::one_slice;
 use crate::datapath::{Data, FrameSrc, Seg};
 use crate::fdb::Fdb;
 use crate::net::{self, hdr::NEEDS_CSUM, VirtioNetHdr};
-use crate::stats::{Drop, TxStats};
+use crate::stats::{DropReason, TxStats};
 use pvnet_grant::{GrantMemory, GrantReadGuard, RegionHint};
 use pvnet_locks::family::RwFamily;
 use virtio_queue::{Queue, QueueOwnedT};
@@ -42,7 +42,7 @@ pub enum Route {
     /// Not yet classified.
     Unknown,
     /// Dropped for this reason (counted once, by the caller).
-    Drop(Drop),
+    Drop(DropReason),
     /// Unicast to this port.
     Port(usize),
     /// Every other connected port (broadcast, multicast, unknown unicast).
@@ -157,7 +157,7 @@ pub fn fetch<'m, F: RwFamily>(
             &mut b.segs,
         );
         let route = match r {
-            Ok(info) if info.bytes < hl + net::eth::ETH_HLEN => Route::Drop(Drop::TooShort),
+            Ok(info) if info.bytes < hl + net::eth::ETH_HLEN => Route::Drop(DropReason::TooShort),
             Ok(_) => Route::Unknown,
             Err(e) => Route::Drop(e.tx_drop()),
         };
@@ -224,7 +224,10 @@ pub fn classify<F: RwFamily>(
         }
         let route = classify_one(b, i, g, hint, cx, &mut queues);
         b.frames[i].route = route;
-        if !matches!(route, Route::Drop(Drop::NotGranted | Drop::SpoofedMac)) {
+        if !matches!(
+            route,
+            Route::Drop(DropReason::NotGranted | DropReason::SpoofedMac)
+        ) {
             cx.stats.frame(b.frames[i].len as usize);
         }
     }
@@ -275,11 +278,11 @@ fn classify_one<F: RwFamily>(
     let (a, n) = (f.seg0 as usize, f.nsegs as usize);
     let segs = b.segs.get(a..a + n).unwrap_or_default();
     let Some(pre) = b.prefix.get_mut(i) else {
-        return Route::Drop(Drop::BadChain);
+        return Route::Drop(DropReason::BadChain);
     };
     let mut cur = SegCursor::new(segs);
     if copy::read_into(g, hint, &mut cur, &mut pre[..hl + plen]).is_err() {
-        return Route::Drop(Drop::NotGranted);
+        return Route::Drop(DropReason::NotGranted);
     }
     // The rest of the frame must be readable too (checked once here, per grant piece).
     if len > plen {
@@ -289,11 +292,11 @@ fn classify_one<F: RwFamily>(
             .all(|s| mem.check_range(GuestAddress(s.gpa), s.len as usize, Permissions::Read));
         *hint = mem.hint();
         if !ok {
-            return Route::Drop(Drop::NotGranted);
+            return Route::Drop(DropReason::NotGranted);
         }
     }
     let Ok(mut hdr) = VirtioNetHdr::from_bytes(&pre[..hl]) else {
-        return Route::Drop(Drop::TooShort);
+        return Route::Drop(DropReason::TooShort);
     };
     hdr.flags &= NEEDS_CSUM;
     hdr.num_buffers = 0;
@@ -303,7 +306,7 @@ fn classify_one<F: RwFamily>(
     dmac.copy_from_slice(&frame[..6]);
     smac.copy_from_slice(&frame[6..12]);
     if cx.port_security && smac != cx.mac {
-        return Route::Drop(Drop::SpoofedMac);
+        return Route::Drop(DropReason::SpoofedMac);
     }
     if !net::is_multicast(&smac) {
         cx.fdb.learn_at(&smac, cx.port, cx.now);
@@ -312,9 +315,9 @@ fn classify_one<F: RwFamily>(
         .then(|| cx.fdb.lookup_at(&dmac, cx.now))
         .flatten();
     let route = match known {
-        Some(d) if d == cx.port => Route::Drop(Drop::NoDest),
+        Some(d) if d == cx.port => Route::Drop(DropReason::NoDest),
         Some(d) => Route::Port(d),
-        None if cx.ports < 2 => Route::Drop(Drop::NoDest),
+        None if cx.ports < 2 => Route::Drop(DropReason::NoDest),
         None => Route::Flood,
     };
     // The flow hash only picks among several RX queues: a unicast frame to a port with
@@ -423,9 +426,9 @@ mod tests {
             [
                 Route::Port(1),
                 Route::Flood,
-                Route::Drop(Drop::TooShort),
-                Route::Drop(Drop::WritableInTx),
-                Route::Drop(Drop::SpoofedMac),
+                Route::Drop(DropReason::TooShort),
+                Route::Drop(DropReason::WritableInTx),
+                Route::Drop(DropReason::SpoofedMac),
             ]
         );
         // Only NEEDS_CSUM survives from the sender's flags.
@@ -438,6 +441,6 @@ mod tests {
         cx.port_security = false;
         b.frames[4].route = Route::Unknown;
         classify(&mut b, &g, &mut hint, &cx);
-        assert_eq!(b.frames[4].route, Route::Drop(Drop::NoDest));
+        assert_eq!(b.frames[4].route, Route::Drop(DropReason::NoDest));
     }
 }

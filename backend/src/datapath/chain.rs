@@ -22,7 +22,7 @@
 //! fuzzing chain validation (a [`DescTable`] over any byte buffer).
 
 use crate::datapath::Seg;
-use crate::stats::Drop;
+use crate::stats::DropReason;
 use std::sync::atomic::Ordering;
 use virtio_queue::desc::split::Descriptor;
 use vm_memory::{Bytes, VolatileSlice};
@@ -65,13 +65,13 @@ pub enum ChainError {
 
 impl ChainError {
     /// The drop reason counted for a refused TX chain.
-    pub fn tx_drop(self) -> Drop {
+    pub fn tx_drop(self) -> DropReason {
         match self {
-            ChainError::Empty => Drop::BadChain,
-            ChainError::Cut => Drop::ChainLoop,
-            ChainError::Direction => Drop::WritableInTx,
-            ChainError::TooLong => Drop::ChainTooLong,
-            ChainError::TooLarge => Drop::TooLarge,
+            ChainError::Empty => DropReason::BadChain,
+            ChainError::Cut => DropReason::ChainLoop,
+            ChainError::Direction => DropReason::WritableInTx,
+            ChainError::TooLong => DropReason::ChainTooLong,
+            ChainError::TooLarge => DropReason::TooLarge,
         }
     }
 }

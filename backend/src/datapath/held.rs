@@ -16,7 +16,7 @@
 use crate::datapath::burst::{Frame, Room};
 use crate::datapath::ring::UsedShadow;
 use crate::datapath::{Data, FrameSrc, Seg};
-use crate::stats::{Drop, TxStats};
+use crate::stats::{DropReason, TxStats};
 use std::time::{Duration, Instant};
 
 /// Most frames held back per TX queue.
@@ -125,12 +125,12 @@ impl HeldBack {
     }
 
     /// Marks frame `k` delivered (or dropped, counting `reason`).
-    pub fn finish(&mut self, k: usize, reason: Option<Drop>, stats: &TxStats) {
+    pub fn finish(&mut self, k: usize, reason: Option<DropReason>, stats: &TxStats) {
         if let Some(h) = self.list.get_mut(k) {
             if !h.done {
                 h.done = true;
                 if let Some(r) = reason {
-                    stats.drop(r);
+                    stats.count_drop(r);
                 }
             }
         }
@@ -148,7 +148,7 @@ impl HeldBack {
         for h in self.list.iter_mut().filter(|h| !h.done) {
             if now.saturating_duration_since(h.since) >= bound {
                 h.done = true;
-                stats.drop(Drop::RxFullTimeout);
+                stats.count_drop(DropReason::RxFullTimeout);
                 stalled(h.dest, h.frame.hash);
             }
         }
@@ -183,7 +183,7 @@ impl HeldBack {
     /// receiver and their wait ended without room).
     pub fn drop_all(&mut self, used: &mut UsedShadow, stats: &TxStats) {
         for k in 0..self.list.len() {
-            self.finish(k, Some(Drop::RxFullTimeout), stats);
+            self.finish(k, Some(DropReason::RxFullTimeout), stats);
         }
         self.release(used);
     }
@@ -236,13 +236,13 @@ mod tests {
             stalled.push((d, hash))
         });
         assert_eq!(stalled, [(2, 2)]);
-        assert_eq!(stats.drops(Drop::RxFullTimeout), 1);
+        assert_eq!(stats.drops(DropReason::RxFullTimeout), 1);
         let mut used = UsedShadow::default();
         h.release(&mut used);
         assert_eq!((used.len(), h.len()), (2, 1));
         assert!(h.waiting_for(1) && !h.waiting_for(2));
         h.drop_all(&mut used, &stats);
         assert_eq!((used.len(), h.len()), (3, 0));
-        assert_eq!(stats.drops(Drop::RxFullTimeout), 2);
+        assert_eq!(stats.drops(DropReason::RxFullTimeout), 2);
     }
 }

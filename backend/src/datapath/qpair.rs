@@ -21,7 +21,7 @@ use crate::datapath::rxq::{RxRing, Waker};
 use crate::datapath::soft::Soft;
 use crate::datapath::{Data, Fate, FrameSet, FrameSrc, LogLimit};
 use crate::net::{self, gso, Delivery, VirtioNetHdr};
-use crate::stats::{Drop, TxStats};
+use crate::stats::{DropReason, TxStats};
 use crate::switch::{Fabric, Grants, Locks, Switch, Vring};
 use pvnet_grant::{GrantMemory, RegionHint};
 use pvnet_locks::family::MutexApi;
@@ -82,7 +82,7 @@ enum Outcome {
     /// Delivered (or, flooded, offered everywhere): its chain goes back.
     Done,
     /// Dropped for this reason: its chain goes back, the drop is counted once.
-    Drop(Drop),
+    Drop(DropReason),
     /// Its unicast destination, port `d`, is full: held back, its chain stays.
     Hold(usize),
 }
@@ -524,7 +524,7 @@ impl QueuePair {
         dfeat: u64,
     ) -> Fate {
         let Some(f) = self.frame_of(id).copied() else {
-            return Fate::Dropped(Drop::BadChain);
+            return Fate::Dropped(DropReason::BadChain);
         };
         let segs = match id {
             FrameId::Burst(k) => self.burst.segs_of(k),
@@ -556,7 +556,7 @@ impl QueuePair {
                 FrameId::Held(k) => match fate {
                     Fate::Delivered => self.held.finish(k, None, stats),
                     // Its queue went away while it waited for room there.
-                    Fate::NotReady => self.held.finish(k, Some(Drop::RxFullTimeout), stats),
+                    Fate::NotReady => self.held.finish(k, Some(DropReason::RxFullTimeout), stats),
                     Fate::Dropped(r) => self.held.finish(k, Some(r), stats),
                     Fate::Full | Fate::Pending => {}
                 },
@@ -568,8 +568,8 @@ impl QueuePair {
                     if f.route == Route::Flood {
                         // One copy of a flooded frame: a full or broken port loses its copy.
                         match fate {
-                            Fate::Full => stats.drop(Drop::FloodFull),
-                            Fate::Dropped(r) => stats.drop(r),
+                            Fate::Full => stats.count_drop(DropReason::FloodFull),
+                            Fate::Dropped(r) => stats.count_drop(r),
                             _ => {}
                         }
                         continue;
@@ -578,10 +578,10 @@ impl QueuePair {
                         Fate::Delivered => Outcome::Done,
                         Fate::Full if queue_stalled(cx.sw(), d, f.hash) => {
                             // Its guest already let a sender wait a whole bound.
-                            Outcome::Drop(Drop::RxFullTimeout)
+                            Outcome::Drop(DropReason::RxFullTimeout)
                         }
                         Fate::Full => Outcome::Hold(d),
-                        Fate::NotReady | Fate::Pending => Outcome::Drop(Drop::NoDest),
+                        Fate::NotReady | Fate::Pending => Outcome::Drop(DropReason::NoDest),
                         Fate::Dropped(r) => Outcome::Drop(r),
                     };
                 }
@@ -598,13 +598,13 @@ impl QueuePair {
             let f = self.burst.frames[i];
             let outcome = match (self.outcome[i], f.route) {
                 // A unicast frame never offered (cannot happen with <= 64 ports).
-                (Outcome::Pending, Route::Port(_)) => Outcome::Drop(Drop::NoDest),
+                (Outcome::Pending, Route::Port(_)) => Outcome::Drop(DropReason::NoDest),
                 (o, _) => o,
             };
             match outcome {
                 Outcome::Pending | Outcome::Done => self.used.push(f.head, 0),
                 Outcome::Drop(r) => {
-                    stats.drop(r);
+                    stats.count_drop(r);
                     self.used.push(f.head, 0);
                 }
                 Outcome::Hold(d) => {

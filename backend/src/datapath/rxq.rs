@@ -30,7 +30,7 @@ pub use crate::datapath::rxslot::{RxSlot, Waker};
 use crate::datapath::Vring;
 use crate::datapath::{Data, Fate, FrameSet, FrameSrc, LogLimit, Seg};
 use crate::net;
-use crate::stats::Drop;
+use crate::stats::DropReason;
 use pvnet_grant::{GrantMemory, GrantReadGuard, RegionHint};
 use pvnet_locks::family::RwFamily;
 use std::sync::Arc;
@@ -254,7 +254,7 @@ impl RxRing {
             let mut budget = 2 * usize::from(st.lay.size());
             fates[i] = loop {
                 let (Some(iter), Some(table)) = (it.as_mut(), table.as_ref()) else {
-                    break Fate::Dropped(Drop::RxBadRing);
+                    break Fate::Dropped(DropReason::RxBadRing);
                 };
                 match st.pop_until(iter, mem, table, need, &mut cap, &mut budget) {
                     Pop::Enough => {
@@ -262,11 +262,11 @@ impl RxRing {
                         st.end_frame();
                         break Fate::Pending;
                     }
-                    Pop::TooSmall => break Fate::Dropped(Drop::RxTooSmall),
+                    Pop::TooSmall => break Fate::Dropped(DropReason::RxTooSmall),
                     Pop::Bad => {
                         // The frame being assembled is abandoned (its chains return empty,
                         // the bad one too) and assembly starts over.
-                        slot.stats.drop(Drop::RxBadChain);
+                        slot.stats.count_drop(DropReason::RxBadChain);
                         st.abandon();
                         cap = 0;
                     }
@@ -275,7 +275,7 @@ impl RxRing {
                             iter.go_to_previous_position();
                         }
                         st.forget_frame();
-                        break Fate::Dropped(Drop::RxBadChain);
+                        break Fate::Dropped(DropReason::RxBadChain);
                     }
                     Pop::Dry => {
                         // Ask for a kick at the index we stopped at; buffers published since
@@ -296,7 +296,7 @@ impl RxRing {
                                 st.forget_frame();
                                 break match r {
                                     Ok(_) => Fate::Full,
-                                    Err(_) => Fate::Dropped(Drop::RxBadRing),
+                                    Err(_) => Fate::Dropped(DropReason::RxBadRing),
                                 };
                             }
                         }
@@ -323,7 +323,7 @@ impl RxRing {
                     slot.stats.frame(f.len);
                     Fate::Delivered
                 }
-                Err(_) => Fate::Dropped(Drop::NotGranted),
+                Err(_) => Fate::Dropped(DropReason::NotGranted),
             };
         }
         if let Err(e) = st.shadow.flush(queue, &st.lay, mem) {

@@ -12,7 +12,7 @@ use crate::datapath::burst::Frame;
 use crate::datapath::copy::{self, SegCursor};
 use crate::datapath::{Data, Fate, FrameSet, FrameSrc, Seg};
 use crate::net::{self, gso, Delivery, VirtioNetHdr};
-use crate::stats::Drop;
+use crate::stats::DropReason;
 use pvnet_grant::{GrantReadGuard, RegionHint};
 use pvnet_locks::family::RwFamily;
 
@@ -57,14 +57,14 @@ impl Soft {
         segs: &[Seg],
         f: &Frame,
         dfeat: u64,
-    ) -> Result<(), Drop> {
+    ) -> Result<(), DropReason> {
         let len = f.len as usize;
         self.lin.resize(len, 0);
         let mut cur = SegCursor::new(segs);
         if !cur.skip(usize::from(f.hl))
             || copy::read_into(g, hint, &mut cur, &mut self.lin).is_err()
         {
-            return Err(Drop::NotGranted);
+            return Err(DropReason::NotGranted);
         }
         self.out.clear();
         self.at.clear();
@@ -73,7 +73,7 @@ impl Soft {
                 usize::from(f.hdr.csum_start),
                 usize::from(f.hdr.csum_offset),
             );
-            net::complete_csum(&mut self.lin, cs, co).map_err(|_| Drop::BadOffload)?;
+            net::complete_csum(&mut self.lin, cs, co).map_err(|_| DropReason::BadOffload)?;
             self.out.extend_from_slice(&self.lin);
             self.at.push((0, len));
         } else {
@@ -85,7 +85,7 @@ impl Soft {
                 at.push((out.len(), seg.len()));
                 out.extend_from_slice(seg);
             })
-            .map_err(|_| Drop::BadOffload)?;
+            .map_err(|_| DropReason::BadOffload)?;
         }
         self.fates.clear();
         self.fates.resize(self.at.len(), Fate::Pending);
@@ -109,7 +109,7 @@ impl Soft {
         match (delivered, fates.iter().find(|x| **x != Fate::Delivered)) {
             (_, None) => Fate::Delivered,
             (0, Some(first)) => *first,
-            (_, Some(_)) => Fate::Dropped(Drop::FloodFull),
+            (_, Some(_)) => Fate::Dropped(DropReason::FloodFull),
         }
     }
 }
@@ -123,10 +123,13 @@ mod tests {
         use Fate::*;
         assert_eq!(Soft::fold(&[Delivered, Delivered]), Delivered);
         assert_eq!(Soft::fold(&[Full, Full]), Full);
-        assert_eq!(Soft::fold(&[Delivered, Full]), Dropped(Drop::FloodFull));
         assert_eq!(
-            Soft::fold(&[Dropped(Drop::RxTooSmall), Full]),
-            Dropped(Drop::RxTooSmall)
+            Soft::fold(&[Delivered, Full]),
+            Dropped(DropReason::FloodFull)
+        );
+        assert_eq!(
+            Soft::fold(&[Dropped(DropReason::RxTooSmall), Full]),
+            Dropped(DropReason::RxTooSmall)
         );
     }
 }

@@ -39,6 +39,29 @@ type PlainRaw = parking_lot::RawRwLock;
 /// Where membarrier is unavailable every read of this hard-wired type takes the out-of-line
 /// path with a full fence: build through [`AnyRwLock`] or
 /// [`with_rw_family!`](crate::with_rw_family), which pick [`PerCpuFencedRwLock`] there.
+///
+/// # Examples
+///
+/// Readers on many threads share the lock without writing a shared cache line; a writer
+/// waits for every reader slot to drain.
+///
+/// ```
+/// use pvnet_locks::PerCpuRwLock;
+/// use std::sync::Arc;
+///
+/// let table = Arc::new(PerCpuRwLock::new(0u64));
+/// let readers: Vec<_> = (0..4)
+///     .map(|_| {
+///         let t = table.clone();
+///         std::thread::spawn(move || (0..1000).map(|_| *t.read()).max().unwrap())
+///     })
+///     .collect();
+/// *table.write() += 1;
+/// for r in readers {
+///     assert!(r.join().unwrap() <= 1);
+/// }
+/// assert_eq!(*table.read(), 1);
+/// ```
 pub type PerCpuRwLock<T> = lock_api::RwLock<PercpuRaw, T>;
 /// Per-CPU rwlock with a full fence on the reader fast path (the seed's "after").
 pub type PerCpuFencedRwLock<T> = lock_api::RwLock<PercpuFencedRaw, T>;
@@ -49,6 +72,25 @@ type ReadG<'a, R, T> = lock_api::RwLockReadGuard<'a, R, T>;
 type WriteG<'a, R, T> = lock_api::RwLockWriteGuard<'a, R, T>;
 
 /// A reader-writer lock whose algorithm is chosen at run time.
+///
+/// One `match` per call picks the algorithm; for code that takes a lock on every packet,
+/// choose the kind once with [`with_rw_family!`](crate::with_rw_family) instead and run code
+/// compiled for it.
+///
+/// # Examples
+///
+/// ```
+/// use pvnet_locks::{AnyRwLock, RwLockKind};
+///
+/// let kind: RwLockKind = "percpu".parse().unwrap();
+/// let lock = AnyRwLock::new(kind, vec![1, 2, 3]);
+/// {
+///     let r1 = lock.read();
+///     assert_eq!(r1.len(), 3);
+/// }
+/// lock.write().push(4);
+/// assert_eq!(*lock.read(), [1, 2, 3, 4]);
+/// ```
 pub enum AnyRwLock<T> {
     Percpu(PerCpuRwLock<T>),
     PercpuFenced(PerCpuFencedRwLock<T>),

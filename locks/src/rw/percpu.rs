@@ -302,6 +302,22 @@ fn my_block_slow() -> Option<&'static Block> {
 /// Raw per-CPU rwlock; `FENCED = true` is `percpu-fenced`, `false` is `percpu` (asymmetric
 /// fence). Use it through [`PerCpuRwLock`](crate::PerCpuRwLock) /
 /// [`PerCpuFencedRwLock`](crate::PerCpuFencedRwLock).
+///
+/// # Examples
+///
+/// ```
+/// use pvnet_locks::rw::RawPerCpuRwLock;
+///
+/// let l = RawPerCpuRwLock::<true>::new();
+/// l.lock_shared();
+/// assert!(!l.try_lock_exclusive()); // a reader holds it
+/// // SAFETY: this thread holds a shared lock (taken just above).
+/// unsafe { l.unlock_shared() };
+/// l.lock_exclusive();
+/// assert!(!l.try_lock_shared());
+/// // SAFETY: this thread holds the exclusive lock.
+/// unsafe { l.unlock_exclusive() };
+/// ```
 pub struct RawPerCpuRwLock<const FENCED: bool> {
     writer_activating: AtomicBool,
     fair: Fair,

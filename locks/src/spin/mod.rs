@@ -31,7 +31,22 @@ pub type QSpinLock<T> = lock_api::Mutex<RawQSpinLock, T>;
 /// Guard of a [`QSpinLock`].
 #[cfg(not(loom))]
 pub type QSpinLockGuard<'a, T> = lock_api::MutexGuard<'a, RawQSpinLock, T>;
-/// The paravirt queued spinlock, hard-wired.
+/// The paravirt queued spinlock, hard-wired: waiters queue (MCS) and sleep on a futex
+/// after a short spin; the unlocker wakes the queue head only when it went to sleep.
+///
+/// # Examples
+///
+/// ```
+/// use pvnet_locks::PvQSpinLock;
+///
+/// let ring = PvQSpinLock::new(Vec::<u16>::with_capacity(256));
+/// ring.lock().push(7);
+/// let mut g = ring.lock();
+/// assert!(ring.try_lock().is_none()); // held: a second taker would queue
+/// g.push(8);
+/// drop(g);
+/// assert_eq!(*ring.lock(), [7, 8]);
+/// ```
 #[cfg(not(loom))]
 pub type PvQSpinLock<T> = lock_api::Mutex<RawPvQSpinLock, T>;
 /// Guard of a [`PvQSpinLock`].
@@ -51,6 +66,29 @@ pub type TasLock<T> = lock_api::Mutex<RawTasLock, T>;
 pub type TasLockGuard<'a, T> = lock_api::MutexGuard<'a, RawTasLock, T>;
 
 /// A mutual-exclusion lock whose algorithm is chosen at run time.
+///
+/// # Examples
+///
+/// ```
+/// use pvnet_locks::{AnySpinLock, SpinLockKind};
+/// use std::sync::Arc;
+///
+/// let counter = Arc::new(AnySpinLock::new(SpinLockKind::Pvqspin, 0u32));
+/// let workers: Vec<_> = (0..3)
+///     .map(|_| {
+///         let c = counter.clone();
+///         std::thread::spawn(move || {
+///             for _ in 0..1000 {
+///                 *c.lock() += 1;
+///             }
+///         })
+///     })
+///     .collect();
+/// for w in workers {
+///     w.join().unwrap();
+/// }
+/// assert_eq!(*counter.lock(), 3000);
+/// ```
 pub enum AnySpinLock<T> {
     #[cfg(not(loom))]
     Pvqspin(PvQSpinLock<T>),

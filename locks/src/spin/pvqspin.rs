@@ -470,6 +470,24 @@ mod steal_batch {
 }
 
 /// Raw paravirt queued spinlock (`lock_api::RawMutex` outside loom).
+///
+/// # Examples
+///
+/// The raw lock protects no data of its own; wrap it in [`PvQSpinLock`](crate::PvQSpinLock)
+/// unless the protected state lives elsewhere.
+///
+/// ```
+/// use pvnet_locks::spin::RawPvQSpinLock;
+///
+/// let l = RawPvQSpinLock::new();
+/// l.lock();
+/// assert!(l.is_locked() && !l.try_lock());
+/// // SAFETY: this thread holds the lock (taken just above).
+/// unsafe { l.unlock() };
+/// assert!(l.try_lock());
+/// // SAFETY: held by this thread (the successful try_lock).
+/// unsafe { l.unlock() };
+/// ```
 pub struct RawPvQSpinLock {
     val: AtomicU32,
 }
