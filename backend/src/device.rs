@@ -1,8 +1,8 @@
 //! The vhost-user virtio-net device of one port, for one connection (a fresh instance per
 //! accepted frontend): features, config space, memory-table updates, and the dispatch of
-//! worker-thread events to the data path ([`Worker::handle`]). With `--workers 0` each queue
-//! pair has its own thread; with `--workers N` thread `w` serves the pairs `p` with
-//! `p % N == w`. Within a thread, vring events are numbered RX, TX per pair in pair order
+//! worker-thread events to the data path ([`Worker::handle`]). The port has
+//! [`Config::worker_threads`](crate::Config::worker_threads) worker threads (`--workers`; 0
+//! sizes it from the CPUs and ports); thread `w` of `N` serves the pairs `p` with `p % N == w`. Within a thread, vring events are numbered RX, TX per pair in pair order
 //! ([`Token`]).
 
 use crate::datapath::qpair::PortCtx;

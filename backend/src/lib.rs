@@ -1,7 +1,16 @@
 //! # pvnet-backend
 //!
 //! The vhost-user virtio-net device of every port, the learning L2 switch between ports, and
-//! the per-queue-pair workers that move frames between guests:
+//! the per-queue-pair workers that move frames between guests.
+//!
+//! The short version: a worker thread takes a burst of chains from a guest's TX ring
+//! (`fetch`), prefetches and classifies them (learn, route by MAC, flow hash), and for each
+//! destination port and RX queue, under that queue's `--queue-lock` and both guests' grant
+//! read guards, reserves RX buffers, copies, and publishes the used index once; full
+//! destinations hold frames back (bounded), everything a guest controls is checked and every
+//! refusal is a counted drop. `docs/architecture.md` draws the threads and the whole walk.
+//!
+//! Modules:
 //!
 //! * [`config`]: the validated [`Config`] (`pvnet` flags turn into it);
 //! * [`server`]: [`Server::start`] binds one socket per port and runs its connection loop;

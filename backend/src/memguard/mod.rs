@@ -15,7 +15,7 @@
 //!   it itself), so that the file can no longer shrink at all, and logs when it cannot.
 //! * **A truncation after the table was accepted** (the file was not sealable). Every
 //!   accepted region is registered here with its owning port ([`MemGuard`]) before the
-//!   vrings can see it. A process-wide `SIGBUS` handler ([`install`]) looks the faulting
+//!   vrings can see it. A process-wide `SIGBUS` handler (`signal::install`) looks the faulting
 //!   address up; inside a registered range it maps an anonymous zero page over the faulting
 //!   page (`MAP_FIXED | MAP_PRIVATE | MAP_ANONYMOUS`), so the interrupted access completes
 //!   harmlessly — reads see zeros, writes go nowhere — marks the owning port poisoned, wakes
@@ -27,7 +27,7 @@
 //!   again and the process dies as it would have without pvnet's handler.
 //!
 //! ## The registry and its protocol
-//! A fixed table of slots in static memory ([`registry`]): each holds a range, its page
+//! A fixed table of slots in static memory (`registry.rs`): each holds a range, its page
 //! granularity (4 KiB, or the huge page size on hugetlbfs) and its owner index, published
 //! with a per-slot sequence counter (odd while a writer changes the slot). The signal handler
 //! only reads slots and retries a slot whose counter moved; it takes no lock, allocates
