@@ -40,7 +40,7 @@ use std::time::{Duration, Instant};
 /// Largest `--cs-bytes`.
 const MAX_CS_BYTES: usize = 1 << 20;
 /// Busy-loop iterations of the spin-mode critical section when `--cs-ns` is not given (the
-/// shape of the reference figures: lock / +1 / ~50 iterations / unlock).
+/// shape of the PV spinlock seed's reference figures: lock / +1 / ~50 iterations / unlock).
 const SPIN_DEFAULT_CS_ITERS: u64 = 50;
 
 /// Which family of locks is measured.
