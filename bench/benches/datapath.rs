@@ -20,6 +20,10 @@
 //!   `scripts/switchbench.sh`'s closed loop does; frames/s count both directions;
 //! * `--strict`: all three.
 //!
+//! `--workers=N` sets the switch's worker threads per port (default: pvnet's automatic
+//! choice); `--locks=G+Q[,G+Q…]` narrows the lock combinations (default
+//! `percpu+pvqspin,rwlock+qspin`).
+//!
 //! `PVNET_BENCH_DEBUG=1` also prints, per measurement, the switch's counters (frames,
 //! notifications, kicks), the guests' kicks and the CPU time per thread name.
 //! The real-frontend benchmark is `scripts/switchbench.sh` (DPDK virtio-user as the guests);
@@ -27,7 +31,7 @@
 
 use pvnet_locks::{RwLockKind, SpinLockKind};
 use pvnet_testkit::frames::tagged::{self as frames, HELLO, MAGIC};
-use pvnet_testkit::harness::{mac, server};
+use pvnet_testkit::harness::{mac, server_with};
 use pvnet_testkit::{features, GuestConfig, TestGuest, VirtioNetHdr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -48,6 +52,8 @@ struct Mode {
     no_event_idx: bool,
     read: bool,
     bidir: bool,
+    /// `--workers=N`: the switch's worker threads per port (0: pvnet's default).
+    workers: u16,
 }
 
 impl Mode {
@@ -63,7 +69,11 @@ impl Mode {
                         no_event_idx: true,
                         read: true,
                         bidir: true,
+                        ..m
                     }
+                }
+                f if f.starts_with("--workers=") => {
+                    m.workers = f["--workers=".len()..].parse().unwrap_or(0);
                 }
                 // cargo bench passes --bench; libtest-style flags are not ours.
                 _ => {}
@@ -89,7 +99,11 @@ impl Mode {
         } else {
             "payloads not read"
         });
-        v.join(", ")
+        let mut s = v.join(", ");
+        if self.workers > 0 {
+            s += &format!(", {} worker threads per port", self.workers);
+        }
+        s
     }
 }
 
@@ -204,7 +218,16 @@ fn measure(
     secs: f64,
     mode: Mode,
 ) -> (f64, f64) {
-    let s = server(&format!("bench-{size}-{pairs}-{gl}-{ql}"), 2, pairs, gl, ql);
+    let s = server_with(
+        &format!("bench-{size}-{pairs}-{gl}-{ql}"),
+        2,
+        pairs,
+        gl,
+        ql,
+        |c| {
+            c.workers = mode.workers;
+        },
+    );
     let p = s.paths().to_vec();
     let (cfg_a, slots) = guest_config(0, pairs, size, mode);
     let (cfg_b, _) = guest_config(1, pairs, size, mode);
@@ -238,6 +261,7 @@ fn measure(
         (x.0 + y.0, x.1 + y.1)
     };
     std::thread::sleep(Duration::from_millis(300));
+    let qlock0 = pvnet_locks::spin_stats(ql);
     let cpu0 = thread_cpu();
     let (f0, b0) = total();
     let t0 = Instant::now();
@@ -245,6 +269,7 @@ fn measure(
     let (f1, b1) = total();
     let el = t0.elapsed().as_secs_f64();
     let cpu1 = thread_cpu();
+    let qlock1 = pvnet_locks::spin_stats(ql);
     stop.store(true, Ordering::Relaxed);
     let a = ta.join().expect("guest A");
     let b = tb.join().expect("guest B");
@@ -274,6 +299,14 @@ fn measure(
             *by.entry(name.clone()).or_default() += (v - v0) / el;
         }
         eprintln!(
+            "  queue lock {ql} per 1,000 frames: slow paths {:.1}, spins {:.1}, halts {:.2}, \
+             steals {:.1}",
+            per_k(qlock1.slow_paths - qlock0.slow_paths, frames),
+            per_k(qlock1.spins - qlock0.spins, frames),
+            per_k(qlock1.halts - qlock0.halts, frames),
+            per_k(qlock1.steals - qlock0.steals, frames),
+        );
+        eprintln!(
             "  cpu/s by thread name: {by:?}; ns/frame: {:?}",
             by.iter()
                 .map(|(n, c)| (n.clone(), (c * el * 1e9 / frames as f64) as u64))
@@ -283,6 +316,11 @@ fn measure(
     drop((a, b));
     s.shutdown();
     (frames as f64 / el, (b1 - b0) as f64 * 8.0 / el / 1e9)
+}
+
+/// `n` events per 1,000 of `frames`.
+fn per_k(n: u64, frames: u64) -> f64 {
+    n as f64 * 1000.0 / frames.max(1) as f64
 }
 
 /// CPU seconds so far of every thread of this process: tid -> (name, seconds).
@@ -363,10 +401,24 @@ fn main() {
     };
     let sizes = list(2, all_sizes);
     let pair_counts: Vec<u16> = list(3, all_pairs).iter().map(|&p| p as u16).collect();
-    let combos = [
-        (RwLockKind::Percpu, SpinLockKind::Pvqspin),
-        (RwLockKind::Rwlock, SpinLockKind::Qspin),
-    ];
+    // `--locks=G+Q[,G+Q...]` narrows the lock combinations.
+    let combos: Vec<(RwLockKind, SpinLockKind)> = flags
+        .iter()
+        .find_map(|f| f.strip_prefix("--locks="))
+        .map(|l| {
+            l.split(',')
+                .filter_map(|c| {
+                    let (g, q) = c.split_once('+')?;
+                    Some((g.parse().ok()?, q.parse().ok()?))
+                })
+                .collect()
+        })
+        .unwrap_or_else(|| {
+            vec![
+                (RwLockKind::Percpu, SpinLockKind::Pvqspin),
+                (RwLockKind::Rwlock, SpinLockKind::Qspin),
+            ]
+        });
     type Key = (usize, u16, String);
     let mut results: Vec<(Key, Vec<(f64, f64)>)> = Vec::new();
     let (mut hot, mut cold) = (Vec::new(), Vec::new());

@@ -28,8 +28,20 @@ pub fn tmpdir(name: &str) -> PathBuf {
 /// A switch with `ports` ports of `pairs` queue pairs and the given lock kinds, on sockets in
 /// [`tmpdir`]`(name)`.
 pub fn server(name: &str, ports: usize, pairs: u16, gl: RwLockKind, ql: SpinLockKind) -> Server {
+    server_with(name, ports, pairs, gl, ql, |_| {})
+}
+
+/// [`server`], with `tweak` applied to the configuration before the switch starts.
+pub fn server_with(
+    name: &str,
+    ports: usize,
+    pairs: u16,
+    gl: RwLockKind,
+    ql: SpinLockKind,
+    tweak: impl FnOnce(&mut Config),
+) -> Server {
     let d = tmpdir(name);
-    let cfg = Config {
+    let mut cfg = Config {
         sockets: (0..ports).map(|i| d.join(format!("p{i}.sock"))).collect(),
         queue_pairs: pairs,
         grant_lock: gl,
@@ -38,6 +50,7 @@ pub fn server(name: &str, ports: usize, pairs: u16, gl: RwLockKind, ql: SpinLock
         backpressure_bound: Duration::from_secs(5),
         ..Config::default()
     };
+    tweak(&mut cfg);
     Server::start(cfg).expect("server")
 }
 
