@@ -4,7 +4,10 @@ use clap::ValueEnum;
 use pvnet_backend::report::{render, StatsFormat};
 use pvnet_backend::{parse_group, parse_mac, parse_mode, Config, ConfigError, Server};
 use pvnet_locks::{RwLockKind, SpinLockKind};
+use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR1};
+use signal_hook::iterator::Signals;
 use std::path::PathBuf;
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 /// How statistics are printed.
@@ -22,6 +25,15 @@ pub struct Args {
     /// vhost-user socket path of one port (repeat for more ports); pvnet listens on it.
     #[arg(long = "socket", value_name = "PATH")]
     pub sockets: Vec<PathBuf>,
+    /// vhost-user socket path a frontend listens on (QEMU `server=on`), one port each
+    /// (repeat for more; numbered after the --socket ports); pvnet connects, and reconnects
+    /// with back-off whenever the frontend goes away or pvnet restarts.
+    #[arg(long = "client", value_name = "PATH")]
+    pub clients: Vec<PathBuf>,
+    /// Size of the port table: ports given here plus ports added at run time through the
+    /// control socket (0 = the ports given plus 8, at most 64).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub max_ports: usize,
     /// Permission bits (octal) of the sockets pvnet creates; 0600 lets only pvnet's own user
     /// connect, 0660 also --socket-group (e.g. the group QEMU runs in).
     #[arg(long, value_name = "MODE", default_value = "0600")]
@@ -86,6 +98,7 @@ impl TryFrom<&Args> for Config {
         let socket_group = a.socket_group.as_deref().map(parse_group).transpose()?;
         let cfg = Config {
             sockets: a.sockets.clone(),
+            clients: a.clients.clone(),
             socket_mode,
             socket_group,
             queue_pairs: a.queues,
@@ -99,6 +112,13 @@ impl TryFrom<&Args> for Config {
             workers: a.workers,
             ..Config::default()
         };
+        let cfg = Config {
+            max_ports: match a.max_ports {
+                0 => cfg.auto_max_ports(),
+                n => n,
+            },
+            ..cfg
+        };
         cfg.validate()?;
         Ok(cfg)
     }
@@ -109,17 +129,33 @@ fn usage_error(msg: impl std::fmt::Display) -> ! {
     std::process::exit(2);
 }
 
-/// The signals the main thread waits for (blocked in every thread).
-fn signal_set() -> libc::sigset_t {
-    // SAFETY: sigemptyset/sigaddset initialise and fill a sigset_t we own.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        for s in [libc::SIGINT, libc::SIGTERM, libc::SIGUSR1] {
-            libc::sigaddset(&mut set, s);
-        }
-        set
-    }
+/// What the main loop waits for.
+enum Event {
+    /// SIGUSR1: print the statistics.
+    Report,
+    /// SIGINT or SIGTERM: shut down.
+    Stop(i32),
+}
+
+/// Delivers SIGINT, SIGTERM and SIGUSR1 as [`Event`]s (signal-hook's handler thread).
+fn watch_signals() -> anyhow::Result<mpsc::Receiver<Event>> {
+    let mut signals = Signals::new([SIGINT, SIGTERM, SIGUSR1])?;
+    let (tx, rx) = mpsc::channel();
+    std::thread::Builder::new()
+        .name("pvnet-signals".into())
+        .spawn(move || {
+            for sig in signals.forever() {
+                let ev = if sig == SIGUSR1 {
+                    Event::Report
+                } else {
+                    Event::Stop(sig)
+                };
+                if tx.send(ev).is_err() {
+                    break;
+                }
+            }
+        })?;
+    Ok(rx)
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -138,13 +174,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         Format::Text => StatsFormat::Text,
         Format::Json => StatsFormat::Json,
     };
-    // Block the signals before any thread starts, so that only sigtimedwait() below sees them.
-    let set = signal_set();
-    // SAFETY: pthread_sigmask with a valid, initialised set; the old mask is not needed.
-    unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
-    let mut server = Server::start(cfg).unwrap_or_else(|e| usage_error(e));
-    for p in server.paths() {
-        log::info!("listening on {}", p.display());
+    // Handlers before any port runs: a signal from then on shuts down cleanly.
+    let events = watch_signals()?;
+    let server = Server::start(cfg).unwrap_or_else(|e| usage_error(e));
+    for p in server.ports() {
+        log::info!("{}: {:?} {}", p.name(), p.kind, p.path.display());
     }
     let interval = (args.stats_interval > 0).then(|| Duration::from_secs(args.stats_interval));
     let mut next = interval.map(|i| Instant::now() + i);
@@ -152,16 +186,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         let wait = next.map_or(Duration::from_secs(3600), |n| {
             n.saturating_duration_since(Instant::now())
         });
-        let ts = libc::timespec {
-            tv_sec: wait.as_secs() as libc::time_t,
-            tv_nsec: wait.subsec_nanos() as libc::c_long,
-        };
-        // SAFETY: valid set and timespec; the siginfo pointer may be null.
-        let sig = unsafe { libc::sigtimedwait(&set, std::ptr::null_mut(), &ts) };
-        match sig {
-            libc::SIGUSR1 => print!("{}", render(server.switch(), fmt)),
-            libc::SIGINT | libc::SIGTERM => break,
-            _ => {
+        match events.recv_timeout(wait) {
+            Ok(Event::Report) => print!("{}", render(server.switch(), fmt)),
+            Ok(Event::Stop(sig)) => {
+                log::info!("signal {sig}: shutting down");
+                break;
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
                 if let (Some(i), Some(n)) = (interval, next) {
                     if Instant::now() >= n {
                         print!("{}", render(server.switch(), fmt));
@@ -171,8 +203,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             }
         }
     }
-    print!("{}", render(server.switch(), fmt));
-    // Remove the sockets and exit: a full shutdown would wait for frontends to let go.
-    server.remove_sockets();
-    std::process::exit(0);
+    // Disconnect every frontend, stop the workers, revoke the grants, remove the sockets;
+    // then the final statistics.
+    let sw = server.switch().clone();
+    server.shutdown();
+    log::info!("shutdown complete");
+    print!("{}", render(&sw, fmt));
+    Ok(())
 }

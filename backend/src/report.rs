@@ -70,7 +70,7 @@ fn render_text(sw: &Switch) -> String {
         "tx_kicks",
         "rx_kicks"
     );
-    for p in 0..sw.ports.len() {
+    for (p, _) in sw.ports_in_use() {
         let mut rows = Vec::new();
         for q in 0..usize::from(sw.cfg.queue_pairs) {
             let s = sw.ports[p].queue_snapshot(q);
@@ -98,7 +98,7 @@ fn render_text(sw: &Switch) -> String {
             );
         }
     }
-    for (p, port) in sw.ports.iter().enumerate() {
+    for (p, port) in sw.ports_in_use() {
         if port.guard.faults() > 0 {
             let _ = writeln!(
                 o,
@@ -124,7 +124,7 @@ fn render_text(sw: &Switch) -> String {
 
 fn render_json(sw: &Switch) -> String {
     let mut o = String::new();
-    for (p, port) in sw.ports.iter().enumerate() {
+    for (p, port) in sw.ports_in_use() {
         let queues: Vec<serde_json::Value> = (0..usize::from(sw.cfg.queue_pairs))
             .map(|q| port.queue_snapshot(q).to_json())
             .collect();
