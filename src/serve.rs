@@ -1,13 +1,15 @@
 //! `pvnet serve` (also the default command): the switch.
 
+use anyhow::Context;
 use clap::ValueEnum;
+use pvnet_backend::control::Control;
 use pvnet_backend::report::{render, StatsFormat};
 use pvnet_backend::{parse_group, parse_mac, parse_mode, Config, ConfigError, Server};
 use pvnet_locks::{RwLockKind, SpinLockKind};
 use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR1};
 use signal_hook::iterator::Signals;
 use std::path::PathBuf;
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 /// How statistics are printed.
@@ -30,6 +32,14 @@ pub struct Args {
     /// with back-off whenever the frontend goes away or pvnet restarts.
     #[arg(long = "client", value_name = "PATH")]
     pub clients: Vec<PathBuf>,
+    /// Control socket for `pvnet ctl` (mode 0600; default
+    /// $XDG_RUNTIME_DIR/pvnet/control.sock or /run/pvnet/control.sock, skipped with a warning
+    /// when another pvnet holds it).
+    #[arg(long, value_name = "PATH")]
+    pub control: Option<PathBuf>,
+    /// Run without a control socket.
+    #[arg(long, conflicts_with = "control")]
+    pub no_control: bool,
     /// Size of the port table: ports given here plus ports added at run time through the
     /// control socket (0 = the ports given plus 8, at most 64).
     #[arg(long, value_name = "N", default_value_t = 0)]
@@ -158,6 +168,44 @@ fn watch_signals() -> anyhow::Result<mpsc::Receiver<Event>> {
     Ok(rx)
 }
 
+/// Starts the control socket: `--control PATH` must work; the default path is skipped with
+/// a warning when it cannot be used (another pvnet holds it, no run directory).
+fn start_control(args: &Args, server: &Arc<Server>) -> anyhow::Result<Option<Control>> {
+    if args.no_control {
+        return Ok(None);
+    }
+    let (path, explicit) = match &args.control {
+        Some(p) => (p.clone(), true),
+        None => (crate::ctl::default_control_path(), false),
+    };
+    let started = make_run_dir(&path)
+        .and_then(|()| Control::start(&path, server.clone()).map_err(anyhow::Error::from));
+    match started {
+        Ok(c) => {
+            log::info!("control socket {}", path.display());
+            Ok(Some(c))
+        }
+        Err(e) if explicit => usage_error(e),
+        Err(e) => {
+            log::warn!("running without a control socket: {e:#}");
+            Ok(None)
+        }
+    }
+}
+
+/// Creates the control socket's directory (mode 0700) when it is missing.
+fn make_run_dir(path: &std::path::Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() && !d.exists() => std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(d)
+            .with_context(|| format!("cannot create {}", d.display())),
+        _ => Ok(()),
+    }
+}
+
 pub fn run(args: Args) -> anyhow::Result<()> {
     let level = match args.verbose {
         0 => args.log_level,
@@ -165,10 +213,20 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         2 => log::LevelFilter::Debug,
         _ => log::LevelFilter::Trace,
     };
+    // The logger lets everything through; the global maximum filters, so that `pvnet ctl
+    // log-level` can change it (RUST_LOG, when set, keeps its own per-module filter).
+    let from_env = std::env::var_os("RUST_LOG").is_some();
     let _ = env_logger::Builder::new()
-        .filter_level(level)
+        .filter_level(if from_env {
+            level
+        } else {
+            log::LevelFilter::Trace
+        })
         .parse_default_env()
         .try_init();
+    if !from_env {
+        log::set_max_level(level);
+    }
     let cfg = Config::try_from(&args).unwrap_or_else(|e| usage_error(e));
     let fmt = match args.stats_format {
         Format::Text => StatsFormat::Text,
@@ -176,10 +234,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     };
     // Handlers before any port runs: a signal from then on shuts down cleanly.
     let events = watch_signals()?;
-    let server = Server::start(cfg).unwrap_or_else(|e| usage_error(e));
+    let server = Arc::new(Server::start(cfg).unwrap_or_else(|e| usage_error(e)));
     for p in server.ports() {
         log::info!("{}: {:?} {}", p.name(), p.kind, p.path.display());
     }
+    let control = start_control(&args, &server)?;
     let interval = (args.stats_interval > 0).then(|| Duration::from_secs(args.stats_interval));
     let mut next = interval.map(|i| Instant::now() + i);
     loop {
@@ -205,6 +264,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     // Disconnect every frontend, stop the workers, revoke the grants, remove the sockets;
     // then the final statistics.
+    if let Some(c) = control {
+        c.stop();
+    }
     let sw = server.switch().clone();
     server.shutdown();
     log::info!("shutdown complete");

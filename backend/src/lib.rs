@@ -5,6 +5,8 @@
 //!
 //! * [`config`]: the validated [`Config`] (`pvnet` flags turn into it);
 //! * [`server`]: [`Server::start`] binds one socket per port and runs its connection loop;
+//! * [`control`]: the control socket (`pvnet ctl`): JSON-lines requests to list, add and
+//!   delete ports, read counters and the MAC table, set the log level;
 //! * [`socket`]: creating a port's socket safely (mode, group, stale and live sockets);
 //! * [`device`]: the `VhostUserBackend` implementation (features, config space, memory,
 //!   dispatch of worker events);
@@ -17,6 +19,7 @@
 //! * [`net`]: header parsing, flow hash, checksums, software segmentation.
 
 pub mod config;
+pub mod control;
 pub mod datapath;
 pub mod device;
 pub mod fdb;

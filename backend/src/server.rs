@@ -16,7 +16,7 @@ use pvnet_locks::{with_rw_family, with_spin_family};
 use pvnet_locks::{RwLockKind, SpinLockKind};
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use vhost::vhost_user::Listener;
@@ -47,6 +47,8 @@ pub enum PortError {
     Unknown(String),
     #[error("cannot start port {port}: {err}")]
     Start { port: usize, err: io::Error },
+    #[error("the switch is shutting down")]
+    Closed,
 }
 
 /// How a port reaches its frontend.
@@ -107,6 +109,11 @@ pub struct Server {
     spawner: Box<dyn Spawner>,
     slots: Mutex<Vec<Option<Running>>>,
     paths: Vec<PathBuf>,
+    /// Shut down: no more ports.
+    closed: AtomicBool,
+    /// Held through a port's addition or deletion: one at a time, so a slot is chosen,
+    /// filled or emptied (its loop joined) by one caller only.
+    admin: Mutex<()>,
 }
 
 impl Server {
@@ -142,6 +149,8 @@ impl Server {
             spawner,
             slots: Mutex::new((0..table).map(|_| None).collect()),
             paths,
+            closed: AtomicBool::new(false),
+            admin: Mutex::new(()),
         };
         for (idx, ((kind, path), b)) in given.into_iter().zip(bound).enumerate() {
             server.launch(idx, kind, path, b)?;
@@ -182,6 +191,7 @@ impl Server {
     /// Adds a port in the lowest free slot: binds its socket (`Socket`) or starts
     /// connecting to the frontend's (`Client`). Returns its slot. Nothing changes on error.
     pub fn add_port(&self, kind: PortKind, path: &Path) -> Result<usize, PortError> {
+        let _admin = lock(&self.admin);
         let canonical = crate::socket::canonical(path)
             .map_err(|e| PortError::Path(path.display().to_string(), e))?;
         let idx = {
@@ -204,6 +214,7 @@ impl Server {
     /// workers stopped, its grants revoked, its MACs forgotten, its socket removed, and its
     /// slot freed. Other ports are untouched.
     pub fn del_port(&self, name: &str) -> Result<PortInfo, PortError> {
+        let _admin = lock(&self.admin);
         let mut run = {
             let mut slots = lock(&self.slots);
             let idx = find(&slots, name).ok_or_else(|| PortError::Unknown(name.to_string()))?;
@@ -230,12 +241,13 @@ impl Server {
     }
 
     /// Stops every port (disconnecting frontends, revoking their grants), joins the loops
-    /// and removes the sockets.
-    pub fn shutdown(self) {
-        let runs: Vec<Running> = lock(&self.slots)
-            .iter_mut()
-            .filter_map(Option::take)
-            .collect();
+    /// and removes the sockets. Ports can no longer be added.
+    pub fn shutdown(&self) {
+        let runs: Vec<Running> = {
+            let mut slots = lock(&self.slots);
+            self.closed.store(true, Ordering::SeqCst);
+            slots.iter_mut().filter_map(Option::take).collect()
+        };
         // Tell every loop first, so that the ports wind down together.
         for r in &runs {
             r.ctl.stop.store(true, Ordering::SeqCst);
@@ -267,13 +279,21 @@ impl Server {
                 return Err(PortError::Start { port: idx, err });
             }
         };
-        lock(&self.slots)[idx] = Some(Running {
+        let mut run = Running {
             info: PortInfo { idx, kind, path },
             canonical,
             ctl,
             thread: Some(thread),
             file,
-        });
+        };
+        let mut slots = lock(&self.slots);
+        if self.closed.load(Ordering::SeqCst) {
+            drop(slots);
+            stop(&mut run);
+            self.sw.ports[idx].in_use.store(false, Ordering::Release);
+            return Err(PortError::Closed);
+        }
+        slots[idx] = Some(run);
         Ok(())
     }
 }

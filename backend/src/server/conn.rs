@@ -227,7 +227,8 @@ fn serve_one<L: Locks>(
     // The connection's mappings go with the device; they are no longer guarded.
     drop(dev);
     port.guard.release_all();
-    if connected {
+    // (At a stop, a listening port's loop was woken by a connection of pvnet's own.)
+    if connected && (revoked > 0 || !ctl.stopping()) {
         log_end(idx, port, ctl, res, revoked);
     }
     Ok(())
