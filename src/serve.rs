@@ -3,6 +3,7 @@
 use anyhow::Context;
 use clap::ValueEnum;
 use pvnet_backend::control::Control;
+use pvnet_backend::metrics::Metrics;
 use pvnet_backend::report::{render, StatsFormat};
 use pvnet_backend::{parse_group, parse_mac, parse_mode, Config, ConfigError, Server};
 use pvnet_locks::{RwLockKind, SpinLockKind};
@@ -37,6 +38,10 @@ pub struct Args {
     /// when another pvnet holds it).
     #[arg(long, value_name = "PATH")]
     pub control: Option<PathBuf>,
+    /// Serve the counters in the Prometheus text format at http://ADDR/metrics (e.g.
+    /// 127.0.0.1:9464; keep it on a local address).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<String>,
     /// Run without a control socket.
     #[arg(long, conflicts_with = "control")]
     pub no_control: bool,
@@ -239,6 +244,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         log::info!("{}: {:?} {}", p.name(), p.kind, p.path.display());
     }
     let control = start_control(&args, &server)?;
+    let metrics = args.metrics.as_deref().map(|a| {
+        let m = Metrics::start(a, server.switch().clone()).unwrap_or_else(|e| usage_error(e));
+        log::info!("metrics at http://{}/metrics", m.addr());
+        m
+    });
     let interval = (args.stats_interval > 0).then(|| Duration::from_secs(args.stats_interval));
     let mut next = interval.map(|i| Instant::now() + i);
     loop {
@@ -266,6 +276,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     // then the final statistics.
     if let Some(c) = control {
         c.stop();
+    }
+    if let Some(m) = metrics {
+        m.stop();
     }
     let sw = server.switch().clone();
     server.shutdown();

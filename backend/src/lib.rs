@@ -7,6 +7,7 @@
 //! * [`server`]: [`Server::start`] binds one socket per port and runs its connection loop;
 //! * [`control`]: the control socket (`pvnet ctl`): JSON-lines requests to list, add and
 //!   delete ports, read counters and the MAC table, set the log level;
+//! * [`metrics`]: the counters in the Prometheus text format over HTTP (`--metrics`);
 //! * [`socket`]: creating a port's socket safely (mode, group, stale and live sockets);
 //! * [`device`]: the `VhostUserBackend` implementation (features, config space, memory,
 //!   dispatch of worker events);
@@ -26,6 +27,7 @@ pub mod fdb;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod memguard;
+pub mod metrics;
 pub mod net;
 pub mod report;
 pub mod server;
