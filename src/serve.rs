@@ -7,6 +7,7 @@ use pvnet_backend::metrics::Metrics;
 use pvnet_backend::report::{render, StatsFormat};
 use pvnet_backend::{parse_group, parse_mac, parse_mode, Config, ConfigError, Server};
 use pvnet_locks::{RwLockKind, SpinLockKind};
+use sd_notify::NotifyState;
 use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR1};
 use signal_hook::iterator::Signals;
 use std::path::PathBuf;
@@ -173,6 +174,13 @@ fn watch_signals() -> anyhow::Result<mpsc::Receiver<Event>> {
     Ok(rx)
 }
 
+/// Tells the service manager about the switch's state, if it asked (`NOTIFY_SOCKET`).
+fn notify(state: &[NotifyState]) {
+    if let Err(e) = sd_notify::notify(false, state) {
+        log::warn!("cannot notify the service manager: {e}");
+    }
+}
+
 /// Starts the control socket: `--control PATH` must work; the default path is skipped with
 /// a warning when it cannot be used (another pvnet holds it, no run directory).
 fn start_control(args: &Args, server: &Arc<Server>) -> anyhow::Result<Option<Control>> {
@@ -249,6 +257,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         log::info!("metrics at http://{}/metrics", m.addr());
         m
     });
+    // Every socket listens and every client port is connecting: tell systemd (Type=notify;
+    // nothing happens without NOTIFY_SOCKET).
+    let status = format!("{} ports", server.ports().len());
+    notify(&[NotifyState::Ready, NotifyState::Status(&status)]);
     let interval = (args.stats_interval > 0).then(|| Duration::from_secs(args.stats_interval));
     let mut next = interval.map(|i| Instant::now() + i);
     loop {
@@ -272,6 +284,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             }
         }
     }
+    notify(&[NotifyState::Stopping]);
     // Disconnect every frontend, stop the workers, revoke the grants, remove the sockets;
     // then the final statistics.
     if let Some(c) = control {

@@ -164,3 +164,35 @@ fn client_mode_survives_a_pvnet_restart() {
     assert_eq!(st.code(), Some(0), "{log}");
     let _ = std::fs::remove_dir_all(&d);
 }
+
+/// `Type=notify`: READY=1 reaches NOTIFY_SOCKET once the sockets listen, STOPPING=1 at a
+/// signal.
+#[test]
+fn readiness_is_notified_once_the_sockets_listen() {
+    let d = tmpdir("notify");
+    let (a, n) = (d.join("a.sock"), d.join("notify.sock"));
+    let ns = std::os::unix::net::UnixDatagram::bind(&n).expect("notify socket");
+    ns.set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    let child = pvnet()
+        .args(["--socket", s(&a), "--queues", "1", "--no-control"])
+        .env("NOTIFY_SOCKET", &n)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut buf = [0u8; 512];
+    let len = ns.recv(&mut buf).expect("READY");
+    let msg = String::from_utf8_lossy(&buf[..len]).to_string();
+    assert!(msg.lines().any(|l| l == "READY=1"), "{msg:?}");
+    assert!(
+        std::os::unix::net::UnixStream::connect(&a).is_ok(),
+        "READY before the socket listened"
+    );
+    signal(&child, libc::SIGTERM);
+    let len = ns.recv(&mut buf).expect("STOPPING");
+    assert!(String::from_utf8_lossy(&buf[..len]).contains("STOPPING=1"));
+    let (st, _, log) = wait_bounded(child, Duration::from_secs(20));
+    assert_eq!(st.code(), Some(0), "{log}");
+    let _ = std::fs::remove_dir_all(&d);
+}
