@@ -2,7 +2,7 @@
 //! other ports stream lose those two nothing; every bad request gets an error and changes
 //! nothing; a deleted port's socket is gone and its grants and MACs with it.
 
-use pvnet_backend::control::{Control, MAX_LINE};
+use pvnet_backend::control::{Control, MAX_CLIENTS, MAX_LINE};
 use pvnet_backend::{Config, Server};
 use pvnet_testkit::harness::{self, tmpdir, Run};
 use pvnet_testkit::{GuestConfig, TestGuest};
@@ -295,6 +295,40 @@ fn fdb_log_level_and_stats() {
     assert!(tx >= 400, "{st}");
     let text = c.ok(json!({"cmd": "stats", "format": "text"}));
     assert!(text.as_str().expect("text").contains("tx_frames"));
+    control.stop();
+    server.shutdown();
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+/// Clients that connect and say nothing use up the client slots, not the switch: one more
+/// is refused with an error, and a slot freed is usable again.
+#[test]
+fn idle_clients_are_bounded() {
+    let d = tmpdir("ctl-idle");
+    let (server, control) = start(&d, 2);
+    let idle: Vec<_> = (0..MAX_CLIENTS)
+        .map(|_| UnixStream::connect(control.path()).expect("connect"))
+        .collect();
+    let t0 = Instant::now();
+    let mut refused = Ctl::connect(control.path());
+    let a = refused.answer();
+    assert_eq!(a["ok"], false, "{a}");
+    assert!(a["error"].to_string().contains("too many"), "{a}");
+    assert!(t0.elapsed() < Duration::from_secs(5));
+    drop(idle);
+    let t0 = Instant::now();
+    loop {
+        let mut c = Ctl::connect(control.path());
+        let a = c.call(json!({"cmd": "ports"}));
+        if a["ok"] == true {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "slots never freed: {a}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     control.stop();
     server.shutdown();
     let _ = std::fs::remove_dir_all(&d);
