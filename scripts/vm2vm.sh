@@ -168,7 +168,7 @@ done
 restarted=0
 restart_switch() {
   sleep "$(( secs / 2 > 2 ? secs / 2 : 2 ))"
-  log "client mode: kill -9 $switch (pid $switch_pid) in the middle of iperf3, then start it again"
+  log "client mode: kill -9 $switch (pid $switch_pid) in the middle of iperf3 ($((SECONDS - t0)) s after the boot), then start it again"
   kill -KILL "$switch_pid" 2>/dev/null || true
   wait "$switch_pid" 2>/dev/null || true
   echo "vm2vm: pvnet killed (SIGKILL) and restarted" >>"$work/switch.log"

@@ -45,6 +45,11 @@ fn help_lists_every_flag() {
         "--stats-interval",
         "--stats-format",
         "--log-level",
+        "--client",
+        "--max-ports",
+        "--control",
+        "--no-control",
+        "--metrics",
     ] {
         assert!(s.contains(flag), "{flag} missing from --help");
     }

@@ -54,7 +54,7 @@ pub enum PortError {
 /// How a port reaches its frontend.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum PortKind {
+pub enum PortMode {
     /// pvnet listens on the path (`--socket`).
     Socket,
     /// The frontend listens on the path; pvnet connects and reconnects (`--client`).
@@ -65,7 +65,7 @@ pub enum PortKind {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PortInfo {
     pub idx: usize,
-    pub kind: PortKind,
+    pub kind: PortMode,
     pub path: PathBuf,
 }
 
@@ -121,11 +121,11 @@ impl Server {
     /// `sockets`, then the `clients`).
     pub fn start(cfg: Config) -> Result<Server, ServeError> {
         cfg.validate()?;
-        let given: Vec<(PortKind, PathBuf)> = cfg
+        let given: Vec<(PortMode, PathBuf)> = cfg
             .sockets
             .iter()
-            .map(|p| (PortKind::Socket, p.clone()))
-            .chain(cfg.clients.iter().map(|p| (PortKind::Client, p.clone())))
+            .map(|p| (PortMode::Socket, p.clone()))
+            .chain(cfg.clients.iter().map(|p| (PortMode::Client, p.clone())))
             .collect();
         // Every socket is bound before anything runs: a bad path fails the start whole.
         let mut bound = Vec::with_capacity(given.len());
@@ -190,7 +190,7 @@ impl Server {
 
     /// Adds a port in the lowest free slot: binds its socket (`Socket`) or starts
     /// connecting to the frontend's (`Client`). Returns its slot. Nothing changes on error.
-    pub fn add_port(&self, kind: PortKind, path: &Path) -> Result<usize, PortError> {
+    pub fn add_port(&self, kind: PortMode, path: &Path) -> Result<usize, PortError> {
         let _admin = lock(&self.admin);
         let canonical = crate::socket::canonical(path)
             .map_err(|e| PortError::Path(path.display().to_string(), e))?;
@@ -262,7 +262,7 @@ impl Server {
     fn launch(
         &self,
         idx: usize,
-        kind: PortKind,
+        kind: PortMode,
         path: PathBuf,
         (ep, file, canonical): Prepared,
     ) -> Result<(), PortError> {
@@ -301,16 +301,16 @@ impl Server {
 /// A port's endpoint, its socket file (pvnet listens) and its canonical path.
 type Prepared = (Endpoint, Option<SocketFile>, PathBuf);
 
-fn prepare(kind: PortKind, path: &Path, cfg: &Config) -> Result<Prepared, PortError> {
+fn prepare(kind: PortMode, path: &Path, cfg: &Config) -> Result<Prepared, PortError> {
     let canonical = crate::socket::canonical(path)
         .map_err(|e| PortError::Path(path.display().to_string(), e))?;
     Ok(match kind {
-        PortKind::Socket => {
+        PortMode::Socket => {
             // On error, the SocketFile's Drop removes what was bound.
             let (l, f) = crate::socket::bind(path, cfg.socket_mode, cfg.socket_group)?;
             (Endpoint::Listen(Listener::from(l)), Some(f), canonical)
         }
-        PortKind::Client => (Endpoint::Connect(path.to_path_buf()), None, canonical),
+        PortMode::Client => (Endpoint::Connect(path.to_path_buf()), None, canonical),
     })
 }
 
@@ -332,7 +332,7 @@ fn find(slots: &[Option<Running>], name: &str) -> Option<usize> {
 fn stop(r: &mut Running) {
     r.ctl.stop.store(true, Ordering::SeqCst);
     r.ctl.shutdown();
-    if r.info.kind == PortKind::Socket {
+    if r.info.kind == PortMode::Socket {
         // Unblock a pending accept().
         let _ = std::os::unix::net::UnixStream::connect(&r.info.path);
     }

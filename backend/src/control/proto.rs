@@ -3,7 +3,7 @@
 //! `{"ok":false,"error":"..."}`. A request that fails changes nothing.
 
 use crate::report::{locks_json, port_json, render, StatsFormat};
-use crate::server::{PortInfo, PortKind, Server};
+use crate::server::{PortInfo, PortMode, Server};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::path::PathBuf;
@@ -135,8 +135,8 @@ fn add_port(
     tap: Option<String>,
 ) -> Result<Value, String> {
     let (kind, path) = match (socket, client, tap) {
-        (Some(p), None, None) => (PortKind::Socket, p),
-        (None, Some(p), None) => (PortKind::Client, p),
+        (Some(p), None, None) => (PortMode::Socket, p),
+        (None, Some(p), None) => (PortMode::Client, p),
         (None, None, Some(_)) => return Err("tap ports are not supported yet".into()),
         _ => return Err("add-port takes exactly one of socket, client or tap".into()),
     };
@@ -157,8 +157,8 @@ fn port_info(server: &Server, p: &PortInfo) -> Value {
     let connected = port.connected.load(Ordering::Acquire);
     let state = match (connected, p.kind) {
         (true, _) => "connected",
-        (false, PortKind::Socket) => "listening",
-        (false, PortKind::Client) => "connecting",
+        (false, PortMode::Socket) => "listening",
+        (false, PortMode::Client) => "connecting",
     };
     json!({
         "name": p.name(),
