@@ -7,7 +7,10 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 pub fn pvnet() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_pvnet"))
+    // The default control socket goes under XDG_RUNTIME_DIR: keep it out of /run.
+    let mut c = Command::new(env!("CARGO_BIN_EXE_pvnet"));
+    c.env("XDG_RUNTIME_DIR", std::env::temp_dir());
+    c
 }
 
 /// A fresh directory under the system temporary directory.
