@@ -15,6 +15,9 @@
 #   --pvnet-arg ARG          one more pvnet flag (repeatable); so is everything after `--`
 #   --no-build               use the existing release binary
 #   --pvnet-bin PATH         run this pvnet binary (no build)
+#   --client-mode            QEMU listens on the sockets (server=on) and pvnet connects
+#                            (--client); pvnet is killed (SIGKILL) and started again in the
+#                            middle of the first iperf3 run, which must still complete
 # Guests:
 #   --queues N               queue pairs per guest (default 16); guests run ethtool -L combined N
 #   --vcpus N                vCPUs per guest (default 1; 2 oversubscribes a 2-core host)
@@ -35,7 +38,7 @@ set -euo pipefail
 # shellcheck source=scripts/lib/common.sh
 . "$(dirname "$0")/lib/common.sh"
 
-switch=pvnet grant_lock="" queue_lock="" build=1 pvnet_bin=""
+switch=pvnet grant_lock="" queue_lock="" build=1 pvnet_bin="" client_mode=0
 queues=16 vcpus=1 guests=2 mem=512 offload=on accel=auto
 streams=1 secs=10 repeat=1 reverse=0
 format=text label="" log_dir="" timeout_s=""
@@ -48,6 +51,7 @@ while [ $# -gt 0 ]; do
     --queue-lock) need "$@"; queue_lock=$2; shift ;;
     --pvnet-arg) need "$@"; pvnet_args+=("$2"); shift ;;
     --no-build) build=0 ;;
+    --client-mode) client_mode=1 ;;
     --pvnet-bin) need "$@"; pvnet_bin=$2; build=0; shift ;;
     --queues) need "$@"; queues=$2; shift ;;
     --vcpus) need "$@"; vcpus=$2; shift ;;
@@ -78,6 +82,7 @@ case $switch in pvnet | testpmd) ;; *) die "--switch must be pvnet or testpmd" ;
 case $format in text | json | csv) ;; *) die "--format must be text, json or csv" ;; esac
 case $offload in on | off) ;; *) die "--offload must be on or off" ;; esac
 [ "$switch" = testpmd ] && [ "$guests" = 3 ] && die "testpmd io forwarding pairs ports: use --guests 2"
+[ "$switch" = testpmd ] && [ "$client_mode" = 1 ] && die "--client-mode is for --switch pvnet"
 [ -n "$label" ] || label=$switch${grant_lock:+ $grant_lock}${queue_lock:++$queue_lock}
 [ -n "$timeout_s" ] || timeout_s=$((150 + repeat * (secs + 20)))
 
@@ -122,8 +127,10 @@ if [ "$switch" = pvnet ]; then
   bin=${pvnet_bin:-$tdir/release/pvnet}
   [ -x "$bin" ] || die "no pvnet binary at $bin (drop --no-build)"
   cmd=("$bin")
-  for s in "${socks[@]}"; do cmd+=(--socket "$s"); done
-  cmd+=(--queues "$queues" --stats-format json)
+  port_flag=--socket
+  [ "$client_mode" = 1 ] && port_flag=--client
+  for s in "${socks[@]}"; do cmd+=("$port_flag" "$s"); done
+  cmd+=(--queues "$queues" --stats-format json --control "$work/control.sock")
   [ -n "$grant_lock" ] && cmd+=(--grant-lock "$grant_lock")
   [ -n "$queue_lock" ] && cmd+=(--queue-lock "$queue_lock")
   cmd+=("${pvnet_args[@]}")
@@ -143,7 +150,10 @@ fi
 log "starting: ${cmd[*]}"
 "${cmd[@]}" </dev/null >"$work/switch.log" 2>&1 &
 switch_pid=$!
+# In client mode QEMU creates the sockets; pvnet keeps trying to connect until it does.
+ok=$client_mode
 for _ in $(seq 300); do
+  [ "$ok" = 1 ] && break
   ok=1
   for s in "${socks[@]}"; do [ -S "$s" ] || ok=0; done
   [ "$ok" = 1 ] && break
@@ -151,6 +161,21 @@ for _ in $(seq 300); do
   sleep 0.1
 done
 [ "$ok" = 1 ] || die "$switch did not create its sockets"
+
+# Client mode: once the first iperf3 run is under way (the client pinged its peer), kill
+# pvnet with SIGKILL half-way through it and start it again; it reconnects to QEMU's sockets
+# by itself and the run must complete.
+restarted=0
+restart_switch() {
+  sleep "$(( secs / 2 > 2 ? secs / 2 : 2 ))"
+  log "client mode: kill -9 $switch (pid $switch_pid) in the middle of iperf3 ($((SECONDS - t0)) s after the boot), then start it again"
+  kill -KILL "$switch_pid" 2>/dev/null || true
+  wait "$switch_pid" 2>/dev/null || true
+  echo "vm2vm: pvnet killed (SIGKILL) and restarted" >>"$work/switch.log"
+  "${cmd[@]}" </dev/null >>"$work/switch.log" 2>&1 &
+  switch_pid=$!
+  restarted=1
+}
 
 # ---------------------------------------------------------------- guests
 boot() { # index role ip extra-cmdline
@@ -162,12 +187,14 @@ boot() { # index role ip extra-cmdline
     -object "memory-backend-memfd,id=mem,size=${mem}M,share=on" -numa node,memdev=mem \
     -kernel "$GUEST_KERNEL" -initrd "$GUEST_INITRD" \
     -append "console=ttyS0 quiet loglevel=3 panic=-1 mitigations=off pvnet.role=$role pvnet.ip=$ip/24 pvnet.queues=$queues pvnet.offload=$offload $extra" \
-    -chardev "socket,id=chr0,path=${socks[$i]}" \
+    -chardev "socket,id=chr0,path=${socks[$i]}${chardev_server}" \
     -netdev "vhost-user,id=net0,chardev=chr0,queues=$queues" \
     -device "virtio-net-pci,netdev=net0,mac=$mac,mq=on,vectors=$vectors" \
     -serial "file:$work/guest$i.log" </dev/null >"$work/qemu$i.log" 2>&1 &
   pids+=($!)
 }
+chardev_server=""
+[ "$client_mode" = 1 ] && chardev_server=",server=on,wait=off"
 traffic="pvnet.streams=$streams pvnet.secs=$secs pvnet.repeat=$repeat pvnet.reverse=$reverse"
 boot 1 server 10.0.0.2 ""
 boot 0 client 10.0.0.1 "pvnet.peer=10.0.0.2 pvnet.port=5201 $traffic"
@@ -184,11 +211,18 @@ for c in "${clients[@]}"; do
     if [ $((SECONDS - t0)) -ge "$timeout_s" ]; then failed="timeout after ${timeout_s}s"; break 2; fi
     kill -0 "$switch_pid" 2>/dev/null || { failed="$switch died"; break 2; }
     grep -q PVNET-ERROR "$work/guest$c.log" 2>/dev/null && { failed="guest $c error"; break 2; }
+    if [ "$client_mode" = 1 ] && [ "$restarted" = 0 ] &&
+      grep -q "PVNET-PING peer=10.0.0.2" "$work/guest$c.log" 2>/dev/null; then
+      restart_switch
+    fi
     # A powered-off guest can keep QEMU waiting on its vhost-user backend: done is done.
     grep -q PVNET-DONE "$work/guest$c.log" 2>/dev/null && break
     sleep 0.5
   done
 done
+if [ "$client_mode" = 1 ] && [ "$restarted" = 0 ] && [ -z "$failed" ]; then
+  failed="client mode: the run ended before pvnet could be restarted in its middle"
+fi
 # Statistics while the guests are still attached, then at exit.
 if [ "$switch" = pvnet ] && kill -0 "$switch_pid" 2>/dev/null; then
   kill -USR1 "$switch_pid" 2>/dev/null || true

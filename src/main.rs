@@ -3,6 +3,7 @@
 //! The benchmarks of its locks, grant table and data path live in the `pvnet-bench` crate
 //! (`bench/`).
 
+mod ctl;
 mod serve;
 
 use clap::{Parser, Subcommand};
@@ -22,6 +23,8 @@ struct Cli {
 enum Cmd {
     /// Run the switch (the default when no subcommand is given).
     Serve(serve::Args),
+    /// Talk to a running switch through its control socket.
+    Ctl(ctl::Args),
 }
 
 fn main() {
@@ -44,6 +47,7 @@ fn main() {
     let res = match cli.cmd {
         None => serve::run(cli.serve),
         Some(Cmd::Serve(a)) => serve::run(a),
+        Some(Cmd::Ctl(a)) => ctl::run(a),
     };
     if let Err(e) = res {
         eprintln!("pvnet: {e:#}");

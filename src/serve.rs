@@ -1,10 +1,17 @@
 //! `pvnet serve` (also the default command): the switch.
 
+use anyhow::Context;
 use clap::ValueEnum;
+use pvnet_backend::control::Control;
+use pvnet_backend::metrics::Metrics;
 use pvnet_backend::report::{render, StatsFormat};
 use pvnet_backend::{parse_group, parse_mac, parse_mode, Config, ConfigError, Server};
 use pvnet_locks::{RwLockKind, SpinLockKind};
+use sd_notify::NotifyState;
+use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR1};
+use signal_hook::iterator::Signals;
 use std::path::PathBuf;
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 /// How statistics are printed.
@@ -22,6 +29,27 @@ pub struct Args {
     /// vhost-user socket path of one port (repeat for more ports); pvnet listens on it.
     #[arg(long = "socket", value_name = "PATH")]
     pub sockets: Vec<PathBuf>,
+    /// vhost-user socket path a frontend listens on (QEMU `server=on`), one port each
+    /// (repeat for more; numbered after the --socket ports); pvnet connects, and reconnects
+    /// with back-off whenever the frontend goes away or pvnet restarts.
+    #[arg(long = "client", value_name = "PATH")]
+    pub clients: Vec<PathBuf>,
+    /// Control socket for `pvnet ctl` (mode 0600; default
+    /// $XDG_RUNTIME_DIR/pvnet/control.sock or /run/pvnet/control.sock, skipped with a warning
+    /// when another pvnet holds it).
+    #[arg(long, value_name = "PATH")]
+    pub control: Option<PathBuf>,
+    /// Serve the counters in the Prometheus text format at http://ADDR/metrics (e.g.
+    /// 127.0.0.1:9464; keep it on a local address).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<String>,
+    /// Run without a control socket.
+    #[arg(long, conflicts_with = "control")]
+    pub no_control: bool,
+    /// Size of the port table: ports given here plus ports added at run time through the
+    /// control socket (0 = the ports given plus 8, at most 64).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub max_ports: usize,
     /// Permission bits (octal) of the sockets pvnet creates; 0600 lets only pvnet's own user
     /// connect, 0660 also --socket-group (e.g. the group QEMU runs in).
     #[arg(long, value_name = "MODE", default_value = "0600")]
@@ -86,6 +114,7 @@ impl TryFrom<&Args> for Config {
         let socket_group = a.socket_group.as_deref().map(parse_group).transpose()?;
         let cfg = Config {
             sockets: a.sockets.clone(),
+            clients: a.clients.clone(),
             socket_mode,
             socket_group,
             queue_pairs: a.queues,
@@ -99,6 +128,13 @@ impl TryFrom<&Args> for Config {
             workers: a.workers,
             ..Config::default()
         };
+        let cfg = Config {
+            max_ports: match a.max_ports {
+                0 => cfg.auto_max_ports(),
+                n => n,
+            },
+            ..cfg
+        };
         cfg.validate()?;
         Ok(cfg)
     }
@@ -109,16 +145,77 @@ fn usage_error(msg: impl std::fmt::Display) -> ! {
     std::process::exit(2);
 }
 
-/// The signals the main thread waits for (blocked in every thread).
-fn signal_set() -> libc::sigset_t {
-    // SAFETY: sigemptyset/sigaddset initialise and fill a sigset_t we own.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        for s in [libc::SIGINT, libc::SIGTERM, libc::SIGUSR1] {
-            libc::sigaddset(&mut set, s);
+/// What the main loop waits for.
+enum Event {
+    /// SIGUSR1: print the statistics.
+    Report,
+    /// SIGINT or SIGTERM: shut down.
+    Stop(i32),
+}
+
+/// Delivers SIGINT, SIGTERM and SIGUSR1 as [`Event`]s (signal-hook's handler thread).
+fn watch_signals() -> anyhow::Result<mpsc::Receiver<Event>> {
+    let mut signals = Signals::new([SIGINT, SIGTERM, SIGUSR1])?;
+    let (tx, rx) = mpsc::channel();
+    std::thread::Builder::new()
+        .name("pvnet-signals".into())
+        .spawn(move || {
+            for sig in signals.forever() {
+                let ev = if sig == SIGUSR1 {
+                    Event::Report
+                } else {
+                    Event::Stop(sig)
+                };
+                if tx.send(ev).is_err() {
+                    break;
+                }
+            }
+        })?;
+    Ok(rx)
+}
+
+/// Tells the service manager about the switch's state, if it asked (`NOTIFY_SOCKET`).
+fn notify(state: &[NotifyState]) {
+    if let Err(e) = sd_notify::notify(false, state) {
+        log::warn!("cannot notify the service manager: {e}");
+    }
+}
+
+/// Starts the control socket: `--control PATH` must work; the default path is skipped with
+/// a warning when it cannot be used (another pvnet holds it, no run directory).
+fn start_control(args: &Args, server: &Arc<Server>) -> anyhow::Result<Option<Control>> {
+    if args.no_control {
+        return Ok(None);
+    }
+    let (path, explicit) = match &args.control {
+        Some(p) => (p.clone(), true),
+        None => (crate::ctl::default_control_path(), false),
+    };
+    let started = make_run_dir(&path)
+        .and_then(|()| Control::start(&path, server.clone()).map_err(anyhow::Error::from));
+    match started {
+        Ok(c) => {
+            log::info!("control socket {}", path.display());
+            Ok(Some(c))
         }
-        set
+        Err(e) if explicit => usage_error(e),
+        Err(e) => {
+            log::warn!("running without a control socket: {e:#}");
+            Ok(None)
+        }
+    }
+}
+
+/// Creates the control socket's directory (mode 0700) when it is missing.
+fn make_run_dir(path: &std::path::Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() && !d.exists() => std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(d)
+            .with_context(|| format!("cannot create {}", d.display())),
+        _ => Ok(()),
     }
 }
 
@@ -129,39 +226,55 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         2 => log::LevelFilter::Debug,
         _ => log::LevelFilter::Trace,
     };
+    // The logger lets everything through; the global maximum filters, so that `pvnet ctl
+    // log-level` can change it (RUST_LOG, when set, keeps its own per-module filter).
+    let from_env = std::env::var_os("RUST_LOG").is_some();
     let _ = env_logger::Builder::new()
-        .filter_level(level)
+        .filter_level(if from_env {
+            level
+        } else {
+            log::LevelFilter::Trace
+        })
         .parse_default_env()
         .try_init();
+    if !from_env {
+        log::set_max_level(level);
+    }
     let cfg = Config::try_from(&args).unwrap_or_else(|e| usage_error(e));
     let fmt = match args.stats_format {
         Format::Text => StatsFormat::Text,
         Format::Json => StatsFormat::Json,
     };
-    // Block the signals before any thread starts, so that only sigtimedwait() below sees them.
-    let set = signal_set();
-    // SAFETY: pthread_sigmask with a valid, initialised set; the old mask is not needed.
-    unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
-    let mut server = Server::start(cfg).unwrap_or_else(|e| usage_error(e));
-    for p in server.paths() {
-        log::info!("listening on {}", p.display());
+    // Handlers before any port runs: a signal from then on shuts down cleanly.
+    let events = watch_signals()?;
+    let server = Arc::new(Server::start(cfg).unwrap_or_else(|e| usage_error(e)));
+    for p in server.ports() {
+        log::info!("{}: {:?} {}", p.name(), p.kind, p.path.display());
     }
+    let control = start_control(&args, &server)?;
+    let metrics = args.metrics.as_deref().map(|a| {
+        let m = Metrics::start(a, server.switch().clone()).unwrap_or_else(|e| usage_error(e));
+        log::info!("metrics at http://{}/metrics", m.addr());
+        m
+    });
+    // Every socket listens and every client port is connecting: tell systemd (Type=notify;
+    // nothing happens without NOTIFY_SOCKET).
+    let status = format!("{} ports", server.ports().len());
+    notify(&[NotifyState::Ready, NotifyState::Status(&status)]);
     let interval = (args.stats_interval > 0).then(|| Duration::from_secs(args.stats_interval));
     let mut next = interval.map(|i| Instant::now() + i);
     loop {
         let wait = next.map_or(Duration::from_secs(3600), |n| {
             n.saturating_duration_since(Instant::now())
         });
-        let ts = libc::timespec {
-            tv_sec: wait.as_secs() as libc::time_t,
-            tv_nsec: wait.subsec_nanos() as libc::c_long,
-        };
-        // SAFETY: valid set and timespec; the siginfo pointer may be null.
-        let sig = unsafe { libc::sigtimedwait(&set, std::ptr::null_mut(), &ts) };
-        match sig {
-            libc::SIGUSR1 => print!("{}", render(server.switch(), fmt)),
-            libc::SIGINT | libc::SIGTERM => break,
-            _ => {
+        match events.recv_timeout(wait) {
+            Ok(Event::Report) => print!("{}", render(server.switch(), fmt)),
+            Ok(Event::Stop(sig)) => {
+                log::info!("signal {sig}: shutting down");
+                break;
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
                 if let (Some(i), Some(n)) = (interval, next) {
                     if Instant::now() >= n {
                         print!("{}", render(server.switch(), fmt));
@@ -171,8 +284,18 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             }
         }
     }
-    print!("{}", render(server.switch(), fmt));
-    // Remove the sockets and exit: a full shutdown would wait for frontends to let go.
-    server.remove_sockets();
-    std::process::exit(0);
+    notify(&[NotifyState::Stopping]);
+    // Disconnect every frontend, stop the workers, revoke the grants, remove the sockets;
+    // then the final statistics.
+    if let Some(c) = control {
+        c.stop();
+    }
+    if let Some(m) = metrics {
+        m.stop();
+    }
+    let sw = server.switch().clone();
+    server.shutdown();
+    log::info!("shutdown complete");
+    print!("{}", render(&sw, fmt));
+    Ok(())
 }

@@ -5,7 +5,10 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 fn pvnet() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_pvnet"))
+    // The default control socket goes under XDG_RUNTIME_DIR: keep it out of /run.
+    let mut c = Command::new(env!("CARGO_BIN_EXE_pvnet"));
+    c.env("XDG_RUNTIME_DIR", std::env::temp_dir());
+    c
 }
 
 fn tmpdir(name: &str) -> PathBuf {
@@ -45,6 +48,11 @@ fn help_lists_every_flag() {
         "--stats-interval",
         "--stats-format",
         "--log-level",
+        "--client",
+        "--max-ports",
+        "--control",
+        "--no-control",
+        "--metrics",
     ] {
         assert!(s.contains(flag), "{flag} missing from --help");
     }

@@ -16,13 +16,17 @@ pub const MAX_POLL_US: u32 = 1_000_000;
 pub const MAX_QUEUE_PAIRS: u16 = 32;
 /// Largest split-ring size virtio allows.
 pub const MAX_QUEUE_SIZE: u16 = 32768;
-/// Largest number of ports (sockets); the FDB packs the port index into 8 bits.
+/// Largest number of ports (port table slots); the data path keeps sets of destination
+/// ports in 64-bit masks.
 pub const MAX_PORTS: usize = 64;
+/// Free slots the `pvnet` binary's automatic port table size ([`Config::auto_max_ports`])
+/// leaves for ports added at run time.
+pub const AUTO_SPARE_PORTS: usize = 8;
 
 /// Errors from [`Config::validate`].
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ConfigError {
-    #[error("at least one --socket is required")]
+    #[error("at least one --socket or --client is required")]
     NoSocket,
     #[error("too many sockets ({0}), at most {MAX_PORTS}")]
     TooManyPorts(usize),
@@ -32,7 +36,9 @@ pub enum ConfigError {
     QueueSize(u16),
     #[error("--mtu must be between 68 and 65535, got {0}")]
     Mtu(u16),
-    #[error("more --mac values ({0}) than --socket values ({1})")]
+    #[error("--max-ports {0} is below the {1} ports given or above {MAX_PORTS}")]
+    MaxPorts(usize, usize),
+    #[error("more --mac values ({0}) than --socket and --client values ({1})")]
     TooManyMacs(usize, usize),
     #[error("invalid MAC address '{0}' (expected xx:xx:xx:xx:xx:xx, unicast)")]
     Mac(String),
@@ -55,8 +61,14 @@ pub enum ConfigError {
 /// Configuration of the whole switch.
 #[derive(Clone, Debug)]
 pub struct Config {
-    /// One port per vhost-user socket path (pvnet listens).
+    /// One port per vhost-user socket path (pvnet listens): ports `0..sockets.len()`.
     pub sockets: Vec<PathBuf>,
+    /// One port per vhost-user socket path a frontend listens on (pvnet connects, and
+    /// reconnects whenever the connection ends): the ports after the `sockets`.
+    pub clients: Vec<PathBuf>,
+    /// Size of the port table (ports given at start plus those added at run time);
+    /// 0 = just the ports given ([`Config::table_size`]).
+    pub max_ports: usize,
     /// Queue pairs per port.
     pub queue_pairs: u16,
     /// Maximum ring size per queue.
@@ -92,6 +104,8 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             sockets: Vec::new(),
+            clients: Vec::new(),
+            max_ports: 0,
             queue_pairs: 16,
             queue_size: 256,
             grant_lock: RwLockKind::Percpu,
@@ -111,14 +125,18 @@ impl Default for Config {
 impl Config {
     /// Checks every field; returns the first problem found.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.sockets.is_empty() {
+        let n = self.port_count();
+        if n == 0 {
             return Err(ConfigError::NoSocket);
         }
-        if self.sockets.len() > MAX_PORTS {
-            return Err(ConfigError::TooManyPorts(self.sockets.len()));
+        if n > MAX_PORTS {
+            return Err(ConfigError::TooManyPorts(n));
         }
-        let mut seen: Vec<(PathBuf, &PathBuf)> = Vec::with_capacity(self.sockets.len());
-        for s in &self.sockets {
+        if self.max_ports != 0 && !(n..=MAX_PORTS).contains(&self.max_ports) {
+            return Err(ConfigError::MaxPorts(self.max_ports, n));
+        }
+        let mut seen: Vec<(PathBuf, &PathBuf)> = Vec::with_capacity(n);
+        for s in self.sockets.iter().chain(&self.clients) {
             let c = crate::socket::canonical(s)
                 .map_err(|e| ConfigError::SocketPath(s.display().to_string(), e.to_string()))?;
             if let Some((_, first)) = seen.iter().find(|(p, _)| *p == c) {
@@ -152,13 +170,33 @@ impl Config {
         if self.workers > self.queue_pairs {
             return Err(ConfigError::Workers(self.workers, self.queue_pairs));
         }
-        if self.macs.len() > self.sockets.len() {
-            return Err(ConfigError::TooManyMacs(
-                self.macs.len(),
-                self.sockets.len(),
-            ));
+        if self.macs.len() > n {
+            return Err(ConfigError::TooManyMacs(self.macs.len(), n));
         }
         Ok(())
+    }
+
+    /// Ports given at start: the `sockets`, then the `clients`.
+    pub fn port_count(&self) -> usize {
+        self.sockets.len() + self.clients.len()
+    }
+
+    /// Slots of the port table: `max_ports`, or by default just the ports given at start
+    /// (the `pvnet` binary's default leaves [`AUTO_SPARE_PORTS`] more, see
+    /// [`Config::auto_max_ports`]).
+    pub fn table_size(&self) -> usize {
+        match self.max_ports {
+            0 => self.port_count(),
+            n => n,
+        }
+    }
+
+    /// The given ports plus [`AUTO_SPARE_PORTS`] for ports added at run time, at most
+    /// [`MAX_PORTS`] (at least the given ports, so that validation reports too many).
+    pub fn auto_max_ports(&self) -> usize {
+        (self.port_count() + AUTO_SPARE_PORTS)
+            .min(MAX_PORTS)
+            .max(self.port_count())
     }
 
     /// Worker threads per port. `--workers 0` (the default) gives each port as many threads
@@ -174,7 +212,7 @@ impl Config {
     pub fn worker_threads_for(&self, cpus: usize) -> usize {
         let pairs = usize::from(self.queue_pairs).max(1);
         match self.workers {
-            0 => (cpus / self.sockets.len().max(1)).clamp(1, pairs),
+            0 => (cpus / self.port_count().max(1)).clamp(1, pairs),
             n => usize::from(n).min(pairs),
         }
     }
@@ -310,6 +348,32 @@ mod tests {
         let mut c = base();
         c.sockets = vec!["/nonexistent-pvnet-dir/a.sock".into()];
         assert!(matches!(c.validate(), Err(ConfigError::SocketPath(..))));
+    }
+
+    #[test]
+    fn clients_and_port_table() {
+        let mut c = base();
+        c.clients = vec!["/tmp/c".into()];
+        assert_eq!(c.validate(), Ok(()));
+        assert_eq!((c.port_count(), c.table_size()), (2, 2));
+        assert_eq!(c.auto_max_ports(), 2 + AUTO_SPARE_PORTS);
+        c.max_ports = 1;
+        assert_eq!(c.validate(), Err(ConfigError::MaxPorts(1, 2)));
+        c.max_ports = MAX_PORTS + 1;
+        assert!(c.validate().is_err());
+        c.max_ports = 5;
+        assert_eq!((c.validate(), c.table_size()), (Ok(()), 5));
+        // A client path is a port path like any other: given twice, refused.
+        c.clients.push("/tmp/a".into());
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::DuplicateSocket(..))
+        ));
+        let only_clients = Config {
+            clients: vec!["/tmp/c".into()],
+            ..Config::default()
+        };
+        assert_eq!(only_clients.validate(), Ok(()));
     }
 
     /// Different spellings of one path (repeated slashes, `.`, `..`, a symlinked directory)

@@ -98,6 +98,37 @@ impl Fdb {
         Some(((w >> 8) & 0xff) as usize)
     }
 
+    /// The fresh entries: (MAC, port, seconds since last seen). Reads every slot; for the
+    /// control plane, not the data path.
+    pub fn entries(&self) -> Vec<([u8; 6], usize, u32)> {
+        let now = self.now();
+        self.slots
+            .iter()
+            .filter_map(|s| {
+                let w = s.word.load(Relaxed);
+                let age = now.saturating_sub(s.seen.load(Relaxed));
+                (w & 1 == 1 && age <= AGE_SECS).then(|| {
+                    let k = w >> 16;
+                    let mac: [u8; 6] = std::array::from_fn(|i| (k >> (40 - 8 * i)) as u8);
+                    (mac, ((w >> 8) & 0xff) as usize, age)
+                })
+            })
+            .collect()
+    }
+
+    /// Forgets every address (frames to them are flooded until learned again). Returns how
+    /// many entries were dropped.
+    pub fn flush(&self) -> usize {
+        let mut n = 0;
+        for s in self.slots.iter() {
+            let w = s.word.load(Relaxed);
+            if w & 1 == 1 && s.word.compare_exchange(w, 0, Relaxed, Relaxed).is_ok() {
+                n += 1;
+            }
+        }
+        n
+    }
+
     /// Forgets every address learned on `port` (its guest went away).
     pub fn purge_port(&self, port: usize) {
         for s in self.slots.iter() {
@@ -128,5 +159,9 @@ mod tests {
         f.purge_port(0);
         assert_eq!(f.lookup(&a), None);
         assert_eq!(f.lookup(&b), Some(1));
+        assert_eq!(f.entries(), vec![(b, 1, 0)]);
+        assert_eq!(f.flush(), 1);
+        assert_eq!(f.lookup(&b), None);
+        assert!(f.entries().is_empty());
     }
 }

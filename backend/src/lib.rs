@@ -14,6 +14,9 @@
 //!
 //! * [`config`]: the validated [`Config`] (`pvnet` flags turn into it);
 //! * [`server`]: [`Server::start`] binds one socket per port and runs its connection loop;
+//! * [`control`]: the control socket (`pvnet ctl`): JSON-lines requests to list, add and
+//!   delete ports, read counters and the MAC table, set the log level;
+//! * [`metrics`]: the counters in the Prometheus text format over HTTP (`--metrics`);
 //! * [`socket`]: creating a port's socket safely (mode, group, stale and live sockets);
 //! * [`device`]: the `VhostUserBackend` implementation (features, config space, memory,
 //!   dispatch of worker events);
@@ -26,12 +29,14 @@
 //! * [`net`]: header parsing, flow hash, checksums, software segmentation.
 
 pub mod config;
+pub mod control;
 pub mod datapath;
 pub mod device;
 pub mod fdb;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod memguard;
+pub mod metrics;
 pub mod net;
 pub mod report;
 pub mod server;

@@ -70,7 +70,7 @@ fn render_text(sw: &Switch) -> String {
         "tx_kicks",
         "rx_kicks"
     );
-    for p in 0..sw.ports.len() {
+    for (p, _) in sw.ports_in_use() {
         let mut rows = Vec::new();
         for q in 0..usize::from(sw.cfg.queue_pairs) {
             let s = sw.ports[p].queue_snapshot(q);
@@ -98,7 +98,7 @@ fn render_text(sw: &Switch) -> String {
             );
         }
     }
-    for (p, port) in sw.ports.iter().enumerate() {
+    for (p, port) in sw.ports_in_use() {
         if port.guard.faults() > 0 {
             let _ = writeln!(
                 o,
@@ -122,34 +122,43 @@ fn render_text(sw: &Switch) -> String {
     o
 }
 
-fn render_json(sw: &Switch) -> String {
-    let mut o = String::new();
-    for (p, port) in sw.ports.iter().enumerate() {
-        let queues: Vec<serde_json::Value> = (0..usize::from(sw.cfg.queue_pairs))
-            .map(|q| port.queue_snapshot(q).to_json())
-            .collect();
-        let v = serde_json::json!({
-            "port": p,
-            "connected": port.connected.load(Ordering::Acquire),
-            "enabled_pairs": port.enabled_pairs(),
-            "connections": port.connections.load(Ordering::Acquire),
-            "memory_faults": port.guard.faults(),
-            "memory_fault_disconnects": port.guard.disconnects(),
-            "total": port_total(sw, p).to_json(),
-            "queues": queues,
-        });
-        let _ = writeln!(o, "{v}");
-    }
+/// The counters of port `p` as one JSON object (what `--stats-format json` prints per port).
+pub fn port_json(sw: &Switch, p: usize) -> serde_json::Value {
+    let port = &sw.ports[p];
+    let queues: Vec<serde_json::Value> = (0..usize::from(sw.cfg.queue_pairs))
+        .map(|q| port.queue_snapshot(q).to_json())
+        .collect();
+    serde_json::json!({
+        "port": p,
+        "connected": port.connected.load(Ordering::Acquire),
+        "enabled_pairs": port.enabled_pairs(),
+        "connections": port.connections.load(Ordering::Acquire),
+        "memory_faults": port.guard.faults(),
+        "memory_fault_disconnects": port.guard.disconnects(),
+        "total": port_total(sw, p).to_json(),
+        "queues": queues,
+    })
+}
+
+/// The lock counters of the grant-lock and queue-lock kinds as one JSON object.
+pub fn locks_json(sw: &Switch) -> serde_json::Value {
     let lockj = |v: &[(&str, u64)]| -> serde_json::Value {
         v.iter()
             .map(|(k, n)| (k.to_string(), serde_json::Value::from(*n)))
             .collect::<serde_json::Map<_, _>>()
             .into()
     };
-    let v = serde_json::json!({
+    serde_json::json!({
         "grant_lock": {"kind": resolve_rw(sw.cfg.grant_lock).to_string(), "stats": lockj(&rw_stats(resolve_rw(sw.cfg.grant_lock)).fields())},
         "queue_lock": {"kind": sw.cfg.queue_lock.to_string(), "stats": lockj(&spin_stats(sw.cfg.queue_lock).fields())},
-    });
-    let _ = writeln!(o, "{v}");
+    })
+}
+
+fn render_json(sw: &Switch) -> String {
+    let mut o = String::new();
+    for (p, _) in sw.ports_in_use() {
+        let _ = writeln!(o, "{}", port_json(sw, p));
+    }
+    let _ = writeln!(o, "{}", locks_json(sw));
     o
 }

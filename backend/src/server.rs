@@ -1,71 +1,104 @@
-//! Ports and their connection loops: one listening socket per port, a fresh device and
-//! `VhostUserDaemon` per accepted frontend; on disconnect the port's workers stop, its RX
-//! rings leave the switch, its grants are revoked and the socket accepts the next frontend.
+//! The running switch: a fixed-size table of port slots (`--max-ports`), each holding a
+//! port — its endpoint (a socket pvnet listens on, or one a frontend listens on) and its
+//! connection loop (`server::conn`) — or free. Ports are added to free slots and deleted
+//! at run time without touching the others: the slot index is a port's identity on the data
+//! path, so the data path's indexing never changes.
+
+mod conn;
 
 use crate::config::{Config, ConfigError};
-use crate::device::{lock, NetDevice, TOKEN_TIMER, TOKEN_WAKE};
+use crate::device::lock;
 use crate::socket::{SocketError, SocketFile};
 use crate::switch::{Fabric, FabricView, LockSet, Locks, Switch};
+use conn::{Endpoint, PortCtl};
 use pvnet_grant::GrantInfo;
 use pvnet_locks::{with_rw_family, with_spin_family};
 use pvnet_locks::{RwLockKind, SpinLockKind};
 use std::io;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
 use vhost::vhost_user::Listener;
-use vhost_user_backend::{ShutdownHandle, VhostUserBackend, VhostUserDaemon};
-use vmm_sys_util::epoll::EventSet;
+
+pub use conn::{BACKOFF_MAX, BACKOFF_MIN};
 
 /// Errors starting the switch.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     #[error(transparent)]
     Config(#[from] ConfigError),
+    #[error(transparent)]
+    Port(#[from] PortError),
+}
+
+/// Errors adding or deleting a port.
+#[derive(Debug, thiserror::Error)]
+pub enum PortError {
     #[error("cannot use socket path {0}")]
     Socket(#[from] SocketError),
+    #[error("socket path {0}: {1}")]
+    Path(String, io::Error),
+    #[error("socket path {0} is already port {1}")]
+    Duplicate(String, usize),
+    #[error("no free port slot (all {0} in use; see --max-ports)")]
+    TableFull(usize),
+    #[error("no port {0}")]
+    Unknown(String),
     #[error("cannot start port {port}: {err}")]
     Start { port: usize, err: io::Error },
+    #[error("the switch is shutting down")]
+    Closed,
 }
 
-struct PortCtl {
-    handle: Mutex<Option<ShutdownHandle>>,
-    /// Protocol errors of frontends: (when one was last logged, how many since).
-    errors: Mutex<(Option<Instant>, u64)>,
+/// How a port reaches its frontend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PortMode {
+    /// pvnet listens on the path (`--socket`).
+    Socket,
+    /// The frontend listens on the path; pvnet connects and reconnects (`--client`).
+    Client,
 }
 
-impl PortCtl {
-    fn new() -> PortCtl {
-        PortCtl {
-            handle: Mutex::new(None),
-            errors: Mutex::new((None, 0)),
-        }
-    }
+/// A port as the control plane sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PortInfo {
+    pub idx: usize,
+    pub kind: PortMode,
+    pub path: PathBuf,
+}
 
-    /// Logs a frontend's protocol error, at most once per second per port.
-    fn frontend_error(&self, idx: usize, err: &str, revoked: usize) {
-        let mut e = lock(&self.errors);
-        e.1 += 1;
-        let now = Instant::now();
-        if e.0
-            .map_or(true, |t| now.duration_since(t) >= Duration::from_secs(1))
-        {
-            log::warn!(
-                "port {idx}: frontend disconnected after a protocol error: {err} ({revoked} \
-                 grants revoked; {} protocol errors on this port so far)",
-                e.1
-            );
-            e.0 = Some(now);
-        }
+impl PortInfo {
+    /// The port's name (`portN`, N its slot).
+    pub fn name(&self) -> String {
+        format!("port{}", self.idx)
     }
+}
 
-    /// Disconnects the current frontend, if any.
-    fn shutdown(&self) {
-        if let Some(h) = lock(&self.handle).as_ref() {
-            h.shutdown();
-        }
+/// A slot's running port.
+struct Running {
+    info: PortInfo,
+    /// Canonical path, for duplicate checks.
+    canonical: PathBuf,
+    ctl: Arc<PortCtl>,
+    thread: Option<JoinHandle<()>>,
+    file: Option<SocketFile>,
+}
+
+/// Starts connection loops for the lock set the fabric was compiled for.
+trait Spawner: Send + Sync {
+    fn spawn(&self, idx: usize, ep: Endpoint, ctl: Arc<PortCtl>) -> io::Result<JoinHandle<()>>;
+}
+
+struct SpawnerOf<L: Locks>(Arc<Fabric<L>>);
+
+impl<L: Locks> Spawner for SpawnerOf<L> {
+    fn spawn(&self, idx: usize, ep: Endpoint, ctl: Arc<PortCtl>) -> io::Result<JoinHandle<()>> {
+        let f = self.0.clone();
+        std::thread::Builder::new()
+            .name(format!("pvnet-port{idx}"))
+            .spawn(move || conn::port_loop(f, idx, ep, ctl))
     }
 }
 
@@ -73,55 +106,56 @@ impl PortCtl {
 pub struct Server {
     sw: Arc<Switch>,
     fabric: Arc<dyn FabricView>,
-    stop: Arc<AtomicBool>,
-    ctl: Vec<Arc<PortCtl>>,
-    threads: Vec<JoinHandle<()>>,
+    spawner: Box<dyn Spawner>,
+    slots: Mutex<Vec<Option<Running>>>,
     paths: Vec<PathBuf>,
-    files: Vec<SocketFile>,
+    /// Shut down: no more ports.
+    closed: AtomicBool,
+    /// Held through a port's addition or deletion: one at a time, so a slot is chosen,
+    /// filled or emptied (its loop joined) by one caller only.
+    admin: Mutex<()>,
 }
 
 impl Server {
-    /// Validates `cfg`, binds every socket, and starts one connection loop per port.
+    /// Validates `cfg`, binds every socket, and starts one connection loop per port (the
+    /// `sockets`, then the `clients`).
     pub fn start(cfg: Config) -> Result<Server, ServeError> {
         cfg.validate()?;
-        let mut listeners = Vec::new();
-        let mut files = Vec::new();
-        for p in &cfg.sockets {
-            // On error, the SocketFiles' Drop removes the sockets bound so far.
-            let (l, f) = crate::socket::bind(p, cfg.socket_mode, cfg.socket_group)?;
-            listeners.push(Listener::from(l));
-            files.push(f);
-        }
-        let paths = cfg.sockets.clone();
-        let (grant_lock, queue_lock) = (cfg.grant_lock, cfg.queue_lock);
-        let sw = Switch::new(cfg);
-        let stop = Arc::new(AtomicBool::new(false));
-        let ctl: Vec<_> = (0..listeners.len())
-            .map(|idx| {
-                let c = Arc::new(PortCtl::new());
-                // A fault in this port's guest memory (reported by the memguard reaper
-                // thread): disconnect the frontend.
-                let c2 = c.clone();
-                sw.ports[idx].guard.on_fault(move || c2.shutdown());
-                c
-            })
+        let given: Vec<(PortMode, PathBuf)> = cfg
+            .sockets
+            .iter()
+            .map(|p| (PortMode::Socket, p.clone()))
+            .chain(cfg.clients.iter().map(|p| (PortMode::Client, p.clone())))
             .collect();
+        // Every socket is bound before anything runs: a bad path fails the start whole.
+        let mut bound = Vec::with_capacity(given.len());
+        for (kind, path) in &given {
+            bound.push(prepare(*kind, path, &cfg)?);
+        }
+        let paths = given.iter().map(|(_, p)| p.clone()).collect();
+        let (grant_lock, queue_lock) = (cfg.grant_lock, cfg.queue_lock);
+        let table = cfg.table_size();
+        let sw = Switch::new(cfg);
         // The one place the lock kinds are looked at: everything below is compiled per pair.
-        let (fabric, threads) = with_rw_family!(grant_lock, G => with_spin_family!(queue_lock, Q => {
+        let (fabric, spawner) = with_rw_family!(grant_lock, G => with_spin_family!(queue_lock, Q => {
             let f = Fabric::<LockSet<G, Q>>::new(sw.clone());
             let view: Arc<dyn FabricView> = f.clone();
-            (view, spawn_ports(f, listeners, &stop, &ctl))
+            let sp: Box<dyn Spawner> = Box::new(SpawnerOf(f));
+            (view, sp)
         }));
-        let threads = threads?;
-        Ok(Server {
-            fabric,
+        let server = Server {
             sw,
-            stop,
-            ctl,
-            threads,
+            fabric,
+            spawner,
+            slots: Mutex::new((0..table).map(|_| None).collect()),
             paths,
-            files,
-        })
+            closed: AtomicBool::new(false),
+            admin: Mutex::new(()),
+        };
+        for (idx, ((kind, path), b)) in given.into_iter().zip(bound).enumerate() {
+            server.launch(idx, kind, path, b)?;
+        }
+        Ok(server)
     }
 
     /// The switch state (ports, counters, FDB).
@@ -140,137 +174,172 @@ impl Server {
         self.fabric.grants(p)
     }
 
-    /// The socket paths, by port.
+    /// The socket paths of the ports given at start, by port.
     pub fn paths(&self) -> &[PathBuf] {
         &self.paths
+    }
+
+    /// The ports now, by slot.
+    pub fn ports(&self) -> Vec<PortInfo> {
+        lock(&self.slots)
+            .iter()
+            .flatten()
+            .map(|r| r.info.clone())
+            .collect()
+    }
+
+    /// Adds a port in the lowest free slot: binds its socket (`Socket`) or starts
+    /// connecting to the frontend's (`Client`). Returns its slot. Nothing changes on error.
+    pub fn add_port(&self, kind: PortMode, path: &Path) -> Result<usize, PortError> {
+        let _admin = lock(&self.admin);
+        let canonical = crate::socket::canonical(path)
+            .map_err(|e| PortError::Path(path.display().to_string(), e))?;
+        let idx = {
+            let slots = lock(&self.slots);
+            if let Some(r) = slots.iter().flatten().find(|r| r.canonical == canonical) {
+                return Err(PortError::Duplicate(path.display().to_string(), r.info.idx));
+            }
+            slots
+                .iter()
+                .position(Option::is_none)
+                .ok_or(PortError::TableFull(slots.len()))?
+        };
+        let b = prepare(kind, path, &self.sw.cfg)?;
+        self.launch(idx, kind, path.to_path_buf(), b)?;
+        log::info!("port {idx}: added ({kind:?} {})", path.display());
+        Ok(idx)
+    }
+
+    /// Deletes port `name` (`portN`, `N` or its path): its frontend is disconnected, its
+    /// workers stopped, its grants revoked, its MACs forgotten, its socket removed, and its
+    /// slot freed. Other ports are untouched.
+    pub fn del_port(&self, name: &str) -> Result<PortInfo, PortError> {
+        let _admin = lock(&self.admin);
+        let mut run = {
+            let mut slots = lock(&self.slots);
+            let idx = find(&slots, name).ok_or_else(|| PortError::Unknown(name.to_string()))?;
+            slots[idx]
+                .take()
+                .ok_or_else(|| PortError::Unknown(name.to_string()))?
+        };
+        stop(&mut run);
+        self.sw.ports[run.info.idx]
+            .in_use
+            .store(false, Ordering::Release);
+        log::info!("port {}: deleted", run.info.idx);
+        Ok(run.info)
     }
 
     /// Removes the sockets (each only while its path is still the socket this server
     /// created) and their lock files: new frontends can no longer connect.
     pub fn remove_sockets(&mut self) {
-        for f in &mut self.files {
-            f.remove();
+        for r in lock(&self.slots).iter_mut().flatten() {
+            if let Some(f) = r.file.as_mut() {
+                f.remove();
+            }
         }
     }
 
-    /// Stops every port (disconnecting frontends), joins the loops and removes the sockets.
-    pub fn shutdown(mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        for (c, p) in self.ctl.iter().zip(self.paths.iter()) {
-            c.shutdown();
-            // Unblock a pending accept().
-            let _ = std::os::unix::net::UnixStream::connect(p);
+    /// Stops every port (disconnecting frontends, revoking their grants), joins the loops
+    /// and removes the sockets. Ports can no longer be added.
+    pub fn shutdown(&self) {
+        let runs: Vec<Running> = {
+            let mut slots = lock(&self.slots);
+            self.closed.store(true, Ordering::SeqCst);
+            slots.iter_mut().filter_map(Option::take).collect()
+        };
+        // Tell every loop first, so that the ports wind down together.
+        for r in &runs {
+            r.ctl.stop.store(true, Ordering::SeqCst);
+            r.ctl.shutdown();
         }
-        for t in self.threads.drain(..) {
-            let _ = t.join();
-        }
-        self.remove_sockets();
-    }
-}
-
-/// Starts one connection loop per listener.
-fn spawn_ports<L: Locks>(
-    fabric: Arc<Fabric<L>>,
-    listeners: Vec<Listener>,
-    stop: &Arc<AtomicBool>,
-    ctl: &[Arc<PortCtl>],
-) -> Result<Vec<JoinHandle<()>>, ServeError> {
-    let mut threads = Vec::new();
-    for ((idx, listener), c) in listeners.into_iter().enumerate().zip(ctl) {
-        let (f, stop, c) = (fabric.clone(), stop.clone(), c.clone());
-        let t = std::thread::Builder::new()
-            .name(format!("pvnet-port{idx}"))
-            .spawn(move || port_loop(f, idx, listener, stop, c))
-            .map_err(|err| ServeError::Start { port: idx, err })?;
-        threads.push(t);
-    }
-    Ok(threads)
-}
-
-fn port_loop<L: Locks>(
-    fabric: Arc<Fabric<L>>,
-    idx: usize,
-    mut listener: Listener,
-    stop: Arc<AtomicBool>,
-    ctl: Arc<PortCtl>,
-) {
-    while !stop.load(Ordering::SeqCst) {
-        if let Err(e) = serve_one(&fabric, idx, &mut listener, &stop, &ctl) {
-            log::error!("port {idx}: {e}");
-            std::thread::sleep(Duration::from_millis(100));
+        for mut r in runs {
+            stop(&mut r);
         }
     }
-}
 
-fn serve_one<L: Locks>(
-    fabric: &Arc<Fabric<L>>,
-    idx: usize,
-    listener: &mut Listener,
-    stop: &AtomicBool,
-    ctl: &PortCtl,
-) -> io::Result<()> {
-    let sw = &fabric.sw;
-    let port = &sw.ports[idx];
-    // The previous connection's memory is gone: a fault from now on is this connection's.
-    port.guard.clear();
-    let dev = Arc::new(NetDevice::new(fabric.clone(), idx)?);
-    let mut daemon = VhostUserDaemon::new(format!("pvnet-port{idx}"), dev.clone(), dev.memory())
-        .map_err(|e| io::Error::other(e.to_string()))?;
-    let nq = dev.num_queues() as u64;
-    for (t, h) in daemon.get_epoll_handlers().iter().enumerate() {
-        let Some(w) = dev.workers.get(t) else { break };
-        let (wake, timer) = lock(w).fds();
-        h.register_listener(wake, EventSet::IN, nq + TOKEN_WAKE)?;
-        h.register_listener(timer, EventSet::IN, nq + TOKEN_TIMER)?;
-    }
-    daemon
-        .start(listener)
-        .map_err(|e| io::Error::other(e.to_string()))?;
-    if stop.load(Ordering::SeqCst) {
-        daemon.request_shutdown();
-    } else {
-        let n = port.connections.fetch_add(1, Ordering::AcqRel) + 1;
-        log::info!("port {idx}: frontend connected (connection {n})");
-        port.connected.store(true, Ordering::Release);
-    }
-    *lock(&ctl.handle) = daemon.shutdown_handle();
-    // A fault before the handle was in place found nothing to shut down.
-    if port.guard.poisoned() {
-        ctl.shutdown();
-    }
-    let res = daemon.wait();
-    *lock(&ctl.handle) = None;
-    // Teardown: leave the switch, stop the workers, revoke the grants, forget the MACs.
-    port.connected.store(false, Ordering::Release);
-    dev.detach();
-    for h in daemon.get_epoll_handlers() {
-        h.send_exit_event();
-    }
-    drop(daemon);
-    let revoked = fabric.ports[idx].grants.revoke_all();
-    sw.fdb.purge_port(idx);
-    port.features.store(0, Ordering::Release);
-    // The connection's mappings go with the device; they are no longer guarded.
-    drop(dev);
-    port.guard.release_all();
-    if port.guard.poisoned() {
-        port.guard.note_disconnect();
-        log::warn!(
-            "port {idx}: frontend disconnected: its memory file shrank under the mapping \
-             ({revoked} grants revoked, {} faults contained so far)",
-            port.guard.faults()
-        );
-        return Ok(());
-    }
-    match res {
+    /// Starts port `idx`'s loop on a prepared endpoint and records it.
+    fn launch(
+        &self,
+        idx: usize,
+        kind: PortMode,
+        path: PathBuf,
+        (ep, file, canonical): Prepared,
+    ) -> Result<(), PortError> {
+        let ctl = Arc::new(PortCtl::new());
+        // A fault in this port's guest memory (reported by the memguard reaper thread):
+        // disconnect the frontend.
+        let c2 = ctl.clone();
+        self.sw.ports[idx].guard.on_fault(move || c2.shutdown());
+        self.sw.ports[idx].in_use.store(true, Ordering::Release);
+        let thread = match self.spawner.spawn(idx, ep, ctl.clone()) {
+            Ok(t) => t,
+            Err(err) => {
+                self.sw.ports[idx].in_use.store(false, Ordering::Release);
+                return Err(PortError::Start { port: idx, err });
+            }
+        };
+        let mut run = Running {
+            info: PortInfo { idx, kind, path },
+            canonical,
+            ctl,
+            thread: Some(thread),
+            file,
+        };
+        let mut slots = lock(&self.slots);
+        if self.closed.load(Ordering::SeqCst) {
+            drop(slots);
+            stop(&mut run);
+            self.sw.ports[idx].in_use.store(false, Ordering::Release);
+            return Err(PortError::Closed);
+        }
+        slots[idx] = Some(run);
         Ok(())
-        | Err(vhost_user_backend::Error::HandleRequest(
-            vhost::vhost_user::Error::Disconnected | vhost::vhost_user::Error::PartialMessage,
-        )) => log::info!("port {idx}: frontend disconnected ({revoked} grants revoked)"),
-        // The frontend broke the protocol: its fault, not the port's. The port takes the next
-        // frontend at once (the 100 ms pause of port_loop is for local failures), and the
-        // log is throttled so a frontend reconnecting in a loop cannot flood it.
-        Err(e) => ctl.frontend_error(idx, &e.to_string(), revoked),
     }
-    Ok(())
+}
+
+/// A port's endpoint, its socket file (pvnet listens) and its canonical path.
+type Prepared = (Endpoint, Option<SocketFile>, PathBuf);
+
+fn prepare(kind: PortMode, path: &Path, cfg: &Config) -> Result<Prepared, PortError> {
+    let canonical = crate::socket::canonical(path)
+        .map_err(|e| PortError::Path(path.display().to_string(), e))?;
+    Ok(match kind {
+        PortMode::Socket => {
+            // On error, the SocketFile's Drop removes what was bound.
+            let (l, f) = crate::socket::bind(path, cfg.socket_mode, cfg.socket_group)?;
+            (Endpoint::Listen(Listener::from(l)), Some(f), canonical)
+        }
+        PortMode::Client => (Endpoint::Connect(path.to_path_buf()), None, canonical),
+    })
+}
+
+/// The slot of port `name`: `portN`, `N`, or its path (as given or canonical).
+fn find(slots: &[Option<Running>], name: &str) -> Option<usize> {
+    let num = name.strip_prefix("port").unwrap_or(name);
+    if let Ok(i) = num.parse::<usize>() {
+        return slots.get(i)?.as_ref().map(|r| r.info.idx);
+    }
+    let canonical = crate::socket::canonical(Path::new(name)).ok();
+    slots.iter().flatten().find_map(|r| {
+        (r.info.path == Path::new(name) || Some(&r.canonical) == canonical.as_ref())
+            .then_some(r.info.idx)
+    })
+}
+
+/// Ends a port's loop (disconnecting its frontend; the loop's teardown revokes the grants
+/// and purges the FDB), joins it and removes its socket.
+fn stop(r: &mut Running) {
+    r.ctl.stop.store(true, Ordering::SeqCst);
+    r.ctl.shutdown();
+    if r.info.kind == PortMode::Socket {
+        // Unblock a pending accept().
+        let _ = std::os::unix::net::UnixStream::connect(&r.info.path);
+    }
+    if let Some(t) = r.thread.take() {
+        let _ = t.join();
+    }
+    if let Some(f) = r.file.as_mut() {
+        f.remove();
+    }
 }

@@ -48,7 +48,10 @@ pub type RingLock<L> = <<L as Locks>::Queue as SpinFamily>::Lock<Option<RxRing>>
 /// A held RX queue lock under lock set `L`.
 pub type RingGuard<'a, L> = <RingLock<L> as MutexApi<Option<RxRing>>>::Guard<'a>;
 
-/// One switch port (one vhost-user socket).
+/// One slot of the switch's port table: a port (one vhost-user socket, listened on or
+/// connected to) while `in_use`, else free for a port added at run time. The index is the
+/// port's identity on the data path (FDB entries, destination masks); a slot keeps its
+/// rings, locks and counters across occupants.
 pub struct Port {
     pub idx: usize,
     pub mac: [u8; 6],
@@ -62,6 +65,9 @@ pub struct Port {
     pub features: AtomicU64,
     /// A guest is connected.
     pub connected: AtomicBool,
+    /// The slot holds a port (set before its connection loop starts, cleared after it
+    /// ended).
+    pub in_use: AtomicBool,
     /// Number of connections accepted so far.
     pub connections: AtomicU64,
     /// The connected guest's memory mappings, guarded against a truncated memory file.
@@ -111,10 +117,12 @@ pub struct Switch {
 }
 
 impl Switch {
-    /// Builds the ports of a validated configuration.
+    /// Builds the port table of a validated configuration ([`Config::table_size`] slots,
+    /// the first [`Config::port_count`] of them in use).
     pub fn new(cfg: Config) -> Arc<Self> {
         let pairs = usize::from(cfg.queue_pairs);
-        let ports = (0..cfg.sockets.len())
+        let given = cfg.port_count();
+        let ports = (0..cfg.table_size())
             .map(|idx| Port {
                 idx,
                 mac: cfg.mac_of(idx),
@@ -123,6 +131,7 @@ impl Switch {
                 enabled: AtomicU64::new(0),
                 features: AtomicU64::new(0),
                 connected: AtomicBool::new(false),
+                in_use: AtomicBool::new(idx < given),
                 connections: AtomicU64::new(0),
                 guard: MemGuard::new(),
             })
@@ -132,6 +141,14 @@ impl Switch {
             ports,
             fdb: Fdb::new(),
         })
+    }
+
+    /// The ports in use (slots holding a port), with their indexes.
+    pub fn ports_in_use(&self) -> impl Iterator<Item = (usize, &Port)> {
+        self.ports
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| p.in_use.load(Ordering::Acquire))
     }
 }
 

@@ -42,6 +42,9 @@ pub enum Error {
     /// The device did not negotiate something the call needs.
     #[error("device does not support {0}")]
     Unsupported(&'static str),
+    /// No device connected to the listening socket before the deadline.
+    #[error("no device connected to {0} in time")]
+    NoDevice(PathBuf),
     /// A caller-supplied argument is out of range.
     #[error("invalid argument: {0}")]
     InvalidArgument(String),

@@ -72,6 +72,8 @@ pub struct TestGuest {
     pub(crate) timeouts: u64,
     /// Where a reading receiver copies its frames to (a socket buffer, say).
     pub(crate) sink: Vec<u8>,
+    /// The socket this guest listens on for the device (server mode, [`TestGuest::listen`]).
+    pub(crate) listener: Option<std::os::unix::net::UnixListener>,
 }
 
 // `..Default::default()` fills the extra fields vhost has with its "xen" feature.
@@ -123,7 +125,7 @@ fn connect_frontend(socket: &Path, nq: u64, timeout: Duration) -> Result<(Fronte
 
 /// Negotiates the protocol features the kit uses (MQ, REPLY_ACK, CONFIG, CONFIGURE_MEM_SLOTS
 /// where offered) and checks the device has `nq` queues.
-fn negotiate_protocol(
+pub(crate) fn negotiate_protocol(
     frontend: &mut Frontend,
     acked: u64,
     nq: u64,
@@ -156,11 +158,12 @@ fn negotiate_protocol(
 }
 
 /// Tells the device where vring `q` lives and which eventfds it uses.
-fn set_up_vring(
+pub(crate) fn set_up_vring(
     frontend: &mut Frontend,
     mem: &GuestMem,
     q: usize,
     ring: &DriverRing,
+    base: u16,
 ) -> Result<(), Error> {
     let vring = VringConfigData {
         queue_max_size: ring.size,
@@ -173,7 +176,7 @@ fn set_up_vring(
     };
     vh("SET_VRING_NUM", frontend.set_vring_num(q, ring.size))?;
     vh("SET_VRING_ADDR", frontend.set_vring_addr(q, &vring))?;
-    vh("SET_VRING_BASE", frontend.set_vring_base(q, 0))?;
+    vh("SET_VRING_BASE", frontend.set_vring_base(q, base))?;
     vh("SET_VRING_CALL", frontend.set_vring_call(q, &ring.call))?;
     vh("SET_VRING_KICK", frontend.set_vring_kick(q, &ring.kick))
 }
@@ -201,7 +204,18 @@ impl TestGuest {
             )));
         }
         let nq = 2 * u64::from(cfg.queue_pairs);
-        let (mut frontend, offered) = connect_frontend(socket, nq, timeout)?;
+        let (frontend, offered) = connect_frontend(socket, nq, timeout)?;
+        Self::bring_up(frontend, offered, cfg, socket)
+    }
+
+    /// Brings up the device behind `frontend` (whose feature offer was `offered`).
+    pub(crate) fn bring_up(
+        mut frontend: Frontend,
+        offered: u64,
+        cfg: GuestConfig,
+        socket: &Path,
+    ) -> Result<TestGuest, Error> {
+        let nq = 2 * u64::from(cfg.queue_pairs);
         let acked = (cfg.features | features::PROTOCOL_FEATURES) & offered;
         let protocol = negotiate_protocol(&mut frontend, acked, nq)?;
         if cfg.queue_pairs > 1
@@ -233,8 +247,8 @@ impl TestGuest {
             });
         }
         for (p, pair) in pairs.iter().enumerate() {
-            set_up_vring(&mut frontend, &mem, 2 * p, &pair.rx)?;
-            set_up_vring(&mut frontend, &mem, 2 * p + 1, &pair.tx)?;
+            set_up_vring(&mut frontend, &mem, 2 * p, &pair.rx, 0)?;
+            set_up_vring(&mut frontend, &mem, 2 * p + 1, &pair.tx, 0)?;
         }
         let hdr_len = pvnet_backend::net::net_hdr_len(acked);
         let mut guest = TestGuest {
@@ -250,6 +264,7 @@ impl TestGuest {
             sleeps: 0,
             timeouts: 0,
             sink: Vec::new(),
+            listener: None,
         };
         if let Some(len) = guest.cfg.rx_fill {
             for p in 0..guest.cfg.queue_pairs {

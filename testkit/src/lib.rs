@@ -15,6 +15,9 @@
 //! * Polling mode (`poll`): bursts of pre-filled single-descriptor TX frames, no
 //!   notifications while busy, sleeping on the call eventfds when idle, received frames
 //!   counted (and optionally read) in place: the driver of the benchmarks.
+//! * Server mode (`listen`): the frontend listens and the device connects (pvnet
+//!   `--client`); when the device goes away, [`TestGuest::reconnect`] brings its next
+//!   connection up on the same memory and rings, as QEMU does.
 //! * Misbehaviour (`hostile`): arbitrary descriptor chains ([`RawDesc`]), indirect tables,
 //!   chains re-published without waiting, bare kicks, bogus avail indexes, a closed socket, a
 //!   replaced memory table.
@@ -57,6 +60,7 @@ pub mod frames;
 mod guest;
 pub mod harness;
 mod hostile;
+mod listen;
 mod mem;
 mod poll;
 pub mod procstat;

@@ -1,0 +1,343 @@
+//! `--metrics ADDR`: the switch's counters in the Prometheus text format (0.0.4), encoded by
+//! `prometheus-client` on every scrape from the same counters `pvnet ctl stats` reads, and
+//! served over HTTP by `tiny_http` at `/metrics`.
+//!
+//! Families (all with prefix `pvnet_`): per port and queue pair (`port`, `queue` labels)
+//! `tx_frames`, `tx_bytes`, `rx_frames`, `rx_bytes`, `backpressure`, `tx_notifications`,
+//! `rx_notifications`, `tx_kicks`, `rx_kicks` (counters, `_total`), `drops` (counter, extra
+//! label `reason`); per port `port_connected`, `port_enabled_pairs` (gauges),
+//! `port_connections`, `port_memory_faults` (counters); lock events of the grant and queue
+//! locks (`lock_events_total{lock,kind,event}`).
+
+use crate::stats::{Drop, QueueSnapshot};
+use crate::switch::Switch;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
+use pvnet_locks::family::resolve_rw;
+use pvnet_locks::{rw_stats, spin_stats};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// Errors starting the metrics endpoint.
+#[derive(Debug, thiserror::Error)]
+pub enum MetricsError {
+    #[error("metrics endpoint {0}: {1}")]
+    Bind(String, String),
+    #[error("metrics endpoint: cannot start its thread: {0}")]
+    Thread(std::io::Error),
+}
+
+type Labels = Vec<(&'static str, String)>;
+
+/// A per-queue counter: metric name, help, and how to read it from a snapshot.
+type QueueCounter = (&'static str, &'static str, fn(&QueueSnapshot) -> u64);
+
+/// The per-queue counters.
+const QUEUE_COUNTERS: [QueueCounter; 9] = [
+    ("tx_frames", "Frames taken from the guest's TX ring.", |s| {
+        s.tx_frames
+    }),
+    (
+        "tx_bytes",
+        "Bytes (without virtio header) taken from the guest's TX ring.",
+        |s| s.tx_bytes,
+    ),
+    (
+        "rx_frames",
+        "Frames delivered into the guest's RX ring.",
+        |s| s.rx_frames,
+    ),
+    (
+        "rx_bytes",
+        "Bytes delivered into the guest's RX ring.",
+        |s| s.rx_bytes,
+    ),
+    (
+        "backpressure",
+        "Times a sender was held back by a full RX ring.",
+        |s| s.backpressure,
+    ),
+    (
+        "tx_notifications",
+        "Calls to the guest for its TX ring.",
+        |s| s.tx_notifications,
+    ),
+    (
+        "rx_notifications",
+        "Calls to the guest for its RX ring.",
+        |s| s.rx_notifications,
+    ),
+    (
+        "tx_kicks",
+        "Kicks from the guest handled on the TX queue.",
+        |s| s.tx_kicks,
+    ),
+    (
+        "rx_kicks",
+        "Kicks from the guest handled on the RX queue.",
+        |s| s.rx_kicks,
+    ),
+];
+
+/// Encodes the switch's counters on every scrape.
+struct SwitchCollector(Arc<Switch>);
+
+impl std::fmt::Debug for SwitchCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SwitchCollector")
+    }
+}
+
+fn queue_labels(p: usize, q: usize) -> Labels {
+    vec![("port", p.to_string()), ("queue", q.to_string())]
+}
+
+fn counter(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    rows: &[(Labels, u64)],
+) -> Result<(), std::fmt::Error> {
+    let mut m = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for (labels, v) in rows {
+        ConstCounter::new(*v).encode(m.encode_family(labels)?)?;
+    }
+    Ok(())
+}
+
+fn gauge(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    rows: &[(Labels, i64)],
+) -> Result<(), std::fmt::Error> {
+    let mut m = enc.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    for (labels, v) in rows {
+        ConstGauge::new(*v).encode(m.encode_family(labels)?)?;
+    }
+    Ok(())
+}
+
+impl SwitchCollector {
+    /// Snapshots of every queue of every port in use.
+    fn queues(&self) -> Vec<(usize, usize, QueueSnapshot)> {
+        let sw = &self.0;
+        sw.ports_in_use()
+            .flat_map(|(p, port)| {
+                (0..usize::from(sw.cfg.queue_pairs)).map(move |q| (p, q, port.queue_snapshot(q)))
+            })
+            .collect()
+    }
+
+    fn encode_queues(&self, enc: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let snaps = self.queues();
+        for (name, help, get) in QUEUE_COUNTERS {
+            let rows: Vec<_> = snaps
+                .iter()
+                .map(|(p, q, s)| (queue_labels(*p, *q), get(s)))
+                .collect();
+            counter(enc, name, help, &rows)?;
+        }
+        let rows: Vec<_> = snaps
+            .iter()
+            .flat_map(|(p, q, s)| {
+                Drop::ALL.iter().map(move |d| {
+                    let mut l = queue_labels(*p, *q);
+                    l.push(("reason", d.name().to_string()));
+                    (l, s.drops_for(*d))
+                })
+            })
+            .collect();
+        counter(enc, "drops", "Frames dropped, by reason.", &rows)
+    }
+
+    fn encode_ports(&self, enc: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let ports: Vec<_> = self.0.ports_in_use().collect();
+        let rows = |f: &dyn Fn(&crate::switch::Port) -> i64| -> Vec<(Labels, i64)> {
+            ports
+                .iter()
+                .map(|(p, port)| (vec![("port", p.to_string())], f(port)))
+                .collect()
+        };
+        let connected = rows(&|p| i64::from(p.connected.load(Ordering::Acquire)));
+        gauge(enc, "port_connected", "A guest is connected.", &connected)?;
+        let pairs = rows(&|p| i64::from(p.enabled_pairs()));
+        gauge(enc, "port_enabled_pairs", "Queue pairs enabled.", &pairs)?;
+        let as_u64 = |v: Vec<(Labels, i64)>| -> Vec<(Labels, u64)> {
+            v.into_iter().map(|(l, n)| (l, n as u64)).collect()
+        };
+        let conns = as_u64(rows(&|p| p.connections.load(Ordering::Acquire) as i64));
+        counter(enc, "port_connections", "Frontend connections.", &conns)?;
+        let faults = as_u64(rows(&|p| p.guard.faults() as i64));
+        counter(
+            enc,
+            "port_memory_faults",
+            "Faults in guest memory contained.",
+            &faults,
+        )
+    }
+
+    fn encode_locks(&self, enc: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let cfg = &self.0.cfg;
+        let g = resolve_rw(cfg.grant_lock);
+        let mut rows = Vec::new();
+        for (lock, kind, fields) in [
+            ("grant", g.to_string(), rw_stats(g).fields()),
+            (
+                "queue",
+                cfg.queue_lock.to_string(),
+                spin_stats(cfg.queue_lock).fields(),
+            ),
+        ] {
+            for (event, n) in fields {
+                let l = vec![
+                    ("lock", lock.to_string()),
+                    ("kind", kind.clone()),
+                    ("event", event.to_string()),
+                ];
+                rows.push((l, n));
+            }
+        }
+        counter(
+            enc,
+            "lock_events",
+            "Lock events (slow paths, spins, halts, kicks, ...).",
+            &rows,
+        )
+    }
+}
+
+impl Collector for SwitchCollector {
+    fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        self.encode_queues(&mut enc)?;
+        self.encode_ports(&mut enc)?;
+        self.encode_locks(&mut enc)
+    }
+}
+
+/// The registry of `sw`'s metrics.
+pub fn registry(sw: Arc<Switch>) -> Registry {
+    let mut r = Registry::with_prefix("pvnet");
+    r.register_collector(Box::new(SwitchCollector(sw)));
+    r
+}
+
+/// `sw`'s metrics in the Prometheus text format.
+pub fn render(registry: &Registry) -> String {
+    let mut s = String::new();
+    // Writing into a String cannot fail.
+    let _ = prometheus_client::encoding::prometheus_text::encode(&mut s, registry);
+    s
+}
+
+/// A running metrics endpoint.
+pub struct Metrics {
+    addr: String,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Metrics {
+    /// Serves `sw`'s metrics at `http://ADDR/metrics` (`ADDR` as `host:port`; port 0 picks
+    /// a free one, see [`Metrics::addr`]).
+    pub fn start(addr: &str, sw: Arc<Switch>) -> Result<Metrics, MetricsError> {
+        let server = tiny_http::Server::http(addr)
+            .map_err(|e| MetricsError::Bind(addr.to_string(), e.to_string()))?;
+        let bound = server
+            .server_addr()
+            .to_ip()
+            .map_or_else(|| addr.to_string(), |a| a.to_string());
+        let stop = Arc::new(AtomicBool::new(false));
+        let st = stop.clone();
+        let reg = registry(sw);
+        let thread = std::thread::Builder::new()
+            .name("pvnet-metrics".into())
+            .spawn(move || serve(&server, &reg, &st))
+            .map_err(MetricsError::Thread)?;
+        Ok(Metrics {
+            addr: bound,
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// The address served (`host:port`).
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    /// Stops serving.
+    pub fn stop(mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn serve(server: &tiny_http::Server, reg: &Registry, stop: &AtomicBool) {
+    while !stop.load(Ordering::SeqCst) {
+        let Ok(Some(req)) = server.recv_timeout(Duration::from_millis(100)) else {
+            continue;
+        };
+        let resp = if req.url() == "/metrics" || req.url().starts_with("/metrics?") {
+            let ct = tiny_http::Header::from_bytes(
+                "Content-Type",
+                prometheus_client::encoding::prometheus_text::CONTENT_TYPE,
+            )
+            .ok();
+            let mut r = tiny_http::Response::from_string(render(reg));
+            if let Some(h) = ct {
+                r.add_header(h);
+            }
+            r
+        } else {
+            tiny_http::Response::from_string("not found; try /metrics\n").with_status_code(404)
+        };
+        let _ = req.respond(resp);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    #[test]
+    fn families_and_labels() {
+        let sw = Switch::new(Config {
+            sockets: vec!["/nonexistent/a".into(), "/nonexistent/b".into()],
+            queue_pairs: 2,
+            ..Config::default()
+        });
+        sw.ports[1].tx[1].frame(100);
+        let text = render(&registry(sw));
+        assert!(
+            text.contains("# TYPE pvnet_tx_frames_total counter"),
+            "{text}"
+        );
+        assert!(
+            text.contains("pvnet_tx_frames_total{port=\"1\",queue=\"1\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("pvnet_tx_bytes_total{port=\"1\",queue=\"1\"} 100\n"),
+            "{text}"
+        );
+        assert!(text.contains("pvnet_drops_total{port=\"0\",queue=\"0\",reason=\"no_dest\"} 0"));
+        assert!(
+            text.contains("pvnet_port_connected{port=\"0\"} 0"),
+            "{text}"
+        );
+        assert!(
+            text.contains("pvnet_lock_events_total{lock=\"queue\""),
+            "{text}"
+        );
+    }
+}
