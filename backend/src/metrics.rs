@@ -9,7 +9,7 @@
 //! `port_connections`, `port_memory_faults` (counters); lock events of the grant and queue
 //! locks (`lock_events_total{lock,kind,event}`).
 
-use crate::stats::{Drop, QueueSnapshot};
+use crate::stats::{DropReason, QueueSnapshot};
 use crate::switch::Switch;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
@@ -147,7 +147,7 @@ impl SwitchCollector {
         let rows: Vec<_> = snaps
             .iter()
             .flat_map(|(p, q, s)| {
-                Drop::ALL.iter().map(move |d| {
+                DropReason::ALL.iter().map(move |d| {
                     let mut l = queue_labels(*p, *q);
                     l.push(("reason", d.name().to_string()));
                     (l, s.drops_for(*d))
