@@ -223,9 +223,7 @@ impl Server {
                 .ok_or_else(|| PortError::Unknown(name.to_string()))?
         };
         stop(&mut run);
-        self.sw.ports[run.info.idx]
-            .in_use
-            .store(false, Ordering::Release);
+        self.sw.set_in_use(run.info.idx, false);
         log::info!("port {}: deleted", run.info.idx);
         Ok(run.info)
     }
@@ -271,11 +269,11 @@ impl Server {
         // disconnect the frontend.
         let c2 = ctl.clone();
         self.sw.ports[idx].guard.on_fault(move || c2.shutdown());
-        self.sw.ports[idx].in_use.store(true, Ordering::Release);
+        self.sw.set_in_use(idx, true);
         let thread = match self.spawner.spawn(idx, ep, ctl.clone()) {
             Ok(t) => t,
             Err(err) => {
-                self.sw.ports[idx].in_use.store(false, Ordering::Release);
+                self.sw.set_in_use(idx, false);
                 return Err(PortError::Start { port: idx, err });
             }
         };
@@ -290,7 +288,7 @@ impl Server {
         if self.closed.load(Ordering::SeqCst) {
             drop(slots);
             stop(&mut run);
-            self.sw.ports[idx].in_use.store(false, Ordering::Release);
+            self.sw.set_in_use(idx, false);
             return Err(PortError::Closed);
         }
         slots[idx] = Some(run);

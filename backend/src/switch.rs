@@ -19,7 +19,7 @@ use pvnet_grant::GrantTable;
 use pvnet_locks::family::{MutexApi, RwFamily, SpinFamily};
 use pvnet_locks::{RwLockKind, SpinLockKind};
 use std::marker::PhantomData;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 pub use crate::datapath::{Gm, Vring};
@@ -114,6 +114,8 @@ pub struct Switch {
     pub cfg: Config,
     pub ports: Vec<Port>,
     pub fdb: Fdb,
+    /// How many slots hold a port (kept with [`Switch::set_in_use`]).
+    in_use: AtomicUsize,
 }
 
 impl Switch {
@@ -137,10 +139,32 @@ impl Switch {
             })
             .collect();
         Arc::new(Switch {
+            in_use: AtomicUsize::new(given.min(cfg.table_size())),
             cfg,
             ports,
             fdb: Fdb::new(),
         })
+    }
+
+    /// Marks slot `idx` as holding a port (or free again); returns whether it changed.
+    pub fn set_in_use(&self, idx: usize, on: bool) -> bool {
+        let Some(p) = self.ports.get(idx) else {
+            return false;
+        };
+        let changed = p.in_use.swap(on, Ordering::AcqRel) != on;
+        if changed {
+            if on {
+                self.in_use.fetch_add(1, Ordering::AcqRel);
+            } else {
+                self.in_use.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+        changed
+    }
+
+    /// How many slots hold a port (one load: the data path asks per burst).
+    pub fn ports_in_use_count(&self) -> usize {
+        self.in_use.load(Ordering::Acquire)
     }
 
     /// The ports in use (slots holding a port), with their indexes.

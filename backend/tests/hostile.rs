@@ -471,3 +471,26 @@ fn rx_buffers_posted_one_by_one_never_lose_the_wakeup() {
     drop((a, b));
     s.shutdown();
 }
+
+/// A lone port on a switch with spare slots for ports added later: a frame flooded to nobody
+/// is counted `no_dest`, as on a one-port table.
+#[test]
+fn flood_with_no_other_port_in_use_counts_no_dest() {
+    let s = start("lonepool", 1, Duration::from_secs(1), |c| c.max_ports = 4);
+    assert!(s.switch().ports.len() > 1, "spare slots");
+    let mut a = connect(&s, 0, |_| {});
+    for k in 0..5 {
+        send(&mut a, &frames::build([0xff; 6], mac(0), MAGIC, 1, k, 60));
+    }
+    let t0 = Instant::now();
+    while s.switch().ports[0].tx[0].drops(DropReason::NoDest) < 5 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "no_dest not counted: {:?}",
+            s.switch().ports[0].queue_snapshot(0)
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    drop(a);
+    s.shutdown();
+}

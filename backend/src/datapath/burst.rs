@@ -203,7 +203,7 @@ pub struct ClassifyCtx<'a> {
     /// The port's MAC, enforced as source MAC when `port_security` is on.
     pub mac: [u8; 6],
     pub port_security: bool,
-    /// Number of ports (a lone port has nobody to flood to).
+    /// Number of ports in use (a lone port has nobody to flood to, spare slots or not).
     pub ports: usize,
     /// RX queues enabled on port `d` now (asked at most once per port and burst).
     pub queues_of: &'a dyn Fn(usize) -> u32,

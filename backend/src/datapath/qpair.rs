@@ -241,7 +241,7 @@ impl QueuePair {
                 port: cx.port,
                 mac: port.mac,
                 port_security: cx.cfg().port_security,
-                ports: cx.sw().ports.len(),
+                ports: cx.sw().ports_in_use_count(),
                 queues_of: &|d| cx.sw().ports.get(d).map_or(0, |p| p.enabled_pairs()),
                 stats,
             };
