@@ -50,6 +50,8 @@ pub enum ConfigError {
     PollUs(u32),
     #[error("--workers must be between 0 (automatic) and --queues ({1}), got {0}")]
     Workers(u16, u16),
+    #[error(transparent)]
+    Tap(#[from] crate::tap::TapConfigError),
 }
 
 /// Configuration of the whole switch.
@@ -86,6 +88,8 @@ pub struct Config {
     /// Frames whose source MAC is not the port's own ([`Config::mac_of`]) are dropped and
     /// counted (OVS port security, libvirt's `no-mac-spoofing`).
     pub port_security: bool,
+    /// Tap devices as extra ports (after the socket ports).
+    pub uplink: crate::tap::TapConfig,
 }
 
 impl Default for Config {
@@ -104,6 +108,7 @@ impl Default for Config {
             poll_us: DEFAULT_POLL_US,
             workers: 0,
             port_security: false,
+            uplink: crate::tap::TapConfig::default(),
         }
     }
 }
@@ -114,9 +119,11 @@ impl Config {
         if self.sockets.is_empty() {
             return Err(ConfigError::NoSocket);
         }
-        if self.sockets.len() > MAX_PORTS {
-            return Err(ConfigError::TooManyPorts(self.sockets.len()));
+        let ports = self.sockets.len() + self.uplink.names.len();
+        if ports > MAX_PORTS {
+            return Err(ConfigError::TooManyPorts(ports));
         }
+        self.uplink.validate()?;
         let mut seen: Vec<(PathBuf, &PathBuf)> = Vec::with_capacity(self.sockets.len());
         for s in &self.sockets {
             let c = crate::socket::canonical(s)

@@ -44,6 +44,8 @@ pub mod ring;
 pub mod rxq;
 pub mod rxslot;
 pub mod soft;
+pub mod tapdest;
+pub mod tapsrc;
 pub mod worker;
 
 use crate::net::VirtioNetHdr;

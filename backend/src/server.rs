@@ -6,6 +6,7 @@ use crate::config::{Config, ConfigError};
 use crate::device::{lock, NetDevice, TOKEN_TIMER, TOKEN_WAKE};
 use crate::socket::{SocketError, SocketFile};
 use crate::switch::{Fabric, FabricView, LockSet, Locks, Switch};
+use crate::tap::{TapPort, Uplinks};
 use pvnet_grant::GrantInfo;
 use pvnet_locks::{with_rw_family, with_spin_family};
 use pvnet_locks::{RwLockKind, SpinLockKind};
@@ -28,6 +29,10 @@ pub enum ServeError {
     Socket(#[from] SocketError),
     #[error("cannot start port {port}: {err}")]
     Start { port: usize, err: io::Error },
+    #[error(transparent)]
+    Tap(#[from] crate::tap::TapError),
+    #[error("cannot start the tap ports: {0}")]
+    TapStart(io::Error),
 }
 
 struct PortCtl {
@@ -78,6 +83,7 @@ pub struct Server {
     threads: Vec<JoinHandle<()>>,
     paths: Vec<PathBuf>,
     files: Vec<SocketFile>,
+    uplinks: Uplinks,
 }
 
 impl Server {
@@ -94,7 +100,15 @@ impl Server {
         }
         let paths = cfg.sockets.clone();
         let (grant_lock, queue_lock) = (cfg.grant_lock, cfg.queue_lock);
-        let sw = Switch::new(cfg);
+        // Tap ports come after the socket ports (their devices close with the process).
+        let taps = cfg
+            .uplink
+            .open_all()?
+            .into_iter()
+            .map(|d| TapPort::new(d).map(Arc::new))
+            .collect::<io::Result<Vec<_>>>()
+            .map_err(ServeError::TapStart)?;
+        let sw = Switch::with_taps(cfg, taps);
         let stop = Arc::new(AtomicBool::new(false));
         let ctl: Vec<_> = (0..listeners.len())
             .map(|idx| {
@@ -107,11 +121,13 @@ impl Server {
             })
             .collect();
         // The one place the lock kinds are looked at: everything below is compiled per pair.
-        let (fabric, threads) = with_rw_family!(grant_lock, G => with_spin_family!(queue_lock, Q => {
+        let (fabric, threads, uplinks) = with_rw_family!(grant_lock, G => with_spin_family!(queue_lock, Q => {
             let f = Fabric::<LockSet<G, Q>>::new(sw.clone());
             let view: Arc<dyn FabricView> = f.clone();
-            (view, spawn_ports(f, listeners, &stop, &ctl))
+            let up = Uplinks::start(&f);
+            (view, spawn_ports(f, listeners, &stop, &ctl), up)
         }));
+        let uplinks = uplinks.map_err(ServeError::TapStart)?;
         let threads = threads?;
         Ok(Server {
             fabric,
@@ -121,6 +137,7 @@ impl Server {
             threads,
             paths,
             files,
+            uplinks,
         })
     }
 
@@ -164,6 +181,7 @@ impl Server {
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
+        self.uplinks.shutdown();
         self.remove_sockets();
     }
 }

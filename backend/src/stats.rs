@@ -45,10 +45,13 @@ pub enum Drop {
     SpoofedMac,
     /// Destination RX ring unreadable (bogus avail index, ring outside granted memory).
     RxBadRing,
+    /// A tap device refused the frame (a write error other than a full queue), or a read
+    /// from it failed.
+    TapError,
 }
 
 /// Number of [`Drop`] reasons.
-pub const NR_DROPS: usize = Drop::RxBadRing as usize + 1;
+pub const NR_DROPS: usize = Drop::TapError as usize + 1;
 
 impl Drop {
     /// Every reason, in counter order.
@@ -68,6 +71,7 @@ impl Drop {
         Drop::ChainTooLong,
         Drop::SpoofedMac,
         Drop::RxBadRing,
+        Drop::TapError,
     ];
 
     /// Short name used in tables and JSON.
@@ -88,6 +92,7 @@ impl Drop {
             Drop::ChainTooLong => "chain_too_long",
             Drop::SpoofedMac => "spoofed_mac",
             Drop::RxBadRing => "rx_bad_ring",
+            Drop::TapError => "tap_error",
         }
     }
 }

@@ -14,6 +14,7 @@ use crate::datapath::rxq::{RxRing, RxSlot};
 use crate::fdb::Fdb;
 use crate::memguard::MemGuard;
 use crate::stats::{QueueSnapshot, TxStats};
+use crate::tap::TapPort;
 use pvnet_grant::GrantInfo;
 use pvnet_grant::GrantTable;
 use pvnet_locks::family::{MutexApi, RwFamily, SpinFamily};
@@ -48,10 +49,21 @@ pub type RingLock<L> = <<L as Locks>::Queue as SpinFamily>::Lock<Option<RxRing>>
 /// A held RX queue lock under lock set `L`.
 pub type RingGuard<'a, L> = <RingLock<L> as MutexApi<Option<RxRing>>>::Guard<'a>;
 
-/// One switch port (one vhost-user socket).
+/// What is behind a port.
+#[derive(Clone)]
+pub enum PortKind {
+    /// A vhost-user socket (a guest connects).
+    Guest,
+    /// A tap device (the uplink to the host's network stack); always connected, one RX
+    /// queue per tap queue.
+    Tap(Arc<TapPort>),
+}
+
+/// One switch port (one vhost-user socket, or a tap device).
 pub struct Port {
     pub idx: usize,
     pub mac: [u8; 6],
+    pub kind: PortKind,
     /// RX queues, one per pair (their rings and locks are in the [`Fabric`]).
     pub rx: Box<[RxSlot]>,
     /// Per-pair transmit counters.
@@ -93,6 +105,19 @@ impl Port {
         }
     }
 
+    /// The tap behind this port, if it is a tap port.
+    pub fn tap(&self) -> Option<&Arc<TapPort>> {
+        match &self.kind {
+            PortKind::Tap(t) => Some(t),
+            PortKind::Guest => None,
+        }
+    }
+
+    /// Number of queue pairs (a tap port: its tap queues).
+    pub fn queues(&self) -> usize {
+        self.rx.len()
+    }
+
     /// Counters of pair `q`.
     pub fn queue_snapshot(&self, q: usize) -> QueueSnapshot {
         let mut s = self.tx.get(q).map(|t| t.snapshot()).unwrap_or_default();
@@ -113,11 +138,18 @@ pub struct Switch {
 impl Switch {
     /// Builds the ports of a validated configuration.
     pub fn new(cfg: Config) -> Arc<Self> {
+        Self::with_taps(cfg, Vec::new())
+    }
+
+    /// Builds the ports of a validated configuration: one per socket, then one per tap
+    /// (port index = socket count + tap index).
+    pub fn with_taps(cfg: Config, taps: Vec<Arc<TapPort>>) -> Arc<Self> {
         let pairs = usize::from(cfg.queue_pairs);
-        let ports = (0..cfg.sockets.len())
+        let mut ports: Vec<Port> = (0..cfg.sockets.len())
             .map(|idx| Port {
                 idx,
                 mac: cfg.mac_of(idx),
+                kind: PortKind::Guest,
                 rx: (0..pairs).map(|_| RxSlot::default()).collect(),
                 tx: (0..pairs).map(|_| TxStats::default()).collect(),
                 enabled: AtomicU64::new(0),
@@ -127,6 +159,23 @@ impl Switch {
                 guard: MemGuard::new(),
             })
             .collect();
+        for t in taps {
+            let idx = ports.len();
+            let n = t.queues.len().min(64);
+            let mask = if n == 64 { u64::MAX } else { (1u64 << n) - 1 };
+            ports.push(Port {
+                idx,
+                mac: cfg.mac_of(idx),
+                rx: (0..n).map(|_| RxSlot::default()).collect(),
+                tx: (0..n).map(|_| TxStats::default()).collect(),
+                enabled: AtomicU64::new(mask),
+                features: AtomicU64::new(t.features()),
+                connected: AtomicBool::new(true),
+                connections: AtomicU64::new(1),
+                guard: MemGuard::new(),
+                kind: PortKind::Tap(t),
+            });
+        }
         Arc::new(Switch {
             cfg,
             ports,
@@ -173,11 +222,12 @@ pub struct Fabric<L: Locks> {
 impl<L: Locks> Fabric<L> {
     /// Grant tables and RX-ring locks for every port of `sw`.
     pub fn new(sw: Arc<Switch>) -> Arc<Self> {
-        let pairs = usize::from(sw.cfg.queue_pairs);
-        let ports = (0..sw.ports.len())
-            .map(|_| PortFabric {
+        let ports = sw
+            .ports
+            .iter()
+            .map(|p| PortFabric {
                 grants: GrantTable::new(),
-                rings: (0..pairs).map(|_| RingLock::<L>::new(None)).collect(),
+                rings: (0..p.queues()).map(|_| RingLock::<L>::new(None)).collect(),
             })
             .collect();
         Arc::new(Fabric { sw, ports })
