@@ -6,7 +6,7 @@ use crate::config::{Config, ConfigError};
 use crate::device::{lock, NetDevice, TOKEN_TIMER, TOKEN_WAKE};
 use crate::socket::{SocketError, SocketFile};
 use crate::switch::{Fabric, FabricView, LockSet, Locks, Switch};
-use crate::tap::{TapPort, Uplinks};
+use crate::tap::{TapDevice, TapPort, Uplinks};
 use pvnet_grant::GrantInfo;
 use pvnet_locks::{with_rw_family, with_spin_family};
 use pvnet_locks::{RwLockKind, SpinLockKind};
@@ -87,8 +87,19 @@ pub struct Server {
 }
 
 impl Server {
-    /// Validates `cfg`, binds every socket, and starts one connection loop per port.
+    /// Validates `cfg`, opens its tap devices, binds every socket, and starts one
+    /// connection loop per socket port and one reader thread per tap queue.
     pub fn start(cfg: Config) -> Result<Server, ServeError> {
+        cfg.validate()?;
+        let taps = cfg.uplink.open_all()?;
+        Self::start_with_taps(cfg, taps)
+    }
+
+    /// [`Server::start`] with the tap ports' devices already open (one port each, after the
+    /// socket ports) instead of those `cfg.uplink` names. Any non-blocking descriptor that
+    /// keeps frame boundaries and carries a 12-byte virtio-net header before each frame will
+    /// do (tests stand in for the host side with a `SOCK_SEQPACKET` socket pair).
+    pub fn start_with_taps(cfg: Config, taps: Vec<TapDevice>) -> Result<Server, ServeError> {
         cfg.validate()?;
         let mut listeners = Vec::new();
         let mut files = Vec::new();
@@ -101,9 +112,7 @@ impl Server {
         let paths = cfg.sockets.clone();
         let (grant_lock, queue_lock) = (cfg.grant_lock, cfg.queue_lock);
         // Tap ports come after the socket ports (their devices close with the process).
-        let taps = cfg
-            .uplink
-            .open_all()?
+        let taps = taps
             .into_iter()
             .map(|d| TapPort::new(d).map(Arc::new))
             .collect::<io::Result<Vec<_>>>()

@@ -5,6 +5,7 @@
 //! software for the guest), and off. Skips (printing `SKIP:`) only where the machine has no
 //! `/dev/net/tun`, or forbids creating taps or network namespaces.
 
+mod hostile;
 mod stack;
 
 use pvnet_backend::stats::Drop;
@@ -227,7 +228,10 @@ fn uplink_run(tag: &str, tap_offload: bool, guest_offload: bool) {
     assert!(sw.ports[1].tap().is_some());
     // Into the namespace, with an address.
     ip(&["link", "set", &tap, "netns", &ns.0]).expect("move the tap");
-    let host = format!("{}.{}.{}.{}/24", HOST_IP[0], HOST_IP[1], HOST_IP[2], HOST_IP[3]);
+    let host = format!(
+        "{}.{}.{}.{}/24",
+        HOST_IP[0], HOST_IP[1], HOST_IP[2], HOST_IP[3]
+    );
     for cmd in [
         vec!["ip", "link", "set", "lo", "up"],
         vec!["ip", "addr", "add", &host, "dev", &tap],
@@ -303,7 +307,10 @@ fn uplink_run(tag: &str, tap_offload: bool, guest_offload: bool) {
         assert!(st.largest <= 1514, "frame of {} bytes", st.largest);
     }
     // Frames went both ways through the tap port, and nothing was lost on the way.
-    assert!(tap_port.tx_frames > 0 && tap_port.rx_frames > 0, "{tap_port:?}");
+    assert!(
+        tap_port.tx_frames > 0 && tap_port.rx_frames > 0,
+        "{tap_port:?}"
+    );
     assert_eq!(tap_port.total_drops(), 0, "{tap_port:?}");
     assert_eq!(guest_port.total_drops(), 0, "{guest_port:?}");
     assert_eq!(tap_port.drops_for(Drop::TapError), 0);

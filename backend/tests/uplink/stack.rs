@@ -97,7 +97,8 @@ impl Stack {
         }
         let tot = usize::from(u16::from_be_bytes([f[16], f[17]]));
         let Some(pkt) = f.get(14..14 + tot) else {
-            self.errors.push(format!("IP length {tot} beyond frame of {}", f.len()));
+            self.errors
+                .push(format!("IP length {tot} beyond frame of {}", f.len()));
             return Vec::new();
         };
         if hdr.gso_type != 0 {
@@ -116,7 +117,8 @@ impl Stack {
             6 => {
                 if !partial {
                     if let Err(e) = frames::verify_checksums(&f[..14 + tot]) {
-                        self.errors.push(format!("TCP frame with a bad checksum: {e:?}"));
+                        self.errors
+                            .push(format!("TCP frame with a bad checksum: {e:?}"));
                         return Vec::new();
                     }
                 }
@@ -185,8 +187,7 @@ impl Stack {
             self.rcv_nxt = Some(nxt.wrapping_add(payload.len() as u32));
         }
         let mut flags_out = ACK;
-        if flags & FIN != 0 && seq.wrapping_add(payload.len() as u32) == self.rcv_nxt.unwrap_or(0)
-        {
+        if flags & FIN != 0 && seq.wrapping_add(payload.len() as u32) == self.rcv_nxt.unwrap_or(0) {
             self.rcv_nxt = self.rcv_nxt.map(|n| n.wrapping_add(1));
             if !self.fin {
                 flags_out |= FIN;
@@ -211,7 +212,7 @@ impl Stack {
         t[2..4].copy_from_slice(&pport.to_be_bytes());
         t[4..8].copy_from_slice(&seq.to_be_bytes());
         t[8..12].copy_from_slice(&ack.to_be_bytes());
-        t[12] = ((20 + opts.len()) / 4 << 4) as u8;
+        t[12] = (((20 + opts.len()) / 4) << 4) as u8;
         t[13] = flags;
         t[14..16].copy_from_slice(&0xffffu16.to_be_bytes());
         t[20..].copy_from_slice(opts);
