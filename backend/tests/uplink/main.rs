@@ -189,7 +189,7 @@ fn forbidden(e: &ServeError) -> bool {
 }
 
 /// One run: tap offloads `tap_offload`, guest offloads (GUEST_CSUM/TSO) `guest_offload`.
-fn uplink_run(tag: &str, tap_offload: bool, guest_offload: bool) {
+fn uplink_run(tag: &str, tap_offload: bool, guest_offload: bool, queues: u16) {
     if !std::path::Path::new("/dev/net/tun").exists() {
         println!("SKIP: uplink {tag}: no /dev/net/tun on this machine");
         return;
@@ -210,7 +210,7 @@ fn uplink_run(tag: &str, tap_offload: bool, guest_offload: bool) {
         backpressure_bound: Duration::from_secs(5),
         uplink: TapConfig {
             names: vec![tap.clone()],
-            queues: 1,
+            queues,
             offload: tap_offload,
         },
         ..Config::default()
@@ -226,6 +226,7 @@ fn uplink_run(tag: &str, tap_offload: bool, guest_offload: bool) {
     let sw = server.switch().clone();
     assert_eq!(sw.ports.len(), 2);
     assert!(sw.ports[1].tap().is_some());
+    assert_eq!(sw.ports[1].queues(), usize::from(queues));
     // Into the namespace, with an address.
     ip(&["link", "set", &tap, "netns", &ns.0]).expect("move the tap");
     let host = format!(
@@ -276,7 +277,10 @@ fn uplink_run(tag: &str, tap_offload: bool, guest_offload: bool) {
     });
     stop.store(true, Ordering::Release);
     let (st, g) = st.join().expect("responder");
-    let tap_port = sw.ports[1].queue_snapshot(0);
+    let mut tap_port = sw.ports[1].queue_snapshot(0);
+    for q in 1..usize::from(queues) {
+        tap_port.add(&sw.ports[1].queue_snapshot(q));
+    }
     let guest_port = {
         let mut s = sw.ports[0].queue_snapshot(0);
         s.add(&sw.ports[0].queue_snapshot(1));
@@ -323,15 +327,20 @@ fn uplink_run(tag: &str, tap_offload: bool, guest_offload: bool) {
 
 #[test]
 fn uplink_ping_and_tcp_offloads_on() {
-    uplink_run("a", true, true);
+    uplink_run("a", true, true, 1);
 }
 
 #[test]
 fn uplink_ping_and_tcp_software_offloads_for_the_guest() {
-    uplink_run("b", true, false);
+    uplink_run("b", true, false, 1);
 }
 
 #[test]
 fn uplink_ping_and_tcp_offloads_off() {
-    uplink_run("c", false, false);
+    uplink_run("c", false, false, 1);
+}
+
+#[test]
+fn uplink_ping_and_tcp_multiqueue_tap() {
+    uplink_run("d", true, true, 4);
 }
