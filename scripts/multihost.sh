@@ -46,6 +46,7 @@ work=$(mktemp -d /tmp/pvnet-mh.XXXXXX)
 h=(upl-h1-$$ upl-h2-$$) taps=(uplha$$ uplhb$$)
 pids=()
 cleanup() {
+  set +e
   local p n
   for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
   for p in "${pids[@]}"; do

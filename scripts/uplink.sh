@@ -79,6 +79,7 @@ stop_all() {
   ip link del "$tapname" 2>/dev/null || true
 }
 cleanup() {
+  set +e
   stop_all
   if [ -n "$log_dir" ] && mkdir -p "$log_dir"; then cp -r "$work"/*.log "$log_dir"/ 2>/dev/null || true; fi
   rm -rf "$work"
