@@ -344,3 +344,55 @@ fn uplink_ping_and_tcp_offloads_off() {
 fn uplink_ping_and_tcp_multiqueue_tap() {
     uplink_run("d", true, true, 4);
 }
+
+/// A switch with one socket and the tap `name`.
+fn tap_server(tag: &str, name: &str) -> Result<Server, ServeError> {
+    let d = tmpdir(tag);
+    Server::start(Config {
+        sockets: vec![d.join("g.sock")],
+        queue_pairs: 1,
+        uplink: TapConfig {
+            names: vec![name.into()],
+            ..TapConfig::default()
+        },
+        ..Config::default()
+    })
+}
+
+#[test]
+fn a_created_tap_goes_with_pvnet_a_persistent_one_stays() {
+    if !std::path::Path::new("/dev/net/tun").exists() {
+        println!("SKIP: tap lifetime: no /dev/net/tun on this machine");
+        return;
+    }
+    let pid = std::process::id() % 100_000;
+    let exists = |n: &str| std::path::Path::new("/sys/class/net").join(n).exists();
+    // Created by pvnet: up while it runs, gone when its descriptors close.
+    let made = format!("uplc{pid}");
+    let s = match tap_server("tap-created", &made) {
+        Ok(s) => s,
+        Err(e) if forbidden(&e) => {
+            println!("SKIP: tap lifetime: this machine forbids tap devices: {e}");
+            return;
+        }
+        Err(e) => panic!("server: {e}"),
+    };
+    assert!(s.switch().ports[1].tap().is_some_and(|t| t.created));
+    let flags = std::fs::read_to_string(format!("/sys/class/net/{made}/flags")).expect("flags");
+    let flags = u32::from_str_radix(flags.trim().trim_start_matches("0x"), 16).expect("hex");
+    assert_eq!(flags & 1, 1, "tap not up (flags {flags:#x})");
+    s.shutdown();
+    assert!(!exists(&made), "the tap pvnet created outlived it");
+    // Persistent, made beforehand: attached to, and left in place.
+    let kept = format!("uplp{pid}");
+    if let Err(e) = ip(&["tuntap", "add", "dev", &kept, "mode", "tap"]) {
+        println!("SKIP: tap lifetime: cannot create a persistent tap: {e}");
+        return;
+    }
+    let s = tap_server("tap-persistent", &kept).expect("server on a persistent tap");
+    assert!(s.switch().ports[1].tap().is_some_and(|t| !t.created));
+    s.shutdown();
+    let stayed = exists(&kept);
+    let _ = ip(&["tuntap", "del", "dev", &kept, "mode", "tap"]);
+    assert!(stayed, "a persistent tap was removed");
+}
