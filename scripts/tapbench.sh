@@ -7,11 +7,11 @@
 #           by the other
 #   direct  A -> pvnet -> B and back (one pvnet, two vhost-user ports), as scripts/switchbench.sh
 # Each round runs both, in an order rotated per round; the table gives medians over rounds
-# of the client's received Mpps (both directions summed) and pvnet's CPU time per frame
-# (both pvnets summed for "tap").
+# of the client's received Mpps (both directions summed), pvnet's CPU time per frame and its
+# context switches (wake-ups) per frame (both pvnets summed for "tap").
 #
 #   scripts/tapbench.sh [--size B] [--rounds N (3)] [--secs S (5)] [--warmup S (2)]
-#                       [--no-build] [--pvnet-bin PATH] [--out DIR]
+#                       [--no-build] [--pvnet-bin PATH] [--out DIR] [-- extra pvnet flags]
 # pvnet runs on the first allowed CPU, the client on the second (as switchbench.sh).
 # Exit status: 0 measured, 1 failure, 77 testpmd, taps or network namespaces unavailable.
 set -euo pipefail
@@ -21,6 +21,7 @@ set -euo pipefail
 . "$PVNET_ROOT/scripts/lib/dpdk.sh"
 
 size=64 rounds=3 secs=5 warmup=2 build=1 pvnet_bin="" out=""
+pvnet_args=()
 need() { [ $# -ge 2 ] || die "$1 needs a value"; }
 while [ $# -gt 0 ]; do
   case $1 in
@@ -32,7 +33,8 @@ while [ $# -gt 0 ]; do
     --pvnet-bin) need "$@"; pvnet_bin=$2; build=0; shift ;;
     --out) need "$@"; out=$2; shift ;;
     -h | --help) usage "$0"; exit 0 ;;
-    *) die "unknown flag '$1' (see --help)" ;;
+    --) shift; pvnet_args+=("$@"); break ;;
+    *) die "unknown flag '$1' (see --help; pvnet flags go after --)" ;;
   esac
   shift
 done
@@ -91,13 +93,13 @@ run() {
   local kind=$1 r=$2 log=$out/$1-r$2 sa=$work/a.sock sb=$work/b.sock p
   mkdir -p "$log"
   if [ "$kind" = direct ]; then
-    taskset -c "$sw_cpu" "$bin" --socket "$sa" --socket "$sb" --queues 1 </dev/null >"$log/pvnet.log" 2>&1 &
+    taskset -c "$sw_cpu" "$bin" --socket "$sa" --socket "$sb" --queues 1 "${pvnet_args[@]}" </dev/null >"$log/pvnet.log" 2>&1 &
     pv+=($!)
   else
     local i s
     for i in 0 1; do
       s=$sa; [ "$i" = 1 ] && s=$sb
-      taskset -c "$sw_cpu" "$bin" --socket "$s" --queues 1 --tap "${taps[$i]}" </dev/null >"$log/pvnet$i.log" 2>&1 &
+      taskset -c "$sw_cpu" "$bin" --socket "$s" --queues 1 --tap "${taps[$i]}" "${pvnet_args[@]}" </dev/null >"$log/pvnet$i.log" 2>&1 &
       pv+=($!)
     done
   fi
@@ -136,11 +138,11 @@ run() {
   dpdk_cmd cl "set fwd mac"
   dpdk_cmd cl "start tx_first 32"
   sleep "$warmup"
-  local c0=0 c1=0 rep
-  for p in "${pv[@]}"; do c0=$((c0 + $(proc_cpu_ticks "$p"))); done
+  local c0=0 c1=0 x0=0 x1=0 rep
+  for p in "${pv[@]}"; do c0=$((c0 + $(proc_cpu_ticks "$p"))) x0=$((x0 + $(proc_ctxsw "$p"))); done
   dpdk_cmd cl "show port stats all"
   sleep "$secs"
-  for p in "${pv[@]}"; do c1=$((c1 + $(proc_cpu_ticks "$p"))); done
+  for p in "${pv[@]}"; do c1=$((c1 + $(proc_cpu_ticks "$p"))) x1=$((x1 + $(proc_ctxsw "$p"))); done
   dpdk_cmd cl "show port stats all"
   sleep 0.5
   dpdk_cmd cl "stop"
@@ -153,13 +155,13 @@ run() {
   rm -f "$sa" "$sb"
   rep=$(dpdk_port_reports "$log/client.log")
   printf '%s\n' "$rep" | awk -v kind="$kind" -v r="$r" -v s="$secs" -v c="$((c1 - c0))" \
-    -v hz="$(getconf CLK_TCK)" '
+    -v x="$((x1 - x0))" -v hz="$(getconf CLK_TCK)" '
     $2 <= 1 { rx[$1] += $3 }
     END {
       f = rx[1] - rx[0]
-      printf "%s %d %.4f %.0f\n", kind, r, f / s / 1e6, (f > 0 ? c / hz * 1e9 / f : 0)
+      printf "%s %d %.4f %.0f %.4f\n", kind, r, f / s / 1e6, (f > 0 ? c / hz * 1e9 / f : 0), (f > 0 ? x / f : 0)
     }' >>"$work/results"
-  log "$(tail -1 "$work/results") (kind round Mpps ns/frame)"
+  log "$(tail -1 "$work/results") (kind round Mpps ns/frame ctxsw/frame)"
 }
 
 kinds=(tap direct)
@@ -171,13 +173,14 @@ python3 - "$work/results" "$size" <<'PY'
 import statistics, sys
 rows = [l.split() for l in open(sys.argv[1]) if l.strip()]
 print("tapbench (preliminary): DPDK virtio-user closed loop, %s B frames, medians over rounds" % sys.argv[2])
-print("%-7s %7s %9s %14s" % ("path", "rounds", "Mpps", "pvnet ns/frame"))
+print("%-7s %7s %9s %14s %16s" % ("path", "rounds", "Mpps", "pvnet ns/frame", "ctxsw/frame"))
 m = {}
 for k in ("direct", "tap"):
     sel = [r for r in rows if r[0] == k]
     if sel:
         m[k] = statistics.median(float(r[2]) for r in sel)
-        print("%-7s %7d %9.3f %14.0f" % (k, len(sel), m[k], statistics.median(float(r[3]) for r in sel)))
+        print("%-7s %7d %9.3f %14.0f %16.4f" % (k, len(sel), m[k], statistics.median(float(r[3]) for r in sel),
+                                              statistics.median(float(r[4]) for r in sel)))
 if m.get("direct"):
     print("tap / direct: %.2f" % (m.get("tap", 0) / m["direct"]))
 PY

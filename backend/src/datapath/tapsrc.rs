@@ -74,6 +74,8 @@ pub struct TapSource {
     queues: Vec<(Option<usize>, bool)>,
     run: Vec<usize>,
     fates: Vec<Fate>,
+    /// The last read burst found the queue empty.
+    drained: bool,
     log: LogLimit,
 }
 
@@ -119,6 +121,7 @@ impl TapSource {
             queues: Vec::with_capacity(TAP_BURST),
             run: Vec::with_capacity(TAP_BURST),
             fates: Vec::with_capacity(TAP_BURST),
+            drained: false,
             log: LogLimit::default(),
         }
     }
@@ -141,10 +144,16 @@ impl TapSource {
             .min()
     }
 
+    /// Whether the last [`TapSource::read_burst`] emptied the queue (read until `EAGAIN`).
+    pub fn drained(&self) -> bool {
+        self.drained
+    }
+
     /// Step 1: reads up to [`TAP_BURST`] frames from `fd`, and classifies them (step 2).
     /// Returns the number read (0: the queue is empty). Call only when nothing is held.
     pub fn read_burst(&mut self, fd: RawFd, sw: &Switch) -> io::Result<usize> {
         self.frames.clear();
+        self.drained = false;
         let stats = &sw.ports[self.port].tx[self.q];
         let now = sw.fdb.now();
         let mut n = 0;
@@ -155,7 +164,10 @@ impl TapSource {
             if r < 0 {
                 let e = io::Error::last_os_error();
                 match e.raw_os_error() {
-                    Some(libc::EAGAIN) => break,
+                    Some(libc::EAGAIN) => {
+                        self.drained = true;
+                        break;
+                    }
                     Some(libc::EINTR) => continue,
                     _ if n > 0 => break,
                     _ => return Err(e),

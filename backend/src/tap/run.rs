@@ -3,8 +3,11 @@
 //! while a sender waits for room), the [`Waker`] that a full destination wakes, the
 //! back-pressure timer, the queue's control eventfd (a sender asks for the room watch) and
 //! the stop eventfd. The descriptor is read only while no frame is held back, so a full
-//! guest keeps the frames in the tap's own queue instead of in pvnet; no loop ever spins.
+//! guest keeps the frames in the tap's own queue instead of in pvnet; no loop spins except
+//! the bounded, adaptive polling that `--poll-us` asks for ([`Poller`]). Room appearing
+//! (`EPOLLOUT`) also ends a stall that an expired sender marked on the queue.
 
+use crate::datapath::poll::Poller;
 use crate::datapath::rxq::Waker;
 use crate::datapath::tapsrc::TapSource;
 use crate::datapath::worker::SLICE;
@@ -103,19 +106,29 @@ fn reader<L: Locks>(fabric: &Fabric<L>, p: usize, q: usize, stop: &EventFd) -> i
     add(tq.ctl.as_raw_fd(), EventSet::IN, TOK_CTL)?;
     add(stop.as_raw_fd(), EventSet::IN, TOK_STOP)?;
     let mut src = TapSource::new(p, q, waker.clone());
+    let mut poller = Poller::new(sw.cfg.poll_us);
     let (mut interest, mut room, mut broken) = (EventSet::IN, false, false);
     let mut timer_at: Option<Instant> = None;
     let mut events = vec![EpollEvent::default(); 8];
     loop {
-        // Work: bursts until the queue is empty, a frame is held back, or the slice ends.
+        // Work: bursts until the queue is empty (then polling while it pays, as for guest
+        // rings with --poll-us), a frame is held back, or the slice ends.
         let start = Instant::now();
         let mut more = false;
         while !broken && !src.held() {
             match src.read_burst(tq.fd(), sw) {
-                Ok(0) => break,
-                Ok(_) => src.deliver(fabric, false),
+                Ok(n) => {
+                    if n > 0 {
+                        poller.work();
+                        src.deliver(fabric, false);
+                    }
+                    if src.drained() && !src.held() && !poller.idle() {
+                        break;
+                    }
+                }
                 Err(e) => {
                     src.read_failed(&tap.name, &e);
+                    poller.sleep();
                     break;
                 }
             }
@@ -123,6 +136,9 @@ fn reader<L: Locks>(fabric: &Fabric<L>, p: usize, q: usize, stop: &EventFd) -> i
                 more = true;
                 break;
             }
+        }
+        if src.held() {
+            poller.sleep();
         }
         let want = fd_events(!broken && !src.held(), room);
         if want != interest {
@@ -151,6 +167,9 @@ fn reader<L: Locks>(fabric: &Fabric<L>, p: usize, q: usize, stop: &EventFd) -> i
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e),
         };
+        if !more {
+            poller.woken();
+        }
         for ev in &events[..n] {
             let set = ev.event_set();
             match ev.data() {
@@ -167,6 +186,7 @@ fn reader<L: Locks>(fabric: &Fabric<L>, p: usize, q: usize, stop: &EventFd) -> i
                         room = false;
                         let waiters = {
                             let _g = tq.write_lock();
+                            slot.clear_stall();
                             slot.take_waiters()
                         };
                         for w in waiters {

@@ -208,6 +208,8 @@ fn uplink_run(tag: &str, tap_offload: bool, guest_offload: bool, queues: u16) {
         sockets: vec![d.join("g.sock")],
         queue_pairs: 2,
         backpressure_bound: Duration::from_secs(5),
+        // The multi-queue run also polls (guest rings and tap queues, --poll-us).
+        poll_us: if queues > 1 { 50 } else { 0 },
         uplink: TapConfig {
             names: vec![tap.clone()],
             queues,
