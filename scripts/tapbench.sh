@@ -76,6 +76,10 @@ ensure_dpdk || { echo "SKIP: cannot install DPDK testpmd (${DPDK_PKGS[*]})"; exi
 ip netns add "$ns" 2>/dev/null || { echo "SKIP: cannot create network namespaces"; exit "$PVNET_SKIP_RC"; }
 ip -n "$ns" link add br0 type bridge
 ip -n "$ns" link set br0 up
+# A plain bridge: no netfilter calls on bridged frames (br_netfilter, where loaded).
+for t in iptables ip6tables arptables; do
+  ip netns exec "$ns" sysctl -q -w "net.bridge.bridge-nf-call-$t=0" 2>/dev/null || true
+done
 if [ "$build" = 1 ]; then
   log "cargo build --release -p pvnet"
   (cd "$PVNET_ROOT" && cargo build --release -q -p pvnet) >&2 || die "cargo build failed"
