@@ -361,6 +361,11 @@ impl TapSource {
     fn apply(&mut self, sw: &Switch, d: usize, run: &[usize]) {
         let stats = &sw.ports[self.port].tx[self.q];
         let now = Instant::now();
+        // One back-pressure count per wait for a destination, not per frame held.
+        let mut waiting = self
+            .frames
+            .iter()
+            .any(|f| matches!(f.state, State::Held(h, _) if h == d));
         for (&k, &fate) in run.iter().zip(&self.fates) {
             let f = &mut self.frames[k];
             if f.route == Route::Flood && f.state == State::Pending {
@@ -382,7 +387,10 @@ impl TapSource {
                 Fate::Full => match f.state {
                     s @ State::Held(..) => s,
                     _ => {
-                        stats.backpressure();
+                        if !waiting {
+                            stats.backpressure();
+                            waiting = true;
+                        }
                         State::Held(d, now)
                     }
                 },
