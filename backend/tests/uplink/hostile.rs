@@ -334,3 +334,55 @@ fn a_full_tap_holds_guest_frames_back_and_loses_none() {
     g.disconnect();
     s.shutdown();
 }
+
+#[test]
+fn a_guest_leaving_while_host_frames_wait_for_it_costs_no_bound() {
+    let (dev, host) = pair(None);
+    let s = start("uplink-leave", dev);
+    let sw = s.switch().clone();
+    let mut gc = guest_config(1, GUEST);
+    gc.rx_fill = None;
+    let mut g = TestGuest::connect(&s.paths()[0], gc).expect("connect");
+    wait_enabled(&sw, 0, 1);
+    g.send(
+        0,
+        &VirtioNetHdr::plain(),
+        &eth(frames::BROADCAST, GUEST, 0x88b5, &[1; 50]),
+    )
+    .expect("send");
+    host_recv(&host).expect("hello");
+    for i in 0..20 {
+        host_send(&host, &VirtioNetHdr::plain(), &tcp(200, i));
+    }
+    let t0 = Instant::now();
+    while sw.ports[1].queue_snapshot(0).backpressure == 0 {
+        assert!(t0.elapsed() < Duration::from_secs(10), "never held back");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // The guest goes away: the held frames are dropped and counted at once (not after the
+    // 10 s bound), and the reader goes on with the next guest.
+    let t_leave = Instant::now();
+    g.disconnect();
+    while sw.ports[1].queue_snapshot(0).total_drops() < 20 {
+        assert!(
+            t_leave.elapsed() < Duration::from_secs(5),
+            "held frames not released: {:?}",
+            sw.ports[1].queue_snapshot(0)
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let q = sw.ports[1].queue_snapshot(0);
+    assert_eq!(
+        q.drops_for(Drop::RxFullTimeout) + q.drops_for(Drop::NoDest),
+        20,
+        "{q:?}"
+    );
+    let mut g = TestGuest::connect(&s.paths()[0], guest_config(1, GUEST)).expect("reconnect");
+    wait_enabled(&sw, 0, 1);
+    let next = tcp(200, 99);
+    host_send(&host, &VirtioNetHdr::plain(), &next);
+    let got = collect(&mut g, 1);
+    assert_eq!(got.first().map(|r| &r.frame), Some(&next));
+    g.disconnect();
+    s.shutdown();
+}
