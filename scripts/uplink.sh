@@ -12,7 +12,9 @@
 #   vhost      QEMU's -netdev tap,vhost=on (the kernel's vhost-net; needs /dev/vhost-net)
 #   --compare  = --backend pvnet --backend tap --backend vhost
 # With several backends each round runs all of them, in an order rotated per round, with a
-# fresh guest each; the summary gives medians over rounds and the ratios to pvnet.
+# fresh guest each; the summary gives medians over rounds and the ratios to pvnet, and for
+# pvnet its CPU time per second and per frame and its context switches (wake-ups) per frame
+# (frames through the tap port, both ways, from its statistics).
 #
 # Flags:
 #   --queues N (1)  --tap-queues N (= --queues)  --mem MB (512)  --vcpus N (1)
@@ -26,6 +28,8 @@
 set -euo pipefail
 # shellcheck source=scripts/lib/common.sh
 . "$(dirname "$0")/lib/common.sh"
+# shellcheck source=scripts/lib/dpdk.sh
+. "$PVNET_ROOT/scripts/lib/dpdk.sh" # proc_cpu_ticks, proc_ctxsw, pvnet_snapshot
 
 backends=() queues=1 tap_queues="" mem=512 vcpus=1 offload=on accel=auto secs=10 rounds=1
 streams=1 build=1 pvnet_bin="" log_dir=""
@@ -121,7 +125,7 @@ fi
 # and both iperf3 directions from there; appends "BACKEND ROUND dir Gbit/s retransmits
 # switch-cpu-s" lines to $work/results.
 run() {
-  local b=$1 r=$2 net sock="$work/g.sock" pv="" t0 cpu0 cpu1
+  local b=$1 r=$2 net sock="$work/g.sock" pv="" t0
   ip netns add "$ns"
   case $b in
     pvnet)
@@ -169,20 +173,35 @@ run() {
   for dir in host-to-guest guest-to-host; do
     args=(-c 10.0.0.2 -t "$secs" -P "$streams" -J)
     [ "$dir" = guest-to-host ] && args+=(-R)
-    cpu0=$( [ -n "$pv" ] && awk '{print $14 + $15}' "/proc/$pv/stat" || echo 0)
+    local c0=0 c1=0 x0=0 x1=0 s0="" s1=""
+    if [ -n "$pv" ]; then
+      c0=$(proc_cpu_ticks "$pv") x0=$(proc_ctxsw "$pv")
+      s0=$(pvnet_snapshot "$pv" "$work/pvnet-$b-$r.log" 2 3 | grep '"port":1' || true)
+    fi
     ip netns exec "$ns" iperf3 "${args[@]}" >"$work/iperf-$b-$r-$dir.json" 2>&1 ||
       die "$b: iperf3 $dir failed: $(tail -3 "$work/iperf-$b-$r-$dir.json")"
-    cpu1=$( [ -n "$pv" ] && awk '{print $14 + $15}' "/proc/$pv/stat" || echo 0)
-    python3 - "$work/iperf-$b-$r-$dir.json" "$b" "$r" "$dir" "$((cpu1 - cpu0))" "$secs" \
-      >>"$work/results" <<'PY'
+    if [ -n "$pv" ]; then
+      c1=$(proc_cpu_ticks "$pv") x1=$(proc_ctxsw "$pv")
+      s1=$(pvnet_snapshot "$pv" "$work/pvnet-$b-$r.log" 2 3 | grep '"port":1' || true)
+    fi
+    python3 - "$work/iperf-$b-$r-$dir.json" "$b" "$r" "$dir" "$((c1 - c0))" "$secs" \
+      "$((x1 - x0))" "${s0:-{\}}" "${s1:-{\}}" >>"$work/results" <<'PY'
 import json, os, sys
 j = json.load(open(sys.argv[1]))
 end = j["end"]
 bps = end["sum_received"]["bits_per_second"]
 rt = end["sum_sent"].get("retransmits", 0)
-tick = os.sysconf("SC_CLK_TCK")
-cpu = int(sys.argv[5]) / tick / float(sys.argv[6])
-print(sys.argv[2], sys.argv[3], sys.argv[4], "%.3f" % (bps / 1e9), rt, "%.2f" % cpu)
+ticks = int(sys.argv[5])
+cpu = ticks / os.sysconf("SC_CLK_TCK") / float(sys.argv[6])
+# Frames through the tap port (both ways) during the run, from pvnet's statistics.
+def frames(s):
+    t = json.loads(s).get("total", {})
+    return t.get("tx_frames", 0) + t.get("rx_frames", 0)
+f = frames(sys.argv[9]) - frames(sys.argv[8])
+ns = ticks / os.sysconf("SC_CLK_TCK") * 1e9 / f if f > 0 else 0
+wake = int(sys.argv[7]) / f if f > 0 else 0
+print(sys.argv[2], sys.argv[3], sys.argv[4], "%.3f" % (bps / 1e9), rt, "%.2f" % cpu,
+      "%.0f" % ns, "%.3f" % wake)
 PY
     log "$b round $r $dir: $(tail -1 "$work/results")"
   done
@@ -209,7 +228,8 @@ import statistics, sys
 rows = [l.split() for l in open(sys.argv[1]) if l.strip()]
 print("uplink (preliminary): accel %s, %s queue pair(s), offload %s; medians over rounds"
       % (sys.argv[2], sys.argv[3], sys.argv[4]))
-print("%-8s %-14s %7s %10s %8s %14s" % ("backend", "direction", "rounds", "Gbit/s", "retr", "pvnet CPU/s"))
+print("%-8s %-14s %7s %10s %8s %12s %14s %12s" % ("backend", "direction", "rounds", "Gbit/s", "retr",
+      "pvnet CPU/s", "pvnet ns/frame", "ctxsw/frame"))
 med = {}
 for b in dict.fromkeys(r[0] for r in rows):
     for d in ("host-to-guest", "guest-to-host"):
@@ -219,8 +239,12 @@ for b in dict.fromkeys(r[0] for r in rows):
         g = statistics.median(float(r[3]) for r in sel)
         rt = statistics.median(int(r[4]) for r in sel)
         cpu = statistics.median(float(r[5]) for r in sel)
+        nsf = statistics.median(float(r[6]) for r in sel)
+        wk = statistics.median(float(r[7]) for r in sel)
         med[(b, d)] = g
-        print("%-8s %-14s %7d %10.3f %8d %14s" % (b, d, len(sel), g, rt, "%.2f" % cpu if b == "pvnet" else "-"))
+        pv = b == "pvnet"
+        print("%-8s %-14s %7d %10.3f %8d %12s %14s %12s" % (b, d, len(sel), g, rt,
+              "%.2f" % cpu if pv else "-", "%.0f" % nsf if pv else "-", "%.3f" % wk if pv else "-"))
 for b in ("tap", "vhost"):
     for d in ("host-to-guest", "guest-to-host"):
         if (b, d) in med and ("pvnet", d) in med and med[(b, d)] > 0:
