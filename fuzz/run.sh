@@ -4,7 +4,7 @@
 #
 #   fuzz/run.sh [--secs N] [--merge] [TARGET...]
 #
-# Targets (default: all): net_frame, tx_ring, vhost_msgs (see fuzz/fuzz_targets/). Each run
+# Targets (default: all): net_frame, tx_ring, vhost_msgs, tap_frames (see fuzz/fuzz_targets/). Each run
 # starts from the committed seeds in fuzz/corpus/TARGET (copied to target/fuzz/corpus, so the
 # seeds do not grow), stops after N seconds (default 20), and prints one line:
 #   fuzz TARGET: N s, RUNS runs, EXECS exec/s, cov COV, ft FT, corpus UNITS
@@ -32,7 +32,7 @@ while [ $# -gt 0 ]; do
   esac
   shift
 done
-[ ${#targets[@]} -gt 0 ] || targets=(net_frame tx_ring vhost_msgs)
+[ ${#targets[@]} -gt 0 ] || targets=(net_frame tx_ring vhost_msgs tap_frames)
 
 if ! cargo +nightly --version >/dev/null 2>&1; then
   if command -v rustup >/dev/null &&

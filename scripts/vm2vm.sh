@@ -33,10 +33,22 @@
 #   --format text|json|csv   (default text); --label NAME names the configuration
 #   --log-dir DIR            keep serial consoles and switch output there
 #   --timeout S              give up after S seconds (default: computed from secs/repeat)
+# Uplink:
+#   --uplink                 guest <-> host through a tap in a network namespace instead:
+#                            runs scripts/uplink.sh with the other flags (see its --help)
 # Exit status: 0 traffic passed, 1 failure, 77 QEMU or the guest image cannot be installed.
 set -euo pipefail
 # shellcheck source=scripts/lib/common.sh
 . "$(dirname "$0")/lib/common.sh"
+
+for a in "$@"; do
+  [ "$a" = -- ] && break
+  if [ "$a" = --uplink ]; then
+    rest=()
+    for b in "$@"; do [ "$b" = --uplink ] || rest+=("$b"); done
+    exec "$(dirname "$0")/uplink.sh" "${rest[@]}"
+  fi
+done
 
 switch=pvnet grant_lock="" queue_lock="" build=1 pvnet_bin="" client_mode=0
 queues=16 vcpus=1 guests=2 mem=512 offload=on accel=auto

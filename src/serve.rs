@@ -84,6 +84,20 @@ pub struct Args {
     /// usable CPUs divided among the ports, at least 1, at most one per queue pair).
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub workers: u16,
+    /// Tap device of one more port (repeat for more), after the socket ports: created if
+    /// missing (and gone when pvnet exits), or attached to if it exists (a persistent tap),
+    /// and brought up. The uplink to the host's network stack.
+    #[arg(long = "tap", value_name = "NAME")]
+    pub taps: Vec<String>,
+    /// Queues per tap device (IFF_MULTI_QUEUE above 1; one reader thread per queue; frames
+    /// to the tap are spread over its queues by flow hash).
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub tap_queues: u16,
+    /// Pass checksum and TCP segmentation offloads between guests and tap devices (off:
+    /// the kernel hands over complete frames, and pvnet completes or segments what guests
+    /// send before writing it to a tap).
+    #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
+    pub tap_offload: bool,
     /// MTU advertised in the device config space (offers VIRTIO_NET_F_MTU).
     #[arg(long, value_name = "BYTES")]
     pub mtu: Option<u16>,
@@ -126,6 +140,11 @@ impl TryFrom<&Args> for Config {
             port_security: a.port_security,
             poll_us: a.poll_us,
             workers: a.workers,
+            uplink: pvnet_backend::tap::TapConfig {
+                names: a.taps.clone(),
+                queues: a.tap_queues,
+                offload: a.tap_offload,
+            },
             ..Config::default()
         };
         let cfg = Config {

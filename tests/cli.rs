@@ -53,6 +53,9 @@ fn help_lists_every_flag() {
         "--control",
         "--no-control",
         "--metrics",
+        "--tap",
+        "--tap-queues",
+        "--tap-offload",
     ] {
         assert!(s.contains(flag), "{flag} missing from --help");
     }
@@ -297,6 +300,35 @@ fn duplicate_spellings_of_one_socket_refused() {
         let out = run_bounded(&["--socket", a.to_str().expect("utf-8"), "--socket", &twice]);
         assert_usage_error(&out, "given twice");
         assert!(!a.exists());
+    }
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[test]
+fn bad_tap_flags_exit_2_with_one_line() {
+    let d = tmpdir("tap");
+    let sock = d.join("a.sock");
+    let sock = sock.to_str().expect("utf-8 path");
+    let out = pvnet()
+        .args(["--socket", sock, "--tap", "upl0", "--tap-queues", "0"])
+        .output()
+        .expect("run pvnet");
+    assert_usage_error(&out, "--tap-queues");
+    let out = pvnet()
+        .args(["--socket", sock, "--tap", "a/b"])
+        .output()
+        .expect("run pvnet");
+    assert_usage_error(&out, "invalid tap name");
+    let out = pvnet()
+        .args(["--socket", sock, "--tap", "upl0", "--tap", "upl0"])
+        .output()
+        .expect("run pvnet");
+    assert_usage_error(&out, "given twice");
+    if std::path::Path::new("/dev/net/tun").exists() {
+        // An interface that is not a tap cannot be attached to.
+        let out = run_bounded(&["--socket", sock, "--tap", "lo"]);
+        assert_usage_error(&out, "tap lo");
+        assert!(!std::path::Path::new(sock).exists(), "socket left behind");
     }
     let _ = std::fs::remove_dir_all(&d);
 }

@@ -61,7 +61,7 @@ fn ctl_lists_adds_and_deletes_ports() {
     fails(&ctl(&control, &["log-level", "loud"]), "unknown log level");
     fails(
         &ctl(&control, &["add-port", "--tap", "t0"]),
-        "not supported yet",
+        "not added at run time",
     );
     ok(&ctl(&control, &["del-port", "port1"]));
     assert!(!c.exists(), "deleted port's socket still there");

@@ -56,6 +56,8 @@ pub enum ConfigError {
     PollUs(u32),
     #[error("--workers must be between 0 (automatic) and --queues ({1}), got {0}")]
     Workers(u16, u16),
+    #[error(transparent)]
+    Tap(#[from] crate::tap::TapConfigError),
 }
 
 /// Configuration of the whole switch.
@@ -98,6 +100,8 @@ pub struct Config {
     /// Frames whose source MAC is not the port's own ([`Config::mac_of`]) are dropped and
     /// counted (OVS port security, libvirt's `no-mac-spoofing`).
     pub port_security: bool,
+    /// Tap devices as extra ports (after the socket ports).
+    pub uplink: crate::tap::TapConfig,
 }
 
 impl Default for Config {
@@ -118,6 +122,7 @@ impl Default for Config {
             poll_us: DEFAULT_POLL_US,
             workers: 0,
             port_security: false,
+            uplink: crate::tap::TapConfig::default(),
         }
     }
 }
@@ -132,6 +137,7 @@ impl Config {
         if n > MAX_PORTS {
             return Err(ConfigError::TooManyPorts(n));
         }
+        self.uplink.validate()?;
         if self.max_ports != 0 && !(n..=MAX_PORTS).contains(&self.max_ports) {
             return Err(ConfigError::MaxPorts(self.max_ports, n));
         }
@@ -176,8 +182,14 @@ impl Config {
         Ok(())
     }
 
-    /// Ports given at start: the `sockets`, then the `clients`.
+    /// Ports given at start: the `sockets`, then the `clients`, then the taps.
     pub fn port_count(&self) -> usize {
+        self.vhost_port_count() + self.uplink.names.len()
+    }
+
+    /// Number of vhost-user ports given at start: the sockets, then the clients (the ports
+    /// from index 0; tap ports follow them).
+    pub fn vhost_port_count(&self) -> usize {
         self.sockets.len() + self.clients.len()
     }
 

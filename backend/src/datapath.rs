@@ -28,10 +28,15 @@
 //! ([`rxq::Waker`]), and after `Config::backpressure_bound` the held-back frames are dropped
 //! and the queue is marked stalled. Flooded copies to a full queue are dropped at once.
 //!
+//! Tap ports (the uplink, `crate::tap`) take part as one more kind of destination
+//! ([`tapdest`]: `writev` into a tap queue) and one more kind of sender ([`tapsrc`]: bursts
+//! read from a tap queue, switched through the same destinations).
+//!
 //! Module layering (each file uses only the ones before it): [`chain`], [`ring`], [`copy`]
 //! (ring and buffer steps) ← [`rxslot`], [`rxq`] (a guest RX ring as a destination) ←
-//! `switch` (ports, fabric) ← [`dest`], [`burst`], [`held`], [`soft`] ← [`qpair`] ←
-//! [`poll`], [`worker`] ← `device` ← `server`.
+//! `tap::queue` ← `switch` (ports, fabric) ← [`dest`], [`burst`], [`held`], [`soft`],
+//! [`tapdest`] ← [`qpair`], [`tapsrc`] ← [`poll`], [`worker`], `tap::run` ← `device` ←
+//! `server`.
 
 pub mod burst;
 pub mod chain;
@@ -44,6 +49,8 @@ pub mod ring;
 pub mod rxq;
 pub mod rxslot;
 pub mod soft;
+pub mod tapdest;
+pub mod tapsrc;
 pub mod worker;
 
 use crate::net::VirtioNetHdr;

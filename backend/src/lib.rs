@@ -26,6 +26,7 @@
 //! * [`switch`], [`fdb`]: ports, RX queues under the `--queue-lock` kind, MAC table;
 //! * [`stats`], [`report`]: per-port, per-queue counters and their text/JSON rendering;
 //! * [`memguard`]: vetting guest memory files; containing a truncation's `SIGBUS` to its port;
+//! * [`tap`]: tap devices as switch ports (the uplink to the host's network);
 //! * [`net`]: header parsing, flow hash, checksums, software segmentation.
 
 pub mod config;
@@ -43,6 +44,7 @@ pub mod server;
 pub mod socket;
 pub mod stats;
 pub mod switch;
+pub mod tap;
 
 pub use config::{parse_group, parse_mac, parse_mode, Config, ConfigError};
 pub use server::{ServeError, Server};

@@ -129,9 +129,7 @@ impl SwitchCollector {
     fn queues(&self) -> Vec<(usize, usize, QueueSnapshot)> {
         let sw = &self.0;
         sw.ports_in_use()
-            .flat_map(|(p, port)| {
-                (0..usize::from(sw.cfg.queue_pairs)).map(move |q| (p, q, port.queue_snapshot(q)))
-            })
+            .flat_map(|(p, port)| (0..port.queues()).map(move |q| (p, q, port.queue_snapshot(q))))
             .collect()
     }
 

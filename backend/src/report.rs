@@ -25,7 +25,7 @@ pub enum StatsFormat {
 
 fn port_total(sw: &Switch, p: usize) -> QueueSnapshot {
     let mut t = QueueSnapshot::default();
-    for q in 0..usize::from(sw.cfg.queue_pairs) {
+    for q in 0..sw.ports[p].queues() {
         t.add(&sw.ports[p].queue_snapshot(q));
     }
     t
@@ -72,7 +72,7 @@ fn render_text(sw: &Switch) -> String {
     );
     for (p, _) in sw.ports_in_use() {
         let mut rows = Vec::new();
-        for q in 0..usize::from(sw.cfg.queue_pairs) {
+        for q in 0..sw.ports[p].queues() {
             let s = sw.ports[p].queue_snapshot(q);
             if s != QueueSnapshot::default() {
                 rows.push((q.to_string(), s));
@@ -125,11 +125,12 @@ fn render_text(sw: &Switch) -> String {
 /// The counters of port `p` as one JSON object (what `--stats-format json` prints per port).
 pub fn port_json(sw: &Switch, p: usize) -> serde_json::Value {
     let port = &sw.ports[p];
-    let queues: Vec<serde_json::Value> = (0..usize::from(sw.cfg.queue_pairs))
+    let queues: Vec<serde_json::Value> = (0..sw.ports[p].queues())
         .map(|q| port.queue_snapshot(q).to_json())
         .collect();
     serde_json::json!({
         "port": p,
+        "tap": port.tap().map(|t| t.name.clone()),
         "connected": port.connected.load(Ordering::Acquire),
         "enabled_pairs": port.enabled_pairs(),
         "connections": port.connections.load(Ordering::Acquire),

@@ -10,6 +10,7 @@ use crate::config::{Config, ConfigError};
 use crate::device::lock;
 use crate::socket::{SocketError, SocketFile};
 use crate::switch::{Fabric, FabricView, LockSet, Locks, Switch};
+use crate::tap::{TapDevice, TapPort, Uplinks};
 use conn::{Endpoint, PortCtl};
 use pvnet_grant::GrantInfo;
 use pvnet_locks::{with_rw_family, with_spin_family};
@@ -30,6 +31,10 @@ pub enum ServeError {
     Config(#[from] ConfigError),
     #[error(transparent)]
     Port(#[from] PortError),
+    #[error(transparent)]
+    Tap(#[from] crate::tap::TapError),
+    #[error("cannot start the tap ports: {0}")]
+    TapStart(io::Error),
 }
 
 /// Errors adding or deleting a port.
@@ -59,6 +64,8 @@ pub enum PortMode {
     Socket,
     /// The frontend listens on the path; pvnet connects and reconnects (`--client`).
     Client,
+    /// A tap device (`--tap`; the path is the interface name). Given at start only.
+    Tap,
 }
 
 /// A port as the control plane sees it.
@@ -114,12 +121,25 @@ pub struct Server {
     /// Held through a port's addition or deletion: one at a time, so a slot is chosen,
     /// filled or emptied (its loop joined) by one caller only.
     admin: Mutex<()>,
+    /// The tap ports' reader threads (`--tap`).
+    uplinks: Mutex<Uplinks>,
 }
 
 impl Server {
-    /// Validates `cfg`, binds every socket, and starts one connection loop per port (the
-    /// `sockets`, then the `clients`).
+    /// Validates `cfg`, opens its tap devices, binds every socket, and starts one connection
+    /// loop per port (the `sockets`, then the `clients`) and one reader thread per tap queue
+    /// (the tap ports come after the others).
     pub fn start(cfg: Config) -> Result<Server, ServeError> {
+        cfg.validate()?;
+        let taps = cfg.uplink.open_all()?;
+        Self::start_with_taps(cfg, taps)
+    }
+
+    /// [`Server::start`] with the tap ports' devices already open (one port each, after the
+    /// vhost-user ports) instead of those `cfg.uplink` names. Any non-blocking descriptor
+    /// that keeps frame boundaries and carries a 12-byte virtio-net header before each frame
+    /// will do (tests stand in for the host side with a `SOCK_SEQPACKET` socket pair).
+    pub fn start_with_taps(cfg: Config, taps: Vec<TapDevice>) -> Result<Server, ServeError> {
         cfg.validate()?;
         let given: Vec<(PortMode, PathBuf)> = cfg
             .sockets
@@ -134,15 +154,23 @@ impl Server {
         }
         let paths = given.iter().map(|(_, p)| p.clone()).collect();
         let (grant_lock, queue_lock) = (cfg.grant_lock, cfg.queue_lock);
-        let table = cfg.table_size();
-        let sw = Switch::new(cfg);
+        // Tap ports come after the vhost-user ports (their devices close with the process).
+        let taps = taps
+            .into_iter()
+            .map(|d| TapPort::new(d).map(Arc::new))
+            .collect::<io::Result<Vec<_>>>()
+            .map_err(ServeError::TapStart)?;
+        let sw = Switch::with_taps(cfg, taps);
+        let table = sw.ports.len();
         // The one place the lock kinds are looked at: everything below is compiled per pair.
-        let (fabric, spawner) = with_rw_family!(grant_lock, G => with_spin_family!(queue_lock, Q => {
+        let (fabric, spawner, uplinks) = with_rw_family!(grant_lock, G => with_spin_family!(queue_lock, Q => {
             let f = Fabric::<LockSet<G, Q>>::new(sw.clone());
             let view: Arc<dyn FabricView> = f.clone();
+            let up = Uplinks::start(&f);
             let sp: Box<dyn Spawner> = Box::new(SpawnerOf(f));
-            (view, sp)
+            (view, sp, up)
         }));
+        let uplinks = Mutex::new(uplinks.map_err(ServeError::TapStart)?);
         let server = Server {
             sw,
             fabric,
@@ -151,6 +179,7 @@ impl Server {
             paths,
             closed: AtomicBool::new(false),
             admin: Mutex::new(()),
+            uplinks,
         };
         for (idx, ((kind, path), b)) in given.into_iter().zip(bound).enumerate() {
             server.launch(idx, kind, path, b)?;
@@ -179,13 +208,20 @@ impl Server {
         &self.paths
     }
 
-    /// The ports now, by slot.
+    /// The ports now, by slot (vhost-user ports and tap ports).
     pub fn ports(&self) -> Vec<PortInfo> {
-        lock(&self.slots)
-            .iter()
-            .flatten()
-            .map(|r| r.info.clone())
-            .collect()
+        let slots = lock(&self.slots);
+        let mut v: Vec<PortInfo> = slots.iter().flatten().map(|r| r.info.clone()).collect();
+        drop(slots);
+        v.extend(self.sw.ports_in_use().filter_map(|(idx, p)| {
+            p.tap().map(|t| PortInfo {
+                idx,
+                kind: PortMode::Tap,
+                path: PathBuf::from(&t.name),
+            })
+        }));
+        v.sort_by_key(|p| p.idx);
+        v
     }
 
     /// Adds a port in the lowest free slot: binds its socket (`Socket`) or starts
@@ -199,9 +235,11 @@ impl Server {
             if let Some(r) = slots.iter().flatten().find(|r| r.canonical == canonical) {
                 return Err(PortError::Duplicate(path.display().to_string(), r.info.idx));
             }
+            // A free slot: no vhost-user port in it, and not a tap port's.
             slots
                 .iter()
-                .position(Option::is_none)
+                .enumerate()
+                .position(|(i, s)| s.is_none() && !self.sw.ports[i].in_use.load(Ordering::Acquire))
                 .ok_or(PortError::TableFull(slots.len()))?
         };
         let b = prepare(kind, path, &self.sw.cfg)?;
@@ -254,6 +292,7 @@ impl Server {
         for mut r in runs {
             stop(&mut r);
         }
+        lock(&self.uplinks).shutdown();
     }
 
     /// Starts port `idx`'s loop on a prepared endpoint and records it.
@@ -309,6 +348,12 @@ fn prepare(kind: PortMode, path: &Path, cfg: &Config) -> Result<Prepared, PortEr
             (Endpoint::Listen(Listener::from(l)), Some(f), canonical)
         }
         PortMode::Client => (Endpoint::Connect(path.to_path_buf()), None, canonical),
+        PortMode::Tap => {
+            return Err(PortError::Path(
+                path.display().to_string(),
+                io::Error::other("tap ports are given at start (--tap), not added at run time"),
+            ))
+        }
     })
 }
 

@@ -45,10 +45,13 @@ pub enum DropReason {
     SpoofedMac,
     /// Destination RX ring unreadable (bogus avail index, ring outside granted memory).
     RxBadRing,
+    /// A tap device refused the frame (a write error other than a full queue), or a read
+    /// from it failed.
+    TapError,
 }
 
 /// Number of [`DropReason`] reasons.
-pub const NR_DROPS: usize = DropReason::RxBadRing as usize + 1;
+pub const NR_DROPS: usize = DropReason::TapError as usize + 1;
 
 impl DropReason {
     /// Every reason, in counter order.
@@ -68,6 +71,7 @@ impl DropReason {
         DropReason::ChainTooLong,
         DropReason::SpoofedMac,
         DropReason::RxBadRing,
+        DropReason::TapError,
     ];
 
     /// Short name used in tables and JSON.
@@ -88,6 +92,7 @@ impl DropReason {
             DropReason::ChainTooLong => "chain_too_long",
             DropReason::SpoofedMac => "spoofed_mac",
             DropReason::RxBadRing => "rx_bad_ring",
+            DropReason::TapError => "tap_error",
         }
     }
 }

@@ -14,6 +14,7 @@ use crate::datapath::rxq::{RxRing, RxSlot};
 use crate::fdb::Fdb;
 use crate::memguard::MemGuard;
 use crate::stats::{QueueSnapshot, TxStats};
+use crate::tap::TapPort;
 use pvnet_grant::GrantInfo;
 use pvnet_grant::GrantTable;
 use pvnet_locks::family::{MutexApi, RwFamily, SpinFamily};
@@ -48,13 +49,25 @@ pub type RingLock<L> = <<L as Locks>::Queue as SpinFamily>::Lock<Option<RxRing>>
 /// A held RX queue lock under lock set `L`.
 pub type RingGuard<'a, L> = <RingLock<L> as MutexApi<Option<RxRing>>>::Guard<'a>;
 
+/// What is behind a port.
+#[derive(Clone)]
+pub enum PortKind {
+    /// A vhost-user socket (a guest connects).
+    Guest,
+    /// A tap device (the uplink to the host's network stack); always connected, one RX
+    /// queue per tap queue.
+    Tap(Arc<TapPort>),
+}
+
 /// One slot of the switch's port table: a port (one vhost-user socket, listened on or
-/// connected to) while `in_use`, else free for a port added at run time. The index is the
+/// connected to, or a tap device) while `in_use`, else free for a vhost-user port added at
+/// run time. The index is the
 /// port's identity on the data path (FDB entries, destination masks); a slot keeps its
 /// rings, locks and counters across occupants.
 pub struct Port {
     pub idx: usize,
     pub mac: [u8; 6],
+    pub kind: PortKind,
     /// RX queues, one per pair (their rings and locks are in the [`Fabric`]).
     pub rx: Box<[RxSlot]>,
     /// Per-pair transmit counters.
@@ -75,6 +88,19 @@ pub struct Port {
 }
 
 impl Port {
+    /// The tap behind this port, if it is a tap port.
+    pub fn tap(&self) -> Option<&Arc<TapPort>> {
+        match &self.kind {
+            PortKind::Tap(t) => Some(t),
+            PortKind::Guest => None,
+        }
+    }
+
+    /// Number of queue pairs (a tap port: its tap queues).
+    pub fn queues(&self) -> usize {
+        self.rx.len()
+    }
+
     /// Number of enabled RX queues.
     pub fn enabled_pairs(&self) -> u32 {
         self.enabled.load(Ordering::Acquire).count_ones()
@@ -122,24 +148,52 @@ impl Switch {
     /// Builds the port table of a validated configuration ([`Config::table_size`] slots,
     /// the first [`Config::port_count`] of them in use).
     pub fn new(cfg: Config) -> Arc<Self> {
+        Self::with_taps(cfg, Vec::new())
+    }
+
+    /// Builds the port table: the vhost-user ports given at start (sockets, then clients),
+    /// then one port per tap, then free slots up to [`Config::table_size`].
+    pub fn with_taps(cfg: Config, taps: Vec<Arc<TapPort>>) -> Arc<Self> {
         let pairs = usize::from(cfg.queue_pairs);
-        let given = cfg.port_count();
-        let ports = (0..cfg.table_size())
-            .map(|idx| Port {
+        let given = cfg.vhost_port_count();
+        let guest = |idx: usize, in_use: bool| Port {
+            idx,
+            mac: cfg.mac_of(idx),
+            kind: PortKind::Guest,
+            rx: (0..pairs).map(|_| RxSlot::default()).collect(),
+            tx: (0..pairs).map(|_| TxStats::default()).collect(),
+            enabled: AtomicU64::new(0),
+            features: AtomicU64::new(0),
+            connected: AtomicBool::new(false),
+            in_use: AtomicBool::new(in_use),
+            connections: AtomicU64::new(0),
+            guard: MemGuard::new(),
+        };
+        let mut ports: Vec<Port> = (0..given).map(|idx| guest(idx, true)).collect();
+        for t in taps {
+            let idx = ports.len();
+            let n = t.queues.len().min(64);
+            let mask = if n == 64 { u64::MAX } else { (1u64 << n) - 1 };
+            ports.push(Port {
                 idx,
                 mac: cfg.mac_of(idx),
-                rx: (0..pairs).map(|_| RxSlot::default()).collect(),
-                tx: (0..pairs).map(|_| TxStats::default()).collect(),
-                enabled: AtomicU64::new(0),
-                features: AtomicU64::new(0),
-                connected: AtomicBool::new(false),
-                in_use: AtomicBool::new(idx < given),
-                connections: AtomicU64::new(0),
+                rx: (0..n).map(|_| RxSlot::default()).collect(),
+                tx: (0..n).map(|_| TxStats::default()).collect(),
+                enabled: AtomicU64::new(mask),
+                features: AtomicU64::new(t.features()),
+                connected: AtomicBool::new(true),
+                in_use: AtomicBool::new(true),
+                connections: AtomicU64::new(1),
                 guard: MemGuard::new(),
-            })
-            .collect();
+                kind: PortKind::Tap(t),
+            });
+        }
+        let used = ports.len();
+        while ports.len() < cfg.table_size() {
+            ports.push(guest(ports.len(), false));
+        }
         Arc::new(Switch {
-            in_use: AtomicUsize::new(given.min(cfg.table_size())),
+            in_use: AtomicUsize::new(used),
             cfg,
             ports,
             fdb: Fdb::new(),
@@ -214,11 +268,12 @@ pub struct Fabric<L: Locks> {
 impl<L: Locks> Fabric<L> {
     /// Grant tables and RX-ring locks for every port of `sw`.
     pub fn new(sw: Arc<Switch>) -> Arc<Self> {
-        let pairs = usize::from(sw.cfg.queue_pairs);
-        let ports = (0..sw.ports.len())
-            .map(|_| PortFabric {
+        let ports = sw
+            .ports
+            .iter()
+            .map(|p| PortFabric {
                 grants: GrantTable::new(),
-                rings: (0..pairs).map(|_| RingLock::<L>::new(None)).collect(),
+                rings: (0..p.queues()).map(|_| RingLock::<L>::new(None)).collect(),
             })
             .collect();
         Arc::new(Fabric { sw, ports })

@@ -137,7 +137,9 @@ fn add_port(
     let (kind, path) = match (socket, client, tap) {
         (Some(p), None, None) => (PortMode::Socket, p),
         (None, Some(p), None) => (PortMode::Client, p),
-        (None, None, Some(_)) => return Err("tap ports are not supported yet".into()),
+        (None, None, Some(_)) => {
+            return Err("tap ports are given at start (--tap), not added at run time".into())
+        }
         _ => return Err("add-port takes exactly one of socket, client or tap".into()),
     };
     let idx = server.add_port(kind, &path).map_err(|e| e.to_string())?;
@@ -159,6 +161,7 @@ fn port_info(server: &Server, p: &PortInfo) -> Value {
         (true, _) => "connected",
         (false, PortMode::Socket) => "listening",
         (false, PortMode::Client) => "connecting",
+        (false, PortMode::Tap) => "down",
     };
     json!({
         "name": p.name(),

@@ -2,8 +2,9 @@
 //! takes an ordered set of frames for one of its queues and says what became of each.
 //!
 //! A guest port ([`GuestPort`]: vhost-user RX rings under `--queue-lock`, copies under both
-//! ports' grant guards) is one kind of destination; another kind (a tap device writing frames
-//! with `writev`, registering the sender for `EPOLLOUT` when full) implements the same trait.
+//! ports' grant guards) is one kind of destination; a tap port
+//! ([`TapDest`](crate::datapath::tapdest::TapDest): `writev` into a tap queue, the sender
+//! registered for room when the queue is full) is the other.
 //!
 //! Lock-hold bound: a guest port delivers at most
 //! [`HOLD_BYTES`](crate::datapath::rxq::HOLD_BYTES) of frame data per queue-lock hold; a

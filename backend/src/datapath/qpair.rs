@@ -19,10 +19,11 @@ use crate::datapath::held::HeldBack;
 use crate::datapath::ring::{needs_call, Kicks, RingLayout, UsedShadow};
 use crate::datapath::rxq::{RxRing, Waker};
 use crate::datapath::soft::Soft;
+use crate::datapath::tapdest::TapDest;
 use crate::datapath::{Data, Fate, FrameSet, FrameSrc, LogLimit};
 use crate::net::{self, gso, Delivery, VirtioNetHdr};
 use crate::stats::{DropReason, TxStats};
-use crate::switch::{Fabric, Grants, Locks, Switch, Vring};
+use crate::switch::{Fabric, Grants, Locks, PortKind, Switch, Vring};
 use pvnet_grant::{GrantMemory, RegionHint};
 use pvnet_locks::family::MutexApi;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -402,9 +403,27 @@ impl QueuePair {
     /// Delivers to port `d` everything waiting for it: its held-back frames, then this
     /// burst's unicast frames to it and flooded frames, queue by queue in order.
     pub fn deliver_to<L: Locks>(&mut self, cx: &PortCtx<'_, L>, d: usize, stats: &TxStats) {
-        let Some(dest) = GuestPort::new(cx.fabric, d) else {
+        let Some(port) = cx.sw().ports.get(d) else {
             return;
         };
+        match &port.kind {
+            PortKind::Tap(t) => self.deliver_to_dest(cx, d, &TapDest::new(port, t), stats),
+            PortKind::Guest => {
+                if let Some(dest) = GuestPort::new(cx.fabric, d) {
+                    self.deliver_to_dest(cx, d, &dest, stats);
+                }
+            }
+        }
+    }
+
+    /// [`QueuePair::deliver_to`] for destination `dest` (port `d`).
+    fn deliver_to_dest<L: Locks, D: Destination<L>>(
+        &mut self,
+        cx: &PortCtx<'_, L>,
+        d: usize,
+        dest: &D,
+        stats: &TxStats,
+    ) {
         self.ids.clear();
         self.ids.extend(self.held.for_dest(d).map(FrameId::Held));
         for (i, f) in self.burst.frames.iter().enumerate() {
@@ -417,7 +436,7 @@ impl QueuePair {
         if self.ids.is_empty() {
             return;
         }
-        let connected = dest.connected();
+        let connected = cx.sw().ports[d].connected.load(Ordering::Acquire);
         self.queues.clear();
         for k in 0..self.ids.len() {
             let q = connected
@@ -443,7 +462,7 @@ impl QueuePair {
             self.fates.clear();
             self.fates.resize(run.len(), Fate::NotReady);
             if let Some(q) = q {
-                self.deliver_queue(cx, &dest, q, &run);
+                self.deliver_queue(cx, dest, q, &run);
             }
             self.apply(cx, d, &run, stats);
         }
@@ -467,10 +486,10 @@ impl QueuePair {
 
     /// Offers `run` to queue `q` of `dest`, in order: runs of frames the receiver takes as
     /// they are in one delivery, frames needing a software offload one by one.
-    fn deliver_queue<L: Locks>(
+    fn deliver_queue<L: Locks, D: Destination<L>>(
         &mut self,
         cx: &PortCtx<'_, L>,
-        dest: &GuestPort<'_, L>,
+        dest: &D,
         q: usize,
         run: &[FrameId],
     ) {
@@ -515,10 +534,10 @@ impl QueuePair {
 
     /// A frame the receiver cannot take as it is ([`soft`](crate::datapath::soft)):
     /// prepared under the source guard, then delivered as complete frames.
-    fn deliver_soft<L: Locks>(
+    fn deliver_soft<L: Locks, D: Destination<L>>(
         &mut self,
         cx: &PortCtx<'_, L>,
-        dest: &GuestPort<'_, L>,
+        dest: &D,
         q: usize,
         id: FrameId,
         dfeat: u64,

@@ -66,13 +66,28 @@ impl Soft {
         {
             return Err(DropReason::NotGranted);
         }
+        self.finish(&f.hdr, dfeat)
+    }
+
+    /// [`Soft::prepare`] for a frame in a local buffer (read from a tap).
+    pub fn prepare_local(
+        &mut self,
+        frame: &[u8],
+        hdr: &VirtioNetHdr,
+        dfeat: u64,
+    ) -> Result<(), DropReason> {
+        self.lin.clear();
+        self.lin.extend_from_slice(frame);
+        self.finish(hdr, dfeat)
+    }
+
+    /// Completes the checksum of, or segments, the frame in `lin`.
+    fn finish(&mut self, hdr: &VirtioNetHdr, dfeat: u64) -> Result<(), DropReason> {
+        let len = self.lin.len();
         self.out.clear();
         self.at.clear();
-        if gso::plan(&f.hdr, dfeat) == Delivery::CompleteCsum {
-            let (cs, co) = (
-                usize::from(f.hdr.csum_start),
-                usize::from(f.hdr.csum_offset),
-            );
+        if gso::plan(hdr, dfeat) == Delivery::CompleteCsum {
+            let (cs, co) = (usize::from(hdr.csum_start), usize::from(hdr.csum_offset));
             net::complete_csum(&mut self.lin, cs, co).map_err(|_| DropReason::BadOffload)?;
             self.out.extend_from_slice(&self.lin);
             self.at.push((0, len));
@@ -81,7 +96,7 @@ impl Soft {
                 self.scratch.resize(gso::SCRATCH_LEN, 0);
             }
             let (out, at) = (&mut self.out, &mut self.at);
-            gso::segment_all(&f.hdr, &self.lin, &mut self.scratch, |_, seg| {
+            gso::segment_all(hdr, &self.lin, &mut self.scratch, |_, seg| {
                 at.push((out.len(), seg.len()));
                 out.extend_from_slice(seg);
             })

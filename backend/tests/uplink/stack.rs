@@ -1,0 +1,243 @@
+//! Just enough of an IPv4 host for a test guest behind the uplink: answers ARP and ICMP
+//! echo, and receives one TCP stream (handshake, in-order data with cumulative ACKs, FIN).
+//! Every byte received is checked against the sender's pattern; checksums are verified on
+//! frames that do not say `NEEDS_CSUM`.
+
+use pvnet_testkit::frames::{self, eth, fold, internet_checksum, sum16};
+use pvnet_testkit::VirtioNetHdr;
+
+const ETH_P_ARP: u16 = 0x0806;
+const ETH_P_IP: u16 = 0x0800;
+const SYN: u8 = 0x02;
+const FIN: u8 = 0x01;
+const ACK: u8 = 0x10;
+const RST: u8 = 0x04;
+
+/// The byte at offset `i` of the test stream.
+pub fn pattern(i: u64) -> u8 {
+    (i % 251) as u8
+}
+
+/// The guest's host state.
+pub struct Stack {
+    pub mac: [u8; 6],
+    pub ip: [u8; 4],
+    pub port: u16,
+    /// Stream bytes received in order.
+    pub received: u64,
+    /// The peer's FIN arrived (and was answered).
+    pub fin: bool,
+    pub pings: u64,
+    /// Frames received with a GSO type, and with `NEEDS_CSUM`.
+    pub gso_frames: u64,
+    pub partial_frames: u64,
+    /// Largest frame received.
+    pub largest: usize,
+    /// What went wrong (bad checksums, wrong bytes).
+    pub errors: Vec<String>,
+    iss: u32,
+    rcv_nxt: Option<u32>,
+    peer: Option<([u8; 6], [u8; 4], u16)>,
+}
+
+impl Stack {
+    pub fn new(mac: [u8; 6], ip: [u8; 4], port: u16) -> Stack {
+        Stack {
+            mac,
+            ip,
+            port,
+            received: 0,
+            fin: false,
+            pings: 0,
+            gso_frames: 0,
+            partial_frames: 0,
+            largest: 0,
+            errors: Vec::new(),
+            iss: 0x1000_0000,
+            rcv_nxt: None,
+            peer: None,
+        }
+    }
+
+    /// Handles one received frame; returns the frames to send.
+    pub fn handle(&mut self, hdr: &VirtioNetHdr, f: &[u8]) -> Vec<Vec<u8>> {
+        if f.len() < 14 {
+            self.errors.push(format!("runt frame of {} bytes", f.len()));
+            return Vec::new();
+        }
+        self.largest = self.largest.max(f.len());
+        match u16::from_be_bytes([f[12], f[13]]) {
+            ETH_P_ARP => self.arp(f).into_iter().collect(),
+            ETH_P_IP => self.ipv4(hdr, f),
+            _ => Vec::new(),
+        }
+    }
+
+    fn arp(&self, f: &[u8]) -> Option<Vec<u8>> {
+        let a = f.get(14..42)?;
+        // Request (op 1) for our address.
+        if a[6..8] != [0, 1] || a[24..28] != self.ip {
+            return None;
+        }
+        let mut r = a.to_vec();
+        r[6..8].copy_from_slice(&[0, 2]);
+        r[8..14].copy_from_slice(&self.mac);
+        r[14..18].copy_from_slice(&self.ip);
+        r[18..24].copy_from_slice(&a[8..14]);
+        r[24..28].copy_from_slice(&a[14..18]);
+        let mut dst = [0u8; 6];
+        dst.copy_from_slice(&a[8..14]);
+        Some(eth(dst, self.mac, ETH_P_ARP, &r))
+    }
+
+    fn ipv4(&mut self, hdr: &VirtioNetHdr, f: &[u8]) -> Vec<Vec<u8>> {
+        let ihl = usize::from(f.get(14).map_or(0, |b| b & 0xf)) * 4;
+        if ihl < 20 || f.len() < 14 + ihl || f[30..34] != self.ip {
+            return Vec::new();
+        }
+        let tot = usize::from(u16::from_be_bytes([f[16], f[17]]));
+        let Some(pkt) = f.get(14..14 + tot) else {
+            self.errors
+                .push(format!("IP length {tot} beyond frame of {}", f.len()));
+            return Vec::new();
+        };
+        if hdr.gso_type != 0 {
+            self.gso_frames += 1;
+        }
+        let partial = hdr.flags & 1 != 0;
+        if partial {
+            self.partial_frames += 1;
+        }
+        let mut src = [0u8; 4];
+        src.copy_from_slice(&f[26..30]);
+        let mut smac = [0u8; 6];
+        smac.copy_from_slice(&f[6..12]);
+        match f[23] {
+            1 => self.icmp(smac, src, &pkt[ihl..]).into_iter().collect(),
+            6 => {
+                if !partial {
+                    if let Err(e) = frames::verify_checksums(&f[..14 + tot]) {
+                        self.errors
+                            .push(format!("TCP frame with a bad checksum: {e:?}"));
+                        return Vec::new();
+                    }
+                }
+                self.tcp(smac, src, &pkt[ihl..])
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    fn icmp(&mut self, smac: [u8; 6], src: [u8; 4], m: &[u8]) -> Option<Vec<u8>> {
+        if m.first() != Some(&8) {
+            return None;
+        }
+        if internet_checksum(m) != 0 {
+            self.errors.push("ICMP echo with a bad checksum".into());
+            return None;
+        }
+        self.pings += 1;
+        let mut r = m.to_vec();
+        r[0] = 0;
+        r[2..4].fill(0);
+        let c = internet_checksum(&r);
+        r[2..4].copy_from_slice(&c.to_be_bytes());
+        Some(eth(smac, self.mac, ETH_P_IP, &ipv4(self.ip, src, 1, &r)))
+    }
+
+    fn tcp(&mut self, smac: [u8; 6], src: [u8; 4], t: &[u8]) -> Vec<Vec<u8>> {
+        if t.len() < 20 || u16::from_be_bytes([t[2], t[3]]) != self.port {
+            return Vec::new();
+        }
+        let sport = u16::from_be_bytes([t[0], t[1]]);
+        let seq = u32::from_be_bytes([t[4], t[5], t[6], t[7]]);
+        let doff = usize::from(t[12] >> 4) * 4;
+        let flags = t[13];
+        let payload = t.get(doff..).unwrap_or_default();
+        if flags & RST != 0 {
+            self.errors.push("connection reset by the host side".into());
+            return Vec::new();
+        }
+        if flags & SYN != 0 {
+            // A new connection (or a retransmitted SYN): answer with our SYN+ACK.
+            self.peer = Some((smac, src, sport));
+            self.rcv_nxt = Some(seq.wrapping_add(1));
+            self.received = 0;
+            self.fin = false;
+            let ack = seq.wrapping_add(1);
+            // MSS 1460.
+            let opts = [2, 4, 0x05, 0xb4];
+            return vec![self.segment(SYN | ACK, self.iss, ack, &opts)];
+        }
+        let Some(nxt) = self.rcv_nxt else {
+            return Vec::new();
+        };
+        if seq == nxt && !payload.is_empty() {
+            for (i, b) in payload.iter().enumerate() {
+                if *b != pattern(self.received + i as u64) {
+                    self.errors.push(format!(
+                        "stream byte {} is {b:#x}, expected {:#x}",
+                        self.received + i as u64,
+                        pattern(self.received + i as u64)
+                    ));
+                    break;
+                }
+            }
+            self.received += payload.len() as u64;
+            self.rcv_nxt = Some(nxt.wrapping_add(payload.len() as u32));
+        }
+        let mut flags_out = ACK;
+        if flags & FIN != 0 && seq.wrapping_add(payload.len() as u32) == self.rcv_nxt.unwrap_or(0) {
+            self.rcv_nxt = self.rcv_nxt.map(|n| n.wrapping_add(1));
+            if !self.fin {
+                flags_out |= FIN;
+            }
+            self.fin = true;
+        }
+        if payload.is_empty() && flags & FIN == 0 {
+            // A pure ACK (of our SYN+ACK or FIN): nothing to answer.
+            return Vec::new();
+        }
+        let ack = self.rcv_nxt.unwrap_or(0);
+        vec![self.segment(flags_out, self.iss.wrapping_add(1), ack, &[])]
+    }
+
+    /// A TCP segment to the peer, with valid checksums, no payload.
+    fn segment(&self, flags: u8, seq: u32, ack: u32, opts: &[u8]) -> Vec<u8> {
+        let Some((pmac, pip, pport)) = self.peer else {
+            return Vec::new();
+        };
+        let mut t = vec![0u8; 20 + opts.len()];
+        t[0..2].copy_from_slice(&self.port.to_be_bytes());
+        t[2..4].copy_from_slice(&pport.to_be_bytes());
+        t[4..8].copy_from_slice(&seq.to_be_bytes());
+        t[8..12].copy_from_slice(&ack.to_be_bytes());
+        t[12] = (((20 + opts.len()) / 4) << 4) as u8;
+        t[13] = flags;
+        t[14..16].copy_from_slice(&0xffffu16.to_be_bytes());
+        t[20..].copy_from_slice(opts);
+        let mut s = sum16(&self.ip, 0);
+        s = sum16(&pip, s);
+        s = sum16(&[0, 6], s);
+        s = sum16(&(t.len() as u16).to_be_bytes(), s);
+        let c = !fold(sum16(&t, s));
+        t[16..18].copy_from_slice(&c.to_be_bytes());
+        eth(pmac, self.mac, ETH_P_IP, &ipv4(self.ip, pip, 6, &t))
+    }
+}
+
+/// An IPv4 packet (header with a valid checksum, then `payload`).
+pub fn ipv4(src: [u8; 4], dst: [u8; 4], proto: u8, payload: &[u8]) -> Vec<u8> {
+    let mut h = vec![0u8; 20];
+    h[0] = 0x45;
+    h[2..4].copy_from_slice(&((20 + payload.len()) as u16).to_be_bytes());
+    h[6] = 0x40; // DF
+    h[8] = 64;
+    h[9] = proto;
+    h[12..16].copy_from_slice(&src);
+    h[16..20].copy_from_slice(&dst);
+    let c = internet_checksum(&h);
+    h[10..12].copy_from_slice(&c.to_be_bytes());
+    h.extend_from_slice(payload);
+    h
+}
