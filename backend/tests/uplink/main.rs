@@ -493,7 +493,7 @@ fn uplink_ping_and_tcp_multiqueue_tap() {
     uplink_run("d", true, true, 4);
 }
 
-/// A switch with one socket and the tap `name`.
+/// A switch with one socket and the tap `name` (its socket directory: tmpdir(`tag`)).
 fn tap_server(tag: &str, name: &str) -> Result<Server, ServeError> {
     let d = tmpdir(tag);
     Server::start(Config {
@@ -530,6 +530,7 @@ fn a_created_tap_goes_with_pvnet_a_persistent_one_stays() {
     let flags = u32::from_str_radix(flags.trim().trim_start_matches("0x"), 16).expect("hex");
     assert_eq!(flags & 1, 1, "tap not up (flags {flags:#x})");
     s.shutdown();
+    let _ = std::fs::remove_dir_all(tmpdir("tap-created"));
     assert!(!exists(&made), "the tap pvnet created outlived it");
     // Persistent, made beforehand: attached to, and left in place.
     let kept = format!("uplp{pid}");
@@ -540,6 +541,7 @@ fn a_created_tap_goes_with_pvnet_a_persistent_one_stays() {
     let s = tap_server("tap-persistent", &kept).expect("server on a persistent tap");
     assert!(s.switch().ports[1].tap().is_some_and(|t| !t.created));
     s.shutdown();
+    let _ = std::fs::remove_dir_all(tmpdir("tap-persistent"));
     let stayed = exists(&kept);
     let _ = ip(&["tuntap", "del", "dev", &kept, "mode", "tap"]);
     assert!(stayed, "a persistent tap was removed");
