@@ -6,9 +6,11 @@
 //! A queue that answers `EAGAIN` is full: the frame and every later one are
 //! [`Fate::Full`], the sender's waker is registered on the queue's [`RxSlot`] and the
 //! queue's reader thread watches the descriptor for room (`EPOLLOUT`), then wakes the
-//! sender — the same back-pressure as a full guest RX ring. Any other refusal is a counted
-//! drop: `EINVAL` (offload metadata the kernel rejects) as `bad_offload`, `EFAULT` as
-//! `not_granted`, the rest as `tap_error`.
+//! sender — the same back-pressure as a full guest RX ring. A tap whose interface is down
+//! (`EIO`) is a destination that is not ready, as a guest that is not attached (a unicast
+//! frame to it is dropped as `no_dest`, a flooded copy skips it). Any other refusal is a
+//! counted drop: `EINVAL` (offload metadata the kernel rejects) as `bad_offload`, `EFAULT`
+//! as `not_granted`, the rest as `tap_error`.
 //!
 //! [`RxSlot`]: crate::datapath::rxq::RxSlot
 
@@ -89,6 +91,8 @@ fn guest_iovs<F: RwFamily>(
 fn write_error(e: &io::Error) -> Fate {
     match e.raw_os_error() {
         Some(libc::EAGAIN) => Fate::Full,
+        // The interface is down: like a guest that is not attached.
+        Some(libc::EIO) => Fate::NotReady,
         Some(libc::EINVAL) => Fate::Dropped(DropReason::BadOffload),
         Some(libc::EFAULT) => Fate::Dropped(DropReason::NotGranted),
         _ => Fate::Dropped(DropReason::TapError),

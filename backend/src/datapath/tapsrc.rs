@@ -10,7 +10,9 @@
 //!    hashed; port security does not apply (an uplink carries many MACs);
 //! 3. deliver per destination port and queue, in order, through the same [`Destination`]s
 //!    as a guest's frames, with software offloads ([`Soft::prepare_local`]) for receivers
-//!    that lack a feature the frame's header asks for.
+//!    that lack a feature the frame's header asks for. A frame that no port takes (its
+//!    unicast port went away, or no other port is attached to flood it to) is a counted
+//!    `no_dest` drop.
 //!
 //! Back-pressure: a unicast frame whose destination queue is full is held back in its
 //! buffer; the queue's reader stops reading (the tap's own queue fills, and the kernel
@@ -203,15 +205,19 @@ impl TapSource {
         let me = self.port;
         let bit = |d: usize| 1u64.checked_shl(d as u32).unwrap_or(0);
         let mut dests = 0u64;
+        let mut flood = None;
         for f in &self.frames {
             match (f.state, f.route) {
                 (State::Pending, Route::Port(d)) => dests |= bit(d),
                 (State::Pending, Route::Flood) => {
-                    for (d, p) in sw.ports.iter().enumerate() {
-                        if d != me && p.connected.load(Ordering::Acquire) {
-                            dests |= bit(d);
-                        }
-                    }
+                    let m = *flood.get_or_insert_with(|| {
+                        sw.ports
+                            .iter()
+                            .enumerate()
+                            .filter(|(d, p)| *d != me && p.connected.load(Ordering::Acquire))
+                            .fold(0u64, |m, (d, _)| m | bit(d))
+                    });
+                    dests |= m;
                 }
                 (State::Held(d, _), _) if retry => dests |= bit(d),
                 _ => {}
@@ -234,8 +240,9 @@ impl TapSource {
         let stats = &sw.ports[me].tx[self.q];
         for f in &mut self.frames {
             if f.state == State::Pending {
-                if f.route != Route::Flood {
-                    // A unicast frame never offered (its port vanished).
+                if f.route != Route::Flood || flood == Some(0) {
+                    // A unicast frame never offered (its port vanished), or a flooded one
+                    // with no other port attached: nobody took it.
                     stats.count_drop(DropReason::NoDest);
                 }
                 f.state = State::Done;

@@ -140,8 +140,8 @@ fn reader<L: Locks>(fabric: &Fabric<L>, p: usize, q: usize, stop: &EventFd) -> i
         if src.held() {
             poller.sleep();
         }
-        let want = fd_events(!broken && !src.held(), room);
-        if want != interest {
+        let want = fd_events(!src.held(), room);
+        if !broken && want != interest {
             ep.ctl(
                 ControlOperation::Modify,
                 tq.fd(),
@@ -174,13 +174,23 @@ fn reader<L: Locks>(fabric: &Fabric<L>, p: usize, q: usize, stop: &EventFd) -> i
             let set = ev.event_set();
             match ev.data() {
                 TOK_FD => {
-                    if set.intersects(EventSet::ERROR | EventSet::HANG_UP) {
-                        // The device went away under us: stop reading it (no spinning on a
-                        // descriptor that stays ready).
-                        if !broken {
-                            log::error!("tap {} queue {q}: device gone", tap.name);
-                        }
+                    if !broken && set.intersects(EventSet::ERROR | EventSet::HANG_UP) {
+                        // The device went away under us (deleted from outside): stop
+                        // watching it — epoll reports errors whatever the interest, so the
+                        // descriptor leaves the set (no spinning). Writes to it fail and
+                        // are counted (tap_error).
+                        log::error!("tap {} queue {q}: device gone", tap.name);
                         broken = true;
+                        let _ = ep.ctl(ControlOperation::Delete, tq.fd(), EpollEvent::default());
+                        // Senders waiting for room would wait for nothing.
+                        let waiters = {
+                            let _g = tq.write_lock();
+                            slot.take_waiters()
+                        };
+                        for w in waiters {
+                            w.wake();
+                        }
+                        continue;
                     }
                     if room && set.contains(EventSet::OUT) {
                         room = false;

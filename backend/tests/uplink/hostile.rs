@@ -92,8 +92,8 @@ fn host_recv(fd: &OwnedFd) -> Option<(VirtioNetHdr, Vec<u8>)> {
     Some((h, b.split_off(HDR_LEN)))
 }
 
-/// A switch with one guest port and one tap port on `dev`.
-fn start(name: &str, dev: OwnedFd) -> Server {
+/// A switch with one guest port and one tap port on `dev`, and its socket directory.
+fn start(name: &str, dev: OwnedFd) -> (Server, std::path::PathBuf) {
     let d = tmpdir(name);
     let cfg = Config {
         sockets: vec![d.join("g.sock")],
@@ -111,7 +111,13 @@ fn start(name: &str, dev: OwnedFd) -> Server {
         created: false,
         offload: true,
     };
-    Server::start_with_taps(cfg, vec![tap]).expect("server")
+    (Server::start_with_taps(cfg, vec![tap]).expect("server"), d)
+}
+
+/// Stops the switch and removes its socket directory.
+fn finish(s: Server, d: std::path::PathBuf) {
+    s.shutdown();
+    let _ = std::fs::remove_dir_all(d);
 }
 
 /// Frames received by `g` until `n` arrived (at most 20 s).
@@ -146,7 +152,7 @@ fn tcp(payload: usize, seq: u32) -> Vec<u8> {
 #[test]
 fn malformed_frames_from_the_host_are_counted_drops() {
     let (dev, host) = pair(None);
-    let s = start("uplink-hostile", dev);
+    let (s, dir) = start("uplink-hostile", dev);
     let sw = s.switch().clone();
     let mut gc = guest_config(1, GUEST);
     // No receive offloads: pvnet must complete checksums and segment for this guest.
@@ -223,13 +229,13 @@ fn malformed_frames_from_the_host_are_counted_drops() {
     assert_eq!(sw.fdb.lookup(&mc), None, "a multicast source was learned");
     assert_eq!(sw.fdb.lookup(&HOST), Some(1));
     g.disconnect();
-    s.shutdown();
+    finish(s, dir);
 }
 
 #[test]
 fn a_full_guest_holds_host_frames_back_and_loses_none() {
     let (dev, host) = pair(None);
-    let s = start("uplink-bp-guest", dev);
+    let (s, dir) = start("uplink-bp-guest", dev);
     let sw = s.switch().clone();
     // No RX buffers until the test posts them.
     let mut gc = guest_config(1, GUEST);
@@ -271,14 +277,14 @@ fn a_full_guest_holds_host_frames_back_and_loses_none() {
     assert_eq!(got, sent, "every frame, in order");
     assert_eq!(q.total_drops(), 0, "{q:?}");
     g.disconnect();
-    s.shutdown();
+    finish(s, dir);
 }
 
 #[test]
 fn a_full_tap_holds_guest_frames_back_and_loses_none() {
     // A small send buffer: pvnet's writes fail with EAGAIN until the host side reads.
     let (dev, host) = pair(Some(4096));
-    let s = start("uplink-bp-tap", dev);
+    let (s, dir) = start("uplink-bp-tap", dev);
     let sw = s.switch().clone();
     let mut g = TestGuest::connect(&s.paths()[0], guest_config(1, GUEST)).expect("connect");
     wait_enabled(&sw, 0, 1);
@@ -332,13 +338,13 @@ fn a_full_tap_holds_guest_frames_back_and_loses_none() {
     assert!(got == sent, "frames changed or reordered");
     assert_eq!(gq.total_drops() + tq.total_drops(), 0, "{gq:?} {tq:?}");
     g.disconnect();
-    s.shutdown();
+    finish(s, dir);
 }
 
 #[test]
 fn a_guest_leaving_while_host_frames_wait_for_it_costs_no_bound() {
     let (dev, host) = pair(None);
-    let s = start("uplink-leave", dev);
+    let (s, dir) = start("uplink-leave", dev);
     let sw = s.switch().clone();
     let mut gc = guest_config(1, GUEST);
     gc.rx_fill = None;
@@ -384,7 +390,7 @@ fn a_guest_leaving_while_host_frames_wait_for_it_costs_no_bound() {
     let got = collect(&mut g, 1);
     assert_eq!(got.first().map(|r| &r.frame), Some(&next));
     g.disconnect();
-    s.shutdown();
+    finish(s, dir);
 }
 
 /// A tap port shares the port table with vhost-user ports added at run time: it is listed

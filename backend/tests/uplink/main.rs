@@ -1,8 +1,9 @@
 //! The uplink with real tap devices: a test guest ↔ pvnet ↔ tap moved into a fresh network
 //! namespace with an address. From the namespace side: `ping` (large echoes, so replies are
-//! written to the tap straight from the guest's buffers) and a TCP stream to the guest, with
-//! offloads on both sides, on the tap only (pvnet segments and completes checksums in
-//! software for the guest), and off. Skips (printing `SKIP:`) only where the machine has no
+//! written to the tap straight from the guest's buffers) and a TCP stream to the guest; then
+//! a TCP stream from the guest (TSO frames written to the tap whole, or segmented by pvnet
+//! when the tap takes no offloads); with offloads on both sides, on the tap only (pvnet
+//! segments and completes checksums in software for the guest), and off. Skips (printing `SKIP:`) only where the machine has no
 //! `/dev/net/tun`, or forbids creating taps or network namespaces.
 
 mod hostile;
@@ -14,7 +15,7 @@ use pvnet_backend::{Config, ServeError, Server};
 use pvnet_testkit::features as f;
 use pvnet_testkit::harness::{guest_config, tmpdir, wait_enabled};
 use pvnet_testkit::{TestGuest, VirtioNetHdr};
-use stack::{pattern, Stack};
+use stack::{pattern, Ends, Sender, Stack};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::fd::AsRawFd;
@@ -28,6 +29,7 @@ const GUEST_IP: [u8; 4] = [10, 213, 0, 2];
 const GUEST_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x21, 0x01];
 const PORT: u16 = 5201;
 const STREAM: u64 = 3 << 20;
+const GUEST_STREAM: u64 = 1 << 20;
 
 fn ip(args: &[&str]) -> Result<(), String> {
     let out = Command::new("ip")
@@ -176,6 +178,73 @@ fn responder(mut g: TestGuest, stop: Arc<AtomicBool>) -> (Stack, TestGuest) {
     (st, g)
 }
 
+/// The MAC address of interface `dev` in namespace `ns`.
+fn ns_mac(ns: &Netns, dev: &str) -> [u8; 6] {
+    let o = ns.exec(&["cat", &format!("/sys/class/net/{dev}/address")]);
+    let hex = String::from_utf8_lossy(&o.stdout);
+    let v: Vec<u8> = hex
+        .trim()
+        .split(':')
+        .map(|b| u8::from_str_radix(b, 16).expect("MAC"))
+        .collect();
+    v.try_into().expect("6 bytes")
+}
+
+/// Receives what came for `s` for a moment and answers it.
+fn pump(g: &mut TestGuest, s: &mut Sender) -> Result<(), String> {
+    let frames = g
+        .recv_until(None, 1, Duration::from_millis(5))
+        .map_err(|e| format!("receive: {e}"))?;
+    for (_, r) in frames {
+        if let Some(a) = s.on_frame(&r.frame) {
+            g.send_wait(0, &VirtioNetHdr::plain(), &a, Duration::from_secs(5))
+                .map_err(|e| format!("send: {e}"))?;
+        }
+    }
+    Ok(())
+}
+
+/// A TCP stream of `total` bytes from the guest to the host side: TSO frames of 16,000
+/// bytes (MSS 1448), at most 48,000 bytes unacknowledged.
+fn guest_stream(g: &mut TestGuest, ends: Ends, total: u64) -> Result<(), String> {
+    let mut s = Sender::new(ends);
+    let t0 = std::time::Instant::now();
+    let late = |what: &str| format!("{what} after {:?}", t0.elapsed());
+    let plain = VirtioNetHdr::plain();
+    g.send_wait(0, &plain, &s.syn(), Duration::from_secs(5))
+        .map_err(|e| format!("SYN: {e}"))?;
+    while s.rcv_nxt.is_none() {
+        pump(g, &mut s)?;
+        if t0.elapsed() > Duration::from_secs(10) {
+            return Err(late("no SYN+ACK"));
+        }
+    }
+    let mut off = 0;
+    while s.acked < total {
+        while off < total && off - s.acked < 48_000 {
+            let n = (total - off).min(16_000);
+            let data: Vec<u8> = (off..off + n).map(pattern).collect();
+            let (h, f) = s.data(off, &data, Some(1448));
+            g.send_wait(0, &h, &f, Duration::from_secs(5))
+                .map_err(|e| format!("send: {e}"))?;
+            off += n;
+        }
+        pump(g, &mut s)?;
+        if t0.elapsed() > Duration::from_secs(30) {
+            return Err(late(&format!("{} of {total} bytes acknowledged", s.acked)));
+        }
+    }
+    g.send_wait(0, &plain, &s.fin(total), Duration::from_secs(5))
+        .map_err(|e| format!("FIN: {e}"))?;
+    while !s.peer_fin {
+        pump(g, &mut s)?;
+        if t0.elapsed() > Duration::from_secs(30) {
+            return Err(late("no FIN from the host side"));
+        }
+    }
+    Ok(())
+}
+
 /// Whether an error means the machine forbids taps.
 fn forbidden(e: &ServeError) -> bool {
     let io = match e {
@@ -249,6 +318,11 @@ fn uplink_run(tag: &str, tap_offload: bool, guest_offload: bool, queues: u16) {
     }
     let g = TestGuest::connect(&server.paths()[0], gc).expect("connect");
     wait_enabled(&sw, 0, 2);
+    // The host side may have flooded frames before the guest came (no_dest): not this
+    // test's traffic.
+    let tap_drops_before: u64 = (0..usize::from(queues))
+        .map(|q| sw.ports[1].queue_snapshot(q).total_drops())
+        .sum();
     let stop = Arc::new(AtomicBool::new(false));
     let st = {
         let stop = stop.clone();
@@ -278,7 +352,34 @@ fn uplink_run(tag: &str, tap_offload: bool, guest_offload: bool, queues: u16) {
         Ok(buf.len() as u64)
     });
     stop.store(true, Ordering::Release);
-    let (st, g) = st.join().expect("responder");
+    let (st, mut g) = st.join().expect("responder");
+    // A TCP stream from the guest: TSO frames written to the tap whole (offloads on) or
+    // segmented by pvnet first (off).
+    let hmac = ns_mac(&ns, &tap);
+    let listener = in_netns(&ns.0, || {
+        std::net::TcpListener::bind(("10.213.0.1", PORT + 1)).expect("listen")
+    });
+    let host_rx = std::thread::spawn(move || {
+        let (mut c, _) = listener.accept().map_err(|e| format!("accept: {e}"))?;
+        c.set_read_timeout(Some(Duration::from_secs(30))).ok();
+        let mut got = Vec::new();
+        c.read_to_end(&mut got).map_err(|e| format!("read: {e}"))?;
+        Ok::<_, String>(got)
+    });
+    let ends = Ends {
+        mac: (GUEST_MAC, hmac),
+        ip: (GUEST_IP, HOST_IP),
+        port: (40001, PORT + 1),
+    };
+    let written = |sw: &pvnet_backend::Switch| -> u64 {
+        (0..usize::from(queues))
+            .map(|q| sw.ports[1].queue_snapshot(q).rx_frames)
+            .sum()
+    };
+    let before = written(&sw);
+    let up = guest_stream(&mut g, ends, GUEST_STREAM);
+    let got = host_rx.join().expect("host receiver");
+    let to_tap = written(&sw) - before;
     let mut tap_port = sw.ports[1].queue_snapshot(0);
     for q in 1..usize::from(queues) {
         tap_port.add(&sw.ports[1].queue_snapshot(q));
@@ -297,6 +398,26 @@ fn uplink_run(tag: &str, tap_offload: bool, guest_offload: bool, queues: u16) {
     assert_eq!(big, Ok(3), "ping with 1400-byte payloads");
     assert_eq!(sent, Ok(STREAM), "TCP stream from the namespace");
     assert_eq!(st.errors, Vec::<String>::new());
+    assert_eq!(up, Ok(()), "TCP stream from the guest");
+    let got = got.expect("host side");
+    assert_eq!(got.len() as u64, GUEST_STREAM);
+    assert!(
+        got.iter().enumerate().all(|(i, b)| *b == pattern(i as u64)),
+        "guest stream bytes differ"
+    );
+    // 66 TSO frames of 16,000 bytes, or some 725 segments when pvnet segments them.
+    let segments = GUEST_STREAM / 1448;
+    if tap_offload {
+        assert!(
+            to_tap < segments / 4,
+            "{to_tap} frames to the tap: segmented?"
+        );
+    } else {
+        assert!(
+            to_tap >= segments,
+            "{to_tap} frames to the tap: not segmented?"
+        );
+    }
     assert_eq!((st.received, st.fin), (STREAM, true));
     assert!(st.pings >= 6);
     if tap_offload && guest_offload {
@@ -317,30 +438,15 @@ fn uplink_run(tag: &str, tap_offload: bool, guest_offload: bool, queues: u16) {
         tap_port.tx_frames > 0 && tap_port.rx_frames > 0,
         "{tap_port:?}"
     );
-    assert_eq!(tap_port.total_drops(), 0, "{tap_port:?}");
+    assert_eq!(tap_port.total_drops() - tap_drops_before, 0, "{tap_port:?}");
     assert_eq!(guest_port.total_drops(), 0, "{guest_port:?}");
     assert_eq!(tap_port.drops_for(DropReason::TapError), 0);
     if tap_offload {
         // Offload metadata the kernel refuses (a checksum start beyond the frame) passes
         // pvnet to an offloading tap as it is: the tap's EINVAL is a counted drop.
-        let o = ns.exec(&["cat", &format!("/sys/class/net/{tap}/address")]);
-        let hex = String::from_utf8_lossy(&o.stdout);
-        let hmac: Vec<u8> = hex
-            .trim()
-            .split(':')
-            .map(|b| u8::from_str_radix(b, 16).expect("MAC"))
-            .collect();
         let frame = pvnet_testkit::frames::ipv4_tcp(
-            GUEST_MAC,
-            hmac.try_into().expect("6 bytes"),
-            GUEST_IP,
-            HOST_IP,
-            PORT,
-            40000,
-            7,
-            &[1; 100],
+            GUEST_MAC, hmac, GUEST_IP, HOST_IP, PORT, 40000, 7, &[1; 100],
         );
-        let mut g = g;
         let bad = pvnet_testkit::frames::csum_hdr(1000, 16);
         g.send(0, &bad, &frame).expect("send");
         let t0 = std::time::Instant::now();
@@ -387,7 +493,7 @@ fn uplink_ping_and_tcp_multiqueue_tap() {
     uplink_run("d", true, true, 4);
 }
 
-/// A switch with one socket and the tap `name`.
+/// A switch with one socket and the tap `name` (its socket directory: tmpdir(`tag`)).
 fn tap_server(tag: &str, name: &str) -> Result<Server, ServeError> {
     let d = tmpdir(tag);
     Server::start(Config {
@@ -424,6 +530,7 @@ fn a_created_tap_goes_with_pvnet_a_persistent_one_stays() {
     let flags = u32::from_str_radix(flags.trim().trim_start_matches("0x"), 16).expect("hex");
     assert_eq!(flags & 1, 1, "tap not up (flags {flags:#x})");
     s.shutdown();
+    let _ = std::fs::remove_dir_all(tmpdir("tap-created"));
     assert!(!exists(&made), "the tap pvnet created outlived it");
     // Persistent, made beforehand: attached to, and left in place.
     let kept = format!("uplp{pid}");
@@ -434,7 +541,92 @@ fn a_created_tap_goes_with_pvnet_a_persistent_one_stays() {
     let s = tap_server("tap-persistent", &kept).expect("server on a persistent tap");
     assert!(s.switch().ports[1].tap().is_some_and(|t| !t.created));
     s.shutdown();
+    let _ = std::fs::remove_dir_all(tmpdir("tap-persistent"));
     let stayed = exists(&kept);
     let _ = ip(&["tuntap", "del", "dev", &kept, "mode", "tap"]);
     assert!(stayed, "a persistent tap was removed");
+}
+
+#[test]
+fn two_taps_switch_between_two_namespaces() {
+    if !std::path::Path::new("/dev/net/tun").exists() {
+        println!("SKIP: tap to tap: no /dev/net/tun on this machine");
+        return;
+    }
+    let pid = std::process::id() % 100_000;
+    let (ta, tb) = (format!("uplx{pid}a"), format!("uplx{pid}b"));
+    let (na, nb) = match (
+        Netns::new(&format!("upl-x{pid}a")),
+        Netns::new(&format!("upl-x{pid}b")),
+    ) {
+        (Ok(a), Ok(b)) => (a, b),
+        (Err(e), _) | (_, Err(e)) => {
+            println!("SKIP: tap to tap: cannot create network namespaces: {e}");
+            return;
+        }
+    };
+    let d = tmpdir("tap-to-tap");
+    let server = match Server::start(Config {
+        sockets: vec![d.join("g.sock")],
+        queue_pairs: 1,
+        uplink: TapConfig {
+            names: vec![ta.clone(), tb.clone()],
+            ..TapConfig::default()
+        },
+        ..Config::default()
+    }) {
+        Ok(s) => s,
+        Err(e) if forbidden(&e) => {
+            println!("SKIP: tap to tap: this machine forbids tap devices: {e}");
+            return;
+        }
+        Err(e) => panic!("server: {e}"),
+    };
+    for (tap, ns, addr) in [(&ta, &na, "10.214.0.1/24"), (&tb, &nb, "10.214.0.2/24")] {
+        ip(&["link", "set", tap, "netns", &ns.0]).expect("move the tap");
+        for cmd in [
+            vec!["ip", "link", "set", "lo", "up"],
+            vec!["ip", "addr", "add", addr, "dev", tap],
+            vec!["ip", "link", "set", tap, "up"],
+        ] {
+            let o = ns.exec(&cmd);
+            assert!(o.status.success(), "{cmd:?}: {o:?}");
+        }
+    }
+    let answered = in_netns(&na.0, || ping([10, 214, 0, 2], 3, 1000));
+    assert_eq!(answered, Ok(3));
+    // A TCP stream from a to b: the kernel's TSO frames go from one tap to the other whole.
+    let listener = in_netns(&nb.0, || {
+        std::net::TcpListener::bind("10.214.0.2:5201").expect("listen")
+    });
+    let rx = std::thread::spawn(move || {
+        let (mut c, _) = listener.accept().expect("accept");
+        c.set_read_timeout(Some(Duration::from_secs(30))).ok();
+        let mut got = Vec::new();
+        c.read_to_end(&mut got).expect("read");
+        got
+    });
+    in_netns(&na.0, || {
+        let addr: SocketAddr = "10.214.0.2:5201".parse().expect("address");
+        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(10)).expect("connect");
+        s.set_write_timeout(Some(Duration::from_secs(30))).ok();
+        let buf: Vec<u8> = (0..STREAM).map(pattern).collect();
+        s.write_all(&buf).expect("write");
+    });
+    let got = rx.join().expect("receiver");
+    assert_eq!(got.len() as u64, STREAM);
+    assert!(
+        got.iter().enumerate().all(|(i, b)| *b == pattern(i as u64)),
+        "stream bytes differ"
+    );
+    let sw = server.switch().clone();
+    let (a, b) = (sw.ports[1].queue_snapshot(0), sw.ports[2].queue_snapshot(0));
+    println!("tap to tap: a {a:?}\nb {b:?}");
+    assert_eq!(a.total_drops() + b.total_drops(), 0, "{a:?} {b:?}");
+    // Fewer frames than MSS-sized segments: TSO frames crossed whole.
+    assert!(a.tx_frames < STREAM / 1448, "{a:?}");
+    drop(sw);
+    server.shutdown();
+    drop((na, nb));
+    let _ = std::fs::remove_dir_all(&d);
 }

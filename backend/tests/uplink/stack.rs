@@ -207,22 +207,134 @@ impl Stack {
         let Some((pmac, pip, pport)) = self.peer else {
             return Vec::new();
         };
-        let mut t = vec![0u8; 20 + opts.len()];
-        t[0..2].copy_from_slice(&self.port.to_be_bytes());
-        t[2..4].copy_from_slice(&pport.to_be_bytes());
-        t[4..8].copy_from_slice(&seq.to_be_bytes());
-        t[8..12].copy_from_slice(&ack.to_be_bytes());
-        t[12] = (((20 + opts.len()) / 4) << 4) as u8;
-        t[13] = flags;
-        t[14..16].copy_from_slice(&0xffffu16.to_be_bytes());
-        t[20..].copy_from_slice(opts);
-        let mut s = sum16(&self.ip, 0);
-        s = sum16(&pip, s);
-        s = sum16(&[0, 6], s);
-        s = sum16(&(t.len() as u16).to_be_bytes(), s);
-        let c = !fold(sum16(&t, s));
-        t[16..18].copy_from_slice(&c.to_be_bytes());
-        eth(pmac, self.mac, ETH_P_IP, &ipv4(self.ip, pip, 6, &t))
+        let ends = Ends {
+            mac: (self.mac, pmac),
+            ip: (self.ip, pip),
+            port: (self.port, pport),
+        };
+        tcp_frame(&ends, flags, seq, ack, opts, &[])
+    }
+}
+
+/// Both ends of a TCP connection: (ours, the peer's).
+#[derive(Clone, Copy, Debug)]
+pub struct Ends {
+    pub mac: ([u8; 6], [u8; 6]),
+    pub ip: ([u8; 4], [u8; 4]),
+    pub port: (u16, u16),
+}
+
+/// An Ethernet + IPv4 + TCP frame from us to the peer with valid checksums.
+pub fn tcp_frame(e: &Ends, flags: u8, seq: u32, ack: u32, opts: &[u8], data: &[u8]) -> Vec<u8> {
+    let mut t = vec![0u8; 20 + opts.len()];
+    t[0..2].copy_from_slice(&e.port.0.to_be_bytes());
+    t[2..4].copy_from_slice(&e.port.1.to_be_bytes());
+    t[4..8].copy_from_slice(&seq.to_be_bytes());
+    t[8..12].copy_from_slice(&ack.to_be_bytes());
+    t[12] = (((20 + opts.len()) / 4) << 4) as u8;
+    t[13] = flags;
+    t[14..16].copy_from_slice(&0xffffu16.to_be_bytes());
+    t[20..].copy_from_slice(opts);
+    t.extend_from_slice(data);
+    let mut s = sum16(&e.ip.0, 0);
+    s = sum16(&e.ip.1, s);
+    s = sum16(&[0, 6], s);
+    s = sum16(&(t.len() as u16).to_be_bytes(), s);
+    let c = !fold(sum16(&t, s));
+    t[16..18].copy_from_slice(&c.to_be_bytes());
+    eth(e.mac.1, e.mac.0, ETH_P_IP, &ipv4(e.ip.0, e.ip.1, 6, &t))
+}
+
+/// The sending end of one TCP connection from the guest (no retransmission: the test path
+/// loses nothing, or the test fails).
+pub struct Sender {
+    pub ends: Ends,
+    iss: u32,
+    /// The peer's next sequence number (once it answered).
+    pub rcv_nxt: Option<u32>,
+    /// Stream bytes the peer acknowledged.
+    pub acked: u64,
+    /// The peer's FIN arrived.
+    pub peer_fin: bool,
+}
+
+impl Sender {
+    pub fn new(ends: Ends) -> Sender {
+        Sender {
+            ends,
+            iss: 0x2000_0000,
+            rcv_nxt: None,
+            acked: 0,
+            peer_fin: false,
+        }
+    }
+
+    /// The SYN (MSS 1460).
+    pub fn syn(&self) -> Vec<u8> {
+        tcp_frame(&self.ends, SYN, self.iss, 0, &[2, 4, 0x05, 0xb4], &[])
+    }
+
+    /// Stream bytes `off..off + data.len()` (PSH|ACK): with `mss`, as one TSO frame that
+    /// asks the device to segment it and complete the checksums.
+    pub fn data(&self, off: u64, data: &[u8], mss: Option<u16>) -> (VirtioNetHdr, Vec<u8>) {
+        let seq = self.iss.wrapping_add(1).wrapping_add(off as u32);
+        let f = tcp_frame(&self.ends, 0x18, seq, self.rcv_nxt.unwrap_or(0), &[], data);
+        match mss {
+            Some(m) if data.len() > usize::from(m) => {
+                let (h, partial) = frames::partial_csum(&f).expect("TCP frame");
+                let mut t = frames::tso_hdr(true, 34, 54, m);
+                t.flags = h.flags;
+                (t, partial)
+            }
+            _ => (VirtioNetHdr::plain(), f),
+        }
+    }
+
+    /// FIN|ACK after `len` stream bytes.
+    pub fn fin(&self, len: u64) -> Vec<u8> {
+        let seq = self.iss.wrapping_add(1).wrapping_add(len as u32);
+        tcp_frame(
+            &self.ends,
+            FIN | ACK,
+            seq,
+            self.rcv_nxt.unwrap_or(0),
+            &[],
+            &[],
+        )
+    }
+
+    /// Takes a frame from the peer; returns the ACK to send, if one is due.
+    pub fn on_frame(&mut self, f: &[u8]) -> Option<Vec<u8>> {
+        if f.len() < 54 || f[12..14] != [8, 0] || f[23] != 6 || f[26..30] != self.ends.ip.1 {
+            return None;
+        }
+        let ihl = usize::from(f[14] & 0xf) * 4;
+        let t = f.get(14 + ihl..)?;
+        if u16::from_be_bytes([t[2], t[3]]) != self.ends.port.0 {
+            return None;
+        }
+        let seq = u32::from_be_bytes([t[4], t[5], t[6], t[7]]);
+        let ack = u32::from_be_bytes([t[8], t[9], t[10], t[11]]);
+        let flags = t[13];
+        if flags & ACK != 0 {
+            let a = u64::from(ack.wrapping_sub(self.iss.wrapping_add(1)));
+            if a < (1 << 31) {
+                self.acked = self.acked.max(a);
+            }
+        }
+        if flags & SYN != 0 {
+            self.rcv_nxt = Some(seq.wrapping_add(1));
+            let s = self.iss.wrapping_add(1);
+            return Some(tcp_frame(&self.ends, ACK, s, seq.wrapping_add(1), &[], &[]));
+        }
+        if flags & FIN != 0 && !self.peer_fin {
+            self.peer_fin = true;
+            let n = seq.wrapping_add(1);
+            self.rcv_nxt = Some(n);
+            let s = self.iss.wrapping_add(1).wrapping_add(self.acked as u32);
+            return Some(tcp_frame(&self.ends, ACK, s, n, &[], &[]));
+        }
+        None
     }
 }
 
