@@ -174,13 +174,15 @@ fn readiness_is_notified_once_the_sockets_listen() {
     let ns = std::os::unix::net::UnixDatagram::bind(&n).expect("notify socket");
     ns.set_read_timeout(Some(Duration::from_secs(20)))
         .expect("timeout");
-    let child = pvnet()
-        .args(["--socket", s(&a), "--queues", "1", "--no-control"])
-        .env("NOTIFY_SOCKET", &n)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawn");
+    let child = Pvnet::from_child(
+        pvnet()
+            .args(["--socket", s(&a), "--queues", "1", "--no-control"])
+            .env("NOTIFY_SOCKET", &n)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn"),
+    );
     let mut buf = [0u8; 512];
     let len = ns.recv(&mut buf).expect("READY");
     let msg = String::from_utf8_lossy(&buf[..len]).to_string();

@@ -26,14 +26,53 @@ pub fn s(p: &Path) -> &str {
     p.to_str().expect("utf-8 path")
 }
 
+/// A pvnet process of a test: killed and reaped when dropped, so a test that fails half-way
+/// leaves no switch running behind it.
+pub struct Pvnet(Option<Child>);
+
+impl Pvnet {
+    /// Guards a child spawned by other means (extra environment, other pipes).
+    pub fn from_child(c: Child) -> Pvnet {
+        Pvnet(Some(c))
+    }
+
+    fn take(mut self) -> Child {
+        self.0.take().expect("a live child")
+    }
+}
+
+impl std::ops::Deref for Pvnet {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        self.0.as_ref().expect("a live child")
+    }
+}
+
+impl std::ops::DerefMut for Pvnet {
+    fn deref_mut(&mut self) -> &mut Child {
+        self.0.as_mut().expect("a live child")
+    }
+}
+
+impl Drop for Pvnet {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
 /// Starts pvnet with `args`, stderr piped (for its log), stdout piped.
-pub fn spawn(args: &[&str]) -> Child {
-    pvnet()
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn pvnet")
+pub fn spawn(args: &[&str]) -> Pvnet {
+    Pvnet(Some(
+        pvnet()
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn pvnet"),
+    ))
 }
 
 /// Sends `sig` to `child`.
@@ -58,7 +97,8 @@ pub fn wait_listening(path: &Path) {
 
 /// Waits (at most `limit`, then kills it and fails) for `child` to exit; returns its status,
 /// stdout and stderr.
-pub fn wait_bounded(mut child: Child, limit: Duration) -> (ExitStatus, String, String) {
+pub fn wait_bounded(child: Pvnet, limit: Duration) -> (ExitStatus, String, String) {
+    let mut child = child.take();
     let mut out = child.stdout.take().expect("stdout piped");
     let mut err = child.stderr.take().expect("stderr piped");
     let o = std::thread::spawn(move || {
@@ -91,7 +131,6 @@ pub fn wait_bounded(mut child: Child, limit: Duration) -> (ExitStatus, String, S
 }
 
 /// Kills `child` (SIGKILL) and reaps it.
-pub fn kill(mut child: Child) {
-    let _ = child.kill();
-    let _ = child.wait();
+pub fn kill(child: Pvnet) {
+    drop(child);
 }

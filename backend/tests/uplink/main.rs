@@ -529,7 +529,10 @@ fn a_created_tap_goes_with_pvnet_a_persistent_one_stays() {
     let flags = std::fs::read_to_string(format!("/sys/class/net/{made}/flags")).expect("flags");
     let flags = u32::from_str_radix(flags.trim().trim_start_matches("0x"), 16).expect("hex");
     assert_eq!(flags & 1, 1, "tap not up (flags {flags:#x})");
+    // The tap's descriptors close with the server (and with the process, whatever way it
+    // ends).
     s.shutdown();
+    drop(s);
     let _ = std::fs::remove_dir_all(tmpdir("tap-created"));
     assert!(!exists(&made), "the tap pvnet created outlived it");
     // Persistent, made beforehand: attached to, and left in place.
@@ -541,6 +544,7 @@ fn a_created_tap_goes_with_pvnet_a_persistent_one_stays() {
     let s = tap_server("tap-persistent", &kept).expect("server on a persistent tap");
     assert!(s.switch().ports[1].tap().is_some_and(|t| !t.created));
     s.shutdown();
+    drop(s);
     let _ = std::fs::remove_dir_all(tmpdir("tap-persistent"));
     let stayed = exists(&kept);
     let _ = ip(&["tuntap", "del", "dev", &kept, "mode", "tap"]);
