@@ -265,10 +265,14 @@ impl QueuePair {
             }
         }
         self.settle_burst(stats);
-        let bound = cx.cfg().backpressure_bound;
-        self.held.expire(Instant::now(), bound, stats, |d, hash| {
-            mark_stalled(cx.sw(), d, hash);
-        });
+        if !self.held.is_empty() {
+            // The clock is read only when something waits (a clock read is a system call
+            // on hosts without a vDSO clock source).
+            let bound = cx.cfg().backpressure_bound;
+            self.held.expire(Instant::now(), bound, stats, |d, hash| {
+                mark_stalled(cx.sw(), d, hash);
+            });
+        }
         // C: publish under the source guard; call the guest after it.
         let before = self.held.len();
         self.held.release(&mut self.used);
@@ -612,7 +616,8 @@ impl QueuePair {
     /// staged as used (drops counted once), unicast frames that found their queue full are
     /// held back (their chains stay with the device).
     fn settle_burst(&mut self, stats: &TxStats) {
-        let now = Instant::now();
+        // Read the clock only if a frame is held back.
+        let mut now: Option<Instant> = None;
         for i in 0..self.burst.frames.len() {
             let f = self.burst.frames[i];
             let outcome = match (self.outcome[i], f.route) {
@@ -630,7 +635,8 @@ impl QueuePair {
                     if !self.held.waiting_for(d) {
                         stats.backpressure();
                     }
-                    self.held.hold(f, self.burst.segs_of(i), d, now);
+                    let t = *now.get_or_insert_with(Instant::now);
+                    self.held.hold(f, self.burst.segs_of(i), d, t);
                 }
             }
         }
