@@ -19,6 +19,28 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use vhost_user_backend::VringT;
 
+/// The next run of a delivery to one port: the first of `ids` not yet taken and every
+/// later one bound for the same queue (`queues[k]`: id `k`'s queue, and whether it was
+/// taken), in order; returns that queue (`None`: no queue attached), or `None` once every id
+/// was taken. Runs come queue by queue, in order of first appearance, so a flow is never
+/// reordered.
+pub fn next_run<T: Copy>(
+    ids: &[T],
+    queues: &mut [(Option<usize>, bool)],
+    run: &mut Vec<T>,
+) -> Option<Option<usize>> {
+    let k = queues.iter().position(|&(_, taken)| !taken)?;
+    let q = queues[k].0;
+    run.clear();
+    for (&id, (qj, taken)) in ids.iter().zip(queues.iter_mut()).skip(k) {
+        if !*taken && *qj == q {
+            *taken = true;
+            run.push(id);
+        }
+    }
+    Some(q)
+}
+
 /// The sending side's grants, for the copy (and a hint into them).
 pub struct SrcGrants<'a, L: Locks> {
     pub table: &'a Grants<L>,
@@ -27,10 +49,16 @@ pub struct SrcGrants<'a, L: Locks> {
 
 /// The receiving side of a port (see the module documentation).
 pub trait Destination<L: Locks> {
+    /// The switch port behind this destination.
+    fn port(&self) -> &Port;
     /// The virtio-net features the receiver negotiated (decides offload pass-through).
-    fn features(&self) -> u64;
+    fn features(&self) -> u64 {
+        self.port().features.load(Ordering::Acquire)
+    }
     /// The queue that receives flow `hash`, or `None` when no queue is attached.
-    fn pick_queue(&self, hash: u32) -> Option<usize>;
+    fn pick_queue(&self, hash: u32) -> Option<usize> {
+        self.port().pick_queue(hash)
+    }
     /// Offers `frames`, in order, to queue `q`; writes each one's fate into `fates`. A frame
     /// that does not fit makes it and every later frame [`Fate::Full`] and registers `waker`
     /// to be woken when room appears.
@@ -82,12 +110,8 @@ impl FrameSet for Window<'_> {
 }
 
 impl<L: Locks> Destination<L> for GuestPort<'_, L> {
-    fn features(&self) -> u64 {
-        self.port.features.load(Ordering::Acquire)
-    }
-
-    fn pick_queue(&self, hash: u32) -> Option<usize> {
-        self.port.pick_queue(hash)
+    fn port(&self) -> &Port {
+        self.port
     }
 
     fn deliver(
@@ -142,5 +166,37 @@ impl<L: Locks> Destination<L> for GuestPort<'_, L> {
         if let Some(v) = call {
             let _ = v.signal_used_queue();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::next_run;
+
+    #[test]
+    fn runs_come_queue_by_queue_in_order_of_first_appearance() {
+        let ids = [10, 11, 12, 13, 14, 15];
+        let mut queues = vec![
+            (Some(2), false),
+            (Some(0), false),
+            (Some(2), false),
+            (None, false),
+            (Some(0), false),
+            (Some(2), false),
+        ];
+        let mut run = Vec::new();
+        let mut got = Vec::new();
+        while let Some(q) = next_run(&ids, &mut queues, &mut run) {
+            got.push((q, run.clone()));
+        }
+        assert_eq!(
+            got,
+            [
+                (Some(2), vec![10, 12, 15]),
+                (Some(0), vec![11, 14]),
+                (None, vec![13]),
+            ]
+        );
+        assert!(queues.iter().all(|&(_, taken)| taken));
     }
 }

@@ -14,7 +14,7 @@
 
 use crate::config::Config;
 use crate::datapath::burst::{self, Burst, ClassifyCtx, Frame, Route};
-use crate::datapath::dest::{Destination, GuestPort, SrcGrants};
+use crate::datapath::dest::{next_run, Destination, GuestPort, SrcGrants};
 use crate::datapath::held::HeldBack;
 use crate::datapath::ring::{needs_call, Kicks, RingLayout, UsedShadow};
 use crate::datapath::rxq::{RxRing, Waker};
@@ -451,18 +451,7 @@ impl QueuePair {
         // Queue by queue, in order of first appearance; each queue's frames in order.
         let ids = std::mem::take(&mut self.ids);
         let mut run = std::mem::take(&mut self.run);
-        for k in 0..ids.len() {
-            if self.queues[k].1 {
-                continue;
-            }
-            let q = self.queues[k].0;
-            run.clear();
-            for (&id, (qj, taken)) in ids.iter().zip(self.queues.iter_mut()).skip(k) {
-                if !*taken && *qj == q {
-                    *taken = true;
-                    run.push(id);
-                }
-            }
+        while let Some(q) = next_run(&ids, &mut self.queues, &mut run) {
             self.fates.clear();
             self.fates.resize(run.len(), Fate::NotReady);
             if let Some(q) = q {

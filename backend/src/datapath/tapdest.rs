@@ -24,7 +24,6 @@ use crate::tap::TapPort;
 use pvnet_grant::{Access, GrantReadGuard, RegionHint};
 use pvnet_locks::family::RwFamily;
 use std::io;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 /// Most iovecs of one `writev` (Linux's `UIO_MAXIOV`).
@@ -100,12 +99,8 @@ fn write_error(e: &io::Error) -> Fate {
 }
 
 impl<L: Locks> Destination<L> for TapDest<'_> {
-    fn features(&self) -> u64 {
-        self.port.features.load(Ordering::Acquire)
-    }
-
-    fn pick_queue(&self, hash: u32) -> Option<usize> {
-        self.port.pick_queue(hash)
+    fn port(&self) -> &Port {
+        self.port
     }
 
     fn deliver(

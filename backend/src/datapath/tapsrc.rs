@@ -22,7 +22,7 @@
 //! Flooded copies to a full queue are dropped at once (`flood_full`).
 
 use crate::datapath::burst::Route;
-use crate::datapath::dest::{Destination, GuestPort, SrcGrants};
+use crate::datapath::dest::{next_run, Destination, GuestPort, SrcGrants};
 use crate::datapath::rxq::Waker;
 use crate::datapath::soft::Soft;
 use crate::datapath::tapdest::TapDest;
@@ -281,18 +281,7 @@ impl TapSource {
         }
         let ids = std::mem::take(&mut self.ids);
         let mut run = std::mem::take(&mut self.run);
-        for k in 0..ids.len() {
-            if self.queues[k].1 {
-                continue;
-            }
-            let q = self.queues[k].0;
-            run.clear();
-            for (&id, (qj, taken)) in ids.iter().zip(self.queues.iter_mut()).skip(k) {
-                if !*taken && *qj == q {
-                    *taken = true;
-                    run.push(id);
-                }
-            }
+        while let Some(q) = next_run(&ids, &mut self.queues, &mut run) {
             self.fates.clear();
             self.fates.resize(run.len(), Fate::NotReady);
             if let Some(q) = q {
