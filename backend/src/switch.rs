@@ -200,6 +200,26 @@ impl Switch {
         })
     }
 
+    /// The RX queue of port `d` that flow `hash` maps to now.
+    fn rx_slot_for(&self, d: usize, hash: u32) -> Option<&RxSlot> {
+        let p = self.ports.get(d)?;
+        p.rx.get(p.pick_queue(hash)?)
+    }
+
+    /// Whether the RX queue of port `d` that flow `hash` maps to is stalled (its guest let a
+    /// sender wait a whole back-pressure bound).
+    pub fn queue_stalled(&self, d: usize, hash: u32) -> bool {
+        self.rx_slot_for(d, hash)
+            .is_some_and(|s| s.stalled.load(Ordering::Acquire))
+    }
+
+    /// Marks the RX queue of port `d` that flow `hash` maps to as stalled.
+    pub fn mark_stalled(&self, d: usize, hash: u32) {
+        if let Some(s) = self.rx_slot_for(d, hash) {
+            s.stalled.store(true, Ordering::Release);
+        }
+    }
+
     /// Marks slot `idx` as holding a port (or free again); returns whether it changed.
     pub fn set_in_use(&self, idx: usize, on: bool) -> bool {
         let Some(p) = self.ports.get(idx) else {

@@ -270,7 +270,7 @@ impl QueuePair {
             // on hosts without a vDSO clock source).
             let bound = cx.cfg().backpressure_bound;
             self.held.expire(Instant::now(), bound, stats, |d, hash| {
-                mark_stalled(cx.sw(), d, hash);
+                cx.sw().mark_stalled(d, hash);
             });
         }
         // C: publish under the source guard; call the guest after it.
@@ -588,7 +588,7 @@ impl QueuePair {
                     }
                     *o = match fate {
                         Fate::Delivered => Outcome::Done,
-                        Fate::Full if queue_stalled(cx.sw(), d, f.hash) => {
+                        Fate::Full if cx.sw().queue_stalled(d, f.hash) => {
                             // Its guest already let a sender wait a whole bound.
                             Outcome::Drop(DropReason::RxFullTimeout)
                         }
@@ -629,24 +629,5 @@ impl QueuePair {
                 }
             }
         }
-    }
-}
-
-/// Whether the RX queue of port `d` that flow `hash` maps to is stalled.
-fn queue_stalled(sw: &Switch, d: usize, hash: u32) -> bool {
-    sw.ports
-        .get(d)
-        .and_then(|p| p.pick_queue(hash).and_then(|q| p.rx.get(q)))
-        .is_some_and(|s| s.stalled.load(Ordering::Acquire))
-}
-
-/// Marks the RX queue of port `d` that flow `hash` maps to as stalled.
-fn mark_stalled(sw: &Switch, d: usize, hash: u32) {
-    if let Some(slot) = sw
-        .ports
-        .get(d)
-        .and_then(|p| p.pick_queue(hash).and_then(|q| p.rx.get(q)))
-    {
-        slot.stalled.store(true, Ordering::Release);
     }
 }

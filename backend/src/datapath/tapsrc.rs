@@ -376,7 +376,7 @@ impl TapSource {
             let held = matches!(f.state, State::Held(..));
             f.state = match fate {
                 Fate::Delivered => State::Done,
-                Fate::Full if queue_stalled(sw, d, f.hash) => {
+                Fate::Full if sw.queue_stalled(d, f.hash) => {
                     stats.count_drop(DropReason::RxFullTimeout);
                     State::Done
                 }
@@ -416,7 +416,7 @@ impl TapSource {
                 if now.saturating_duration_since(t) >= bound {
                     f.state = State::Done;
                     stats.count_drop(DropReason::RxFullTimeout);
-                    mark_stalled(sw, d, f.hash);
+                    sw.mark_stalled(d, f.hash);
                 }
             }
         }
@@ -474,23 +474,4 @@ fn classify(
     };
     let hash = net::flow_hash(&frame[..frame.len().min(net::HASH_PREFIX)]);
     (route, (hdr, len, hash))
-}
-
-/// Whether the RX queue of port `d` that flow `hash` maps to is stalled.
-fn queue_stalled(sw: &Switch, d: usize, hash: u32) -> bool {
-    sw.ports
-        .get(d)
-        .and_then(|p| p.pick_queue(hash).and_then(|q| p.rx.get(q)))
-        .is_some_and(|s| s.stalled.load(Ordering::Acquire))
-}
-
-/// Marks the RX queue of port `d` that flow `hash` maps to as stalled.
-fn mark_stalled(sw: &Switch, d: usize, hash: u32) {
-    if let Some(s) = sw
-        .ports
-        .get(d)
-        .and_then(|p| p.pick_queue(hash).and_then(|q| p.rx.get(q)))
-    {
-        s.stalled.store(true, Ordering::Release);
-    }
 }
