@@ -67,19 +67,8 @@ trap 'log "interrupted"; exit 130' INT TERM HUP
 command -v iperf3 >/dev/null || ensure_pkgs iperf3 ||
   { echo "SKIP: cannot install iperf3"; exit "$PVNET_SKIP_RC"; }
 [ -e /dev/net/tun ] || { echo "SKIP: no /dev/net/tun here"; exit "$PVNET_SKIP_RC"; }
-ensure_qemu || { echo "SKIP: cannot install QEMU (qemu-system-x86)"; exit "$PVNET_SKIP_RC"; }
-img_env=$("$PVNET_ROOT/scripts/guest-image.sh" --print-env) ||
-  { echo "SKIP: cannot build the guest image"; exit "$PVNET_SKIP_RC"; }
-eval "$img_env"
-acc=$(pick_accel "$accel" "$GUEST_KERNEL" "$GUEST_INITRD")
-vectors=$(qemu_net_vectors "$queues")
-tdir=${CARGO_TARGET_DIR:-$PVNET_ROOT/target}
-if [ "$build" = 1 ]; then
-  log "cargo build --release -p pvnet"
-  (cd "$PVNET_ROOT" && cargo build --release -q -p pvnet) >&2 || die "cargo build failed"
-fi
-bin=${pvnet_bin:-$tdir/release/pvnet}
-[ -x "$bin" ] || die "no pvnet binary at $bin (drop --no-build)"
+vm_setup "$accel" "$queues"
+bin=$(pvnet_binary "$build" "$pvnet_bin") || exit 1
 
 # ---------------------------------------------------------------- the two hosts
 # Underlay: a veth pair, 192.168.77.1 <-> .2, MTU 1600 so that VXLAN (50 bytes of headers)

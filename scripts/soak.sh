@@ -60,20 +60,9 @@ cleanup() {
 trap 'cleanup 2>/dev/null' EXIT
 trap 'log "interrupted"; exit 130' INT TERM HUP
 
-ensure_qemu || { echo "SKIP: cannot install QEMU (qemu-system-x86)"; exit "$PVNET_SKIP_RC"; }
-img_env=$("$PVNET_ROOT/scripts/guest-image.sh" --print-env) ||
-  { echo "SKIP: cannot build the guest image"; exit "$PVNET_SKIP_RC"; }
-eval "$img_env"
-acc=$(pick_accel "$accel" "$GUEST_KERNEL" "$GUEST_INITRD")
-vectors=$(qemu_net_vectors "$queues")
+vm_setup "$accel" "$queues"
 
-tdir=${CARGO_TARGET_DIR:-$PVNET_ROOT/target}
-if [ "$build" = 1 ]; then
-  log "cargo build --release -p pvnet"
-  (cd "$PVNET_ROOT" && cargo build --release -q -p pvnet) >&2 || die "cargo build failed"
-fi
-bin=${pvnet_bin:-$tdir/release/pvnet}
-[ -x "$bin" ] || die "no pvnet binary at $bin (drop --no-build)"
+bin=$(pvnet_binary "$build" "$pvnet_bin") || exit 1
 socks=("$work/a.sock" "$work/b.sock" "$work/c.sock")
 "$bin" --socket "${socks[0]}" --socket "${socks[1]}" --socket "${socks[2]}" \
   --queues "$queues" --stats-format json </dev/null >"$work/switch.log" 2>&1 &

@@ -80,12 +80,7 @@ ip -n "$ns" link set br0 up
 for t in iptables ip6tables arptables; do
   ip netns exec "$ns" sysctl -q -w "net.bridge.bridge-nf-call-$t=0" 2>/dev/null || true
 done
-if [ "$build" = 1 ]; then
-  log "cargo build --release -p pvnet"
-  (cd "$PVNET_ROOT" && cargo build --release -q -p pvnet) >&2 || die "cargo build failed"
-fi
-bin=${pvnet_bin:-${CARGO_TARGET_DIR:-$PVNET_ROOT/target}/release/pvnet}
-[ -x "$bin" ] || die "no pvnet binary at $bin (drop --no-build)"
+bin=$(pvnet_binary "$build" "$pvnet_bin") || exit 1
 mapfile -t cpus < <(taskset -pc $$ | awk -F': ' '{print $2}' | tr ',' '\n' |
   awk -F- '{if (NF == 2) for (i = $1; i <= $2; i++) print i; else print $1}')
 [ ${#cpus[@]} -ge 2 ] || die "needs two CPUs"

@@ -102,22 +102,11 @@ command -v iperf3 >/dev/null || ensure_pkgs iperf3 ||
 [ -e /dev/net/tun ] || { echo "SKIP: no /dev/net/tun here"; exit "$PVNET_SKIP_RC"; }
 ip netns add "$ns" 2>/dev/null || { echo "SKIP: cannot create network namespaces"; exit "$PVNET_SKIP_RC"; }
 ip netns del "$ns"
-ensure_qemu || { echo "SKIP: cannot install QEMU (qemu-system-x86)"; exit "$PVNET_SKIP_RC"; }
-img_env=$("$PVNET_ROOT/scripts/guest-image.sh" --print-env) ||
-  { echo "SKIP: cannot build the guest image"; exit "$PVNET_SKIP_RC"; }
-eval "$img_env"
-acc=$(pick_accel "$accel" "$GUEST_KERNEL" "$GUEST_INITRD")
-vectors=$(qemu_net_vectors "$queues")
+vm_setup "$accel" "$queues"
 log "QEMU $("$PVNET_QEMU" --version | awk 'NR==1 {print $4}'), accel $acc, backends ${backends[*]}"
 bin=""
 if printf '%s\n' "${backends[@]}" | grep -qx pvnet; then
-  tdir=${CARGO_TARGET_DIR:-$PVNET_ROOT/target}
-  if [ "$build" = 1 ]; then
-    log "cargo build --release -p pvnet"
-    (cd "$PVNET_ROOT" && cargo build --release -q -p pvnet) >&2 || die "cargo build failed"
-  fi
-  bin=${pvnet_bin:-$tdir/release/pvnet}
-  [ -x "$bin" ] || die "no pvnet binary at $bin (drop --no-build)"
+  bin=$(pvnet_binary "$build" "$pvnet_bin") || exit 1
 fi
 
 # ---------------------------------------------------------------- one run

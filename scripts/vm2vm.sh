@@ -120,24 +120,13 @@ trap 'log "interrupted"; exit 130' INT TERM HUP
 
 # ---------------------------------------------------------------- prerequisites
 command -v python3 >/dev/null || ensure_pkgs python3 || die "cannot install python3 (it renders the results)"
-ensure_qemu || { echo "SKIP: cannot install QEMU (qemu-system-x86)"; exit "$PVNET_SKIP_RC"; }
-img_env=$("$PVNET_ROOT/scripts/guest-image.sh" --print-env) ||
-  { echo "SKIP: cannot build the guest image"; exit "$PVNET_SKIP_RC"; }
-eval "$img_env"
-acc=$(pick_accel "$accel" "$GUEST_KERNEL" "$GUEST_INITRD")
-vectors=$(qemu_net_vectors "$queues")
+vm_setup "$accel" "$queues"
 log "QEMU $("$PVNET_QEMU" --version | awk 'NR==1 {print $4}'), accel $acc, vectors=$vectors"
 
 socks=()
 for i in $(seq 0 $((guests - 1))); do socks+=("$work/sock$i"); done
 if [ "$switch" = pvnet ]; then
-  tdir=${CARGO_TARGET_DIR:-$PVNET_ROOT/target}
-  if [ "$build" = 1 ]; then
-    log "cargo build --release -p pvnet"
-    (cd "$PVNET_ROOT" && cargo build --release -q -p pvnet) >&2 || die "cargo build failed"
-  fi
-  bin=${pvnet_bin:-$tdir/release/pvnet}
-  [ -x "$bin" ] || die "no pvnet binary at $bin (drop --no-build)"
+  bin=$(pvnet_binary "$build" "$pvnet_bin") || exit 1
   cmd=("$bin")
   port_flag=--socket
   [ "$client_mode" = 1 ] && port_flag=--client

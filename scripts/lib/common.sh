@@ -171,3 +171,32 @@ first_file() {
 
 # usage SCRIPT: print the script's header comment (from line 2 to the first non-comment line).
 usage() { awk 'NR > 1 && /^#/ {sub(/^# ?/, ""); print; next} NR > 1 {exit}' "$1"; }
+
+# vm_setup ACCEL QUEUES: QEMU and the guest image (GUEST_KERNEL, GUEST_INITRD, ... from
+# guest-image.sh), the accelerator to use (sets acc) and the virtio-net MSI-X vector count
+# for QUEUES pairs (sets vectors). Exits with the SKIP status when QEMU or the image cannot
+# be had.
+vm_setup() {
+  local img_env
+  ensure_qemu || { echo "SKIP: cannot install QEMU (qemu-system-x86)"; exit "$PVNET_SKIP_RC"; }
+  img_env=$("$PVNET_ROOT/scripts/guest-image.sh" --print-env) ||
+    { echo "SKIP: cannot build the guest image"; exit "$PVNET_SKIP_RC"; }
+  eval "$img_env"
+  # shellcheck disable=SC2034  # acc and vectors are for the scripts that call this
+  acc=$(pick_accel "$1" "$GUEST_KERNEL" "$GUEST_INITRD")
+  # shellcheck disable=SC2034
+  vectors=$(qemu_net_vectors "$2")
+}
+
+# pvnet_binary BUILD [BIN]: builds pvnet (release) when BUILD is 1, then prints the binary
+# to run: BIN, or the one in the cargo target directory. Fails when there is none (call it
+# as `bin=$(pvnet_binary ...) || exit 1`).
+pvnet_binary() {
+  local b=${2:-${CARGO_TARGET_DIR:-$PVNET_ROOT/target}/release/pvnet}
+  if [ "$1" = 1 ]; then
+    log "cargo build --release -p pvnet"
+    (cd "$PVNET_ROOT" && cargo build --release -q -p pvnet) >&2 || die "cargo build failed"
+  fi
+  [ -x "$b" ] || die "no pvnet binary at $b (drop --no-build)"
+  printf '%s\n' "$b"
+}
