@@ -1,5 +1,8 @@
 //! End-to-end tests of the `pvnet` binary's command line (no guests needed).
 
+mod common;
+
+use common::Pvnet;
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -118,18 +121,20 @@ fn sigterm_removes_sockets_and_exits_0() {
     let d = tmpdir("term");
     let a = d.join("a.sock");
     let b = d.join("b.sock");
-    let child = pvnet()
-        .args([
-            "--socket",
-            a.to_str().expect("utf-8"),
-            "--socket",
-            b.to_str().expect("utf-8"),
-        ])
-        .args(["--queues", "2", "--stats-format", "json"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn");
+    let child = Pvnet::from_child(
+        pvnet()
+            .args([
+                "--socket",
+                a.to_str().expect("utf-8"),
+                "--socket",
+                b.to_str().expect("utf-8"),
+            ])
+            .args(["--queues", "2", "--stats-format", "json"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn"),
+    );
     let t0 = Instant::now();
     while !(a.exists() && b.exists()) {
         assert!(
@@ -141,7 +146,7 @@ fn sigterm_removes_sockets_and_exits_0() {
     // SAFETY: kill() on the pid of a child we spawned and have not reaped yet.
     let r = unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
     assert_eq!(r, 0);
-    let out = child.wait_with_output().expect("wait");
+    let out = child.into_child().wait_with_output().expect("wait");
     assert_eq!(out.status.code(), Some(0));
     assert!(!a.exists() && !b.exists(), "sockets left behind");
     // Final statistics: one JSON line per port plus the lock counters.
@@ -155,18 +160,20 @@ fn sigterm_removes_sockets_and_exits_0() {
 }
 
 /// Starts `pvnet` on `socks` with `extra` flags and waits until every socket answers.
-fn start(socks: &[&std::path::Path], extra: &[&str]) -> std::process::Child {
+fn start(socks: &[&std::path::Path], extra: &[&str]) -> Pvnet {
     let mut cmd = pvnet();
     for s in socks {
         cmd.args(["--socket", s.to_str().expect("utf-8")]);
     }
-    let child = cmd
-        .args(["--queues", "1"])
-        .args(extra)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn");
+    // Killed if the test fails before `stop`.
+    let child = Pvnet::from_child(
+        cmd.args(["--queues", "1"])
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn"),
+    );
     let t0 = Instant::now();
     while !socks
         .iter()
@@ -181,7 +188,8 @@ fn start(socks: &[&std::path::Path], extra: &[&str]) -> std::process::Child {
     child
 }
 
-fn stop(child: std::process::Child) {
+fn stop(child: Pvnet) {
+    let child = child.into_child();
     // SAFETY: kill() on the pid of a child we spawned and have not reaped yet.
     let r = unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
     assert_eq!(r, 0);

@@ -36,7 +36,8 @@ impl Pvnet {
         Pvnet(Some(c))
     }
 
-    fn take(mut self) -> Child {
+    /// The child, unguarded (to wait for it by other means).
+    pub fn into_child(mut self) -> Child {
         self.0.take().expect("a live child")
     }
 }
@@ -98,7 +99,7 @@ pub fn wait_listening(path: &Path) {
 /// Waits (at most `limit`, then kills it and fails) for `child` to exit; returns its status,
 /// stdout and stderr.
 pub fn wait_bounded(child: Pvnet, limit: Duration) -> (ExitStatus, String, String) {
-    let mut child = child.take();
+    let mut child = child.into_child();
     let mut out = child.stdout.take().expect("stdout piped");
     let mut err = child.stderr.take().expect("stderr piped");
     let o = std::thread::spawn(move || {
