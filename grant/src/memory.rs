@@ -108,11 +108,15 @@ impl<F: RwFamily, B: Bitmap + Send + Sync + 'static> GuestMemory for GrantMemory
     type PhysicalMemory = GuestMemoryMmap<B>;
     type Bitmap = B;
 
+    #[inline]
     fn check_range(&self, addr: GuestAddress, count: usize, access: Permissions) -> bool {
-        match self.get_slices(addr, count, access) {
-            Ok(mut it) => it.all(|s| s.is_ok()),
-            Err(_) => false,
-        }
+        let Some(need) = need_of(access) else {
+            return false;
+        };
+        let mut hint = self.hint.get();
+        let ok = self.guard.check_hinted(&mut hint, addr.0, count, need);
+        self.hint.set(hint);
+        ok
     }
 
     fn get_slices<'m>(
@@ -171,6 +175,47 @@ mod tests {
         assert!(gm
             .get_slices(GuestAddress(u64::MAX - 1), 4, Permissions::Read)
             .is_err());
+    }
+
+    #[test]
+    fn hinted_checks_agree_with_the_full_check() {
+        // Two adjacent read-write regions, then a read-only grant after a hole.
+        let mem = memfd::guest_memory::<()>(&[(0x1000, 0x1000), (0x2000, 0x1000)]).unwrap();
+        let t = GrantTable::<StdRw>::new();
+        t.replace_from_memory(&mem).unwrap();
+        let ro = memfd::guest_memory::<()>(&[(0x8000, 0x1000)]).unwrap();
+        let region = vm_memory::GuestMemoryBackend::iter(&ro).next().unwrap();
+        let host = crate::HostMapping::from_region(region);
+        t.grant(GuestAddress(0x8000), 0x1000, host, Access::ReadOnly)
+            .unwrap();
+        let g = t.read();
+        let cases: [(u64, usize, Access); 9] = [
+            (0x1000, 0x1000, Access::ReadWrite),
+            (0x1ff0, 0x20, Access::WriteOnly), // across the two grants
+            (0x2ff0, 0x20, Access::ReadOnly),  // runs off the end
+            (0x8000, 0x10, Access::ReadOnly),
+            (0x8000, 0x10, Access::WriteOnly), // read-only grant
+            (0x3000, 1, Access::ReadOnly),     // hole
+            (0x1000, 0, Access::ReadOnly),     // empty
+            (u64::MAX - 4, 8, Access::ReadOnly),
+            (0x1800, usize::MAX, Access::ReadOnly),
+        ];
+        for start in [0, 1, 2, 7] {
+            let mut hint = RegionHint { index: start };
+            for &(gpa, len, need) in &cases {
+                let want = g.check(GuestAddress(gpa), len, need).is_ok();
+                assert_eq!(
+                    g.check_hinted(&mut hint, gpa, len, need),
+                    want,
+                    "{gpa:#x}+{len:#x} {need:?} from hint {start}"
+                );
+            }
+        }
+        // Through the GuestMemory view too.
+        let gm = GrantMemory::new(&g, RegionHint::default());
+        assert!(gm.check_range(GuestAddress(0x1ff0), 0x20, Permissions::Write));
+        assert!(!gm.check_range(GuestAddress(0x8000), 0x10, Permissions::Write));
+        assert!(!gm.check_range(GuestAddress(0x1000), 0x10, Permissions::No));
     }
 
     #[test]

@@ -252,15 +252,37 @@ where
 /// translation.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RegionHint {
-    index: usize,
+    pub(crate) index: usize,
 }
 
 impl<'a, F: RwFamily, B: Bitmap + Send + Sync + 'static> GrantReadGuard<'a, F, B> {
+    /// Whether `[gpa, gpa + len)` is granted for `need` (possibly across adjacent grants),
+    /// trying `hint` first: [`GrantReadGuard::check`] without the search when the hinted
+    /// grant holds the whole range, which is the rule for guest buffers. Builds no slice.
+    #[inline(always)]
+    pub fn check_hinted(&self, hint: &mut RegionHint, gpa: u64, len: usize, need: Access) -> bool {
+        let es = self.entries();
+        if let Some(e) = es.get(hint.index) {
+            // gpa - start < e.len and len <= e.len - (gpa - start): inside, no overflow.
+            let off = gpa.wrapping_sub(e.start);
+            if off < e.len && len as u64 <= e.len - off && len > 0 {
+                return e.access.allows(need);
+            }
+        }
+        match self.validate(gpa, len, need) {
+            Ok(i) => {
+                hint.index = i;
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
     /// The host slice of the longest prefix of `[gpa, gpa + len)` that lies inside one grant
     /// (between 1 and `len` bytes), checked for `need`. The caller advances by the slice's
     /// length and asks again for the rest (a range spanning adjacent grants comes in pieces).
     /// `hint` is tried first and updated.
-    #[inline]
+    #[inline(always)]
     pub fn slice_hinted(
         &self,
         hint: &mut RegionHint,

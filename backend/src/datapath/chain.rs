@@ -23,7 +23,6 @@
 
 use crate::datapath::Seg;
 use crate::stats::DropReason;
-use std::sync::atomic::Ordering;
 use virtio_queue::desc::split::Descriptor;
 use vm_memory::{Bytes, VolatileSlice};
 
@@ -90,12 +89,25 @@ pub struct ChainInfo {
 pub struct DescTable<'s> {
     slice: VolatileSlice<'s>,
     size: u16,
+    /// The table's first byte when it is 8-byte aligned (descriptors are then read with two
+    /// plain 8-byte loads), else null (read through `slice`).
+    aligned: *const u8,
 }
 
 impl<'s> DescTable<'s> {
     /// `size` descriptors at the start of `slice`, if it is that long.
     pub fn new(slice: VolatileSlice<'s>, size: u16) -> Option<Self> {
-        (slice.len() >= DESC * usize::from(size)).then_some(DescTable { slice, size })
+        let p = slice.ptr_guard().as_ptr();
+        let aligned = if p as usize % 8 == 0 {
+            p
+        } else {
+            std::ptr::null()
+        };
+        (slice.len() >= DESC * usize::from(size)).then_some(DescTable {
+            slice,
+            size,
+            aligned,
+        })
     }
 
     /// Number of entries.
@@ -110,24 +122,26 @@ impl<'s> DescTable<'s> {
             return None;
         }
         let off = DESC * usize::from(i);
-        // Two 8-byte loads (the table is 16-byte aligned in a ring; an indirect table need
-        // not be, then the bytes are copied).
-        match (
-            self.slice.load::<u64>(off, Ordering::Relaxed),
-            self.slice.load::<u64>(off + 8, Ordering::Relaxed),
-        ) {
-            (Ok(addr), Ok(rest)) => {
-                let (addr, rest) = (u64::from_le(addr), u64::from_le(rest));
-                // len: bits 0..32, flags: 32..48, next: 48..64.
-                Some(Descriptor::new(
-                    addr,
-                    rest as u32,
-                    (rest >> 32) as u16,
-                    (rest >> 48) as u16,
-                ))
-            }
-            _ => self.slice.read_obj::<Descriptor>(off).ok(),
+        if self.aligned.is_null() {
+            // An indirect table need not be aligned: the bytes are copied.
+            return self.slice.read_obj::<Descriptor>(off).ok();
         }
+        // SAFETY: `aligned` is the start of `slice`, which is mapped for 's and at least
+        // DESC * size bytes long (checked in `new`), and i < size, so both 8-byte words lie
+        // inside it and are 8-byte aligned. The guest may write them at any time: volatile
+        // loads, as vm-memory's own accessors make; any bit pattern is a valid u64.
+        let (addr, rest) = unsafe {
+            let p = self.aligned.add(off).cast::<u64>();
+            (p.read_volatile(), p.add(1).read_volatile())
+        };
+        let (addr, rest) = (u64::from_le(addr), u64::from_le(rest));
+        // len: bits 0..32, flags: 32..48, next: 48..64.
+        Some(Descriptor::new(
+            addr,
+            rest as u32,
+            (rest >> 32) as u16,
+            (rest >> 48) as u16,
+        ))
     }
 }
 
@@ -367,6 +381,26 @@ mod tests {
         put(&m, it, 1, 0x9000, 32, INDIRECT, 0);
         let (r, _) = run(&m, &[(it, 32, INDIRECT, 0)], Dir::Readable, 1000);
         assert_eq!(r, Err(ChainError::Cut));
+    }
+
+    #[test]
+    fn aligned_and_unaligned_tables_read_the_same() {
+        // The same two descriptors in an 8-byte-aligned table (plain loads) and in one at an
+        // odd address (copied bytes, as an indirect table may be).
+        let m = mem();
+        for at in [0x8000u64, 0x9003] {
+            put(&m, at, 0, 0x1000, 12, NEXT, 1);
+            put(&m, at, 1, 0x2000_0000_0000, u32::MAX, WRITE, 0xbeef);
+            let t = table(&m, at, 2);
+            let d = t.get(1).expect("desc");
+            assert_eq!(
+                (d.addr().0, d.len(), d.flags(), d.next()),
+                (0x2000_0000_0000, u32::MAX, WRITE, 0xbeef),
+                "table at {at:#x}"
+            );
+            assert_eq!(t.get(0).map(|d| d.next()), Some(1));
+            assert!(t.get(2).is_none(), "outside the table");
+        }
     }
 
     #[test]

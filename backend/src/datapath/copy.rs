@@ -87,7 +87,7 @@ impl<'s> SegCursor<'s> {
 }
 
 /// Translates the piece of at most `max` bytes at `cur` (which must not be at its end).
-#[inline]
+#[inline(always)]
 fn piece<'g, F: RwFamily>(
     g: &'g GrantReadGuard<'_, F>,
     hint: &mut RegionHint,
