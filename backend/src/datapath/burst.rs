@@ -17,14 +17,14 @@
 
 use crate::datapath::chain::{read_chain, DescTable, Dir};
 use crate::datapath::copy::{self, SegCursor};
-use crate::datapath::ring::one_slice;
+use crate::datapath::ring::{one_slice, AvailRing, AvailSnapshot, RingError};
 use crate::datapath::{Data, FrameSrc, Seg};
 use crate::fdb::Fdb;
 use crate::net::{self, hdr::NEEDS_CSUM, VirtioNetHdr};
 use crate::stats::{DropReason, TxStats};
 use pvnet_grant::{GrantMemory, GrantReadGuard, RegionHint};
 use pvnet_locks::family::RwFamily;
-use virtio_queue::{Queue, QueueOwnedT};
+use virtio_queue::{Queue, QueueT};
 use vm_memory::{GuestAddress, GuestMemory, Permissions};
 
 /// Most chains taken from a TX ring per burst.
@@ -129,24 +129,25 @@ pub struct Room {
 }
 
 /// Step 1: takes chains from the TX ring `q` with one avail-index read (at most [`BURST`]
-/// and `room`) and walks each into the burst's segment list, reading descriptors from
-/// `table` (the ring's descriptor table, translated once). Returns the number taken; a
-/// ring whose avail index is bogus yields an error and nothing.
+/// and `room`) and walks each into the burst's segment list, reading the avail entries from
+/// `avail` and descriptors from `table` (the ring's avail ring and descriptor table,
+/// translated once). Returns the number taken; a ring whose avail index is bogus yields an
+/// error and nothing.
 pub fn fetch<'m, F: RwFamily>(
     b: &mut Burst,
     q: &mut Queue,
     mem: &'m GrantMemory<'_, '_, F>,
-    table: &DescTable<'m>,
+    ring: (AvailRing<'m>, &DescTable<'m>),
     room: Room,
     hl: usize,
-) -> Result<usize, virtio_queue::Error> {
+) -> Result<usize, RingError> {
+    let (avail, table) = ring;
     let mut indirect = |gpa: u64, len: u32| one_slice(mem, gpa, len as usize, Permissions::Read);
-    let mut it = q.iter(mem)?;
+    let mut it = AvailSnapshot::take(avail, q.next_avail())?;
     let max = room.frames.min(BURST);
     let mut n = 0;
     while n < max {
-        let Some(chain) = it.next() else { break };
-        let head = chain.head_index();
+        let Some(head) = it.next() else { break };
         let seg0 = b.segs.len();
         let r = read_chain(
             table,
@@ -164,7 +165,7 @@ pub fn fetch<'m, F: RwFamily>(
         if n > 0 && b.segs.len() > room.segs {
             // Leave it for the next burst.
             b.segs.truncate(seg0);
-            it.go_to_previous_position();
+            it.back();
             break;
         }
         let nsegs = b.segs.len() - seg0;
@@ -182,6 +183,7 @@ pub fn fetch<'m, F: RwFamily>(
         });
         n += 1;
     }
+    q.set_next_avail(it.next_avail());
     Ok(n)
 }
 
@@ -399,8 +401,9 @@ mod tests {
         };
         let lay = crate::datapath::ring::RingLayout::of(&q).expect("layout");
         let table = lay.desc_table(&gm).expect("table");
+        let avail = lay.avail_ring(&gm).expect("avail");
         assert_eq!(
-            fetch(&mut b, &mut q, &gm, &table, room, 12).expect("fetch"),
+            fetch(&mut b, &mut q, &gm, (avail, &table), room, 12).expect("fetch"),
             5
         );
         assert_eq!(q.next_avail(), 5);

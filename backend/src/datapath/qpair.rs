@@ -16,7 +16,7 @@ use crate::config::Config;
 use crate::datapath::burst::{self, Burst, ClassifyCtx, Frame, Route};
 use crate::datapath::dest::{next_run, Destination, GuestPort, SrcGrants};
 use crate::datapath::held::HeldBack;
-use crate::datapath::ring::{needs_call, Kicks, RingLayout, UsedShadow};
+use crate::datapath::ring::{needs_call, Kicks, RingError, RingLayout, UsedShadow};
 use crate::datapath::rxq::{RxRing, Waker};
 use crate::datapath::soft::Soft;
 use crate::datapath::tapdest::TapDest;
@@ -219,10 +219,11 @@ impl QueuePair {
             let mem = GrantMemory::new(&g, self.hint);
             self.kicks.disarm(&lay, &mem);
             let hl = net::net_hdr_len(cx.features);
-            let fetched = match lay.desc_table(&mem) {
-                Some(t) => burst::fetch(&mut self.burst, q, &mem, &t, self.held.room(), hl)
-                    .map_err(|e| e.to_string()),
-                None => Err("descriptor table outside granted memory".into()),
+            let fetched = match (lay.avail_ring(&mem), lay.desc_table(&mem)) {
+                (Some(a), Some(t)) => {
+                    burst::fetch(&mut self.burst, q, &mem, (a, &t), self.held.room(), hl)
+                }
+                _ => Err(RingError::Unmapped),
             };
             match fetched {
                 Ok(n) => out.taken = n,

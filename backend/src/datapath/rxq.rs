@@ -25,7 +25,7 @@
 
 use crate::datapath::chain::{read_chain, DescTable, Dir, MAX_CHAIN_DESCS};
 use crate::datapath::copy::{self, CopyError, SegCursor, Side};
-use crate::datapath::ring::{needs_call, one_slice, Kicks, RingLayout, UsedShadow};
+use crate::datapath::ring::{needs_call, one_slice, AvailSnapshot, Kicks, RingLayout, UsedShadow};
 pub use crate::datapath::rxslot::{RxSlot, Waker};
 use crate::datapath::Vring;
 use crate::datapath::{Data, Fate, FrameSet, FrameSrc, LogLimit, Seg};
@@ -36,7 +36,7 @@ use pvnet_locks::family::RwFamily;
 use std::sync::Arc;
 use vhost_user_backend::{VringState, VringT};
 use virtio_bindings::virtio_net::VIRTIO_NET_F_MRG_RXBUF;
-use virtio_queue::{AvailIter, Queue, QueueOwnedT, QueueT};
+use virtio_queue::{Queue, QueueT};
 use vm_memory::{GuestAddress, GuestMemory, Permissions};
 
 /// Header plus frame bytes assembled locally and written with one grant copy.
@@ -234,7 +234,8 @@ impl RxRing {
         // One avail-index read per hold: a snapshot, taken again only when it runs dry; the
         // descriptor table translated once.
         let table = st.lay.desc_table(mem);
-        let mut it = table.and_then(|_| queue.iter(mem).ok());
+        let avail = st.lay.avail_ring(mem).filter(|_| table.is_some());
+        let mut it = avail.and_then(|a| AvailSnapshot::take(a, queue.next_avail()).ok());
         if it.is_none() && st.log.allow() {
             log::warn!("RX ring unreadable (bogus avail index or ring outside memory)");
         }
@@ -272,7 +273,7 @@ impl RxRing {
                     }
                     Pop::Budget => {
                         for _ in 0..st.frame_chains() {
-                            iter.go_to_previous_position();
+                            iter.back();
                         }
                         st.forget_frame();
                         break Fate::Dropped(DropReason::RxBadChain);
@@ -282,11 +283,12 @@ impl RxRing {
                         // will not kick, so take them now (incrementally: nothing popped is
                         // popped again). Full only when nothing was published after the
                         // request: the guest's next posting kicks.
+                        let at = iter.next_avail();
+                        queue.set_next_avail(at);
                         it = None;
-                        let at = queue.next_avail();
                         match st.kicks.arm(&st.lay, mem, at) {
                             Ok(seen) if seen != at => {
-                                it = queue.iter(mem).ok();
+                                it = avail.and_then(|a| AvailSnapshot::take(a, at).ok());
                                 continue;
                             }
                             r => {
@@ -312,6 +314,9 @@ impl RxRing {
             if held_bytes >= HOLD_BYTES {
                 break;
             }
+        }
+        if let Some(iter) = &it {
+            queue.set_next_avail(iter.next_avail());
         }
         st.prefetch(dg, dh);
         for k in 0..st.reserved.len() {
@@ -409,7 +414,7 @@ impl RxState {
     /// `fill_vec_buf`).
     fn pop_until<'m, M: GuestMemory<Bitmap = ()>>(
         &mut self,
-        it: &mut AvailIter<'_, &'m M>,
+        it: &mut AvailSnapshot<'m>,
         mem: &'m M,
         table: &DescTable<'m>,
         need: usize,
@@ -422,11 +427,10 @@ impl RxState {
             if *budget == 0 {
                 return Pop::Budget;
             }
-            let Some(chain) = it.next() else {
+            let Some(head) = it.next() else {
                 return Pop::Dry;
             };
             *budget -= 1;
-            let head = chain.head_index();
             let start = self.bufs.len();
             let r = read_chain(
                 table,
@@ -451,7 +455,7 @@ impl RxState {
             }
             if !self.mrg && info.bytes < need {
                 // Too small without mergeable buffers: the chain stays for a smaller frame.
-                it.go_to_previous_position();
+                it.back();
                 self.bufs.truncate(start);
                 return Pop::TooSmall;
             }
