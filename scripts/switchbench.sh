@@ -29,6 +29,9 @@
 #   --pvnet-arg ARG          one more flag for every pvnet run (repeatable)
 #   --pvnet-bin PATH         run this pvnet binary as the switch (the report is rendered by
 #                            this tree's pvnet-bench either way)
+#   --client-vdev ARGS       more net_virtio_user arguments for both client ports, e.g.
+#                            in_order=0 (the client then uses the ring the same way with
+#                            either switch)
 #   --no-build               use target/release/pvnet and pvnet-bench as they are
 # Measurement:
 #   --rounds N (3)           each round runs every case once per switch, the switches'
@@ -61,7 +64,7 @@ set -uo pipefail
 
 ALL_SIZES=64,1500,imix ALL_PAIRS=1,2,8 ALL_LOOPS=closed,open ALL_DESTS=learned,flooded
 sizes="" pairs_list="" loops="" dests="" flows=many full=0
-glocks="" qlocks="" testpmd=1 pvnet_args=() pvnet_bin="" build=1
+glocks="" qlocks="" client_vdev="" testpmd=1 pvnet_args=() pvnet_bin="" build=1
 rounds=3 warmup=2 secs=5 idle=10 switch_cpu="" client_cpu="" max_load=0 retries=2
 format=text plot="" out=""
 need() { [ $# -ge 2 ] || die "$1 needs a value"; }
@@ -78,6 +81,7 @@ while [ $# -gt 0 ]; do
     --no-testpmd) testpmd=0 ;;
     --pvnet-arg) need "$@"; pvnet_args+=("$2"); shift ;;
     --pvnet-bin) need "$@"; pvnet_bin=$2; shift ;;
+    --client-vdev) need "$@"; client_vdev=,$2; shift ;;
     --no-build) build=0 ;;
     --rounds) need "$@"; rounds=$2; shift ;;
     --warmup) need "$@"; warmup=$2; shift ;;
@@ -262,8 +266,8 @@ start_client() {
   local size=$1 pairs=$2 loop=$3 dest=$4 log=$5 sa=$6 sb=$7
   local peer_a=$MAC_B peer_b=$MAC_A
   if [ "$dest" = flooded ]; then peer_a=$UNKNOWN_B peer_b=$UNKNOWN_A; fi
-  local vdevs=(--vdev "net_virtio_user0,path=$sa,queues=$pairs,mac=$MAC_A"
-    --vdev "net_virtio_user1,path=$sb,queues=$pairs,mac=$MAC_B")
+  local vdevs=(--vdev "net_virtio_user0,path=$sa,queues=$pairs,mac=$MAC_A$client_vdev"
+    --vdev "net_virtio_user1,path=$sb,queues=$pairs,mac=$MAC_B$client_vdev")
   local app=(-i --forward-mode=mac --nb-cores=1 --rxq="$pairs" --txq="$pairs" --rxd=256 --txd=256
     --eth-peer="0,$peer_a" --eth-peer="1,$peer_b")
   local nports=2
