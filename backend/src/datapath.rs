@@ -34,7 +34,7 @@
 //!
 //! Module layering (each file uses only the ones before it): [`chain`], [`ring`], [`copy`]
 //! (ring and buffer steps) ← [`rxslot`], [`rxq`] (a guest RX ring as a destination) ←
-//! `tap::queue` ← `switch` (ports, fabric) ← [`dest`], [`burst`], [`held`], [`soft`],
+//! `tap::queue` ← `switch` (ports, fabric) ← [`dest`], [`burst`], [`held`], [`order`], [`soft`],
 //! [`tapdest`] ← [`qpair`], [`tapsrc`] ← [`poll`], [`worker`], `tap::run` ← `device` ←
 //! `server`.
 
@@ -43,6 +43,7 @@ pub mod chain;
 pub mod copy;
 pub mod dest;
 pub mod held;
+pub mod order;
 pub mod poll;
 pub mod qpair;
 pub mod ring;

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
 use vhost_user_backend::VhostUserBackend;
-use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+use virtio_bindings::virtio_config::{VIRTIO_F_IN_ORDER, VIRTIO_F_VERSION_1};
 use virtio_bindings::virtio_net::*;
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 use vm_memory::{GuestAddressSpace, GuestMemoryMmap, GuestRegionMmap};
@@ -47,6 +47,9 @@ pub fn offered_features(mtu: bool) -> u64 {
         VIRTIO_NET_F_MAC,
         VIRTIO_RING_F_EVENT_IDX,
         VIRTIO_RING_F_INDIRECT_DESC,
+        // Chains are returned in ring order: RX in the reserve step, TX through
+        // `datapath::order` (held-back frames keep the chains behind them).
+        VIRTIO_F_IN_ORDER,
     ];
     let mut f = bits.iter().fold(0u64, |f, b| f | (1u64 << b));
     if mtu {
@@ -163,6 +166,7 @@ impl<L: Locks> VhostUserBackend for NetDevice<L> {
     }
 
     fn acked_features(&self, features: u64) {
+        log::debug!("port {}: features acked {features:#x}", self.port);
         self.acked.store(features, Ordering::Release);
         self.sw.ports[self.port]
             .features

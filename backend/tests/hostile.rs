@@ -8,6 +8,7 @@ use pvnet_testkit::frames::tagged::{self as frames, HELLO, MAGIC};
 use pvnet_testkit::harness::{guest_config, mac, tmpdir};
 use pvnet_testkit::{desc, GuestConfig, RawDesc, Repost, TestGuest, VirtioNetHdr};
 use std::time::{Duration, Instant};
+use virtio_bindings::virtio_config::VIRTIO_F_IN_ORDER;
 
 fn start(name: &str, ports: usize, bound: Duration, tweak: impl FnOnce(&mut Config)) -> Server {
     let d = tmpdir(name);
@@ -149,10 +150,26 @@ fn huge_indirect_chain_is_dropped_at_once() {
 /// new buffers do not make senders wait again; posting buffers ends the stall.
 #[test]
 fn full_receiver_holds_back_only_its_own_frames_and_bare_kicks_do_not_rearm() {
+    full_receiver(true);
+}
+
+#[test]
+fn full_receiver_without_in_order_returns_later_chains_first() {
+    full_receiver(false);
+}
+
+/// A sends to a full B and then to C; `in_order`: A negotiates `VIRTIO_F_IN_ORDER`, so its
+/// TX chains must come back in ring order although the frames to C were delivered while the
+/// frames to B waited (without it, pvnet returns C's chains first).
+fn full_receiver(in_order: bool) {
     let bound = Duration::from_secs(2);
-    let s = start("fullrx", 3, bound, |_| {});
+    let s = start(&format!("fullrx{}", u8::from(in_order)), 3, bound, |_| {});
     let (mut a, mut b, mut c) = (
-        connect(&s, 0, |_| {}),
+        connect(&s, 0, |o| {
+            if !in_order {
+                o.features &= !(1 << VIRTIO_F_IN_ORDER);
+            }
+        }),
         connect(&s, 1, |_| {}),
         connect(&s, 2, |_| {}),
     );
@@ -203,6 +220,19 @@ fn full_receiver_holds_back_only_its_own_frames_and_bare_kicks_do_not_rearm() {
     }
     assert!(recv_flow(&mut b, 4, 20, Duration::from_secs(5)).is_some());
     assert_eq!(port.tx[0].drops(DropReason::RxFullTimeout), 14);
+    while a.tx_in_flight(0) > 0 {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let (tx, rx) = a.out_of_order(0);
+    if in_order {
+        assert_eq!((tx, rx), (0, 0), "chains returned out of ring order");
+    } else {
+        assert!(
+            tx > 0,
+            "chains of frames to C came back after the held ones"
+        );
+    }
+    assert_eq!(b.out_of_order(0).1, 0, "RX buffers used out of order");
     drop((a, b, c));
     s.shutdown();
 }

@@ -16,6 +16,7 @@
 //! whatever a hostile chain wrote into the table) and, per head, the chain's length and what
 //! the kit owns in it ([`Owner`]).
 
+use std::collections::VecDeque;
 use std::sync::atomic::{fence, AtomicU16, AtomicU32, AtomicU64, Ordering};
 
 use virtio_bindings::bindings::virtio_ring::{VRING_AVAIL_F_NO_INTERRUPT, VRING_USED_F_NO_NOTIFY};
@@ -146,6 +147,11 @@ pub(crate) struct DriverRing {
     pub kick: EventFd,
     pub call: EventFd,
     pub kicks: u64,
+    /// Heads made available and not yet used, oldest first (for [`Self::out_of_order`]).
+    order: VecDeque<u16>,
+    /// Used entries that came before an older available chain (`VIRTIO_F_IN_ORDER` forbids
+    /// them).
+    pub out_of_order: u64,
 }
 
 impl DriverRing {
@@ -182,6 +188,8 @@ impl DriverRing {
             kick: EventFd::new(EFD_NONBLOCK)?,
             call: EventFd::new(EFD_NONBLOCK)?,
             kicks: 0,
+            order: VecDeque::with_capacity(n),
+            out_of_order: 0,
         })
     }
 
@@ -224,6 +232,11 @@ impl DriverRing {
             .u16(4 + 2 * slot)
             .store(head.to_le(), Ordering::Relaxed);
         self.avail_idx = self.avail_idx.wrapping_add(1);
+        if self.order.len() >= 2 * usize::from(self.size) {
+            // Hostile tests publish heads that never come back.
+            self.order.pop_front();
+        }
+        self.order.push_back(head);
     }
 
     /// Writes a chain into free descriptor slots and puts its head in the next avail slot
@@ -364,6 +377,12 @@ impl DriverRing {
         let id = u32::from_le(self.used_p.u32(at).load(Ordering::Relaxed));
         let len = u32::from_le(self.used_p.u32(at + 4).load(Ordering::Relaxed));
         self.last_used = self.last_used.wrapping_add(1);
+        if let Some(k) = self.order.iter().position(|&h| u32::from(h) == id) {
+            if k > 0 {
+                self.out_of_order += 1;
+            }
+            self.order.remove(k);
+        }
         (id, len)
     }
 

@@ -229,6 +229,13 @@ impl TestGuest {
         self.pairs[usize::from(pair)].tx.in_flight()
     }
 
+    /// Used entries of `pair`'s TX and RX rings that the device returned ahead of a chain
+    /// made available before them (0 whenever the device keeps `VIRTIO_F_IN_ORDER`).
+    pub fn out_of_order(&self, pair: u16) -> (u64, u64) {
+        let p = &self.pairs[usize::from(pair)];
+        (p.tx.out_of_order, p.rx.out_of_order)
+    }
+
     /// RX buffers currently posted to the device on `pair`.
     pub fn rx_posted(&self, pair: u16) -> usize {
         self.pairs

@@ -14,7 +14,6 @@
 //! no new chains until frames leave.
 
 use crate::datapath::burst::{Frame, Room};
-use crate::datapath::ring::UsedShadow;
 use crate::datapath::{Data, FrameSrc, Seg};
 use crate::stats::{DropReason, TxStats};
 use std::time::{Duration, Instant};
@@ -163,13 +162,14 @@ impl HeldBack {
             .min()
     }
 
-    /// Stages the chains of done frames as used and forgets those frames.
-    pub fn release(&mut self, used: &mut UsedShadow) {
+    /// Hands the chains of done frames to `finished` (which stages them as used) and forgets
+    /// those frames.
+    pub fn release(&mut self, mut finished: impl FnMut(u16)) {
         let mut k = 0;
         while k < self.list.len() {
             if self.list[k].done {
                 let h = self.list.remove(k);
-                used.push(h.frame.head, 0);
+                finished(h.frame.head);
                 self.segs -= h.segs.len();
                 self.spare.push(h.segs);
             } else {
@@ -181,11 +181,11 @@ impl HeldBack {
     /// Drops every held frame (the sender's TX ring stops while they wait for room): all
     /// chains are staged as used; counted `rx_full_timeout` (they were held back by a full
     /// receiver and their wait ended without room).
-    pub fn drop_all(&mut self, used: &mut UsedShadow, stats: &TxStats) {
+    pub fn drop_all(&mut self, finished: impl FnMut(u16), stats: &TxStats) {
         for k in 0..self.list.len() {
             self.finish(k, Some(DropReason::RxFullTimeout), stats);
         }
-        self.release(used);
+        self.release(finished);
     }
 }
 
@@ -237,12 +237,12 @@ mod tests {
         });
         assert_eq!(stalled, [(2, 2)]);
         assert_eq!(stats.drops(DropReason::RxFullTimeout), 1);
-        let mut used = UsedShadow::default();
-        h.release(&mut used);
-        assert_eq!((used.len(), h.len()), (2, 1));
+        let mut used = Vec::new();
+        h.release(|head| used.push(head));
+        assert_eq!((used.as_slice(), h.len()), (&[1u16, 2][..], 1));
         assert!(h.waiting_for(1) && !h.waiting_for(2));
-        h.drop_all(&mut used, &stats);
-        assert_eq!((used.len(), h.len()), (3, 0));
+        h.drop_all(|head| used.push(head), &stats);
+        assert_eq!((used.as_slice(), h.len()), (&[1u16, 2, 3][..], 0));
         assert_eq!(stats.drops(DropReason::RxFullTimeout), 2);
     }
 }

@@ -16,6 +16,7 @@ use crate::config::Config;
 use crate::datapath::burst::{self, Burst, ClassifyCtx, Frame, Route};
 use crate::datapath::dest::{next_run, Destination, GuestPort, SrcGrants};
 use crate::datapath::held::HeldBack;
+use crate::datapath::order::TxOrder;
 use crate::datapath::ring::{needs_call, Kicks, RingError, RingLayout, UsedShadow};
 use crate::datapath::rxq::{RxRing, Waker};
 use crate::datapath::soft::Soft;
@@ -30,6 +31,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 use vhost_user_backend::VringT;
+use virtio_bindings::virtio_config::VIRTIO_F_IN_ORDER;
 use virtio_queue::QueueT;
 
 /// What a queue pair needs to know about its port and the switch.
@@ -133,6 +135,8 @@ pub struct QueuePair {
     pub q: usize,
     burst: Burst,
     held: HeldBack,
+    /// TX chains returned in ring order under IN_ORDER.
+    order: TxOrder,
     used: UsedShadow,
     kicks: Kicks,
     /// TX used index at the last call decision (None: not known since the ring started).
@@ -158,6 +162,7 @@ impl QueuePair {
             q,
             burst: Burst::default(),
             held: HeldBack::default(),
+            order: TxOrder::default(),
             used: UsedShadow::with_capacity(burst::BURST),
             kicks: Kicks::new(false),
             signalled: None,
@@ -212,6 +217,8 @@ impl QueuePair {
             return out;
         };
         self.kicks.set_event_idx(q.event_idx_enabled());
+        self.order
+            .set_in_order(cx.features & (1 << VIRTIO_F_IN_ORDER) != 0);
         self.burst.clear();
         // A: fetch, prefetch, classify under the source guard.
         {
@@ -276,7 +283,8 @@ impl QueuePair {
         }
         // C: publish under the source guard; call the guest after it.
         let before = self.held.len();
-        self.held.release(&mut self.used);
+        let (order, used) = (&mut self.order, &mut self.used);
+        self.held.release(|head| order.released(head, used));
         out.resumed = before - self.held.len();
         if self.used.is_empty() {
             return out;
@@ -372,7 +380,8 @@ impl QueuePair {
         }
         self.signalled = None;
         let stats = &cx.sw().ports[cx.port].tx[self.q];
-        self.held.drop_all(&mut self.used, stats);
+        let (order, used) = (&mut self.order, &mut self.used);
+        self.held.drop_all(|head| order.released(head, used), stats);
         let mut vs = tx.get_mut();
         let q = vs.get_queue_mut();
         if let Some(lay) = RingLayout::of(q) {
@@ -616,12 +625,13 @@ impl QueuePair {
                 (o, _) => o,
             };
             match outcome {
-                Outcome::Pending | Outcome::Done => self.used.push(f.head, 0),
+                Outcome::Pending | Outcome::Done => self.order.finished(f.head, &mut self.used),
                 Outcome::Drop(r) => {
                     stats.count_drop(r);
-                    self.used.push(f.head, 0);
+                    self.order.finished(f.head, &mut self.used);
                 }
                 Outcome::Hold(d) => {
+                    self.order.held(f.head);
                     if !self.held.waiting_for(d) {
                         stats.backpressure();
                     }

@@ -263,6 +263,11 @@ impl UsedShadow {
         self.entries.push((head, len));
     }
 
+    /// The staged entries, (head, length), in order.
+    pub fn staged(&self) -> impl Iterator<Item = (u16, u32)> + '_ {
+        self.entries.iter().copied()
+    }
+
     /// Entries staged and not yet flushed.
     pub fn len(&self) -> usize {
         self.entries.len()

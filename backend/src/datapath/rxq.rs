@@ -82,12 +82,16 @@ struct RxState {
 /// `heads[h0..h1]` and buffers `bufs[b0..b1]`.
 #[derive(Clone, Copy, Debug, Default)]
 struct Reserved {
+    /// The frame, or [`ABANDONED`]: chains given up (returned empty).
     frame: u32,
     h0: u32,
     h1: u32,
     b0: u32,
     b1: u32,
 }
+
+/// [`Reserved::frame`] of chains given up while assembling a frame.
+const ABANDONED: u32 = u32::MAX;
 
 /// What [`RxState::pop_until`] ended with.
 #[derive(Debug, PartialEq, Eq)]
@@ -321,6 +325,10 @@ impl RxRing {
         st.prefetch(dg, dh);
         for k in 0..st.reserved.len() {
             let r = st.reserved[k];
+            if r.frame == ABANDONED {
+                st.return_empty(r);
+                continue;
+            }
             let i = r.frame as usize;
             let f = frames.get(i);
             fates[i] = match st.copy_frame(sg, sh, dg, dh, &f, r) {
@@ -392,18 +400,37 @@ impl RxState {
         self.bufs.truncate(self.cur.b0 as usize);
     }
 
-    /// Returns the chains of the frame being assembled as used and empty (they are the
-    /// guest's again, in ring order).
+    /// Gives up the chains of the frame being assembled: they go back used and empty, staged
+    /// in ring order with the frames reserved around them (IN_ORDER guests rely on that;
+    /// before, they were staged ahead of the frames reserved earlier in the hold); the frame
+    /// starts over after them.
     fn abandon(&mut self) {
-        for &(h, _) in &self.heads[self.cur.h0 as usize..] {
+        let r = Reserved {
+            frame: ABANDONED,
+            h0: self.cur.h0,
+            h1: self.heads.len() as u32,
+            b0: self.cur.b0,
+            b1: self.bufs.len() as u32,
+        };
+        self.reserved.push(r);
+        self.cur.h0 = r.h1;
+        self.cur.b0 = r.b1;
+    }
+
+    /// Stages the chains of an abandoned reservation as used and empty.
+    fn return_empty(&mut self, r: Reserved) {
+        for &(h, _) in self
+            .heads
+            .get(r.h0 as usize..r.h1 as usize)
+            .unwrap_or_default()
+        {
             self.shadow.push(h, 0);
         }
-        self.forget_frame();
     }
 
     /// Hints the CPU to fetch the first line of every reserved frame's first buffer.
     fn prefetch<F: RwFamily>(&self, dg: &GrantReadGuard<'_, F>, dh: &mut RegionHint) {
-        for r in &self.reserved {
+        for r in self.reserved.iter().filter(|r| r.frame != ABANDONED) {
             if let Some(b) = self.bufs.get(r.b0 as usize..r.b1 as usize) {
                 copy::prefetch(dg, dh, &SegCursor::new(b));
             }
@@ -637,6 +664,19 @@ mod tests {
     /// offered `n` frames of `len` bytes. Returns their fates, the ring and the avail index
     /// / avail_event at the end.
     fn offer(initial: u16, later: u16, n: usize, len: usize) -> (Vec<Fate>, RxRing, u16, u16) {
+        let (fates, ring, idx, ev, _) = offer_with(initial, later, n, len, |_, _| {});
+        (fates, ring, idx, ev)
+    }
+
+    /// [`offer`], with `tweak(memory, descriptor table address)` run after the initial
+    /// posting; also returns the ids of the used elements published.
+    fn offer_with(
+        initial: u16,
+        later: u16,
+        n: usize,
+        len: usize,
+        tweak: impl Fn(&GuestMemoryMmap, u64),
+    ) -> (Vec<Fate>, RxRing, u16, u16, Vec<u32>) {
         let mem: GuestMemoryMmap =
             pvnet_grant::memfd::guest_memory(&[(0, 0x20_0000)]).expect("memory");
         let vq = MockSplitQueue::new(&mem, SIZE);
@@ -651,6 +691,7 @@ mod tests {
         for _ in 0..initial {
             posting.post();
         }
+        tweak(&mem, vq.desc_table_addr().0);
         posting.left.set(later);
         let vring = VringRwLock::new(Gm::new(mem.clone()), SIZE).expect("vring");
         let features = (1 << VIRTIO_F_VERSION_1) | (1 << VIRTIO_NET_F_MRG_RXBUF);
@@ -673,7 +714,27 @@ mod tests {
         let avail_event: u16 = mem
             .read_obj(GuestAddress(vq.used_addr().0 + 4 + 8 * u64::from(SIZE)))
             .expect("avail_event");
-        (fates, ring, posting.idx(), avail_event)
+        let ids = (0..u64::from(ring.queue.next_used()))
+            .map(|i| {
+                mem.read_obj(GuestAddress(vq.used_addr().0 + 4 + 8 * i))
+                    .expect("used id")
+            })
+            .collect();
+        (fates, ring, posting.idx(), avail_event, ids)
+    }
+
+    #[test]
+    fn a_bad_chain_goes_back_in_ring_order() {
+        // Chains 0..4 posted, chain 1 readable (bad in an RX ring): frame 0 takes chain 0,
+        // frame 1 gives up chain 1 and takes chain 2, frame 2 takes chain 3. Used elements
+        // must come in ring order (an IN_ORDER guest recycles descriptors by position);
+        // before, the bad chain was staged first.
+        let (fates, _, _, _, ids) = offer_with(4, 0, 3, 60, |m, desc| {
+            let flags = GuestAddress(desc + 16 + 12);
+            m.write_obj(0u16, flags).expect("flags");
+        });
+        assert_eq!(fates, [Fate::Delivered; 3]);
+        assert_eq!(ids, [0, 1, 2, 3]);
     }
 
     #[test]
