@@ -9,7 +9,10 @@
 //! (in ring order) when it finishes. Without IN_ORDER, or with nothing held, every chain is
 //! staged at once — the common case costs one branch.
 //!
-//! Bounded by the ring: a chain is waiting here only while it is taken and not returned.
+//! Bounded by the ring: a chain is waiting here only while it is taken and not returned, so a
+//! driver keeps at most a ring's worth here. One that republishes chains it has not got back
+//! (breaking the ring's rules) could make the list grow; past a ring's worth, finished chains
+//! are staged at once (that driver gets them out of order, no one else notices).
 
 use crate::datapath::ring::UsedShadow;
 use std::collections::VecDeque;
@@ -19,22 +22,25 @@ use std::collections::VecDeque;
 #[derive(Debug, Default)]
 pub struct TxOrder {
     in_order: bool,
+    /// Ring size: the most chains a driver can have taken and not returned.
+    cap: usize,
     /// Chains not yet staged, oldest first, and whether each is finished; empty whenever no
     /// chain is held back.
     waiting: VecDeque<(u16, bool)>,
 }
 
 impl TxOrder {
-    /// Follows the queue's negotiated features (IN_ORDER or not).
-    pub fn set_in_order(&mut self, on: bool) {
+    /// Follows the queue's negotiated features (IN_ORDER or not) and its size.
+    pub fn set_in_order(&mut self, on: bool, ring_size: u16) {
         self.in_order = on;
+        self.cap = usize::from(ring_size);
     }
 
     /// Chain `head` (taken after every chain given here before) is finished: staged as used
     /// now, or behind the held chains taken before it.
     #[inline]
     pub fn finished(&mut self, head: u16, used: &mut UsedShadow) {
-        if self.waiting.is_empty() {
+        if self.waiting.is_empty() || self.waiting.len() >= self.cap {
             used.push(head, 0);
         } else {
             self.waiting.push_back((head, true));
@@ -43,7 +49,7 @@ impl TxOrder {
 
     /// Chain `head` (taken after every chain given here before) is held back.
     pub fn held(&mut self, head: u16) {
-        if self.in_order {
+        if self.in_order && self.waiting.len() < self.cap {
             self.waiting.push_back((head, false));
         }
     }
@@ -87,7 +93,7 @@ mod tests {
     fn chains_behind_a_held_one_wait_for_it_only_in_order() {
         for in_order in [false, true] {
             let mut o = TxOrder::default();
-            o.set_in_order(in_order);
+            o.set_in_order(in_order, 256);
             let mut used = UsedShadow::default();
             // Taken: 1, 2 (held), 3, 4 (held), 5.
             o.finished(1, &mut used);
@@ -114,5 +120,21 @@ mod tests {
             o.finished(6, &mut used);
             assert_eq!(heads(&used), [1, 2, 3, 4, 5, 6]);
         }
+    }
+
+    #[test]
+    fn a_driver_republishing_heads_cannot_grow_the_list_past_its_ring() {
+        let mut o = TxOrder::default();
+        o.set_in_order(true, 4);
+        let mut used = UsedShadow::default();
+        o.held(9);
+        // The same head over and over while 9 is held: at most a ring's worth waits.
+        for _ in 0..1000 {
+            o.finished(3, &mut used);
+        }
+        assert_eq!(o.waiting(), 4);
+        assert_eq!(used.len(), 997);
+        o.released(9, &mut used);
+        assert_eq!((o.waiting(), used.len()), (0, 1001));
     }
 }

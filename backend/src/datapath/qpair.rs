@@ -218,7 +218,7 @@ impl QueuePair {
         };
         self.kicks.set_event_idx(q.event_idx_enabled());
         self.order
-            .set_in_order(cx.features & (1 << VIRTIO_F_IN_ORDER) != 0);
+            .set_in_order(cx.features & (1 << VIRTIO_F_IN_ORDER) != 0, lay.size());
         self.burst.clear();
         // A: fetch, prefetch, classify under the source guard.
         {
