@@ -24,6 +24,7 @@ use crate::net::{self, hdr::NEEDS_CSUM, VirtioNetHdr};
 use crate::stats::{DropReason, TxStats};
 use pvnet_grant::{GrantMemory, GrantReadGuard, RegionHint};
 use pvnet_locks::family::RwFamily;
+use virtio_bindings::virtio_net::VIRTIO_NET_F_CSUM;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{GuestAddress, GuestMemory, Permissions};
 
@@ -187,13 +188,31 @@ pub fn fetch<'m, F: RwFamily>(
     Ok(n)
 }
 
-/// Step 2: prefetches the first line of every frame not yet dropped.
-pub fn prefetch<F: RwFamily>(b: &Burst, g: &GrantReadGuard<'_, F>, hint: &mut RegionHint) {
+/// Step 2: prefetches the first line [`classify`] reads of every frame not yet dropped: the
+/// virtio header's, or with `skip_hdr` the frame's.
+pub fn prefetch<F: RwFamily>(
+    b: &Burst,
+    g: &GrantReadGuard<'_, F>,
+    hint: &mut RegionHint,
+    skip_hdr: bool,
+) {
     for i in 0..b.frames.len() {
-        if b.frames[i].route == Route::Unknown {
-            copy::prefetch(g, hint, &SegCursor::new(b.segs_of(i)));
+        let f = &b.frames[i];
+        if f.route == Route::Unknown {
+            let mut cur = SegCursor::new(b.segs_of(i));
+            if !skip_hdr || cur.skip(usize::from(f.hl)) {
+                copy::prefetch(g, hint, &cur);
+            }
         }
     }
+}
+
+/// Whether the sender's virtio headers must be read: only a guest that negotiated
+/// `VIRTIO_NET_F_CSUM` may set anything in them (`NEEDS_CSUM`; every GSO type requires CSUM),
+/// so without it the header is taken as plain and its cache line, which the sender's core
+/// just wrote, is never fetched (DPDK's vhost library skips it the same way).
+pub fn reads_hdr(features: u64) -> bool {
+    features & (1 << VIRTIO_NET_F_CSUM) != 0
 }
 
 /// What [`classify`] needs to know about the sending port.
@@ -205,6 +224,8 @@ pub struct ClassifyCtx<'a> {
     /// The port's MAC, enforced as source MAC when `port_security` is on.
     pub mac: [u8; 6],
     pub port_security: bool,
+    /// Whether the virtio headers are read ([`reads_hdr`]); if not, they count as plain.
+    pub read_hdr: bool,
     /// Number of ports in use (a lone port has nobody to flood to, spare slots or not).
     pub ports: usize,
     /// RX queues enabled on port `d` now (asked at most once per port and burst).
@@ -283,7 +304,16 @@ fn classify_one<F: RwFamily>(
         return Route::Drop(DropReason::BadChain);
     };
     let mut cur = SegCursor::new(segs);
-    if copy::read_into(g, hint, &mut cur, &mut pre[..hl + plen]).is_err() {
+    let read = if cx.read_hdr {
+        copy::read_into(g, hint, &mut cur, &mut pre[..hl + plen])
+    } else {
+        // The header's bytes stay as they are in the prefix: only `hdr` below is used.
+        match cur.skip(hl) {
+            true => copy::read_into(g, hint, &mut cur, &mut pre[hl..hl + plen]),
+            false => Err(copy::CopyError::Short),
+        }
+    };
+    if read.is_err() {
         return Route::Drop(DropReason::NotGranted);
     }
     // The rest of the frame must be readable too (checked once here, per grant piece).
@@ -297,8 +327,12 @@ fn classify_one<F: RwFamily>(
             return Route::Drop(DropReason::NotGranted);
         }
     }
-    let Ok(mut hdr) = VirtioNetHdr::from_bytes(&pre[..hl]) else {
-        return Route::Drop(DropReason::TooShort);
+    let mut hdr = match cx.read_hdr {
+        true => match VirtioNetHdr::from_bytes(&pre[..hl]) {
+            Ok(h) => h,
+            Err(_) => return Route::Drop(DropReason::TooShort),
+        },
+        false => VirtioNetHdr::plain(),
     };
     hdr.flags &= NEEDS_CSUM;
     hdr.num_buffers = 0;
@@ -416,12 +450,13 @@ mod tests {
             port: 0,
             mac: ME,
             port_security: true,
+            read_hdr: true,
             ports: 2,
             queues_of: &|_| 2,
             stats: &stats,
         };
         let mut hint = RegionHint::default();
-        prefetch(&b, &g, &mut hint);
+        prefetch(&b, &g, &mut hint, false);
         classify(&mut b, &g, &mut hint, &cx);
         let routes: Vec<Route> = b.frames.iter().map(|f| f.route).collect();
         assert_eq!(
@@ -440,6 +475,17 @@ mod tests {
         assert_eq!(fdb.lookup(&ME), Some(0), "source learned");
         // A small frame is delivered from what was read.
         assert!(matches!(b.src(0).data, Data::Local(f) if f.len() == 60 && f[..6] == PEER));
+        // A sender without VIRTIO_NET_F_CSUM: its header is not read, the flags it wrote
+        // do not count, the frame is read and routed as before.
+        cx.read_hdr = false;
+        b.frames[0].route = Route::Unknown;
+        prefetch(&b, &g, &mut hint, true);
+        classify(&mut b, &g, &mut hint, &cx);
+        assert_eq!(b.frames[0].route, Route::Port(1));
+        assert_eq!(b.frames[0].hdr.flags, 0);
+        assert!(matches!(b.src(0).data, Data::Local(f) if f.len() == 60 && f[..6] == PEER));
+        assert!(reads_hdr(1 << VIRTIO_NET_F_CSUM) && !reads_hdr(0));
+        cx.read_hdr = true;
         // Without port security the same frame is forwarded (and PEER moves to port 0).
         cx.port_security = false;
         b.frames[4].route = Route::Unknown;

@@ -242,7 +242,8 @@ impl QueuePair {
             }
             self.hint = mem.hint();
             out.full = out.taken == burst::BURST;
-            burst::prefetch(&self.burst, &g, &mut self.hint);
+            let read_hdr = burst::reads_hdr(cx.features);
+            burst::prefetch(&self.burst, &g, &mut self.hint, !read_hdr);
             let port = &cx.sw().ports[cx.port];
             let ccx = ClassifyCtx {
                 fdb: &cx.sw().fdb,
@@ -250,6 +251,7 @@ impl QueuePair {
                 port: cx.port,
                 mac: port.mac,
                 port_security: cx.cfg().port_security,
+                read_hdr,
                 ports: cx.sw().ports_in_use_count(),
                 queues_of: &|d| cx.sw().ports.get(d).map_or(0, |p| p.enabled_pairs()),
                 stats,
