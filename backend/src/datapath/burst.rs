@@ -1,12 +1,13 @@
 //! The TX side of a burst: the frames taken from one TX ring in one go, and the steps that
 //! take, inspect and route them before any delivery.
 //!
-//! 1. [`fetch`]: one read of the avail index (virtio-queue's `Queue::iter`), then up to
-//!    [`BURST`] chains walked into segment lists ([`read_chain`]); a chain refused there
-//!    is already a dropped frame.
+//! 1. [`fetch`]: one read of the avail index (an [`AvailSnapshot`] of the avail ring,
+//!    translated once), then up to [`BURST`] chains walked into segment lists
+//!    ([`read_chain`]); a chain refused there is already a dropped frame.
 //! 2. [`prefetch`]: the first line of every frame is requested before any is read, so the
 //!    cache misses on buffers the frontend's core just wrote overlap instead of adding up.
-//! 3. [`classify`]: header and the first [`PREFIX`] frame bytes read into the burst (the whole
+//! 3. [`classify`]: the virtio header (only from senders with `VIRTIO_NET_F_CSUM`, see
+//!    [`reads_hdr`]) and the first [`PREFIX`] frame bytes read into the burst (the whole
 //!    frame when it is that short, so small frames are delivered from there), the rest of
 //!    the frame checked against the grants, the virtio header sanitised (only
 //!    `NEEDS_CSUM` survives: `DATA_VALID` and `RSC_INFO` are the device's to set, a sender must

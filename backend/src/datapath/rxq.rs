@@ -47,7 +47,8 @@ pub const HOLD_BYTES: usize = 256 * 1024;
 
 /// An attached RX ring (see the module documentation): virtio-queue's `Queue` (positions,
 /// addresses) and everything else, apart, so that a hold can keep one avail-ring snapshot
-/// (an `AvailIter` borrowing the queue) while it works on the rest.
+/// (an [`AvailSnapshot`], the queue's position written back after the hold) while it works on
+/// the rest.
 pub struct RxRing {
     queue: Queue,
     st: RxState,
