@@ -19,6 +19,19 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use vhost_user_backend::VringT;
 
+/// The RX queue of each of a delivery's frames to `dest` (by flow hash; `None` when the
+/// port is not connected or has no queue attached), with "not taken yet", into `queues` —
+/// what [`next_run`] walks.
+pub fn pick_queues<L: Locks, D: Destination<L> + ?Sized>(
+    dest: &D,
+    hashes: impl Iterator<Item = u32>,
+    queues: &mut Vec<(Option<usize>, bool)>,
+) {
+    let connected = dest.port().connected.load(Ordering::Acquire);
+    queues.clear();
+    queues.extend(hashes.map(|h| (connected.then(|| dest.pick_queue(h)).flatten(), false)));
+}
+
 /// The next run of a delivery to one port: the first of `ids` not yet taken and every
 /// later one bound for the same queue (`queues[k]`: id `k`'s queue, and whether it was
 /// taken), in order; returns that queue (`None`: no queue attached), or `None` once every id

@@ -14,7 +14,7 @@
 
 use crate::config::Config;
 use crate::datapath::burst::{self, Burst, ClassifyCtx, Frame, Route};
-use crate::datapath::dest::{next_run, Destination, GuestPort, SrcGrants};
+use crate::datapath::dest::{next_run, pick_queues, Destination, GuestPort, SrcGrants};
 use crate::datapath::held::HeldBack;
 use crate::datapath::order::TxOrder;
 use crate::datapath::ring::{needs_call, Kicks, RingError, RingLayout, UsedShadow};
@@ -452,14 +452,13 @@ impl QueuePair {
         if self.ids.is_empty() {
             return;
         }
-        let connected = cx.sw().ports[d].connected.load(Ordering::Acquire);
-        self.queues.clear();
-        for k in 0..self.ids.len() {
-            let q = connected
-                .then(|| dest.pick_queue(self.hash_of(self.ids[k])))
-                .flatten();
-            self.queues.push((q, false));
-        }
+        let mut queues = std::mem::take(&mut self.queues);
+        pick_queues(
+            dest,
+            self.ids.iter().map(|&id| self.hash_of(id)),
+            &mut queues,
+        );
+        self.queues = queues;
         // Queue by queue, in order of first appearance; each queue's frames in order.
         let ids = std::mem::take(&mut self.ids);
         let mut run = std::mem::take(&mut self.run);

@@ -22,7 +22,7 @@
 //! Flooded copies to a full queue are dropped at once (`flood_full`).
 
 use crate::datapath::burst::Route;
-use crate::datapath::dest::{next_run, Destination, GuestPort, SrcGrants};
+use crate::datapath::dest::{next_run, pick_queues, Destination, GuestPort, SrcGrants};
 use crate::datapath::rxq::Waker;
 use crate::datapath::soft::Soft;
 use crate::datapath::tapdest::TapDest;
@@ -271,14 +271,8 @@ impl TapSource {
                 self.ids.push(k);
             }
         }
-        let connected = sw.ports[d].connected.load(Ordering::Acquire);
-        self.queues.clear();
-        for &k in &self.ids {
-            let q = connected
-                .then(|| dest.pick_queue(self.frames[k].hash))
-                .flatten();
-            self.queues.push((q, false));
-        }
+        let hashes = self.ids.iter().map(|&k| self.frames[k].hash);
+        pick_queues(dest, hashes, &mut self.queues);
         let ids = std::mem::take(&mut self.ids);
         let mut run = std::mem::take(&mut self.run);
         while let Some(q) = next_run(&ids, &mut self.queues, &mut run) {
