@@ -76,6 +76,7 @@ impl TxOrder {
     }
 
     /// Chains waiting behind a held one.
+    #[cfg(test)]
     pub fn waiting(&self) -> usize {
         self.waiting.len()
     }

@@ -264,6 +264,7 @@ impl UsedShadow {
     }
 
     /// The staged entries, (head, length), in order.
+    #[cfg(test)]
     pub fn staged(&self) -> impl Iterator<Item = (u16, u32)> + '_ {
         self.entries.iter().copied()
     }
