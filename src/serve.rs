@@ -2,6 +2,7 @@
 
 use anyhow::Context;
 use clap::ValueEnum;
+use pvnet_backend::config::RxSteer;
 use pvnet_backend::control::Control;
 use pvnet_backend::metrics::Metrics;
 use pvnet_backend::report::{render, StatsFormat};
@@ -21,6 +22,25 @@ pub enum Format {
     Text,
     /// One JSON object per port per report, then one with the lock counters.
     Json,
+}
+
+/// `--rx-steer` (see [`RxSteer`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Steer {
+    /// By the sender's queue: frames sent on queue pair i go to the receiver's queue pair i
+    /// (modulo its enabled pairs), as OVS-DPDK's default `tx-steering=thread`.
+    Queue,
+    /// By flow hash: a sender queue's flows are spread over every queue of the receiver.
+    Hash,
+}
+
+impl From<Steer> for RxSteer {
+    fn from(s: Steer) -> RxSteer {
+        match s {
+            Steer::Queue => RxSteer::Queue,
+            Steer::Hash => RxSteer::Hash,
+        }
+    }
 }
 
 /// Flags of `pvnet serve`.
@@ -84,6 +104,12 @@ pub struct Args {
     /// usable CPUs divided among the ports, at least 1, at most one per queue pair).
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub workers: u16,
+    /// How a frame from a guest picks the receiver's RX queue: `queue` (the queue pair it
+    /// was sent on; one queue-lock hold per burst and destination) or `hash` (its flow hash:
+    /// spreads one sender queue's flows over the receiver's queues, costs a hash per frame).
+    /// Frames from taps are always steered by flow hash.
+    #[arg(long, value_enum, value_name = "HOW", default_value_t = Steer::Queue)]
+    pub rx_steer: Steer,
     /// Tap device of one more port (repeat for more), after the socket ports: created if
     /// missing (and gone when pvnet exits), or attached to if it exists (a persistent tap),
     /// and brought up. The uplink to the host's network stack.
@@ -140,6 +166,7 @@ impl TryFrom<&Args> for Config {
             port_security: a.port_security,
             poll_us: a.poll_us,
             workers: a.workers,
+            rx_steer: a.rx_steer.into(),
             uplink: pvnet_backend::tap::TapConfig {
                 names: a.taps.clone(),
                 queues: a.tap_queues,
@@ -260,6 +287,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         log::set_max_level(level);
     }
     let cfg = Config::try_from(&args).unwrap_or_else(|e| usage_error(e));
+    log::info!(
+        "grant lock {:?}, queue lock {:?}, {} queue pairs, {} workers per port, RX steering by {}",
+        cfg.grant_lock,
+        cfg.queue_lock,
+        cfg.queue_pairs,
+        cfg.worker_threads(),
+        cfg.rx_steer
+    );
     let fmt = match args.stats_format {
         Format::Text => StatsFormat::Text,
         Format::Json => StatsFormat::Json,

@@ -59,6 +59,9 @@ fn help_lists_every_flag() {
         "--tap",
         "--tap-queues",
         "--tap-offload",
+        "--workers",
+        "--poll-us",
+        "--rx-steer",
     ] {
         assert!(s.contains(flag), "{flag} missing from --help");
     }
@@ -89,6 +92,11 @@ fn bad_values_exit_2_with_one_line() {
         .output()
         .expect("run");
     assert_usage_error(&out, "MAC");
+    let out = pvnet()
+        .args(["--socket", sock, "--rx-steer", "rss"])
+        .output()
+        .expect("run");
+    assert_usage_error(&out, "rss");
     let out = pvnet().output().expect("run");
     assert_usage_error(&out, "--socket");
     assert!(!std::path::Path::new(sock).exists());

@@ -23,6 +23,36 @@ pub const MAX_PORTS: usize = 64;
 /// leaves for ports added at run time.
 pub const AUTO_SPARE_PORTS: usize = 8;
 
+/// How a frame from a guest picks its RX queue at the destination port (`--rx-steer`).
+///
+/// ```
+/// use pvnet_backend::config::RxSteer;
+/// assert_eq!(RxSteer::default().to_string(), "queue");
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum RxSteer {
+    /// The sender's queue pair: frames sent on TX queue `i` go to the receiver's `i`-th
+    /// enabled RX queue (modulo their number), as OVS-DPDK's default `tx-steering=thread`
+    /// and testpmd's io forwarding do. A sender's burst goes to one queue of each
+    /// destination: one queue-lock hold, no flow hash. The guest's own queue choice (XPS,
+    /// its TX hash) spreads the flows.
+    #[default]
+    Queue,
+    /// The frame's flow hash (OVS `tx-steering=hash`): the flows of one sender queue are
+    /// spread over every RX queue of the receiver, at the cost of a hash per frame and one
+    /// queue-lock hold per queue a burst reaches.
+    Hash,
+}
+
+impl std::fmt::Display for RxSteer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            RxSteer::Queue => "queue",
+            RxSteer::Hash => "hash",
+        })
+    }
+}
+
 /// Errors from [`Config::validate`].
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ConfigError {
@@ -97,6 +127,10 @@ pub struct Config {
     /// Worker threads per port, each serving a share of the queue pairs; 0 = automatic
     /// ([`Config::worker_threads`]).
     pub workers: u16,
+    /// How frames from guests pick their RX queue at the destination ([`RxSteer`]; frames
+    /// from tap ports are always steered by flow hash: the kernel's queue choice says
+    /// nothing of the sender, and a one-queue tap would put every frame on one RX queue).
+    pub rx_steer: RxSteer,
     /// Frames whose source MAC is not the port's own ([`Config::mac_of`]) are dropped and
     /// counted (OVS port security, libvirt's `no-mac-spoofing`).
     pub port_security: bool,
@@ -121,6 +155,7 @@ impl Default for Config {
             socket_group: None,
             poll_us: DEFAULT_POLL_US,
             workers: 0,
+            rx_steer: RxSteer::Queue,
             port_security: false,
             uplink: crate::tap::TapConfig::default(),
         }

@@ -106,14 +106,16 @@ impl Port {
         self.enabled.load(Ordering::Acquire).count_ones()
     }
 
-    /// The RX queue for a frame with flow hash `hash`: the `(hash % n)`-th enabled queue.
-    pub fn pick_queue(&self, hash: u32) -> Option<usize> {
+    /// The RX queue for a frame with steering key `key` (its flow hash, or the index of the
+    /// queue it was sent on; see [`RxSteer`](crate::config::RxSteer)): the `(key % n)`-th
+    /// enabled queue.
+    pub fn pick_queue(&self, key: u32) -> Option<usize> {
         let mask = self.enabled.load(Ordering::Acquire);
         let n = mask.count_ones();
         if n == 0 {
             return None;
         }
-        let mut k = hash % n;
+        let mut k = key % n;
         let mut m = mask;
         loop {
             let bit = m.trailing_zeros() as usize;
@@ -200,22 +202,22 @@ impl Switch {
         })
     }
 
-    /// The RX queue of port `d` that flow `hash` maps to now.
-    fn rx_slot_for(&self, d: usize, hash: u32) -> Option<&RxSlot> {
+    /// The RX queue of port `d` that steering key `key` maps to now.
+    fn rx_slot_for(&self, d: usize, key: u32) -> Option<&RxSlot> {
         let p = self.ports.get(d)?;
-        p.rx.get(p.pick_queue(hash)?)
+        p.rx.get(p.pick_queue(key)?)
     }
 
-    /// Whether the RX queue of port `d` that flow `hash` maps to is stalled (its guest let a
-    /// sender wait a whole back-pressure bound).
-    pub fn queue_stalled(&self, d: usize, hash: u32) -> bool {
-        self.rx_slot_for(d, hash)
+    /// Whether the RX queue of port `d` that steering key `key` maps to is stalled (its
+    /// guest let a sender wait a whole back-pressure bound).
+    pub fn queue_stalled(&self, d: usize, key: u32) -> bool {
+        self.rx_slot_for(d, key)
             .is_some_and(|s| s.stalled.load(Ordering::Acquire))
     }
 
-    /// Marks the RX queue of port `d` that flow `hash` maps to as stalled.
-    pub fn mark_stalled(&self, d: usize, hash: u32) {
-        if let Some(s) = self.rx_slot_for(d, hash) {
+    /// Marks the RX queue of port `d` that steering key `key` maps to as stalled.
+    pub fn mark_stalled(&self, d: usize, key: u32) {
+        if let Some(s) = self.rx_slot_for(d, key) {
             s.stalled.store(true, Ordering::Release);
         }
     }

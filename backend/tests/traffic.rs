@@ -36,6 +36,45 @@ fn two_ports_16_pairs_10k_frames() {
     s.shutdown();
 }
 
+/// `--rx-steer`: with `queue`, frames sent on queue pair 0 all arrive on the receiver's
+/// queue 0 (each flow in order); with `hash`, the same flows are spread over its queues.
+#[test]
+fn rx_steering_by_queue_and_by_hash() {
+    use pvnet_backend::config::RxSteer;
+    for steer in [RxSteer::Queue, RxSteer::Hash] {
+        let s = pvnet_testkit::harness::server_with(
+            &format!("steer-{steer}"),
+            2,
+            8,
+            RwLockKind::Percpu,
+            SpinLockKind::Pvqspin,
+            |c| c.rx_steer = steer,
+        );
+        let mut r = Run::new(2, 8, 2000);
+        r.send_pairs = 1;
+        let seen = run(&s, &r);
+        for g in &seen {
+            assert_eq!(g.received, 2000, "{steer}");
+        }
+        assert_eq!(total_drops(&s), 0);
+        let sw = s.switch();
+        for p in 0..2 {
+            let per_queue: Vec<u64> = (0..8)
+                .map(|q| sw.ports[p].queue_snapshot(q).rx_frames)
+                .collect();
+            let used = per_queue.iter().filter(|&&n| n > 0).count();
+            match steer {
+                RxSteer::Queue => assert_eq!(used, 1, "port {p}: {per_queue:?}"),
+                RxSteer::Hash => assert!(used >= 4, "port {p}, {steer}: {per_queue:?}"),
+            }
+            if steer == RxSteer::Queue {
+                assert!(per_queue[0] >= 2000, "port {p}: {per_queue:?}");
+            }
+        }
+        s.shutdown();
+    }
+}
+
 #[test]
 fn three_ports_flood_learn_and_exchange() {
     let s = server("three", 3, 16, RwLockKind::Percpu, SpinLockKind::Pvqspin);

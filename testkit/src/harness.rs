@@ -101,8 +101,10 @@ pub struct Run {
     pub pairs: u16,
     /// Frames each guest sends (spread over the other guests).
     pub frames_per_guest: u32,
-    /// Flows per sender (round robin; flow `f` goes out on pair `f % pairs`).
+    /// Flows per sender (round robin; flow `f` goes out on pair `f % send_pairs`).
     pub flows: u16,
+    /// Pairs the flows go out on (the first ones; `pairs` by default).
+    pub send_pairs: u16,
     /// Each guest's configuration ([`guest_config`] by default).
     pub guests: Vec<GuestConfig>,
     /// Every received frame must be for this guest (false: others' floods are ignored).
@@ -118,6 +120,7 @@ impl Run {
             pairs,
             frames_per_guest,
             flows: 2 * pairs,
+            send_pairs: pairs,
             guests: (0..ports).map(|i| guest_config(pairs, mac(i))).collect(),
             strict: true,
         }
@@ -268,7 +271,7 @@ fn guest_main(me: usize, path: &Path, run: &Run, barrier: &Barrier, sw: &Switch)
             let len = SIZES[(sent as usize * 7 + me) % SIZES.len()];
             let f = tagged::build(mac(dst), mac(me), MAGIC, flow, seq, len);
             if !g
-                .try_send(flow % run.pairs, &VirtioNetHdr::plain(), &f)
+                .try_send(flow % run.send_pairs.max(1), &VirtioNetHdr::plain(), &f)
                 .expect("send")
             {
                 break;

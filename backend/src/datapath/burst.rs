@@ -12,7 +12,9 @@
 //!    the frame checked against the grants, the virtio header sanitised (only
 //!    `NEEDS_CSUM` survives: `DATA_VALID` and `RSC_INFO` are the device's to set, a sender must
 //!    not make a receiver skip checksum checks), port security applied, the source MAC
-//!    learned, the destination looked up, the flow hashed.
+//!    learned, the destination looked up, the RX queue steering key set (the sender's
+//!    queue under `--rx-steer queue`, else the flow hash; see
+//!    [`RxSteer`](crate::config::RxSteer)).
 //!
 //! All of it runs under the source port's grant read guard.
 
@@ -65,7 +67,9 @@ pub struct Frame {
     pub hl: u8,
     /// Frame bytes after the header.
     pub len: u32,
-    pub hash: u32,
+    /// RX queue steering key ([`Port::pick_queue`](crate::switch::Port::pick_queue)): the
+    /// sending queue's index, or the flow hash (`--rx-steer`).
+    pub key: u32,
     pub route: Route,
 }
 
@@ -180,7 +184,7 @@ pub fn fetch<'m, F: RwFamily>(
             hdr: VirtioNetHdr::plain(),
             hl: hl as u8,
             len: len.saturating_sub(hl) as u32,
-            hash: 0,
+            key: 0,
             route,
         });
         n += 1;
@@ -232,6 +236,9 @@ pub struct ClassifyCtx<'a> {
     /// RX queues enabled on port `d` now (asked at most once per port and burst).
     pub queues_of: &'a dyn Fn(usize) -> u32,
     pub stats: &'a TxStats,
+    /// `Some(q)`: frames are steered by their sending queue `q` (`--rx-steer queue`);
+    /// `None`: by flow hash.
+    pub sender_queue: Option<u32>,
 }
 
 /// Step 3: reads, checks, sanitises and routes every frame not yet dropped.
@@ -358,14 +365,15 @@ fn classify_one<F: RwFamily>(
         None => Route::Flood,
     };
     // The flow hash only picks among several RX queues: a unicast frame to a port with
-    // one queue enabled does without it.
-    let hash = match route {
-        Route::Port(d) if queues.of(d, cx.queues_of) < 2 => 0,
-        _ => net::flow_hash(frame),
+    // one queue enabled does without it, and so does steering by the sending queue.
+    let key = match (cx.sender_queue, route) {
+        (Some(q), _) => q,
+        (None, Route::Port(d)) if queues.of(d, cx.queues_of) < 2 => 0,
+        (None, _) => net::flow_hash(frame),
     };
     let fr = &mut b.frames[i];
     fr.hdr = hdr;
-    fr.hash = hash;
+    fr.key = key;
     route
 }
 
@@ -455,6 +463,7 @@ mod tests {
             ports: 2,
             queues_of: &|_| 2,
             stats: &stats,
+            sender_queue: None,
         };
         let mut hint = RegionHint::default();
         prefetch(&b, &g, &mut hint, false);
@@ -492,5 +501,16 @@ mod tests {
         b.frames[4].route = Route::Unknown;
         classify(&mut b, &g, &mut hint, &cx);
         assert_eq!(b.frames[4].route, Route::Drop(DropReason::NoDest));
+        // The steering key: the flow hash, or the sending queue under `--rx-steer queue`.
+        let frame0 = |b: &Burst| match b.src(0).data {
+            Data::Local(f) => f.to_vec(),
+            _ => Vec::new(),
+        };
+        assert_eq!(b.frames[0].key, net::flow_hash(&frame0(&b)));
+        cx.sender_queue = Some(5);
+        fdb.learn(&PEER, 1);
+        b.frames[0].route = Route::Unknown;
+        classify(&mut b, &g, &mut hint, &cx);
+        assert_eq!((b.frames[0].route, b.frames[0].key), (Route::Port(1), 5));
     }
 }

@@ -19,17 +19,17 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use vhost_user_backend::VringT;
 
-/// The RX queue of each of a delivery's frames to `dest` (by flow hash; `None` when the
+/// The RX queue of each of a delivery's frames to `dest` (by steering key; `None` when the
 /// port is not connected or has no queue attached), with "not taken yet", into `queues` —
 /// what [`next_run`] walks.
 pub fn pick_queues<L: Locks, D: Destination<L> + ?Sized>(
     dest: &D,
-    hashes: impl Iterator<Item = u32>,
+    keys: impl Iterator<Item = u32>,
     queues: &mut Vec<(Option<usize>, bool)>,
 ) {
     let connected = dest.port().connected.load(Ordering::Acquire);
     queues.clear();
-    queues.extend(hashes.map(|h| (connected.then(|| dest.pick_queue(h)).flatten(), false)));
+    queues.extend(keys.map(|k| (connected.then(|| dest.pick_queue(k)).flatten(), false)));
 }
 
 /// The next run of a delivery to one port: the first of `ids` not yet taken and every
@@ -68,9 +68,10 @@ pub trait Destination<L: Locks> {
     fn features(&self) -> u64 {
         self.port().features.load(Ordering::Acquire)
     }
-    /// The queue that receives flow `hash`, or `None` when no queue is attached.
-    fn pick_queue(&self, hash: u32) -> Option<usize> {
-        self.port().pick_queue(hash)
+    /// The queue that receives frames with steering key `key` (see
+    /// [`Port::pick_queue`]), or `None` when no queue is attached.
+    fn pick_queue(&self, key: u32) -> Option<usize> {
+        self.port().pick_queue(key)
     }
     /// Offers `frames`, in order, to queue `q`; writes each one's fate into `fates`. A frame
     /// that does not fit makes it and every later frame [`Fate::Full`] and registers `waker`

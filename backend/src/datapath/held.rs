@@ -136,7 +136,7 @@ impl HeldBack {
     }
 
     /// Drops every frame held longer than `bound` (counted `rx_full_timeout`); calls
-    /// `stalled(dest, hash)` for each, so that the caller marks the destination queue.
+    /// `stalled(dest, key)` for each, so that the caller marks the destination queue.
     pub fn expire(
         &mut self,
         now: Instant,
@@ -148,7 +148,7 @@ impl HeldBack {
             if now.saturating_duration_since(h.since) >= bound {
                 h.done = true;
                 stats.count_drop(DropReason::RxFullTimeout);
-                stalled(h.dest, h.frame.hash);
+                stalled(h.dest, h.frame.key);
             }
         }
     }
@@ -203,7 +203,7 @@ mod tests {
             hdr: VirtioNetHdr::plain(),
             hl: 12,
             len: 60,
-            hash: u32::from(head),
+            key: u32::from(head),
             route: Route::Port(1),
         }
     }
@@ -232,8 +232,8 @@ mod tests {
         let bound = Duration::from_millis(100);
         assert_eq!(h.deadline(bound), Some(t0 + Duration::from_millis(110)));
         let mut stalled = Vec::new();
-        h.expire(t0 + Duration::from_millis(115), bound, &stats, |d, hash| {
-            stalled.push((d, hash))
+        h.expire(t0 + Duration::from_millis(115), bound, &stats, |d, key| {
+            stalled.push((d, key))
         });
         assert_eq!(stalled, [(2, 2)]);
         assert_eq!(stats.drops(DropReason::RxFullTimeout), 1);

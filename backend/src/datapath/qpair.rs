@@ -12,7 +12,7 @@
 //!    the destination's verdicts applied (held back, dropped, delivered);
 //! C. source guard: TX used entries published once, the guest called if it asked.
 
-use crate::config::Config;
+use crate::config::{Config, RxSteer};
 use crate::datapath::burst::{self, Burst, ClassifyCtx, Frame, Route};
 use crate::datapath::dest::{next_run, pick_queues, Destination, GuestPort, SrcGrants};
 use crate::datapath::held::HeldBack;
@@ -255,6 +255,7 @@ impl QueuePair {
                 ports: cx.sw().ports_in_use_count(),
                 queues_of: &|d| cx.sw().ports.get(d).map_or(0, |p| p.enabled_pairs()),
                 stats,
+                sender_queue: (cx.cfg().rx_steer == RxSteer::Queue).then_some(self.q as u32),
             };
             burst::classify(&mut self.burst, &g, &mut self.hint, &ccx);
         }
@@ -279,8 +280,8 @@ impl QueuePair {
             // The clock is read only when something waits (a clock read is a system call
             // on hosts without a vDSO clock source).
             let bound = cx.cfg().backpressure_bound;
-            self.held.expire(Instant::now(), bound, stats, |d, hash| {
-                cx.sw().mark_stalled(d, hash);
+            self.held.expire(Instant::now(), bound, stats, |d, key| {
+                cx.sw().mark_stalled(d, key);
             });
         }
         // C: publish under the source guard; call the guest after it.
@@ -455,7 +456,7 @@ impl QueuePair {
         let mut queues = std::mem::take(&mut self.queues);
         pick_queues(
             dest,
-            self.ids.iter().map(|&id| self.hash_of(id)),
+            self.ids.iter().map(|&id| self.key_of(id)),
             &mut queues,
         );
         self.queues = queues;
@@ -474,10 +475,10 @@ impl QueuePair {
         self.run = run;
     }
 
-    fn hash_of(&self, id: FrameId) -> u32 {
+    fn key_of(&self, id: FrameId) -> u32 {
         match id {
-            FrameId::Burst(k) => self.burst.frames.get(k).map_or(0, |f| f.hash),
-            FrameId::Held(k) => self.held.get(k).map_or(0, |h| h.frame.hash),
+            FrameId::Burst(k) => self.burst.frames.get(k).map_or(0, |f| f.key),
+            FrameId::Held(k) => self.held.get(k).map_or(0, |h| h.frame.key),
         }
     }
 
@@ -599,7 +600,7 @@ impl QueuePair {
                     }
                     *o = match fate {
                         Fate::Delivered => Outcome::Done,
-                        Fate::Full if cx.sw().queue_stalled(d, f.hash) => {
+                        Fate::Full if cx.sw().queue_stalled(d, f.key) => {
                             // Its guest already let a sender wait a whole bound.
                             Outcome::Drop(DropReason::RxFullTimeout)
                         }
