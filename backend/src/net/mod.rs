@@ -9,7 +9,8 @@
 //! Typical use on the TX → RX path:
 //! 1. [`hdr::VirtioNetHdr::from_bytes`] on the first [`hdr::net_hdr_len`] bytes of the chain;
 //! 2. [`eth::EthInfo::parse`] for the switch (destination MAC, [`eth::is_multicast`]);
-//! 3. [`flow::flow_hash`] to choose the destination RX queue;
+//! 3. [`flow::flow_hash`] to choose the destination RX queue (`--rx-steer hash`, and frames
+//!    from taps);
 //! 4. [`gso::plan`] against the receiver's negotiated features, then either copy the header
 //!    through, finish the checksum ([`csum::complete_csum`] / [`csum::csum_patch`]) or
 //!    [`gso::segment`] the frame into MSS-sized frames.
