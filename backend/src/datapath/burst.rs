@@ -305,7 +305,14 @@ fn classify_one<F: RwFamily>(
 ) -> Route {
     let f = b.frames[i];
     let (hl, len) = (usize::from(f.hl), f.len as usize);
-    let plen = len.min(PREFIX);
+    // Bytes read: a short frame whole (it is delivered from here); of a longer one what its
+    // routing reads — the flow hash's headers, or without a flow hash (`--rx-steer queue`)
+    // only the MACs: the lines after the first are the copy's to fetch.
+    let plen = match (len <= PREFIX, cx.sender_queue) {
+        (true, _) => len,
+        (false, Some(_)) => net::eth::ETH_HLEN,
+        (false, None) => PREFIX,
+    };
     let (a, n) = (f.seg0 as usize, f.nsegs as usize);
     let segs = b.segs.get(a..a + n).unwrap_or_default();
     let Some(pre) = b.prefix.get_mut(i) else {
