@@ -8,6 +8,7 @@
 //! rule), checked for the access it makes, and copied through vm-memory's `VolatileSlice`s.
 
 use crate::datapath::Seg;
+use crate::net::hdr::{VirtioNetHdr, HDR_LEN, HDR_LEN_LEGACY};
 use pvnet_grant::{Access, GrantError, GrantReadGuard, RegionHint};
 use pvnet_locks::family::RwFamily;
 use vm_memory::VolatileSlice;
@@ -134,6 +135,50 @@ pub fn write_from<F: RwFamily>(
         dst.advance(n);
         done += n;
     }
+    Ok(())
+}
+
+/// Writes the first `n` bytes (10 or 12) of the virtio-net header `hdr` at `dst`, then
+/// `data` (empty for none), and advances `dst`. When both fit the piece at `dst` (the rule),
+/// the header goes in with two whole-word stores and `data` with one copy, through one
+/// translation; otherwise piece by piece ([`write_from`]).
+///
+/// The header is never assembled in local memory and copied out at once: that copy's loads
+/// would wait for the assembling stores to commit (a store-forwarding failure), and stores
+/// commit in order, behind the stores into the guest's buffers of the frame before, which
+/// miss when the guest's core touched those lines last: every frame would wait for the one
+/// before it.
+pub fn write_hdr_and<F: RwFamily>(
+    g: &GrantReadGuard<'_, F>,
+    hint: &mut RegionHint,
+    dst: &mut SegCursor<'_>,
+    hdr: &VirtioNetHdr,
+    n: usize,
+    data: &[u8],
+) -> Result<(), CopyError> {
+    let total = n + data.len();
+    let d = piece(g, hint, dst, total, Access::WriteOnly)?;
+    if d.len() != total || !(n == HDR_LEN || n == HDR_LEN_LEGACY) {
+        write_from(g, hint, dst, &hdr.to_bytes()[..n.min(HDR_LEN)])?;
+        return write_from(g, hint, dst, data);
+    }
+    let (lo, hi) = hdr.to_words();
+    let p = d.ptr_guard_mut().as_ptr();
+    // SAFETY: `d` is a granted, writable mapping of `total` >= `n` bytes at `p`, `n` is 10 or
+    // 12: the 8 bytes at `p` and the 2 or 4 at `p + 8` are in bounds. Unaligned stores of
+    // plain integers, as vm-memory's own copies into guest memory make.
+    unsafe {
+        p.cast::<u64>().write_unaligned(lo.to_le());
+        match n {
+            HDR_LEN => p.add(8).cast::<u32>().write_unaligned(hi.to_le()),
+            _ => p.add(8).cast::<u16>().write_unaligned((hi as u16).to_le()),
+        }
+    }
+    if !data.is_empty() {
+        let rest = d.offset(n).map_err(|_| CopyError::Short)?;
+        rest.copy_from(data);
+    }
+    dst.advance(total);
     Ok(())
 }
 
@@ -274,6 +319,101 @@ mod tests {
             write_from(&g, &mut dh, &mut SegCursor::new(&far), &data[..10]),
             Err(CopyError::Grant(_))
         ));
+    }
+
+    #[test]
+    fn header_and_data_written_whole_or_piece_by_piece_alike() {
+        let (_mem, t) = setup();
+        let g = t.read();
+        let h = VirtioNetHdr {
+            flags: 1,
+            gso_type: 0x81,
+            hdr_len: 0x1234,
+            gso_size: 1448,
+            csum_start: 34,
+            csum_offset: 16,
+            num_buffers: 3,
+        };
+        let data: Vec<u8> = (1..=64).collect();
+        // One buffer (two stores and one copy), an unaligned one, buffers splitting the
+        // header, a 10-byte legacy header, and a header alone.
+        let layouts: [(&[Seg], usize, usize); 5] = [
+            (
+                &[Seg {
+                    gpa: 0x2000,
+                    len: 2048,
+                }],
+                12,
+                64,
+            ),
+            (
+                &[Seg {
+                    gpa: 0x2003,
+                    len: 77,
+                }],
+                12,
+                64,
+            ),
+            (
+                &[
+                    Seg {
+                        gpa: 0x2000,
+                        len: 5,
+                    },
+                    Seg {
+                        gpa: 0x3000,
+                        len: 100,
+                    },
+                ],
+                12,
+                64,
+            ),
+            (
+                &[Seg {
+                    gpa: 0x2001,
+                    len: 2048,
+                }],
+                10,
+                64,
+            ),
+            (
+                &[Seg {
+                    gpa: 0x2000,
+                    len: 12,
+                }],
+                12,
+                0,
+            ),
+        ];
+        for (segs, n, len) in layouts {
+            let mut hint = RegionHint::default();
+            let mut c = SegCursor::new(segs);
+            write_hdr_and(&g, &mut hint, &mut c, &h, n, &data[..len]).expect("write");
+            let mut out = vec![0u8; n + len];
+            read_into(&g, &mut hint, &mut SegCursor::new(segs), &mut out).expect("read");
+            let want = [&h.to_bytes()[..n], &data[..len]].concat();
+            assert_eq!(out, want, "{segs:?} {n}");
+            // The cursor is past header and data.
+            let mut rest = c.clone();
+            let mut after = SegCursor::new(segs);
+            assert!(after.skip(n + len));
+            assert_eq!(rest.peek(1), after.peek(1));
+            rest.advance(0);
+        }
+        // Too little room: an error, never a write outside the buffers.
+        let short = [Seg {
+            gpa: 0x2000,
+            len: 20,
+        }];
+        let r = write_hdr_and(
+            &g,
+            &mut RegionHint::default(),
+            &mut SegCursor::new(&short),
+            &h,
+            12,
+            &data,
+        );
+        assert_eq!(r, Err(CopyError::Short));
     }
 
     #[test]

@@ -39,8 +39,6 @@ use virtio_bindings::virtio_net::VIRTIO_NET_F_MRG_RXBUF;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{GuestAddress, GuestMemory, Permissions};
 
-/// Header plus frame bytes assembled locally and written with one grant copy.
-const SMALL: usize = 256;
 /// Most frame bytes copied into one ring per queue-lock hold (a larger share of a burst is
 /// delivered in several holds, so other senders never wait for more than this).
 pub const HOLD_BYTES: usize = 256 * 1024;
@@ -74,8 +72,6 @@ struct RxState {
     heads: Vec<(u16, u32)>,
     cur: Reserved,
     reserved: Vec<Reserved>,
-    /// Header and small frame assembled here (not zeroed per frame).
-    small: Box<[u8; SMALL]>,
     log: LogLimit,
 }
 
@@ -142,7 +138,6 @@ impl RxRing {
                 heads: Vec::with_capacity(64),
                 cur: Reserved::default(),
                 reserved: Vec::with_capacity(64),
-                small: Box::new([0u8; SMALL]),
                 log: LogLimit::default(),
             },
             queue,
@@ -520,19 +515,11 @@ impl RxState {
         let mut h = f.hdr;
         // At most a ring's worth of chains per frame.
         h.num_buffers = if self.mrg { heads.len() as u16 } else { 1 };
-        let hb = h.to_bytes();
         let mut dc = SegCursor::new(bufs);
         let copied = match f.data {
-            Data::Local(b) if dhl + b.len() <= SMALL => {
-                let small = &mut self.small[..dhl + b.len()];
-                small[..dhl].copy_from_slice(&hb[..dhl]);
-                small[dhl..].copy_from_slice(b);
-                copy::write_from(dg, dh, &mut dc, small)
-            }
-            Data::Local(b) => copy::write_from(dg, dh, &mut dc, &hb[..dhl])
-                .and_then(|()| copy::write_from(dg, dh, &mut dc, b)),
-            Data::Guest { segs, skip } => {
-                copy::write_from(dg, dh, &mut dc, &hb[..dhl]).and_then(|()| {
+            Data::Local(b) => copy::write_hdr_and(dg, dh, &mut dc, &h, dhl, b),
+            Data::Guest { segs, skip } => copy::write_hdr_and(dg, dh, &mut dc, &h, dhl, &[])
+                .and_then(|()| {
                     let mut sc = SegCursor::new(segs);
                     if !sc.skip(skip) {
                         return Err(CopyError::Short);
@@ -548,8 +535,7 @@ impl RxState {
                         cur: &mut dc,
                     };
                     copy::copy(src, dst, f.len)
-                })
-            }
+                }),
         };
         // Used lengths: each chain as full as the frame made it, in order (all zero when
         // the copy failed: the chains return empty).

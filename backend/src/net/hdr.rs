@@ -93,6 +93,20 @@ impl VirtioNetHdr {
         b
     }
 
+    /// The 12-byte layout as two little-endian words, bytes 0..8 and 8..12: what
+    /// [`to_bytes`](Self::to_bytes) encodes, built in registers, so that a header can be
+    /// stored with two whole-word stores (bytes assembled in memory and copied from there at
+    /// once stall on store forwarding).
+    pub fn to_words(&self) -> (u64, u32) {
+        let lo = u64::from(self.flags)
+            | u64::from(self.gso_type) << 8
+            | u64::from(self.hdr_len) << 16
+            | u64::from(self.gso_size) << 32
+            | u64::from(self.csum_start) << 48;
+        let hi = u32::from(self.csum_offset) | u32::from(self.num_buffers) << 16;
+        (lo, hi)
+    }
+
     /// The GSO type without the [`GSO_ECN`] modifier.
     pub fn gso_kind(&self) -> u8 {
         self.gso_type & !GSO_ECN
@@ -158,6 +172,8 @@ mod tests {
         assert_eq!(VirtioNetHdr::from_bytes(&b), Ok(h));
         assert_eq!(h.gso_kind(), GSO_TCPV4);
         assert!(h.gso_ecn() && h.needs_csum() && h.is_gso());
+        let (lo, hi) = h.to_words();
+        assert_eq!([&lo.to_le_bytes()[..], &hi.to_le_bytes()[..]].concat(), b);
         let legacy = VirtioNetHdr::from_bytes(&b[..10]).unwrap();
         assert_eq!(legacy.num_buffers, 0);
         assert_eq!(legacy.gso_size, 1448);
