@@ -15,7 +15,8 @@
 //!    published meanwhile — each chain is popped at most once per frame, so a frame costs
 //!    O(ring) at worst, never O(ring²);
 //! 2. copy (`RxState::copy_frame`; `copy_mbuf_to_desc`): header and frame written in one
-//!    forward walk over the reserved buffers;
+//!    forward walk over the reserved buffers, the header as two word stores
+//!    ([`copy::write_hdr_and`]: never assembled locally and copied out at once);
 //! 3. [`UsedShadow`]: used entries staged, published with one used-index store per hold;
 //! 4. the call decision ([`needs_call`]); the caller signals after unlocking.
 //!
