@@ -116,7 +116,7 @@ pub struct Args {
     #[arg(long = "tap", value_name = "NAME")]
     pub taps: Vec<String>,
     /// Queues per tap device (IFF_MULTI_QUEUE above 1; one reader thread per queue; frames
-    /// to the tap are spread over its queues by flow hash).
+    /// to the tap are spread over its queues as --rx-steer says).
     #[arg(long, value_name = "N", default_value_t = 1)]
     pub tap_queues: u16,
     /// Pass checksum and TCP segmentation offloads between guests and tap devices (off:
