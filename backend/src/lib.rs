@@ -4,9 +4,9 @@
 //! the per-queue-pair workers that move frames between guests.
 //!
 //! The short version: a worker thread takes a burst of chains from a guest's TX ring
-//! (`fetch`), prefetches and classifies them (learn, route by MAC, RX queue steering key), and for each
-//! destination port and RX queue, under that queue's `--queue-lock` and both guests' grant
-//! read guards, reserves RX buffers, copies, and publishes the used index once; full
+//! (`fetch`), prefetches and classifies them (learn, route by MAC, RX queue steering key),
+//! and for each destination port and RX queue, under that queue's `--queue-lock` and both
+//! guests' grant read guards, reserves RX buffers, copies, and publishes the used index once; full
 //! destinations hold frames back (bounded), everything a guest controls is checked and every
 //! refusal is a counted drop. `docs/architecture.md` draws the threads and the whole walk.
 //!

@@ -80,23 +80,19 @@ impl VirtioNetHdr {
         })
     }
 
-    /// Encodes the 12-byte layout; a legacy receiver takes the first 10 bytes.
+    /// Encodes the 12-byte layout ([`to_words`](Self::to_words) as bytes); a legacy receiver
+    /// takes the first 10 bytes.
     pub fn to_bytes(&self) -> [u8; HDR_LEN] {
+        let (lo, hi) = self.to_words();
         let mut b = [0u8; HDR_LEN];
-        b[0] = self.flags;
-        b[1] = self.gso_type;
-        b[2..4].copy_from_slice(&self.hdr_len.to_le_bytes());
-        b[4..6].copy_from_slice(&self.gso_size.to_le_bytes());
-        b[6..8].copy_from_slice(&self.csum_start.to_le_bytes());
-        b[8..10].copy_from_slice(&self.csum_offset.to_le_bytes());
-        b[10..12].copy_from_slice(&self.num_buffers.to_le_bytes());
+        b[..8].copy_from_slice(&lo.to_le_bytes());
+        b[8..].copy_from_slice(&hi.to_le_bytes());
         b
     }
 
-    /// The 12-byte layout as two little-endian words, bytes 0..8 and 8..12: what
-    /// [`to_bytes`](Self::to_bytes) encodes, built in registers, so that a header can be
-    /// stored with two whole-word stores (bytes assembled in memory and copied from there at
-    /// once stall on store forwarding).
+    /// The 12-byte layout as two words whose little-endian bytes are bytes 0..8 and 8..12,
+    /// built in registers, so that a header can be stored with two whole-word stores (bytes
+    /// assembled in memory and copied from there at once stall on store forwarding).
     pub fn to_words(&self) -> (u64, u32) {
         let lo = u64::from(self.flags)
             | u64::from(self.gso_type) << 8
@@ -168,7 +164,7 @@ mod tests {
             num_buffers: 3,
         };
         let b = h.to_bytes();
-        assert_eq!(b[..4], [1, 0x81, 54, 0]);
+        assert_eq!(b, [1, 0x81, 54, 0, 0xa8, 0x05, 34, 0, 16, 0, 3, 0]);
         assert_eq!(VirtioNetHdr::from_bytes(&b), Ok(h));
         assert_eq!(h.gso_kind(), GSO_TCPV4);
         assert!(h.gso_ecn() && h.needs_csum() && h.is_gso());
