@@ -42,6 +42,11 @@
 #   --max-other-load PCT     repeat a run (up to --retries N, default 2) when other processes
 #                            took more than PCT % of the switch's or the client's CPU in its
 #                            window; the last try counts (default 0: never repeat)
+#   --max-xcpu-ns NS         repeat a run (same --retries) when a cache line's round trip
+#                            between the switch's and the client's CPU, measured before and
+#                            after every run (pvnet-bench xcpu; runs.csv columns xcpu_before_ns,
+#                            xcpu_after_ns), exceeded NS: on a VM the host may place the two
+#                            CPUs far apart for minutes (default 0: never repeat)
 #   --switch-cpu N           CPU of the switch, all its threads (default: first allowed CPU)
 #   --client-cpu N           CPU of the client's main and forwarding lcore (default: second)
 # Output:
@@ -66,6 +71,7 @@ ALL_SIZES=64,1500,imix ALL_PAIRS=1,2,8 ALL_LOOPS=closed,open ALL_DESTS=learned,f
 sizes="" pairs_list="" loops="" dests="" flows=many full=0
 glocks="" qlocks="" client_vdev="" testpmd=1 pvnet_args=() pvnet_bin="" build=1
 rounds=3 warmup=2 secs=5 idle=10 switch_cpu="" client_cpu="" max_load=0 retries=2
+max_xcpu=0
 format=text plot="" out=""
 need() { [ $# -ge 2 ] || die "$1 needs a value"; }
 while [ $# -gt 0 ]; do
@@ -89,6 +95,7 @@ while [ $# -gt 0 ]; do
     --idle) need "$@"; idle=$2; shift ;;
     --max-other-load) need "$@"; max_load=$2; shift ;;
     --retries) need "$@"; retries=$2; shift ;;
+    --max-xcpu-ns) need "$@"; max_xcpu=$2; shift ;;
     --switch-cpu) need "$@"; switch_cpu=$2; shift ;;
     --client-cpu) need "$@"; client_cpu=$2; shift ;;
     --format) need "$@"; format=$2; shift ;;
@@ -110,6 +117,7 @@ if ! isint "$max_load" 0 || [ "$max_load" -gt 100 ]; then
   die "--max-other-load must be a percentage (0..100)"
 fi
 isint "$retries" 0 || die "--retries must be a non-negative integer"
+isint "$max_xcpu" 0 || die "--max-xcpu-ns must be a non-negative integer (nanoseconds)"
 case $format in text | csv | json) ;; *) die "--format must be text, csv or json" ;; esac
 case $flows in many | one) ;; *) die "--flows must be many or one" ;; esac
 check_list() { # name value allowed-regex
@@ -289,8 +297,14 @@ start_client() {
 
 # run_one SIZE PAIRS LOOP DEST KIND GRANT QUEUE ROUND: appends one line to runs.csv.
 runs_csv=$out/runs.csv
-echo "round,size,pairs,loop,dest,flows,config,switch,status,mpps,gbps,reports,window_s,frames,cpu_s,ctxsw,tx_kicks,rx_kicks,full_ring_drops,other_drops,drops,switch_cpu_other_pct,client_cpu_other_pct" >"$runs_csv"
-nrun=0 failures=() run_load=0
+echo "round,size,pairs,loop,dest,flows,config,switch,status,mpps,gbps,reports,window_s,frames,cpu_s,ctxsw,tx_kicks,rx_kicks,full_ring_drops,other_drops,drops,switch_cpu_other_pct,client_cpu_other_pct,xcpu_before_ns,xcpu_after_ns" >"$runs_csv"
+nrun=0 failures=() run_load=0 run_xcpu=""
+# The round trip of a cache line between the switch's and the client's CPU in ns (empty when
+# it cannot be measured): the state of the machine a run was taken in.
+xcpu_rtt() {
+  "$report_bin" xcpu --cpus "$switch_cpu,$client_cpu" --trips 5000 --batches 3 2>/dev/null |
+    sed -n 's/^xcpu_rtt_ns=\([0-9.]*\) .*/\1/p'
+}
 run_one() {
   local size=$1 pairs=$2 loop=$3 dest=$4 kind=$5 g=$6 q=$7 round=$8
   local label case_flows=$flows
@@ -303,8 +317,9 @@ run_one() {
   mkdir -p "$dir"
   local status=ok reason="" sw_pid=""
   local mpps=0 gbps=0 nrep=0 window=0 frames=0 cpu=0 ctx=0 txk="" rxk="" full=0 other=0 detail=""
-  local sw_other="" cl_other=""
+  local sw_other="" cl_other="" xb xa
   fail() { status="failed"; reason=$1; }
+  xb=$(xcpu_rtt)
 
   # A process that cannot start would fail every later run the same way: stop here.
   start_switch "$kind" "$g" "$q" "$pairs" "$dir/switch.log" "$sa" "$sb" ||
@@ -371,6 +386,8 @@ run_one() {
   fi
   dpdk_stop cl 5
   stop_switch "$kind"
+  xa=$(xcpu_rtt)
+  run_xcpu=$(awk -v a="$xb" -v b="$xa" 'BEGIN {print (a == "" && b == "") ? "" : (a + 0 > b + 0 ? a : b)}')
 
   if [ "$status" = ok ]; then
     # Client reports: index 0 at the start, 1..warmup dropped, the next `secs` averaged.
@@ -420,9 +437,9 @@ run_one() {
   local note=""
   [ "$status" = ok ] || note="$reason"
   run_load=$(awk -v a="${sw_other:-0}" -v b="${cl_other:-0}" 'BEGIN {print (a > b ? a : b)}')
-  echo "$round,$size,$pairs,$loop,$dest,$case_flows,$label,$kind,${status}${note:+: ${note//,/;}},$mpps,$gbps,$nrep,$window,$frames,$cpu,$ctx,$txk,$rxk,$full,$other,$detail,$sw_other,$cl_other" >>"$runs_csv"
+  echo "$round,$size,$pairs,$loop,$dest,$case_flows,$label,$kind,${status}${note:+: ${note//,/;}},$mpps,$gbps,$nrep,$window,$frames,$cpu,$ctx,$txk,$rxk,$full,$other,$detail,$sw_other,$cl_other,$xb,$xa" >>"$runs_csv"
   if [ "$status" = ok ]; then
-    log "  $label: $(printf '%.3f' "$mpps") Mpps, $(printf '%.3f' "$gbps") Gbit/s, switch CPU $cpu s in ${window}s${txk:+, kicks tx $txk rx $rxk}${detail:+, drops: $detail}; other load on CPU $switch_cpu/$client_cpu: $sw_other%/$cl_other%"
+    log "  $label: $(printf '%.3f' "$mpps") Mpps, $(printf '%.3f' "$gbps") Gbit/s, switch CPU $cpu s in ${window}s${txk:+, kicks tx $txk rx $rxk}${detail:+, drops: $detail}; other load on CPU $switch_cpu/$client_cpu: $sw_other%/$cl_other%; xCPU round trip ${xb:-?}/${xa:-?} ns"
   else
     echo "FAIL: $size B, $pairs pairs, $loop loop, $dest, $label, round $round: $reason (logs: $dir)" >&2
     failures+=("$size B $pairs pairs $loop $dest $label round $round: $reason")
@@ -478,10 +495,16 @@ for r in $(seq 1 "$rounds"); do
       read -r kind g q <<<"${configs[$(((k + r - 1) % ncfg))]}"
       for try in $(seq 0 "$retries"); do
         run_one "$size" "$pairs" "$loop" "$dest" "$kind" "$g" "$q" "$r"
-        if [ "$max_load" = 0 ] || [ "$try" -ge "$retries" ]; then break; fi
+        if [ "$try" -ge "$retries" ]; then break; fi
         tail -n 1 "$runs_csv" | cut -d, -f9 | grep -qx ok || break
-        awk -v l="$run_load" -v m="$max_load" 'BEGIN {exit !(l > m)}' || break
-        log "  other processes took $run_load% of a CPU (> $max_load%): repeating this run"
+        if [ "$max_load" != 0 ] && awk -v l="$run_load" -v m="$max_load" 'BEGIN {exit !(l > m)}'; then
+          log "  other processes took $run_load% of a CPU (> $max_load%): repeating this run"
+        elif [ "$max_xcpu" != 0 ] && [ -n "$run_xcpu" ] &&
+          awk -v x="$run_xcpu" -v m="$max_xcpu" 'BEGIN {exit !(x > m)}'; then
+          log "  cross-CPU round trip $run_xcpu ns (> $max_xcpu ns): repeating this run"
+        else
+          break
+        fi
         # The superseded run stays in runs.csv, marked, and out of the medians.
         sed -i '$ s/^\(\([^,]*,\)\{8\}\)ok,/\1retried,/' "$runs_csv"
       done

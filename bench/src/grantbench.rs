@@ -22,6 +22,7 @@
 //! `--rounds` times; the median is reported with min and max beside it. Every operation must
 //! succeed, so a broken table cannot produce a figure.
 
+use crate::pin::pin_to;
 use crate::plot;
 use crate::rows::{self, Format, Row};
 use anyhow::{bail, Context as _};
@@ -232,20 +233,6 @@ fn process_cpu_secs() -> f64 {
     let ru = unsafe { ru.assume_init() };
     let t = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
     t(ru.ru_utime) + t(ru.ru_stime)
-}
-
-/// Pins the calling thread to `cpu` (best effort: a failure only costs the pinning).
-fn pin_to(cpu: usize) {
-    // SAFETY: cpu_set_t is plain data; zeroed is the empty set, CPU_SET writes inside it
-    // (cpu < available_parallelism <= CPU_SETSIZE here), and sched_setaffinity only reads
-    // the set of the given size.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
-            log::warn!("pinning to CPU {cpu}: {}", std::io::Error::last_os_error());
-        }
-    }
 }
 
 /// Runs `threads` workers for `secs`, each calling `work(thread)` (which returns operations

@@ -4,6 +4,8 @@
 //! * `grantbench`: grant-table lookups and grant copies per rwlock kind ([`grantbench`]);
 //! * `switchbench-report`: table and chart of `scripts/switchbench.sh`'s runs
 //!   ([`switchbench`]);
+//! * `xcpu`: the round trip of a cache line between two CPUs ([`xcpu`]), which
+//!   `scripts/switchbench.sh` records before every run;
 //! * `plot`: an SVG chart of any CSV or JSON-lines results file ([`plotfile`]), e.g.
 //!   `scripts/compare.sh`'s `results.csv`.
 //!
@@ -13,10 +15,12 @@
 
 mod grantbench;
 mod lockbench;
+mod pin;
 mod plot;
 mod plotfile;
 mod rows;
 mod switchbench;
+mod xcpu;
 
 use clap::{Parser, Subcommand};
 
@@ -38,6 +42,8 @@ enum Cmd {
     SwitchbenchReport(switchbench::Args),
     /// SVG chart of a CSV or JSON-lines results file (medians over repeated rows).
     Plot(plotfile::Args),
+    /// Round trip of one cache line between two CPUs (ns), as switchbench records it.
+    Xcpu(xcpu::Args),
 }
 
 fn main() {
@@ -68,6 +74,7 @@ fn main() {
         Cmd::Grantbench(a) => grantbench::run(a),
         Cmd::SwitchbenchReport(a) => switchbench::run(a),
         Cmd::Plot(a) => plotfile::run(a),
+        Cmd::Xcpu(a) => xcpu::run(a),
     };
     if let Err(e) = res {
         eprintln!("pvnet-bench: {e:#}");

@@ -65,6 +65,9 @@ struct Run {
     drops: Vec<(String, u64)>,
     /// Percent of the switch's / the client's CPU that other processes used in the window.
     other_load: Option<(f64, f64)>,
+    /// Cache-line round trip between the switch's and the client's CPU (ns), the larger of
+    /// the measurements before and after the run (`pvnet-bench xcpu`).
+    xcpu_ns: Option<f64>,
 }
 
 /// What a run measured: the traffic, independent of the switch.
@@ -99,6 +102,8 @@ struct Summary {
     runs_ok: usize,
     runs: usize,
     mpps_rounds: Vec<f64>,
+    /// Each run's cross-CPU round trip (ns), in the order of `mpps_rounds`.
+    xcpu_rounds: Vec<Option<f64>>,
 }
 
 /// One idle measurement (one line of idle.csv).
@@ -202,6 +207,13 @@ fn parse_runs(text: &str) -> anyhow::Result<Vec<Run>> {
                 ) {
                     (Some(a), Some(b)) => Some((a, b)),
                     _ => None,
+                },
+                xcpu_ns: match (
+                    t.opt_num(row, "xcpu_before_ns")?,
+                    t.opt_num(row, "xcpu_after_ns")?,
+                ) {
+                    (Some(a), Some(b)) => Some(a.max(b)),
+                    (a, b) => a.or(b),
                 },
             })
         })()
@@ -326,6 +338,7 @@ fn summarize(runs: &[Run]) -> Vec<Summary> {
                     .iter()
                     .map(|r| if r.ok { r.mpps } else { f64::NAN })
                     .collect(),
+                xcpu_rounds: all.iter().map(|r| r.xcpu_ns).collect(),
                 case,
                 config,
                 switch,
@@ -428,6 +441,7 @@ fn render_text(sums: &[Summary], idle: &[Idle]) -> String {
         "other load %",
         "runs",
         "Mpps per round",
+        "xCPU ns per round",
     ];
     let rows: Vec<Vec<String>> = sums
         .iter()
@@ -456,12 +470,17 @@ fn render_text(sums: &[Summary], idle: &[Idle]) -> String {
                     .map(|m| num(*m, 2))
                     .collect::<Vec<_>>()
                     .join(" "),
+                s.xcpu_rounds
+                    .iter()
+                    .map(|x| x.map_or("-".into(), |v| num(v, 0)))
+                    .collect::<Vec<_>>()
+                    .join(" "),
             ]
         })
         .collect();
     let right = [
         true, true, false, false, false, false, true, true, true, true, true, true, true, true,
-        true, true, false,
+        true, true, false, false,
     ];
     let mut o = markdown(&head, &rows, &right);
     o.push_str(LEGEND);
@@ -505,12 +524,20 @@ frame received. kicks/1k: kicks pvnet handled on TX + RX queues per 1,000 frames
 ctxsw/1k: the switch's context switches per 1,000 frames. drops: pvnet's drops by reason \
 over all runs (rx_full_timeout and flood_full: a full receive ring). other load %: CPU time other processes took on the switch / client \
 CPU (a busy machine disturbs the figures). runs: good / all; a failed run shows as - in \
-Mpps per round.\n";
+Mpps per round. xCPU ns per round: each run's cache-line round trip between the switch's and \
+the client's CPU (pvnet-bench xcpu, the larger of before and after the run; on a virtual \
+machine the host may place the two CPUs far apart for a while: compare runs of one state).\n";
 
 const CSV_HEAD: &str = "kind,size,pairs,loop,dest,flows,config,switch,mpps,gbps,ratio,cpu_pct,\
 cpu_ns_per_frame,tx_kicks_per_1k_frames,rx_kicks_per_1k_frames,ctxsw_per_1k_frames,\
 full_ring_drops,other_drops,switch_cpu_other_pct,client_cpu_other_pct,runs_ok,runs,\
-idle_secs,ctxsw_per_s";
+idle_secs,ctxsw_per_s,xcpu_rtt_ns";
+
+/// The median cross-CPU round trip of a summary's runs (None: not measured).
+fn xcpu_median(s: &Summary) -> Option<f64> {
+    let v: Vec<f64> = s.xcpu_rounds.iter().flatten().copied().collect();
+    (!v.is_empty()).then(|| median(v))
+}
 
 fn render_csv(sums: &[Summary], idle: &[Idle]) -> String {
     let f = |v: f64| {
@@ -530,7 +557,7 @@ fn render_csv(sums: &[Summary], idle: &[Idle]) -> String {
             .map_or((String::new(), String::new()), |(a, b)| (f(a), f(b)));
         let _ = writeln!(
             o,
-            "case,{},{},{},{},{},{},{},{},{},{},{},{},{tk},{rk},{},{},{},{so},{co},{},{},,",
+            "case,{},{},{},{},{},{},{},{},{},{},{},{},{tk},{rk},{},{},{},{so},{co},{},{},,,{}",
             s.case.size,
             s.case.pairs,
             s.case.looping,
@@ -547,7 +574,8 @@ fn render_csv(sums: &[Summary], idle: &[Idle]) -> String {
             s.full_ring_drops,
             s.other_drops,
             s.runs_ok,
-            s.runs
+            s.runs,
+            xcpu_median(s).map_or(String::new(), f)
         );
     }
     for i in idle {
@@ -558,7 +586,7 @@ fn render_csv(sums: &[Summary], idle: &[Idle]) -> String {
         };
         let _ = writeln!(
             o,
-            "idle,,{},,,,{},{switch},,,,{},,,,,,,,,{},1,{},{}",
+            "idle,,{},,,,{},{switch},,,,{},,,,,,,,,{},1,{},{},",
             i.pairs,
             i.config,
             f(idle_pct(i)),
@@ -590,6 +618,8 @@ fn render_json(sums: &[Summary], idle: &[Idle]) -> String {
             "client_cpu_other_pct": s.other_load.and_then(|l| fin(l.1)),
             "runs_ok": s.runs_ok, "runs": s.runs,
             "mpps_rounds": s.mpps_rounds.iter().map(|m| fin(*m)).collect::<Vec<_>>(),
+            "xcpu_rtt_ns": xcpu_median(s),
+            "xcpu_rtt_ns_rounds": s.xcpu_rounds,
         });
         let _ = writeln!(o, "{v}");
     }

@@ -29,7 +29,13 @@ fn stdout(out: &Output) -> String {
 #[test]
 fn help_lists_every_subcommand() {
     let s = stdout(&bench().arg("--help").output().expect("run"));
-    for c in ["lockbench", "grantbench", "switchbench-report", "plot"] {
+    for c in [
+        "lockbench",
+        "grantbench",
+        "switchbench-report",
+        "plot",
+        "xcpu",
+    ] {
         assert!(s.contains(c), "{c} missing from --help: {s}");
     }
 }
@@ -43,6 +49,8 @@ fn usage_errors_exit_2_with_one_line() {
             "plot", "f.csv", "--x", "a", "--y", "b", "--where", "nocolumn",
         ][..],
         &["no-such-command"][..],
+        &["xcpu", "--cpus", "0,0"][..],
+        &["xcpu", "--cpus", "0"][..],
     ] {
         let out = bench().args(args).output().expect("run");
         let err = String::from_utf8_lossy(&out.stderr);
@@ -124,4 +132,23 @@ fn plot_writes_an_svg_of_a_results_file_and_fails_cleanly() {
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("--x nope: no such column"), "{err}");
     let _ = std::fs::remove_dir_all(&d);
+}
+
+#[test]
+fn xcpu_prints_one_round_trip_line() {
+    let s = stdout(
+        &bench()
+            .args(["xcpu", "--cpus", "0,1", "--trips", "100", "--batches", "3"])
+            .output()
+            .expect("run"),
+    );
+    let line = s.trim_end();
+    assert_eq!(line.lines().count(), 1, "{s}");
+    let ns: f64 = line
+        .strip_prefix("xcpu_rtt_ns=")
+        .and_then(|r| r.split(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no xcpu_rtt_ns=<ns> first: {s}"));
+    assert!(ns.is_finite() && ns > 0.0, "{s}");
+    assert!(line.contains(" cpus=0,1 trips=100 batches=3"), "{s}");
 }

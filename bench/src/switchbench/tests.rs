@@ -91,3 +91,32 @@ fn bad_input_is_an_error_with_its_line() {
     let e = format!("{:#}", parse_runs("round,size\n1,64\n").unwrap_err());
     assert!(e.contains("no column"), "{e}");
 }
+
+#[test]
+fn cross_cpu_round_trips_are_shown_per_round() {
+    // The script's newer columns: each run's round trip before and after it (the larger
+    // counts); a run without them (older runs.csv) shows '-', and files without the
+    // columns at all still parse.
+    let runs = "\
+round,size,pairs,loop,dest,flows,config,switch,status,mpps,gbps,reports,window_s,frames,cpu_s,ctxsw,tx_kicks,rx_kicks,full_ring_drops,other_drops,drops,switch_cpu_other_pct,client_cpu_other_pct,xcpu_before_ns,xcpu_after_ns
+1,64,1,closed,learned,many,pvnet,pvnet,ok,12.0,6,5,5.0,60000000,5.0,10,0,0,0,0,,0,0,101.4,98.0
+2,64,1,closed,learned,many,pvnet,pvnet,ok,6.0,3,5,5.0,30000000,5.0,10,0,0,0,0,,0,0,104.0,523.6
+3,64,1,closed,learned,many,pvnet,pvnet,ok,12.2,6,5,5.0,61000000,5.0,10,0,0,0,0,,0,0,,
+";
+    let sums = summarize(&parse_runs(runs).unwrap());
+    assert_eq!(sums[0].xcpu_rounds, [Some(101.4), Some(523.6), None]);
+    assert_eq!(xcpu_median(&sums[0]), Some((101.4 + 523.6) / 2.0));
+    let text = render_text(&sums, &[]);
+    assert!(text.contains("101 524 -"), "{text}");
+    let csv = render_csv(&sums, &[]);
+    assert!(csv.lines().nth(1).unwrap().ends_with(",312.5000"), "{csv}");
+    let json: serde_json::Value = serde_json::from_str(render_json(&sums, &[]).trim()).unwrap();
+    assert_eq!(
+        json["xcpu_rtt_ns_rounds"],
+        serde_json::json!([101.4, 523.6, null])
+    );
+    // Without the columns.
+    let sums = summarize(&parse_runs(RUNS).unwrap());
+    assert!(sums[0].xcpu_rounds.iter().all(Option::is_none));
+    assert_eq!(xcpu_median(&sums[0]), None);
+}
