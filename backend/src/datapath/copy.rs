@@ -165,13 +165,17 @@ pub fn write_hdr_and<F: RwFamily>(
     let (lo, hi) = hdr.to_words();
     let p = d.ptr_guard_mut().as_ptr();
     // SAFETY: `d` is a granted, writable mapping of `total` >= `n` bytes at `p`, `n` is 10 or
-    // 12: the 8 bytes at `p` and the 2 or 4 at `p + 8` are in bounds. Unaligned stores of
-    // plain integers, as vm-memory's own copies into guest memory make.
-    unsafe {
-        p.cast::<u64>().write_unaligned(lo.to_le());
-        match n {
-            HDR_LEN => p.add(8).cast::<u32>().write_unaligned(hi.to_le()),
-            _ => p.add(8).cast::<u16>().write_unaligned((hi as u16).to_le()),
+    // 12 (checked above): the 10 or 12 bytes at `p` are in bounds.
+    if !unsafe { holds_hdr(p, lo, hi, n) } {
+        // SAFETY: as above: the 8 bytes at `p` and the 2 or 4 at `p + 8` are in bounds.
+        // Unaligned stores of plain integers, as vm-memory's own copies into guest memory
+        // make.
+        unsafe {
+            p.cast::<u64>().write_unaligned(lo.to_le());
+            match n {
+                HDR_LEN => p.add(8).cast::<u32>().write_unaligned(hi.to_le()),
+                _ => p.add(8).cast::<u16>().write_unaligned((hi as u16).to_le()),
+            }
         }
     }
     if !data.is_empty() {
@@ -180,6 +184,42 @@ pub fn write_hdr_and<F: RwFamily>(
     }
     dst.advance(total);
     Ok(())
+}
+
+/// Whether the `n`-byte (10 or 12) virtio-net header at `p` already holds the words `lo`,
+/// `hi` of [`VirtioNetHdr::to_words`]. A header not 4-byte aligned counts as different.
+///
+/// A receive buffer comes back with the header the device wrote last time (a driver
+/// clears the fields it changed, DPDK's `virtqueue_clear_net_hdr` only those not already
+/// zero), so it mostly holds the bytes about to be written. Not storing them leaves the
+/// line shared with the driver's core instead of taking it over (a read-for-ownership
+/// that waits for the other core, then that core's next read misses): DPDK's vhost library
+/// writes the header field by field the same way (`ASSIGN_UNLESS_EQUAL`).
+///
+/// # Safety
+/// The `n` bytes at `p` must be mapped and readable.
+#[inline(always)]
+unsafe fn holds_hdr(p: *const u8, lo: u64, hi: u32, n: usize) -> bool {
+    if p as usize % 4 != 0 {
+        return false;
+    }
+    let b = lo.to_le_bytes();
+    let w0 = u32::from_ne_bytes([b[0], b[1], b[2], b[3]]);
+    let w1 = u32::from_ne_bytes([b[4], b[5], b[6], b[7]]);
+    let h = hi.to_le_bytes();
+    let w = p.cast::<u32>();
+    // SAFETY: `p` is 4-byte aligned and the caller guarantees `n` >= 10 readable bytes: the
+    // words at 0, 4 and the 2 (n = 10) or 4 (n = 12) bytes at 8 are in bounds and aligned.
+    // Volatile: the guest's memory, which it may write at any time (any bit pattern is a
+    // valid integer; a torn or changing value only makes the header be written).
+    unsafe {
+        w.read_volatile() == w0
+            && w.add(1).read_volatile() == w1
+            && match n {
+                HDR_LEN => w.add(2).read_volatile() == u32::from_ne_bytes(h),
+                _ => p.add(8).cast::<u16>().read_volatile() == u16::from_ne_bytes([h[0], h[1]]),
+            }
+    }
 }
 
 /// One side of a guest-to-guest copy: a guard, its hint and a cursor.
@@ -412,6 +452,90 @@ mod tests {
             &data,
         );
         assert_eq!(r, Err(CopyError::Short));
+    }
+
+    #[test]
+    fn a_header_already_in_place_is_recognised_byte_for_byte() {
+        let h = VirtioNetHdr {
+            flags: 1,
+            gso_type: 0x81,
+            hdr_len: 0x1234,
+            gso_size: 1448,
+            csum_start: 34,
+            csum_offset: 16,
+            num_buffers: 1,
+        };
+        let (lo, hi) = h.to_words();
+        // 4-byte aligned room for a header at offset 0 and an unaligned one at offset 1.
+        let mut room = [0u32; 5];
+        let p = room.as_mut_ptr().cast::<u8>();
+        let put = |at: usize, bytes: &[u8]| {
+            // SAFETY: `at + bytes.len()` <= 13 < 20 bytes of `room`.
+            unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), p.add(at), bytes.len()) }
+        };
+        let holds = |at: usize, n: usize| {
+            // SAFETY: `at` <= 1: the 12 bytes at `p + at` lie inside the 20 of `room`.
+            unsafe { holds_hdr(p.wrapping_add(at), lo, hi, n) }
+        };
+        assert!(!holds(0, HDR_LEN), "zeroes");
+        put(0, &h.to_bytes());
+        assert!(holds(0, HDR_LEN));
+        assert!(holds(0, HDR_LEN_LEGACY));
+        for i in 0..HDR_LEN {
+            let mut b = h.to_bytes();
+            b[i] ^= 0x40;
+            put(0, &b);
+            assert!(!holds(0, HDR_LEN), "byte {i} differs");
+            // The legacy header ends at byte 10: num_buffers is not part of it.
+            assert_eq!(holds(0, HDR_LEN_LEGACY), i >= HDR_LEN_LEGACY, "byte {i}");
+        }
+        // Unaligned: never taken as equal (the header is written).
+        put(1, &h.to_bytes());
+        assert!(!holds(1, HDR_LEN));
+    }
+
+    #[test]
+    fn a_header_differing_in_any_field_is_rewritten() {
+        let (_mem, t) = setup();
+        let g = t.read();
+        let seg = [Seg {
+            gpa: 0x2000,
+            len: 2048,
+        }];
+        let first = VirtioNetHdr {
+            num_buffers: 1,
+            ..VirtioNetHdr::plain()
+        };
+        let data = [7u8; 60];
+        for h in [
+            first,
+            first,
+            VirtioNetHdr {
+                num_buffers: 2,
+                ..first
+            },
+            VirtioNetHdr {
+                flags: 1,
+                csum_start: 34,
+                csum_offset: 16,
+                ..first
+            },
+            VirtioNetHdr::plain(),
+        ] {
+            let mut c = SegCursor::new(&seg);
+            write_hdr_and(&g, &mut RegionHint::default(), &mut c, &h, HDR_LEN, &data)
+                .expect("write");
+            let mut out = [0u8; HDR_LEN + 60];
+            read_into(
+                &g,
+                &mut RegionHint::default(),
+                &mut SegCursor::new(&seg),
+                &mut out,
+            )
+            .expect("read");
+            assert_eq!(out[..HDR_LEN], h.to_bytes(), "{h:?}");
+            assert_eq!(out[HDR_LEN..], data);
+        }
     }
 
     #[test]
