@@ -283,6 +283,19 @@ mod tests {
     use pvnet_locks::family::Percpu;
     use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
+    /// A header with every field non-zero and distinct, `num_buffers` as given.
+    fn every_field_set(num_buffers: u16) -> VirtioNetHdr {
+        VirtioNetHdr {
+            flags: 1,
+            gso_type: 0x81,
+            hdr_len: 0x1234,
+            gso_size: 1448,
+            csum_start: 34,
+            csum_offset: 16,
+            num_buffers,
+        }
+    }
+
     fn setup() -> (GuestMemoryMmap, GrantTable<Percpu>) {
         // Two adjacent regions: pieces cross the boundary at 0x10000.
         let mem = pvnet_grant::memfd::guest_memory::<()>(&[(0, 0x10000), (0x10000, 0x10000)])
@@ -365,15 +378,7 @@ mod tests {
     fn header_and_data_written_whole_or_piece_by_piece_alike() {
         let (_mem, t) = setup();
         let g = t.read();
-        let h = VirtioNetHdr {
-            flags: 1,
-            gso_type: 0x81,
-            hdr_len: 0x1234,
-            gso_size: 1448,
-            csum_start: 34,
-            csum_offset: 16,
-            num_buffers: 3,
-        };
+        let h = every_field_set(3);
         let data: Vec<u8> = (1..=64).collect();
         // One buffer (two stores and one copy), an unaligned one, buffers splitting the
         // header, a 10-byte legacy header, and a header alone.
@@ -456,15 +461,7 @@ mod tests {
 
     #[test]
     fn a_header_already_in_place_is_recognised_byte_for_byte() {
-        let h = VirtioNetHdr {
-            flags: 1,
-            gso_type: 0x81,
-            hdr_len: 0x1234,
-            gso_size: 1448,
-            csum_start: 34,
-            csum_offset: 16,
-            num_buffers: 1,
-        };
+        let h = every_field_set(1);
         let (lo, hi) = h.to_words();
         // 4-byte aligned room for a header at offset 0 and an unaligned one at offset 1.
         let mut room = [0u32; 5];

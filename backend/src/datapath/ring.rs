@@ -287,7 +287,7 @@ impl UsedShadow {
     /// Writes the staged elements from `q.next_used()` on, then the used index (Release),
     /// and advances `next_used`. On a memory error nothing is published and the entries are
     /// dropped (the ring is broken).
-    pub fn flush<M: GuestMemory>(
+    pub fn flush<M: GuestMemory<Bitmap = ()>>(
         &mut self,
         q: &mut Queue,
         lay: &RingLayout,
@@ -308,7 +308,7 @@ impl UsedShadow {
         Ok(n)
     }
 
-    fn write_elems<M: GuestMemory>(
+    fn write_elems<M: GuestMemory<Bitmap = ()>>(
         &self,
         lay: &RingLayout,
         mem: &M,
@@ -326,17 +326,50 @@ impl UsedShadow {
                 .next()
                 .transpose()?
                 .filter(|s| s.len() == 8 * run);
-            for (j, &(id, len)) in self.entries[k..k + run].iter().enumerate() {
-                // One element: id (u32) and len (u32), little-endian.
-                let elem = (u64::from(id) | (u64::from(len) << 32)).to_le();
-                match &whole {
-                    Some(s) => s.write_obj(elem, 8 * j).map_err(GuestMemoryError::from)?,
-                    None => mem.write_obj(elem, GuestAddress(addr.0 + 8 * j as u64))?,
+            let elems = &self.entries[k..k + run];
+            match whole {
+                Some(s) if s.ptr_guard().as_ptr() as usize % 4 == 0 => {
+                    let p = s.ptr_guard_mut().as_ptr().cast::<u32>();
+                    for (j, &(id, len)) in elems.iter().enumerate() {
+                        // SAFETY: `s` is a writable mapping of 8 * run bytes at `p`, 4-byte
+                        // aligned (checked), and j < run: the words 2j and 2j + 1 are in it.
+                        unsafe {
+                            store_if_changed(p.add(2 * j), u32::from(id));
+                            store_if_changed(p.add(2 * j + 1), len);
+                        }
+                    }
+                }
+                _ => {
+                    for (j, &(id, len)) in elems.iter().enumerate() {
+                        // One element: id (u32) and len (u32), little-endian.
+                        let elem = (u64::from(id) | (u64::from(len) << 32)).to_le();
+                        mem.write_obj(elem, GuestAddress(addr.0 + 8 * j as u64))?;
+                    }
                 }
             }
             k += run;
         }
         Ok(())
+    }
+}
+
+/// Stores `v` (little-endian) in the guest's word at `p` unless it already holds it. A ring
+/// used in order gets the same used elements lap after lap (the same ids at the same slots,
+/// for frames of one size the same lengths): a line not stored into stays shared with the
+/// driver's core, which reads it next, instead of changing owner twice per lap (see
+/// `copy::write_hdr_and`).
+///
+/// # Safety
+/// `p` must be 4-byte aligned and point to 4 bytes of mapped, writable memory.
+#[inline(always)]
+unsafe fn store_if_changed(p: *mut u32, v: u32) {
+    let v = v.to_le();
+    // SAFETY: the caller's guarantee. Volatile: the guest's memory, which it may write at any
+    // time (any bit pattern is a valid u32; a changing value only makes the store happen).
+    unsafe {
+        if p.read_volatile() != v {
+            p.write_volatile(v);
+        }
     }
 }
 
@@ -505,6 +538,38 @@ mod tests {
         assert_eq!(elem(1), (1, 300));
         assert_eq!(sh.flush(&mut q, &lay, &m).expect("empty"), 0);
         assert_eq!(vq.used().idx().load(), 6);
+    }
+
+    #[test]
+    fn a_second_lap_rewrites_exactly_what_changed() {
+        let m = mem();
+        let vq = MockSplitQueue::new(&m, 4);
+        let mut q: Queue = vq.create_queue().expect("queue");
+        let lay = RingLayout::of(&q).expect("layout");
+        let used = vq.used_addr().0;
+        let elem = |slot: u64| -> (u32, u32) {
+            let a = GuestAddress(used + 4 + slot * 8);
+            (
+                m.read_obj(a).expect("id"),
+                m.read_obj(GuestAddress(a.0 + 4)).expect("len"),
+            )
+        };
+        let mut sh = UsedShadow::with_capacity(4);
+        // Lap one, then lap two over the same slots: the same element, a new length, a new
+        // id, both new (elements left in place must read back as the new lap's).
+        for lap in [
+            [(0, 60), (1, 60), (2, 60), (3, 60)],
+            [(0, 60), (1, 1500), (3, 60), (1, 9000)],
+        ] {
+            for (h, l) in lap {
+                sh.push(h, l);
+            }
+            assert_eq!(sh.flush(&mut q, &lay, &m).expect("flush"), 4);
+            for (slot, (h, l)) in lap.into_iter().enumerate() {
+                assert_eq!(elem(slot as u64), (u32::from(h), l), "slot {slot}");
+            }
+        }
+        assert_eq!(vq.used().idx().load(), 8);
     }
 
     #[test]
