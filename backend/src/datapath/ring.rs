@@ -469,6 +469,19 @@ mod tests {
         GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10000)]).expect("memory")
     }
 
+    /// Used element `slot` of `vq`'s ring: (id, len).
+    fn used_elem(
+        m: &GuestMemoryMmap,
+        vq: &MockSplitQueue<GuestMemoryMmap>,
+        slot: u64,
+    ) -> (u32, u32) {
+        let a = GuestAddress(vq.used_addr().0 + 4 + slot * 8);
+        (
+            m.read_obj(a).expect("id"),
+            m.read_obj(GuestAddress(a.0 + 4)).expect("len"),
+        )
+    }
+
     #[test]
     fn layout_refuses_rings_at_the_top_of_the_address_space() {
         let m = mem();
@@ -525,14 +538,7 @@ mod tests {
         assert!(sh.is_empty());
         assert_eq!(q.next_used(), 6);
         assert_eq!(vq.used().idx().load(), 6);
-        let used = vq.used_addr().0;
-        let elem = |slot: u64| -> (u32, u32) {
-            let a = GuestAddress(used + 4 + slot * 8);
-            (
-                m.read_obj(a).expect("id"),
-                m.read_obj(GuestAddress(a.0 + 4)).expect("len"),
-            )
-        };
+        let elem = |slot: u64| used_elem(&m, &vq, slot);
         assert_eq!(elem(3), (2, 100));
         assert_eq!(elem(0), (0, 200));
         assert_eq!(elem(1), (1, 300));
@@ -546,14 +552,7 @@ mod tests {
         let vq = MockSplitQueue::new(&m, 4);
         let mut q: Queue = vq.create_queue().expect("queue");
         let lay = RingLayout::of(&q).expect("layout");
-        let used = vq.used_addr().0;
-        let elem = |slot: u64| -> (u32, u32) {
-            let a = GuestAddress(used + 4 + slot * 8);
-            (
-                m.read_obj(a).expect("id"),
-                m.read_obj(GuestAddress(a.0 + 4)).expect("len"),
-            )
-        };
+        let elem = |slot: u64| used_elem(&m, &vq, slot);
         let mut sh = UsedShadow::with_capacity(4);
         // Lap one, then lap two over the same slots: the same element, a new length, a new
         // id, both new (elements left in place must read back as the new lap's).
