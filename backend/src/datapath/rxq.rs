@@ -247,8 +247,9 @@ impl RxRing {
             log::warn!("RX ring unreadable (bogus avail index or ring outside memory)");
         }
         // Reserve every frame's buffers first (one avail snapshot), then prefetch the first
-        // line of each, then copy: the cache misses on lines the guest's core last touched
-        // overlap instead of adding up frame after frame.
+        // line of each (small frames only, see PREFETCH_MAX_AVG), then copy: the cache misses
+        // on lines the guest's core last touched overlap instead of adding up frame after
+        // frame.
         st.heads.clear();
         st.bufs.clear();
         st.reserved.clear();
