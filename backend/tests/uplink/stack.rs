@@ -5,6 +5,7 @@
 
 use pvnet_testkit::frames::{self, eth, fold, internet_checksum, sum16};
 use pvnet_testkit::VirtioNetHdr;
+use std::time::{Duration, Instant};
 
 const ETH_P_ARP: u16 = 0x0806;
 const ETH_P_IP: u16 = 0x0800;
@@ -245,8 +246,21 @@ pub fn tcp_frame(e: &Ends, flags: u8, seq: u32, ack: u32, opts: &[u8], data: &[u
     eth(e.mac.1, e.mac.0, ETH_P_IP, &ipv4(e.ip.0, e.ip.1, 6, &t))
 }
 
-/// The sending end of one TCP connection from the guest (no retransmission: the test path
-/// loses nothing, or the test fails).
+/// Unacknowledged stream bytes at most.
+pub const IN_FLIGHT: u64 = 48_000;
+/// Stream bytes per frame at most (one TSO frame).
+pub const CHUNK: u64 = 16_000;
+/// The segment size the device cuts TSO frames into.
+pub const MSS: u16 = 1448;
+/// With unacknowledged bytes and no progress for this long, the sender goes back to the
+/// first unacknowledged byte (go-back-N); a closed window gets a probe.
+pub const RTO: Duration = Duration::from_millis(200);
+
+/// The sending end of one TCP connection from the guest. It keeps within the window the
+/// peer advertises: the host kernel drops what lies beyond it (`TcpExtBeyondWindow`), and
+/// its window shrinks while the receiving thread is not scheduled. Lost bytes go again
+/// after [`RTO`] without progress, counted in `retransmits` (pvnet's own losses show in its
+/// drop counters, which the tests check).
 pub struct Sender {
     pub ends: Ends,
     iss: u32,
@@ -254,6 +268,14 @@ pub struct Sender {
     pub rcv_nxt: Option<u32>,
     /// Stream bytes the peer acknowledged.
     pub acked: u64,
+    /// The peer's receive window past `acked` (unscaled: our SYN offers no scaling).
+    pub wnd: u64,
+    /// The next stream byte to send.
+    pub next: u64,
+    /// When `acked` last moved (or the sender last went back).
+    progress: Instant,
+    /// Times the sender went back to `acked` (or probed a closed window).
+    pub retransmits: u32,
     /// The peer's FIN arrived.
     pub peer_fin: bool,
 }
@@ -265,8 +287,35 @@ impl Sender {
             iss: 0x2000_0000,
             rcv_nxt: None,
             acked: 0,
+            wnd: 0,
+            next: 0,
+            progress: Instant::now(),
+            retransmits: 0,
             peer_fin: false,
         }
+    }
+
+    /// The next piece of a `total`-byte stream to send at `now`, as (offset, length): within
+    /// the peer's window, [`IN_FLIGHT`] and [`CHUNK`]. After [`RTO`] without progress it
+    /// starts again at `acked`, with one [`MSS`] even into a closed window (a probe that
+    /// makes the peer say its window again).
+    pub fn next_piece(&mut self, total: u64, now: Instant) -> Option<(u64, u64)> {
+        let mut wnd = self.wnd;
+        let stuck = self.next > self.acked || self.wnd == 0;
+        if self.acked < total && stuck && now.duration_since(self.progress) >= RTO {
+            self.next = self.acked;
+            self.progress = now;
+            self.retransmits += 1;
+            wnd = wnd.max(u64::from(MSS));
+        }
+        let end = (self.acked + wnd.min(IN_FLIGHT)).min(total);
+        if self.next >= end {
+            return None;
+        }
+        let off = self.next;
+        let n = (end - off).min(CHUNK);
+        self.next += n;
+        Some((off, n))
     }
 
     /// The SYN (MSS 1460).
@@ -318,8 +367,14 @@ impl Sender {
         let flags = t[13];
         if flags & ACK != 0 {
             let a = u64::from(ack.wrapping_sub(self.iss.wrapping_add(1)));
-            if a < (1 << 31) {
-                self.acked = self.acked.max(a);
+            // A cumulative acknowledgement at or past `acked` carries the current window
+            // (an older one, overtaken, is ignored).
+            if a < (1 << 31) && a >= self.acked {
+                if a > self.acked {
+                    self.progress = Instant::now();
+                }
+                self.acked = a;
+                self.wnd = u64::from(u16::from_be_bytes([t[14], t[15]]));
             }
         }
         if flags & SYN != 0 {
@@ -352,4 +407,105 @@ pub fn ipv4(src: [u8; 4], dst: [u8; 4], proto: u8, payload: &[u8]) -> Vec<u8> {
     h[10..12].copy_from_slice(&c.to_be_bytes());
     h.extend_from_slice(payload);
     h
+}
+
+#[cfg(test)]
+mod sender {
+    use super::*;
+
+    fn ends() -> Ends {
+        Ends {
+            mac: ([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2]),
+            ip: ([10, 0, 0, 2], [10, 0, 0, 1]),
+            port: (40001, 5202),
+        }
+    }
+
+    /// The peer's segment acknowledging `acked` stream bytes with window `wnd` (its TCP
+    /// checksum is stale after the window is set: `on_frame` does not check it).
+    fn peer_ack(s: &Sender, flags: u8, acked: u64, wnd: u16) -> Vec<u8> {
+        let e = ends();
+        let back = Ends {
+            mac: (e.mac.1, e.mac.0),
+            ip: (e.ip.1, e.ip.0),
+            port: (e.port.1, e.port.0),
+        };
+        let ack = s.iss.wrapping_add(1).wrapping_add(acked as u32);
+        let mut f = tcp_frame(&back, flags, 7, ack, &[], &[]);
+        f[14 + 20 + 14..14 + 20 + 16].copy_from_slice(&wnd.to_be_bytes());
+        f
+    }
+
+    /// A sender past the handshake, the peer offering `wnd`.
+    fn open(wnd: u16) -> Sender {
+        let mut s = Sender::new(ends());
+        let synack = peer_ack(&s, SYN | ACK, 0, wnd);
+        assert!(s.on_frame(&synack).is_some(), "the SYN+ACK is acknowledged");
+        s
+    }
+
+    #[test]
+    fn pieces_keep_within_the_peer_window() {
+        let mut s = open(20_000);
+        let now = Instant::now();
+        assert_eq!(s.next_piece(1 << 20, now), Some((0, CHUNK)));
+        assert_eq!(s.next_piece(1 << 20, now), Some((CHUNK, 4_000)));
+        assert_eq!(s.next_piece(1 << 20, now), None, "window full");
+        // The window moves with the acknowledgement and shrinks with the peer's buffer.
+        s.on_frame(&peer_ack(&s, ACK, 10_000, 12_000));
+        assert_eq!(s.next_piece(1 << 20, now), Some((20_000, 2_000)));
+        assert_eq!(s.next_piece(1 << 20, now), None);
+        // A stale acknowledgement (overtaken) says nothing of the window.
+        s.on_frame(&peer_ack(&s, ACK, 5_000, 65_535));
+        assert_eq!((s.acked, s.wnd), (10_000, 12_000));
+        assert_eq!(s.retransmits, 0);
+    }
+
+    #[test]
+    fn in_flight_and_stream_end_bound_the_pieces() {
+        let mut s = open(65_535);
+        let now = Instant::now();
+        let mut sent = 0;
+        while let Some((off, n)) = s.next_piece(40_000 + IN_FLIGHT, now) {
+            assert_eq!(off, sent);
+            sent += n;
+        }
+        assert_eq!(sent, IN_FLIGHT);
+        s.on_frame(&peer_ack(&s, ACK, 45_000, 65_535));
+        let mut rest = 0;
+        while let Some((_, n)) = s.next_piece(40_000 + IN_FLIGHT, now) {
+            rest += n;
+        }
+        assert_eq!(sent + rest, 40_000 + IN_FLIGHT, "stops at the stream's end");
+    }
+
+    #[test]
+    fn lost_bytes_go_again_after_a_quiet_rto() {
+        let mut s = open(65_535);
+        let t = Instant::now();
+        while s.next_piece(1 << 20, t).is_some() {}
+        s.on_frame(&peer_ack(&s, ACK, 16_000, 65_535));
+        let t = Instant::now();
+        assert_eq!(s.next_piece(1 << 20, t), Some((IN_FLIGHT, CHUNK)));
+        assert_eq!(s.next_piece(1 << 20, t), None);
+        assert_eq!(s.next_piece(1 << 20, t + RTO / 2), None, "not yet");
+        assert_eq!(s.next_piece(1 << 20, t + RTO), Some((16_000, CHUNK)));
+        assert_eq!(s.retransmits, 1);
+    }
+
+    #[test]
+    fn a_closed_window_gets_a_probe_after_rto() {
+        let mut s = open(65_535);
+        let t = Instant::now();
+        while s.next_piece(1 << 20, t).is_some() {}
+        s.on_frame(&peer_ack(&s, ACK, IN_FLIGHT, 0));
+        let t = Instant::now();
+        assert_eq!(s.next_piece(1 << 20, t), None, "window closed");
+        assert_eq!(
+            s.next_piece(1 << 20, t + RTO),
+            Some((IN_FLIGHT, u64::from(MSS)))
+        );
+        assert_eq!(s.next_piece(1 << 20, t + RTO), None);
+        assert_eq!(s.retransmits, 1);
+    }
 }
