@@ -294,7 +294,7 @@ fn live_sockets_are_not_stolen() {
     let out = run_bounded(&["--socket", a.to_str().expect("utf-8")]);
     assert_usage_error(&out, "listening");
     assert!(std::os::unix::net::UnixStream::connect(&a).is_ok());
-    drop(other);
+    pvnet_testkit::harness::close_listener(other);
     // Now stale: replaced.
     let child = start(&[&a], &[]);
     stop(child);

@@ -6,6 +6,8 @@
 //! something fails.
 
 use std::collections::{HashMap, HashSet};
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
@@ -23,6 +25,16 @@ pub fn tmpdir(name: &str) -> PathBuf {
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).expect("temporary directory");
     d
+}
+
+/// Closes the listener `l` for good, leaving a stale socket file (what a crashed switch
+/// leaves): shut down first, so that it refuses connections even while a child that a
+/// parallel test forked and that has not yet exec'd holds a copy of its fd. Closing alone
+/// leaves the socket listening in that child, and a connect to the "stale" file succeeds.
+pub fn close_listener(l: UnixListener) {
+    // SAFETY: shutdown(2) on the socket fd `l` owns, open for the whole call.
+    let r = unsafe { libc::shutdown(l.as_raw_fd(), libc::SHUT_RDWR) };
+    assert_eq!(r, 0, "shutdown: {}", std::io::Error::last_os_error());
 }
 
 /// A switch with `ports` ports of `pairs` queue pairs and the given lock kinds, on sockets in
@@ -307,4 +319,38 @@ fn guest_main(me: usize, path: &Path, run: &Run, barrier: &Barrier, sw: &Switch)
     }
     barrier.wait();
     seen
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::net::UnixStream;
+
+    /// A copy of the listener's fd in another process (a child between fork and exec) does
+    /// not keep a closed listener answering.
+    #[test]
+    fn a_closed_listener_refuses_while_a_forked_child_holds_its_fd() {
+        let d = tmpdir("close-listener");
+        let p = d.join("a.sock");
+        let l = UnixListener::bind(&p).expect("bind");
+        // SAFETY: the child only calls the async-signal-safe usleep and _exit.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            // SAFETY: as above.
+            unsafe {
+                libc::usleep(2_000_000);
+                libc::_exit(0);
+            }
+        }
+        assert!(pid > 0, "fork: {}", std::io::Error::last_os_error());
+        close_listener(l);
+        let refused = UnixStream::connect(&p).is_err();
+        // SAFETY: kill and waitpid on the child forked above, not yet reaped.
+        unsafe {
+            libc::kill(pid, libc::SIGKILL);
+            libc::waitpid(pid, std::ptr::null_mut(), 0);
+        }
+        assert!(refused, "the closed listener still answered");
+        let _ = std::fs::remove_dir_all(&d);
+    }
 }

@@ -1,4 +1,5 @@
 use super::*;
+use pvnet_testkit::harness::close_listener;
 use std::io::Read;
 
 fn tmpdir(name: &str) -> PathBuf {
@@ -44,7 +45,7 @@ fn stale_socket_replaced_live_socket_kept() {
     let d = tmpdir("stale");
     let p = d.join("a.sock");
     // A stale socket: its listener is gone.
-    drop(UnixListener::bind(&p).unwrap());
+    close_listener(UnixListener::bind(&p).unwrap());
     assert!(p.exists() && !answers(&p));
     let (l, mut f) = bind(&p, 0o600, None).expect("stale socket replaced");
     assert!(answers(&p));
@@ -83,7 +84,7 @@ fn non_sockets_never_removed() {
     // A symlink (even to a stale socket) is not a socket either.
     std::fs::remove_file(&p).unwrap();
     let target = d.join("target.sock");
-    drop(UnixListener::bind(&target).unwrap());
+    close_listener(UnixListener::bind(&target).unwrap());
     std::os::unix::fs::symlink(&target, &p).unwrap();
     assert!(matches!(
         bind(&p, 0o600, None),
