@@ -223,13 +223,19 @@ fn serve_one<L: Locks>(
     if since.elapsed() >= STABLE {
         backoff.reset();
     }
+    // Counted before the port shows disconnected: whoever sees it disconnected (statistics,
+    // `ctl ports`) also sees why.
+    let faulted = connected && port.guard.poisoned();
+    if faulted {
+        port.guard.note_disconnect();
+    }
     let revoked = teardown(fabric, idx, &dev, daemon);
     // The connection's mappings go with the device; they are no longer guarded.
     drop(dev);
     port.guard.release_all();
     // (At a stop, a listening port's loop was woken by a connection of pvnet's own.)
     if connected && (revoked > 0 || !ctl.stopping()) {
-        log_end(idx, port, ctl, res, revoked);
+        log_end(idx, ctl, res, faulted.then(|| port.guard.faults()), revoked);
     }
     Ok(())
 }
@@ -255,19 +261,19 @@ fn teardown<L: Locks>(
     revoked
 }
 
+/// Logs how the connection ended: `res` is what the daemon returned; `faults`, when a
+/// memory fault ended it, the faults contained so far.
 fn log_end(
     idx: usize,
-    port: &crate::switch::Port,
     ctl: &PortCtl,
     res: vhost_user_backend::Result<()>,
+    faults: Option<u64>,
     revoked: usize,
 ) {
-    if port.guard.poisoned() {
-        port.guard.note_disconnect();
+    if let Some(faults) = faults {
         log::warn!(
             "port {idx}: frontend disconnected: its memory file shrank under the mapping \
-             ({revoked} grants revoked, {} faults contained so far)",
-            port.guard.faults()
+             ({revoked} grants revoked, {faults} faults contained so far)"
         );
         return;
     }
