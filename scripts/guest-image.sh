@@ -31,6 +31,31 @@ ensure_pkgs busybox-static iperf3 ethtool cpio gzip xz-utils zstd ||
   die "cannot install the guest packages (busybox-static iperf3 ethtool cpio)"
 mkdir -p "$PVNET_GUEST_DIR/debs"
 
+# The virtio-net module chain the initramfs carries (in load order).
+MODULES=(virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci
+  failover net_failover virtio_net)
+
+# extract_kernel DEB DIR: unpack only what the image needs from the kernel package: the
+# kernel, modules.builtin and the MODULES chain (a few MB instead of the package's ~400 MB
+# module tree, which filled small CI disks).
+extract_kernel() {
+  local deb=$1 dir=$2 alt re names
+  log "extracting the kernel and the virtio-net modules from $(basename "$deb")"
+  alt=$(
+    IFS='|'
+    echo "${MODULES[*]}"
+  )
+  re='^\./boot/vmlinuz-|/modules\.builtin$|/('"$alt"')\.ko(\.[a-z]+)?$'
+  names=$(mktemp)
+  dpkg-deb --fsys-tarfile "$deb" | tar -t | grep -E "$re" >"$names" ||
+    { rm -f "$names"; die "no kernel or virtio modules listed in $deb"; }
+  rm -rf "$dir.tmp" && mkdir -p "$dir.tmp"
+  dpkg-deb --fsys-tarfile "$deb" | tar -x -C "$dir.tmp" -T "$names" ||
+    { rm -f "$names"; die "cannot extract the kernel from $deb"; }
+  rm -f "$names"
+  mv "$dir.tmp" "$dir"
+}
+
 # ---- kernel package: linux-image-amd64 -> linux-image-<abi>-amd64
 kpkg=${PVNET_KERNEL_PKG:-}
 if [ -z "$kpkg" ]; then
@@ -50,8 +75,7 @@ if [ ! -d "$kdir/boot" ]; then
       die "cannot download $kpkg"
     deb=$(first_file "$PVNET_GUEST_DIR/debs/${kpkg}_"*.deb) || die "apt-get download left no $kpkg .deb"
   fi
-  log "extracting $(basename "$deb")"
-  rm -rf "$kdir.tmp" && dpkg-deb -x "$deb" "$kdir.tmp" && mv "$kdir.tmp" "$kdir"
+  extract_kernel "$deb" "$kdir"
 fi
 vmlinuz=$(first_file "$kdir"/boot/vmlinuz-*) || die "no kernel in $kdir/boot"
 kver=${vmlinuz##*/vmlinuz-}
@@ -86,8 +110,7 @@ if [ "$force" = 1 ] || [ ! -s "$out/initramfs.cpio.gz" ]; then
     done
   done
   # virtio-net chain; modules may be built in (then absent) or compressed (.ko.xz / .ko.zst).
-  for m in virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci \
-    failover net_failover virtio_net; do
+  for m in "${MODULES[@]}"; do
     f=$(find "$moddir/kernel" -name "$m.ko*" | head -1)
     if [ -z "$f" ]; then
       grep -q "/$m.ko" "$moddir/modules.builtin" 2>/dev/null ||

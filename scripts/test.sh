@@ -22,19 +22,34 @@ fi
 
 passed=0 failed=0 skipped=0
 declare -a summary
+# free_mib: MiB free on the file system of the checkout (builds, guest images and fuzz
+# corpora all live under it).
+free_mib() { df -Pm . | awk 'NR == 2 {print $4}'; }
+# A failing step on a nearly full disk says so: "No space left" deep in a tool's output is
+# easy to miss, and the cure (free space, not a code change) differs.
+LOW_DISK_MIB=1024
 step() { # name, command...
   local name=$1; shift
   echo
   echo "==== $name: $*"
   local t0=$SECONDS rc
   "$@"; rc=$?
-  local dt=$((SECONDS - t0))
+  local dt=$((SECONDS - t0)) free
+  free=$(free_mib)
   case $rc in
     0) passed=$((passed + 1)); summary+=("PASS  $name (${dt}s)") ;;
     77) skipped=$((skipped + 1)); summary+=("SKIP  $name (${dt}s)") ;;
-    *) failed=$((failed + 1)); summary+=("FAIL  $name (rc=$rc, ${dt}s)") ;;
+    *)
+      failed=$((failed + 1))
+      if [ "${free:-0}" -lt "$LOW_DISK_MIB" ]; then
+        summary+=("FAIL  $name (rc=$rc, ${dt}s; disk nearly full: ${free} MiB free)")
+      else
+        summary+=("FAIL  $name (rc=$rc, ${dt}s)")
+      fi
+      ;;
   esac
 }
+echo "disk: $(free_mib) MiB free under $PWD at the start"
 
 export CARGO_TERM_COLOR=never
 step "cargo test (workspace)" cargo test --workspace --all-targets
@@ -65,4 +80,5 @@ echo
 echo "==== summary"
 printf '%s\n' "${summary[@]}"
 echo "steps: $passed passed, $failed failed, $skipped skipped"
+echo "disk: $(free_mib) MiB free at the end; target/ holds $(du -sm target 2>/dev/null | cut -f1) MiB, fuzz/target $(du -sm fuzz/target 2>/dev/null | cut -f1) MiB"
 [ "$failed" -eq 0 ]
