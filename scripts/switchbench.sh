@@ -33,6 +33,12 @@
 #                            in_order=0 (the client then uses the ring the same way with
 #                            either switch)
 #   --no-build               use target/release/pvnet and pvnet-bench as they are
+#   --huge                   both testpmd processes (client and reference switch) on 2 MB
+#                            hugepages (EAL --in-memory --single-file-segments) instead of
+#                            --no-huge 4 KB pages: the guest memory every switch maps is then
+#                            huge-paged too, as in OVS-DPDK or QEMU with hugepage-backed memory.
+#                            Needs 512 free 2 MB pages (reserved here through
+#                            /proc/sys/vm/nr_hugepages when short)
 # Measurement:
 #   --rounds N (3)           each round runs every case once per switch, the switches'
 #                            order rotated per round; the table shows medians over rounds
@@ -69,7 +75,7 @@ set -uo pipefail
 
 ALL_SIZES=64,1500,imix ALL_PAIRS=1,2,8 ALL_LOOPS=closed,open ALL_DESTS=learned,flooded
 sizes="" pairs_list="" loops="" dests="" flows=many full=0
-glocks="" qlocks="" client_vdev="" testpmd=1 pvnet_args=() pvnet_bin="" build=1
+glocks="" qlocks="" client_vdev="" testpmd=1 pvnet_args=() pvnet_bin="" build=1 huge=0
 rounds=3 warmup=2 secs=5 idle=10 switch_cpu="" client_cpu="" max_load=0 retries=2
 max_xcpu=0
 format=text plot="" out=""
@@ -89,6 +95,7 @@ while [ $# -gt 0 ]; do
     --pvnet-bin) need "$@"; pvnet_bin=$2; shift ;;
     --client-vdev) need "$@"; client_vdev=,$2; shift ;;
     --no-build) build=0 ;;
+    --huge) huge=1 ;;
     --rounds) need "$@"; rounds=$2; shift ;;
     --warmup) need "$@"; warmup=$2; shift ;;
     --secs) need "$@"; secs=$2; shift ;;
@@ -178,6 +185,24 @@ client_cpu=${client_cpu:-${allowed[1]}}
 
 # ---------------------------------------------------------------- prerequisites
 ensure_dpdk || die "cannot install DPDK (Debian packages ${DPDK_PKGS[*]})"
+# --huge: two testpmd processes with -m 512 each.
+HUGE_PAGES_NEEDED=512
+free_huge() { awk '/^HugePages_Free:/ {print $2}' /proc/meminfo; }
+if [ "$huge" = 1 ]; then
+  if [ "$(free_huge)" -lt "$HUGE_PAGES_NEEDED" ]; then
+    total=$(awk '/^HugePages_Total:/ {print $2}' /proc/meminfo)
+    want=$((total + HUGE_PAGES_NEEDED - $(free_huge)))
+    echo "$want" >/proc/sys/vm/nr_hugepages 2>/dev/null ||
+      log "cannot write /proc/sys/vm/nr_hugepages (not root?)"
+  fi
+  [ "$(free_huge)" -ge "$HUGE_PAGES_NEEDED" ] ||
+    die "--huge needs $HUGE_PAGES_NEEDED free 2 MB hugepages, $(free_huge) free: reserve them (echo N > /proc/sys/vm/nr_hugepages) or run without --huge"
+  export PVNET_DPDK_HUGE=1
+  memory_note="memory: 2 MB hugepages"
+else
+  export PVNET_DPDK_HUGE=0
+  memory_note="memory: 4 KB pages (testpmd --no-huge)"
+fi
 tdir=${CARGO_TARGET_DIR:-$PVNET_ROOT/target}
 if [ "$build" = 1 ]; then
   command -v cargo >/dev/null || die "cargo not found: install a Rust toolchain or pass --no-build"
@@ -485,7 +510,7 @@ ncfg=${#configs[@]}
 total_runs=$((rounds * ${#cases[@]} * ncfg))
 per_run=$((warmup + secs + 5))
 log "switchbench: ${#cases[@]} cases x $ncfg switches x $rounds rounds = $total_runs runs (~$((total_runs * per_run / 60 + 1)) min)"
-log "pinning: switch on CPU $switch_cpu (all threads), client testpmd on CPU $client_cpu (main and forwarding lcore); DPDK $(dpdk_version)"
+log "pinning: switch on CPU $switch_cpu (all threads), client testpmd on CPU $client_cpu (main and forwarding lcore); DPDK $(dpdk_version); $memory_note"
 t_start=$SECONDS
 for r in $(seq 1 "$rounds"); do
   for c in "${cases[@]}"; do
@@ -526,7 +551,7 @@ report=("$report_bin" switchbench-report --runs "$runs_csv" --idle "$idle_csv")
 [ -n "$plot" ] && report+=(--plot "$plot")
 {
   echo "# scripts/switchbench.sh: $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) CPUs ($(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)), DPDK $(dpdk_version), pvnet $(git -C "$PVNET_ROOT" rev-parse --short HEAD 2>/dev/null || echo ?)$(git -C "$PVNET_ROOT" diff --quiet HEAD 2>/dev/null || echo +changes)"
-  echo "# pinning: switch on CPU $switch_cpu (all threads), client on CPU $client_cpu; $rounds rounds, per run $warmup s warm-up then $secs s averaged; flows: $flows; wall time $((elapsed / 60)) min $((elapsed % 60)) s"
+  echo "# pinning: switch on CPU $switch_cpu (all threads), client on CPU $client_cpu; $rounds rounds, per run $warmup s warm-up then $secs s averaged; flows: $flows; $memory_note; wall time $((elapsed / 60)) min $((elapsed % 60)) s"
   "${report[@]}" --format text
 } >"$out/table.txt" || die "switchbench-report failed on $runs_csv"
 case $format in

@@ -9,6 +9,7 @@
 # so that writing a command never blocks and never raises SIGPIPE, even when testpmd died.
 #
 #   PVNET_TESTPMD   testpmd binary (default dpdk-testpmd)
+#   PVNET_DPDK_HUGE 1: testpmd on 2 MB hugepages instead of --no-huge (switchbench --huge)
 
 PVNET_TESTPMD=${PVNET_TESTPMD:-dpdk-testpmd}
 # Debian 12 (DPDK 22.11) packages: testpmd (dpdk-dev), and the drivers it loads at run time
@@ -43,8 +44,13 @@ dpdk_start() {
   shift 4
   local prefix="pvnet-$$-$name-${#DPDK_PIDS[@]}" fifo="" fd
   DPDK_PREFIXES+=("$prefix")
+  # 4 KB pages by default; PVNET_DPDK_HUGE=1 (switchbench --huge): 2 MB hugepages from
+  # memfd (--in-memory: no hugetlbfs files left behind), one file per segment so that a
+  # virtio-user port shares its memory in one region.
+  local mem=(--no-huge)
+  [ "${PVNET_DPDK_HUGE:-0}" = 1 ] && mem=(--in-memory --single-file-segments)
   local cmd=(taskset -c "$cpu" stdbuf -oL "$PVNET_TESTPMD" --lcores "0@$cpu,1@$cpu"
-    --no-pci --no-huge --file-prefix "$prefix" "$@")
+    --no-pci "${mem[@]}" --file-prefix "$prefix" "$@")
   if [ "$mode" = interactive ]; then
     fifo="${log%.log}.cmd"
     rm -f "$fifo"
