@@ -47,10 +47,10 @@ dpdk_start() {
   # 4 KB pages by default; PVNET_DPDK_HUGE=1 (switchbench --huge): 2 MB hugepages from
   # memfd (--in-memory: no hugetlbfs files left behind), one file per segment so that a
   # virtio-user port shares its memory in one region.
-  local mem=(--no-huge)
-  [ "${PVNET_DPDK_HUGE:-0}" = 1 ] && mem=(--in-memory --single-file-segments)
+  local eal_mem=(--no-huge)
+  [ "${PVNET_DPDK_HUGE:-0}" = 1 ] && eal_mem=(--in-memory --single-file-segments)
   local cmd=(taskset -c "$cpu" stdbuf -oL "$PVNET_TESTPMD" --lcores "0@$cpu,1@$cpu"
-    --no-pci "${mem[@]}" --file-prefix "$prefix" "$@")
+    --no-pci "${eal_mem[@]}" --file-prefix "$prefix" "$@")
   if [ "$mode" = interactive ]; then
     fifo="${log%.log}.cmd"
     rm -f "$fifo"
