@@ -29,6 +29,9 @@
 #   --pvnet-arg ARG          one more flag for every pvnet run (repeatable)
 #   --pvnet-bin PATH         run this pvnet binary as the switch (the report is rendered by
 #                            this tree's pvnet-bench either way)
+#   --client-retry           the client's mac forwarding retries a full TX ring instead of
+#                            dropping (testpmd "set fwd mac retry"): a closed loop then keeps
+#                            its frames whatever the switch does while a receiver is full
 #   --client-vdev ARGS       more net_virtio_user arguments for both client ports, e.g.
 #                            in_order=0 (the client then uses the ring the same way with
 #                            either switch)
@@ -75,7 +78,7 @@ set -uo pipefail
 
 ALL_SIZES=64,1500,imix ALL_PAIRS=1,2,8 ALL_LOOPS=closed,open ALL_DESTS=learned,flooded
 sizes="" pairs_list="" loops="" dests="" flows=many full=0
-glocks="" qlocks="" client_vdev="" testpmd=1 pvnet_args=() pvnet_bin="" build=1 huge=0
+glocks="" qlocks="" client_vdev="" testpmd=1 pvnet_args=() pvnet_bin="" build=1 huge=0 client_retry=0
 rounds=3 warmup=2 secs=5 idle=10 switch_cpu="" client_cpu="" max_load=0 retries=2
 max_xcpu=0
 format=text plot="" out=""
@@ -95,6 +98,7 @@ while [ $# -gt 0 ]; do
     --pvnet-bin) need "$@"; pvnet_bin=$2; shift ;;
     --client-vdev) need "$@"; client_vdev=,$2; shift ;;
     --no-build) build=0 ;;
+    --client-retry) client_retry=1 ;;
     --huge) huge=1 ;;
     --rounds) need "$@"; rounds=$2; shift ;;
     --warmup) need "$@"; warmup=$2; shift ;;
@@ -376,7 +380,7 @@ run_one() {
     [ "$learned" = 2 ] || fail "the learning bursts did not cross the switch in both directions (20 tries)"
   fi
   if [ "$status" = ok ]; then
-    dpdk_cmd cl "set fwd mac"
+    if [ "$client_retry" = 1 ]; then dpdk_cmd cl "set fwd mac retry"; else dpdk_cmd cl "set fwd mac"; fi
     if [ "$loop" = closed ]; then dpdk_cmd cl "start tx_first 32"; else dpdk_cmd cl "start"; fi
     local t0 k t_w="" t_e="" cpu0=0 cpu1=0 ctx0=0 ctx1=0 snap0="" snap1="" load0="" load1=""
     t0=$(now)
@@ -439,6 +443,13 @@ run_one() {
       printf "%.1f %.1f\n", (st > 0 && so > 0 ? 100 * so / st : 0), (ct > 0 && co > 0 ? 100 * co / ct : 0) }')
     [ "$nrep" = "$secs" ] || fail "$nrep of $secs steady-state reports in the client's log"
     awk -v m="$mpps" 'BEGIN {exit !(m > 0)}' || fail "no frames received in the steady state"
+    if [ "$loop" = closed ]; then
+      local rates
+      rates=$(printf '%s\n' "$rep" | dpdk_port_rates "$warmup" "$secs")
+      if printf '%s\n' "$rates" | dpdk_one_way; then
+        fail "one direction of the closed loop stopped (Mpps received per client port: $(printf '%s\n' "$rates" | awk '{printf "%s%s %.3f", (NR > 1 ? ", " : ""), $1, $2}'))"
+      fi
+    fi
     if [ "$kind" = pvnet ]; then
       val() { printf '%s\n' "$1" | awk -v k="$2" '$1 == k {print $2; f = 1} END {if (!f) print 0}'; }
       txk=$(($(val "$snap1" tx_kicks) - $(val "$snap0" tx_kicks)))
@@ -551,7 +562,7 @@ report=("$report_bin" switchbench-report --runs "$runs_csv" --idle "$idle_csv")
 [ -n "$plot" ] && report+=(--plot "$plot")
 {
   echo "# scripts/switchbench.sh: $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) CPUs ($(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)), DPDK $(dpdk_version), pvnet $(git -C "$PVNET_ROOT" rev-parse --short HEAD 2>/dev/null || echo ?)$(git -C "$PVNET_ROOT" diff --quiet HEAD 2>/dev/null || echo +changes)"
-  echo "# pinning: switch on CPU $switch_cpu (all threads), client on CPU $client_cpu; $rounds rounds, per run $warmup s warm-up then $secs s averaged; flows: $flows; $memory_note; wall time $((elapsed / 60)) min $((elapsed % 60)) s"
+  echo "# pinning: switch on CPU $switch_cpu (all threads), client on CPU $client_cpu; $rounds rounds, per run $warmup s warm-up then $secs s averaged; flows: $flows; $memory_note$([ "$client_retry" = 1 ] && echo "; client retries full TX rings"); wall time $((elapsed / 60)) min $((elapsed % 60)) s"
   "${report[@]}" --format text
 } >"$out/table.txt" || die "switchbench-report failed on $runs_csv"
 case $format in

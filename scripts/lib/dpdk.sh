@@ -173,6 +173,24 @@ dpdk_port_reports() {
   ' "$1"
 }
 
+# dpdk_port_rates W S: "PORT MPPS" per port, from dpdk_port_reports lines on stdin: the
+# port's RX packets per second averaged over reports W+1..W+S (the steady state).
+dpdk_port_rates() {
+  awk -v w="$1" -v s="$2" '
+    $1 > w && $1 <= w + s { sum[$2] += $5; n[$2]++ }
+    END { for (p in sum) printf "%d %.6f\n", p, sum[p] / n[p] / 1e6 }' | sort -n
+}
+
+# dpdk_one_way PORT-RATES: succeeds when one port of a closed loop receives less than a
+# quarter of what the busiest port receives ("PORT MPPS" lines on stdin, two ports or more).
+# Both directions of a closed loop are loops of their own with the same frames; one that
+# lost all its frames (e.g. dropped by the client on a full TX ring) stays empty while the
+# other runs on, and the sum of the two would pass for a slower switch.
+dpdk_one_way() {
+  awk 'NR == 1 || $2 < lo { lo = $2 } NR == 1 || $2 > hi { hi = $2 }
+    END { exit !(NR >= 2 && lo < hi / 4) }'
+}
+
 # dpdk_fwd_totals LOG: the last "Forward statistics" block of every port (printed by
 # "stop"): "PORT RX_PACKETS TX_PACKETS TX_DROPPED".
 dpdk_fwd_totals() {
