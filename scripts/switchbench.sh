@@ -41,7 +41,7 @@
 #                            --no-huge 4 KB pages: the guest memory every switch maps is then
 #                            huge-paged too, as in OVS-DPDK or QEMU with hugepage-backed memory.
 #                            Needs 512 free 2 MB pages (reserved here through
-#                            /proc/sys/vm/nr_hugepages when short)
+#                            /proc/sys/vm/nr_hugepages when short, and given back at exit)
 # Measurement:
 #   --rounds N (3)           each round runs every case once per switch, the switches'
 #                            order rotated per round; the table shows medians over rounds
@@ -189,24 +189,6 @@ client_cpu=${client_cpu:-${allowed[1]}}
 
 # ---------------------------------------------------------------- prerequisites
 ensure_dpdk || die "cannot install DPDK (Debian packages ${DPDK_PKGS[*]})"
-# --huge: two testpmd processes with -m 512 each.
-HUGE_PAGES_NEEDED=512
-free_huge() { awk '/^HugePages_Free:/ {print $2}' /proc/meminfo; }
-if [ "$huge" = 1 ]; then
-  if [ "$(free_huge)" -lt "$HUGE_PAGES_NEEDED" ]; then
-    total=$(awk '/^HugePages_Total:/ {print $2}' /proc/meminfo)
-    want=$((total + HUGE_PAGES_NEEDED - $(free_huge)))
-    echo "$want" >/proc/sys/vm/nr_hugepages 2>/dev/null ||
-      log "cannot write /proc/sys/vm/nr_hugepages (not root?)"
-  fi
-  [ "$(free_huge)" -ge "$HUGE_PAGES_NEEDED" ] ||
-    die "--huge needs $HUGE_PAGES_NEEDED free 2 MB hugepages, $(free_huge) free: reserve them (echo N > /proc/sys/vm/nr_hugepages) or run without --huge"
-  export PVNET_DPDK_HUGE=1
-  memory_note="memory: 2 MB hugepages"
-else
-  export PVNET_DPDK_HUGE=0
-  memory_note="memory: 4 KB pages (testpmd --no-huge)"
-fi
 tdir=${CARGO_TARGET_DIR:-$PVNET_ROOT/target}
 if [ "$build" = 1 ]; then
   command -v cargo >/dev/null || die "cargo not found: install a Rust toolchain or pass --no-build"
@@ -227,7 +209,7 @@ mkdir -p "$out/logs" || die "cannot create $out"
 
 # ---------------------------------------------------------------- cleanup
 work=$(mktemp -d /tmp/pvnet-switchbench.XXXXXX) || die "mktemp failed"
-pvnet_pid=""
+pvnet_pid="" huge_restore=""
 cleanup() {
   if [ -n "$pvnet_pid" ]; then
     kill -TERM "$pvnet_pid" 2>/dev/null
@@ -237,10 +219,34 @@ cleanup() {
   fi
   dpdk_cleanup
   rm -rf "$work"
+  # Hugepages reserved for --huge go back (only what this run added).
+  [ -n "$huge_restore" ] && echo "$huge_restore" >/proc/sys/vm/nr_hugepages 2>/dev/null
   return 0
 }
 trap cleanup EXIT
 trap 'log "interrupted"; exit 130' INT TERM HUP
+
+# --huge: two testpmd processes with -m 512 each.
+HUGE_PAGES_NEEDED=512
+free_huge() { awk '/^HugePages_Free:/ {print $2}' /proc/meminfo; }
+if [ "$huge" = 1 ]; then
+  if [ "$(free_huge)" -lt "$HUGE_PAGES_NEEDED" ]; then
+    total=$(awk '/^HugePages_Total:/ {print $2}' /proc/meminfo)
+    want=$((total + HUGE_PAGES_NEEDED - $(free_huge)))
+    if echo "$want" >/proc/sys/vm/nr_hugepages 2>/dev/null; then
+      huge_restore=$total
+    else
+      log "cannot write /proc/sys/vm/nr_hugepages (not root?)"
+    fi
+  fi
+  [ "$(free_huge)" -ge "$HUGE_PAGES_NEEDED" ] ||
+    die "--huge needs $HUGE_PAGES_NEEDED free 2 MB hugepages, $(free_huge) free: reserve them (echo N > /proc/sys/vm/nr_hugepages) or run without --huge"
+  export PVNET_DPDK_HUGE=1
+  memory_note="memory: 2 MB hugepages"
+else
+  export PVNET_DPDK_HUGE=0
+  memory_note="memory: 4 KB pages (testpmd --no-huge)"
+fi
 
 # ---------------------------------------------------------------- one run
 MAC_A=02:00:00:5b:00:0a MAC_B=02:00:00:5b:00:0b
