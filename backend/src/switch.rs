@@ -302,9 +302,10 @@ impl<L: Locks> Fabric<L> {
     }
 
     /// Detaches RX queue `q` of port `p` (its guest stopped or disabled the ring, or went
-    /// away): the ring's position is written back into its vring, the queue leaves the
-    /// port's enabled set, and the senders held back by it are woken (their retry finds the
-    /// queue gone). Returns whether a ring was attached.
+    /// away): used entries a sender staged and has not published yet are published, the
+    /// ring's position is written back into its vring, the queue leaves the port's enabled
+    /// set, and the senders held back by it are woken (their retry finds the queue gone).
+    /// Returns whether a ring was attached.
     pub fn detach_rx(&self, p: usize, q: usize) -> bool {
         let (Some(pf), Some(port)) = (self.ports.get(p), self.sw.ports.get(p)) else {
             return false;
@@ -312,11 +313,19 @@ impl<L: Locks> Fabric<L> {
         let (Some(lock), Some(slot)) = (pf.rings.get(q), port.rx.get(q)) else {
             return false;
         };
+        // Lock order: grant guard, then queue lock.
+        let grants = pf.grants.read();
         let (ring, waiters) = {
             let mut g = lock.lock();
             port.enabled.fetch_and(!(1u64 << q), Ordering::AcqRel);
-            (g.take(), slot.take_waiters())
+            let mut ring = g.take();
+            if let Some(r) = ring.as_mut() {
+                // The guest stops the ring: no used-buffer notification is owed.
+                let _ = r.publish(&grants, slot);
+            }
+            (ring, slot.take_waiters())
         };
+        drop(grants);
         for w in waiters {
             w.wake();
         }

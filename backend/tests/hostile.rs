@@ -524,3 +524,96 @@ fn flood_with_no_other_port_in_use_counts_no_dest() {
     drop(a);
     s.shutdown();
 }
+
+/// A receiver never sees a frame before its sender's TX chain is back. A frontend that
+/// forwards what it receives (DPDK testpmd's `mac` forwarding) drops a frame when its TX ring
+/// has no free slot; when the frame it forwards still holds a slot of that very ring, closed
+/// loops under back pressure lost every frame of one direction (docs/benchmarks.md, seventh
+/// round). A thread watches B's RX used index and A's TX used index while A sends to B, whose
+/// ring runs dry now and then (A's frames held back): A's count must never lag.
+#[test]
+fn a_frame_is_visible_only_after_its_tx_chain_is_back() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    use vm_memory::{Bytes, GuestAddress};
+
+    let s = start("order", 2, Duration::from_secs(10), |_| {});
+    let mut a = connect(&s, 0, |o| o.tx_limit = None);
+    let mut b = connect(&s, 1, |o| o.queue_size = 64);
+    learn(&mut [&mut a, &mut b]);
+    // Quiet: the last hellos are through before the counts start.
+    std::thread::sleep(Duration::from_millis(100));
+    let _ = (a.poll_rx().expect("receive"), b.poll_rx().expect("receive"));
+    let (rx_b, _) = b.used_idx_addrs(0).expect("pair");
+    let (_, tx_a) = a.used_idx_addrs(0).expect("pair");
+    let (mb, ma) = (b.memory().clone(), a.memory().clone());
+    let stop = Arc::new(AtomicBool::new(false));
+    let watcher = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let load = |m: &vm_memory::GuestMemoryMmap<()>, at| {
+                m.load::<u16>(GuestAddress(at), Ordering::Acquire)
+                    .expect("used idx")
+            };
+            let (r0, t0) = (load(&mb, rx_b), load(&ma, tx_a));
+            let (mut early, mut looks) = (0u64, 0u64);
+            while !stop.load(Ordering::Relaxed) {
+                // RX first: the device publishes A's TX index before B's RX index.
+                let r = load(&mb, rx_b).wrapping_sub(r0);
+                let t = load(&ma, tx_a).wrapping_sub(t0);
+                early += u64::from(r > t);
+                looks += 1;
+            }
+            (early, looks)
+        })
+    };
+    std::thread::sleep(Duration::from_millis(10));
+    let n = 4000u32;
+    let (mut sent, mut got) = (0u32, 0u32);
+    let hdr = VirtioNetHdr::plain();
+    let delivered = || s.switch().ports[1].queue_snapshot(0).rx_frames;
+    let base = delivered();
+    let t0 = Instant::now();
+    while got < n {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "stalled: sent {sent}, received {got} of {n}, in flight {}, {:?}, B {:?} posted {}",
+            a.tx_in_flight(0),
+            s.switch().ports[0].queue_snapshot(0),
+            s.switch().ports[1].queue_snapshot(0),
+            b.rx_posted(0)
+        );
+        // Three batches into B's 64 buffers: once they are full the switch holds A's frames
+        // back...
+        for _ in 0..3 {
+            let frames: Vec<Vec<u8>> = (sent..(sent + 32).min(n))
+                .map(|k| frames::build(mac(1), mac(0), MAGIC, 1, k, 60))
+                .collect();
+            let batch: Vec<_> = frames.iter().map(|f| (hdr, f.as_slice())).collect();
+            sent += a.send_batch(0, &batch).expect("send") as u32;
+        }
+        let t1 = Instant::now();
+        let full = base + u64::from(got.saturating_add(64).min(n));
+        while delivered() < full && t1.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_micros(100));
+        }
+        // ...until B takes its frames and posts its buffers again.
+        for (_, r) in b.poll_rx().expect("receive") {
+            let (m, _, flow, seq) = frames::check(&r.frame).expect("intact");
+            assert_eq!((m, flow, seq), (MAGIC, 1, got));
+            got += 1;
+        }
+        a.reclaim_tx(0);
+    }
+    stop.store(true, Ordering::Relaxed);
+    let (early, looks) = watcher.join().expect("watcher");
+    let tx = s.switch().ports[0].queue_snapshot(0);
+    assert_eq!(tx.total_drops(), 0, "{tx:?}");
+    assert!(tx.backpressure > 0, "B's ring never ran dry: {tx:?}");
+    assert_eq!(
+        early, 0,
+        "{early} of {looks} looks saw frames in B's RX ring before A's TX chains were back"
+    );
+    drop((a, b));
+    s.shutdown();
+}

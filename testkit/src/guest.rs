@@ -359,6 +359,14 @@ impl TestGuest {
         Ok(())
     }
 
+    /// Guest addresses of the used index (`used.idx`) of pair `pair`'s RX and TX rings, for
+    /// a test thread that watches the device's publications through a clone of
+    /// [`Self::memory`] (an atomic `u16` load each).
+    pub fn used_idx_addrs(&mut self, pair: u16) -> Result<(u64, u64), Error> {
+        let p = self.pair(pair)?;
+        Ok((p.rx.used + 2, p.tx.used + 2))
+    }
+
     pub(crate) fn pair(&mut self, pair: u16) -> Result<&mut Pair, Error> {
         self.pairs
             .get_mut(usize::from(pair))

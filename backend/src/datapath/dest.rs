@@ -84,20 +84,36 @@ pub trait Destination<L: Locks> {
         fates: &mut [Fate],
         waker: &Arc<Waker>,
     );
+    /// Makes what [`Destination::deliver`] left staged on queue `q` visible to the receiver
+    /// (a guest port built [`GuestPort::deferred`]); nothing for destinations that deliver
+    /// at once.
+    fn publish(&self, _q: usize) {}
 }
 
 /// A guest port of the switch as a [`Destination`].
 pub struct GuestPort<'a, L: Locks> {
     port: &'a Port,
     fabric: &'a PortFabric<L>,
+    /// Deliveries stay staged until [`Destination::publish`].
+    defer: bool,
 }
 
 impl<'a, L: Locks> GuestPort<'a, L> {
-    /// Port `d` of `fabric`, if it exists.
+    /// Port `d` of `fabric`, if it exists; its guest sees each delivery when it is done.
     pub fn new(fabric: &'a Fabric<L>, d: usize) -> Option<Self> {
         Some(GuestPort {
             port: fabric.sw.ports.get(d)?,
             fabric: fabric.ports.get(d)?,
+            defer: false,
+        })
+    }
+
+    /// Port `d` of `fabric`, if it exists; its guest sees deliveries at
+    /// [`Destination::publish`] (a guest sender publishes after returning its TX chains).
+    pub fn deferred(fabric: &'a Fabric<L>, d: usize) -> Option<Self> {
+        Some(GuestPort {
+            defer: true,
+            ..Self::new(fabric, d)?
         })
     }
 
@@ -160,7 +176,7 @@ impl<L: Locks> Destination<L> for GuestPort<'_, L> {
                 fates[start..n].fill(Fate::NotReady);
                 break;
             };
-            let c = r.deliver(
+            r.deliver(
                 (pair.src(), &mut *src.hint),
                 pair.dst(),
                 &w,
@@ -168,8 +184,10 @@ impl<L: Locks> Destination<L> for GuestPort<'_, L> {
                 slot,
                 waker,
             );
+            if !self.defer {
+                call = r.publish(pair.dst(), slot).or(call);
+            }
             drop(ring);
-            call = c.or(call);
             match fates[start..n].iter().position(|f| *f == Fate::Pending) {
                 Some(p) if fates[n - 1] != Fate::Full => start += p.max(1),
                 _ => break,
@@ -177,6 +195,21 @@ impl<L: Locks> Destination<L> for GuestPort<'_, L> {
         }
         drop(pair);
         // One used-buffer notification per ring per delivery, after every lock is released.
+        if let Some(v) = call {
+            let _ = v.signal_used_queue();
+        }
+    }
+
+    fn publish(&self, q: usize) {
+        let (Some(lock), Some(slot)) = (self.fabric.rings.get(q), self.port.rx.get(q)) else {
+            return;
+        };
+        // Lock order: grant guard, then queue lock.
+        let g = self.fabric.grants.read();
+        let mut ring = lock.lock();
+        let call = ring.as_mut().and_then(|r| r.publish(&g, slot));
+        drop(ring);
+        drop(g);
         if let Some(v) = call {
             let _ = v.signal_used_queue();
         }

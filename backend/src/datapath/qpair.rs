@@ -10,7 +10,11 @@
 //! B. per destination port ([`QueuePair::deliver_to`]), per RX queue, in order: held-back
 //!    frames first, then the burst's; software offloads where the receiver lacks a feature;
 //!    the destination's verdicts applied (held back, dropped, delivered);
-//! C. source guard: TX used entries published once, the guest called if it asked.
+//! C. source guard: TX used entries published once; then the receivers' RX used entries
+//!    staged in B ([`RxRing::publish`]), so that a receiver never sees a frame whose TX chain
+//!    its sender still has (a frontend forwarding what it receives, like DPDK testpmd, then
+//!    always finds its TX slot; before, one direction of such closed loops under back
+//!    pressure lost every frame); the guests called if they asked.
 
 use crate::config::{Config, RxSteer};
 use crate::datapath::burst::{self, Burst, ClassifyCtx, Frame, Route};
@@ -147,6 +151,8 @@ pub struct QueuePair {
     ids: Vec<FrameId>,
     /// The RX queue of each of `ids` (None: not attached), and whether it was delivered.
     queues: Vec<(Option<usize>, bool)>,
+    /// (port, queue) of the RX rings this burst delivered to, to publish in step C.
+    staged: Vec<(usize, usize)>,
     run: Vec<FrameId>,
     fates: Vec<Fate>,
     /// Per burst frame.
@@ -170,6 +176,7 @@ impl QueuePair {
             waker,
             ids: Vec::with_capacity(2 * burst::BURST),
             queues: Vec::with_capacity(2 * burst::BURST),
+            staged: Vec::with_capacity(8),
             run: Vec::with_capacity(2 * burst::BURST),
             fates: Vec::with_capacity(2 * burst::BURST),
             outcome: Vec::with_capacity(burst::BURST),
@@ -284,33 +291,54 @@ impl QueuePair {
                 cx.sw().mark_stalled(d, key);
             });
         }
-        // C: publish under the source guard; call the guest after it.
+        // C: TX chains back, then the frames delivered visible; call the guest after it.
         let before = self.held.len();
         let (order, used) = (&mut self.order, &mut self.used);
         self.held.release(|head| order.released(head, used));
         out.resumed = before - self.held.len();
-        if self.used.is_empty() {
-            return out;
-        }
-        let call = {
-            let g = cx.grants().read();
-            let mem = GrantMemory::new(&g, self.hint);
-            let old = self.signalled.unwrap_or(q.next_used());
-            if let Err(e) = self.used.flush(q, &lay, &mem) {
-                if self.log.allow() {
-                    log::warn!("port {} queue {}: TX used ring: {e}", cx.port, self.q);
-                }
-            }
-            let c = needs_call(q, &lay, &mem, old);
-            self.signalled = Some(q.next_used());
-            self.hint = mem.hint();
-            c
-        };
+        let call = self.publish_tx(cx, q, &lay);
+        self.publish_rx(cx);
         if call {
             stats.notified();
             let _ = vs.signal_used_queue();
         }
         out
+    }
+
+    /// Publishes the staged TX used entries under the source guard; returns whether the
+    /// guest wants a used-buffer notification.
+    fn publish_tx<L: Locks>(
+        &mut self,
+        cx: &PortCtx<'_, L>,
+        q: &mut virtio_queue::Queue,
+        lay: &RingLayout,
+    ) -> bool {
+        if self.used.is_empty() {
+            return false;
+        }
+        let g = cx.grants().read();
+        let mem = GrantMemory::new(&g, self.hint);
+        let old = self.signalled.unwrap_or(q.next_used());
+        if let Err(e) = self.used.flush(q, lay, &mem) {
+            if self.log.allow() {
+                log::warn!("port {} queue {}: TX used ring: {e}", cx.port, self.q);
+            }
+        }
+        let c = needs_call(q, lay, &mem, old);
+        self.signalled = Some(q.next_used());
+        self.hint = mem.hint();
+        c
+    }
+
+    /// Publishes what this burst staged in the receivers' RX rings (and calls them).
+    fn publish_rx<L: Locks>(&mut self, cx: &PortCtx<'_, L>) {
+        for (d, q) in self.staged.drain(..) {
+            if let Some(PortKind::Guest) = cx.sw().ports.get(d).map(|p| &p.kind) {
+                if let Some(dest) = GuestPort::deferred(cx.fabric, d) {
+                    Destination::<L>::publish(&dest, q);
+                }
+            }
+        }
     }
 
     /// The RX side of this pair, on an event of its RX ring (a kick, or the ring just
@@ -419,14 +447,14 @@ impl QueuePair {
 
     /// Delivers to port `d` everything waiting for it: its held-back frames, then this
     /// burst's unicast frames to it and flooded frames, queue by queue in order.
-    pub fn deliver_to<L: Locks>(&mut self, cx: &PortCtx<'_, L>, d: usize, stats: &TxStats) {
+    fn deliver_to<L: Locks>(&mut self, cx: &PortCtx<'_, L>, d: usize, stats: &TxStats) {
         let Some(port) = cx.sw().ports.get(d) else {
             return;
         };
         match &port.kind {
             PortKind::Tap(t) => self.deliver_to_dest(cx, d, &TapDest::new(port, t), stats),
             PortKind::Guest => {
-                if let Some(dest) = GuestPort::new(cx.fabric, d) {
+                if let Some(dest) = GuestPort::deferred(cx.fabric, d) {
                     self.deliver_to_dest(cx, d, &dest, stats);
                 }
             }
@@ -468,6 +496,9 @@ impl QueuePair {
             self.fates.resize(run.len(), Fate::NotReady);
             if let Some(q) = q {
                 self.deliver_queue(cx, dest, q, &run);
+                if !self.staged.contains(&(d, q)) {
+                    self.staged.push((d, q));
+                }
             }
             self.apply(cx, d, &run, stats);
         }

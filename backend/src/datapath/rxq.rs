@@ -17,8 +17,14 @@
 //! 2. copy (`RxState::copy_frame`; `copy_mbuf_to_desc`): header and frame written in one
 //!    forward walk over the reserved buffers, the header as two word stores
 //!    ([`copy::write_hdr_and`]: never assembled locally and copied out at once);
-//! 3. [`UsedShadow`]: used entries staged, published with one used-index store per hold;
-//! 4. the call decision ([`needs_call`]); the caller signals after unlocking.
+//! 3. [`UsedShadow`]: used entries staged;
+//! 4. publish ([`RxRing::publish`]): the staged entries and one used-index store, then the
+//!    call decision ([`needs_call`]); the caller signals after unlocking. A guest sender
+//!    publishes after its hold, once it has returned its own TX chains (see
+//!    [`qpair`](crate::datapath::qpair)): a receiver never sees a frame whose sender's chain
+//!    is still taken, so a frontend that forwards what it receives back out (DPDK testpmd)
+//!    finds its TX slot free. Entries staged by one sender are also published by the next
+//!    sender's publication, and by [`Fabric::detach_rx`](crate::switch::Fabric::detach_rx).
 //!
 //! Kicks on RX rings: pvnet asks for them only while a sender is held back on the ring (the
 //! reserve step arms them when it runs out of buffers); [`RxRing::kicked`] wakes the
@@ -198,8 +204,8 @@ impl RxRing {
     /// into `fates`. Stops at the first frame that does not fit: it and every later frame
     /// are [`Fate::Full`], `waker` is registered with `slot` and kicks are armed; and after
     /// [`HOLD_BYTES`] of frames: the frames not offered stay [`Fate::Pending`] for the next
-    /// hold. Returns the vring to signal (used-buffer notification) after unlocking, if the
-    /// guest wants one.
+    /// hold. The delivered frames' used entries are staged: the guest sees them at the next
+    /// [`RxRing::publish`].
     pub fn deliver<F: RwFamily>(
         &mut self,
         src: (&GrantReadGuard<'_, F>, &mut RegionHint),
@@ -208,7 +214,7 @@ impl RxRing {
         fates: &mut [Fate],
         slot: &RxSlot,
         waker: &Arc<Waker>,
-    ) -> Option<Vring> {
+    ) {
         let mem = GrantMemory::new(dst, self.st.ring_hint);
         let mut bh = self.st.buf_hint;
         let bufs = BufGuards {
@@ -217,10 +223,51 @@ impl RxRing {
             dg: dst,
             dh: &mut bh,
         };
-        let call = self.deliver_with(&mem, bufs, frames, fates, slot, waker);
+        self.deliver_with(&mem, bufs, frames, fates, slot, waker);
         self.st.ring_hint = mem.hint();
         self.st.buf_hint = bh;
+    }
+
+    /// Whether used entries are staged and not yet published.
+    pub fn staged(&self) -> bool {
+        !self.st.shadow.is_empty()
+    }
+
+    /// Publishes the staged used entries (queue lock held; `dst`: this ring's guest's grants)
+    /// with one used-index store. Returns the vring to signal (used-buffer notification)
+    /// after unlocking, if the guest wants one.
+    pub fn publish<F: RwFamily>(
+        &mut self,
+        dst: &GrantReadGuard<'_, F>,
+        slot: &RxSlot,
+    ) -> Option<Vring> {
+        if !self.staged() {
+            return None;
+        }
+        let mem = GrantMemory::new(dst, self.st.ring_hint);
+        let call = self.publish_with(&mem, slot);
+        self.st.ring_hint = mem.hint();
         call
+    }
+
+    /// [`RxRing::publish`] through `mem`.
+    fn publish_with<M: GuestMemory<Bitmap = ()>>(
+        &mut self,
+        mem: &M,
+        slot: &RxSlot,
+    ) -> Option<Vring> {
+        let RxRing { queue, st } = self;
+        if let Err(e) = st.shadow.flush(queue, &st.lay, mem) {
+            if st.log.allow() {
+                log::warn!("RX used ring not writable: {e}");
+            }
+        }
+        let call = needs_call(queue, &st.lay, mem, st.signalled);
+        st.signalled = queue.next_used();
+        if call {
+            slot.stats.notified();
+        }
+        call.then(|| st.vring.clone())
     }
 
     /// [`RxRing::deliver`] with the ring's fields read and written through `mem` (the
@@ -233,7 +280,7 @@ impl RxRing {
         fates: &mut [Fate],
         slot: &RxSlot,
         waker: &Arc<Waker>,
-    ) -> Option<Vring> {
+    ) {
         let BufGuards { sg, sh, dg, dh } = bufs;
         let RxRing { queue, st } = self;
         let n = frames.count().min(fates.len());
@@ -345,17 +392,6 @@ impl RxRing {
                 Err(_) => Fate::Dropped(DropReason::NotGranted),
             };
         }
-        if let Err(e) = st.shadow.flush(queue, &st.lay, mem) {
-            if st.log.allow() {
-                log::warn!("RX used ring not writable: {e}");
-            }
-        }
-        let call = needs_call(queue, &st.lay, mem, st.signalled);
-        st.signalled = queue.next_used();
-        if call {
-            slot.stats.notified();
-        }
-        call.then(|| st.vring.clone())
     }
 }
 
@@ -708,6 +744,7 @@ mod tests {
         let mut fates = vec![Fate::Pending; n];
         let frames = Frames(vec![0xab; len], n);
         ring.deliver_with(&posting, bufs, &frames, &mut fates, &slot, &waker);
+        ring.publish_with(&posting, &slot);
         let avail_event: u16 = mem
             .read_obj(GuestAddress(vq.used_addr().0 + 4 + 8 * u64::from(SIZE)))
             .expect("avail_event");
