@@ -10,8 +10,8 @@
 //! | fetch: one avail-index read, up to [`burst::BURST`] chains to segment lists | [`burst::fetch`], [`chain::read_chain`] | `fill_vec_buf` |
 //! | prefetch the first line of every frame | [`burst::prefetch`] | `rte_prefetch0` |
 //! | parse headers, sanitise, port security, learn; route (FDB, flow hash) | [`burst::classify`] | (the switch) |
-//! | per destination port, per RX queue, in one queue-lock hold: reserve, copy, stage used | [`qpair::QueuePair::deliver_to`] → [`rxq::RxRing::deliver`] | `reserve_avail_buf`, `copy_mbuf_to_desc` |
-//! | publish each ring's used index once | [`ring::UsedShadow::flush`] | `flush_shadow_used_ring` |
+//! | per destination port, per RX queue, in one queue-lock hold: reserve, copy, stage used | `qpair::QueuePair::deliver_to` → [`rxq::RxRing::deliver`] | `reserve_avail_buf`, `copy_mbuf_to_desc` |
+//! | publish each ring's used index once: the sender's TX ring, then the receivers' RX rings | [`ring::UsedShadow::flush`], [`rxq::RxRing::publish`] | `flush_shadow_used_ring` |
 //! | notify each ring once, if it asked | [`ring::needs_call`] | `vhost_vring_call` |
 //!
 //! Grant checks: every ring and buffer access goes through the source's or the destination's
@@ -99,6 +99,10 @@ pub trait FrameSet {
     fn count(&self) -> usize;
     /// Frame `i` (`i < count()`).
     fn get(&self, i: usize) -> FrameSrc<'_>;
+    /// The length of frame `i` (what [`FrameSet::get`] says, maybe for less work).
+    fn frame_len(&self, i: usize) -> usize {
+        self.get(i).len
+    }
 }
 
 /// What became of a frame offered to a destination queue.

@@ -301,8 +301,8 @@ impl RxRing {
         st.bufs.clear();
         st.reserved.clear();
         for i in 0..n {
-            let f = frames.get(i);
-            let need = st.hdr_len + f.len;
+            let len = frames.frame_len(i);
+            let need = st.hdr_len + len;
             st.begin_frame(i);
             let mut cap = 0usize;
             // Chains one frame may pop, malformed ones included: a guest re-posting bad
@@ -365,7 +365,7 @@ impl RxRing {
                 fates[i..n].fill(Fate::Full);
                 break;
             }
-            held_bytes += f.len;
+            held_bytes += len;
             if held_bytes >= HOLD_BYTES {
                 break;
             }
