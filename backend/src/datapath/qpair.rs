@@ -7,11 +7,11 @@
 //!
 //! A burst, in phases (each with its own grant guard, see [`datapath`](crate::datapath)):
 //! A. source guard: [`burst::fetch`], [`burst::prefetch`], [`burst::classify`];
-//! B. per destination port (`QueuePair::deliver_to`), per RX queue, in order: held-back
-//!    frames first, then the burst's; software offloads where the receiver lacks a feature;
-//!    the destination's verdicts applied (held back, dropped, delivered). The common case
-//!    at full load — the whole burst unicast to one queue of one port, as it is, nothing
-//!    waiting for that port — goes straight from the burst's records
+//! B. (`deliver.rs`) per destination port (`QueuePair::deliver_to`), per RX queue, in
+//!    order: held-back frames first, then the burst's; software offloads where the receiver
+//!    lacks a feature; the destination's verdicts applied (held back, dropped, delivered).
+//!    The common case at full load — the whole burst unicast to one queue of one port, as it
+//!    is, nothing waiting for that port — goes straight from the burst's records
 //!    (`QueuePair::deliver_whole_burst`: no frame ids, no runs);
 //! C. source guard: TX used entries published once; then the receivers' RX used entries
 //!    staged in B ([`RxRing::publish`]), so that a receiver never sees a frame whose TX chain
@@ -20,16 +20,15 @@
 //!    pressure lost every frame); the guests called if they asked.
 
 use crate::config::{Config, RxSteer};
-use crate::datapath::burst::{self, Burst, ClassifyCtx, Frame, Route};
-use crate::datapath::dest::{next_run, pick_queues, Destination, GuestPort, SrcGrants};
+use crate::datapath::burst::{self, Burst, ClassifyCtx, Route};
+use crate::datapath::dest::{Destination, GuestPort};
 use crate::datapath::held::HeldBack;
 use crate::datapath::order::TxOrder;
 use crate::datapath::ring::{needs_call, Kicks, RingError, RingLayout, UsedShadow};
 use crate::datapath::rxq::{RxRing, Waker};
 use crate::datapath::soft::Soft;
-use crate::datapath::tapdest::TapDest;
-use crate::datapath::{Data, Fate, FrameSet, FrameSrc, LogLimit};
-use crate::net::{self, gso, Delivery, VirtioNetHdr};
+use crate::datapath::{Fate, LogLimit};
+use crate::net;
 use crate::stats::{DropReason, TxStats};
 use crate::switch::{Fabric, Grants, Locks, PortKind, Switch, Vring};
 use pvnet_grant::{GrantMemory, RegionHint};
@@ -40,6 +39,8 @@ use std::time::Instant;
 use vhost_user_backend::VringT;
 use virtio_bindings::virtio_config::VIRTIO_F_IN_ORDER;
 use virtio_queue::QueueT;
+
+mod deliver;
 
 /// What a queue pair needs to know about its port and the switch.
 pub struct PortCtx<'a, L: Locks> {
@@ -102,69 +103,6 @@ enum Outcome {
 enum FrameId {
     Burst(usize),
     Held(usize),
-}
-
-/// The frames of one run, as a [`FrameSet`].
-struct Run<'a> {
-    ids: &'a [FrameId],
-    burst: &'a Burst,
-    held: &'a HeldBack,
-}
-
-impl FrameSet for Run<'_> {
-    fn count(&self) -> usize {
-        self.ids.len()
-    }
-
-    fn get(&self, i: usize) -> FrameSrc<'_> {
-        match self.ids.get(i) {
-            Some(FrameId::Burst(k)) => self.burst.src(*k),
-            Some(FrameId::Held(k)) => match self.held.get(*k) {
-                Some(h) => h.src(),
-                None => empty(),
-            },
-            None => empty(),
-        }
-    }
-}
-
-/// What becomes of unicast frame `f` given the verdict of its destination, port `d`.
-fn unicast_outcome<L: Locks>(cx: &PortCtx<'_, L>, d: usize, f: &Frame, fate: Fate) -> Outcome {
-    match fate {
-        Fate::Delivered => Outcome::Done,
-        Fate::Full if cx.sw().queue_stalled(d, f.key) => {
-            // Its guest already let a sender wait a whole bound.
-            Outcome::Drop(DropReason::RxFullTimeout)
-        }
-        Fate::Full => Outcome::Hold(d),
-        Fate::NotReady | Fate::Pending => Outcome::Drop(DropReason::NoDest),
-        Fate::Dropped(r) => Outcome::Drop(r),
-    }
-}
-
-/// Every frame of a burst, in order, as a [`FrameSet`].
-struct WholeBurst<'a>(&'a Burst);
-
-impl FrameSet for WholeBurst<'_> {
-    fn count(&self) -> usize {
-        self.0.frames.len()
-    }
-
-    fn get(&self, i: usize) -> FrameSrc<'_> {
-        self.0.src(i)
-    }
-
-    fn frame_len(&self, i: usize) -> usize {
-        self.0.frames.get(i).map_or(0, |f| f.len as usize)
-    }
-}
-
-fn empty() -> FrameSrc<'static> {
-    FrameSrc {
-        hdr: VirtioNetHdr::plain(),
-        len: 0,
-        data: Data::Local(&[]),
-    }
 }
 
 /// One queue pair (see the module documentation).
@@ -477,254 +415,6 @@ impl QueuePair {
             }
         }
         m
-    }
-
-    /// Delivers to port `d` everything waiting for it: its held-back frames, then this
-    /// burst's unicast frames to it and flooded frames, queue by queue in order.
-    fn deliver_to<L: Locks>(&mut self, cx: &PortCtx<'_, L>, d: usize, stats: &TxStats) {
-        let Some(port) = cx.sw().ports.get(d) else {
-            return;
-        };
-        match &port.kind {
-            PortKind::Tap(t) => self.deliver_to_dest(cx, d, &TapDest::new(port, t), stats),
-            PortKind::Guest => {
-                if let Some(dest) = GuestPort::deferred(cx.fabric, d) {
-                    self.deliver_to_dest(cx, d, &dest, stats);
-                }
-            }
-        }
-    }
-
-    /// [`QueuePair::deliver_to`] for destination `dest` (port `d`).
-    fn deliver_to_dest<L: Locks, D: Destination<L>>(
-        &mut self,
-        cx: &PortCtx<'_, L>,
-        d: usize,
-        dest: &D,
-        stats: &TxStats,
-    ) {
-        if self.deliver_whole_burst(cx, d, dest) {
-            return;
-        }
-        self.ids.clear();
-        self.ids.extend(self.held.for_dest(d).map(FrameId::Held));
-        for (i, f) in self.burst.frames.iter().enumerate() {
-            match f.route {
-                Route::Port(p) if p == d => self.ids.push(FrameId::Burst(i)),
-                Route::Flood if d != cx.port => self.ids.push(FrameId::Burst(i)),
-                _ => {}
-            }
-        }
-        if self.ids.is_empty() {
-            return;
-        }
-        let mut queues = std::mem::take(&mut self.queues);
-        pick_queues(
-            dest,
-            self.ids.iter().map(|&id| self.key_of(id)),
-            &mut queues,
-        );
-        self.queues = queues;
-        // Queue by queue, in order of first appearance; each queue's frames in order.
-        let ids = std::mem::take(&mut self.ids);
-        let mut run = std::mem::take(&mut self.run);
-        while let Some(q) = next_run(&ids, &mut self.queues, &mut run) {
-            self.fates.clear();
-            self.fates.resize(run.len(), Fate::NotReady);
-            if let Some(q) = q {
-                self.deliver_queue(cx, dest, q, &run);
-                if !self.staged.contains(&(d, q)) {
-                    self.staged.push((d, q));
-                }
-            }
-            self.apply(cx, d, &run, stats);
-        }
-        self.ids = ids;
-        self.run = run;
-    }
-
-    /// The common case at full load: every frame of the burst is for port `d`, unicast, as
-    /// it is, and for one of its queues, and no frame waits for `d`. Delivered straight from
-    /// the burst's records (no frame ids, no runs: 64 B / 1 pair 69-70 -> 62-64 ns per frame,
-    /// 1500 B 96-98 -> 90-91, alternating runs, docs/benchmarks.md eighth round);
-    /// returns false when the case does not apply.
-    fn deliver_whole_burst<L: Locks, D: Destination<L>>(
-        &mut self,
-        cx: &PortCtx<'_, L>,
-        d: usize,
-        dest: &D,
-    ) -> bool {
-        let frames = &self.burst.frames;
-        let Some(first) = frames.first() else {
-            return false;
-        };
-        if self.held.waiting_for(d) || !dest.port().connected.load(Ordering::Acquire) {
-            return false;
-        }
-        let Some(q) = dest.pick_queue(first.key) else {
-            return false;
-        };
-        let dfeat = dest.features();
-        let one_queue = dest.port().enabled_pairs() == 1;
-        let whole = frames.iter().all(|f| {
-            f.route == Route::Port(d)
-                && (one_queue || dest.pick_queue(f.key) == Some(q))
-                && gso::plan(&f.hdr, dfeat) == Delivery::PassThrough
-        });
-        if !whole {
-            return false;
-        }
-        self.fates.clear();
-        self.fates.resize(frames.len(), Fate::NotReady);
-        let set = WholeBurst(&self.burst);
-        let mut src = SrcGrants {
-            table: cx.grants(),
-            hint: &mut self.hint,
-        };
-        dest.deliver(q, &mut src, &set, &mut self.fates, &self.waker);
-        if !self.staged.contains(&(d, q)) {
-            self.staged.push((d, q));
-        }
-        for i in 0..self.fates.len() {
-            self.settle_unicast(cx, d, i, self.fates[i]);
-        }
-        true
-    }
-
-    fn key_of(&self, id: FrameId) -> u32 {
-        match id {
-            FrameId::Burst(k) => self.burst.frames.get(k).map_or(0, |f| f.key),
-            FrameId::Held(k) => self.held.get(k).map_or(0, |h| h.frame.key),
-        }
-    }
-
-    fn frame_of(&self, id: FrameId) -> Option<&Frame> {
-        match id {
-            FrameId::Burst(k) => self.burst.frames.get(k),
-            FrameId::Held(k) => self.held.get(k).map(|h| &h.frame),
-        }
-    }
-
-    /// Offers `run` to queue `q` of `dest`, in order: runs of frames the receiver takes as
-    /// they are in one delivery, frames needing a software offload one by one.
-    fn deliver_queue<L: Locks, D: Destination<L>>(
-        &mut self,
-        cx: &PortCtx<'_, L>,
-        dest: &D,
-        q: usize,
-        run: &[FrameId],
-    ) {
-        let dfeat = dest.features();
-        let mut k = 0;
-        while k < run.len() {
-            let start = k;
-            while k < run.len()
-                && self
-                    .frame_of(run[k])
-                    .is_some_and(|f| gso::plan(&f.hdr, dfeat) == Delivery::PassThrough)
-            {
-                k += 1;
-            }
-            if k > start {
-                let set = Run {
-                    ids: &run[start..k],
-                    burst: &self.burst,
-                    held: &self.held,
-                };
-                let mut src = SrcGrants {
-                    table: cx.grants(),
-                    hint: &mut self.hint,
-                };
-                dest.deliver(q, &mut src, &set, &mut self.fates[start..k], &self.waker);
-                if self.fates[k - 1] == Fate::Full {
-                    self.fates[k..].fill(Fate::Full);
-                    return;
-                }
-            }
-            if k < run.len() {
-                let fate = self.deliver_soft(cx, dest, q, run[k], dfeat);
-                self.fates[k] = fate;
-                if fate == Fate::Full {
-                    self.fates[k..].fill(Fate::Full);
-                    return;
-                }
-                k += 1;
-            }
-        }
-    }
-
-    /// A frame the receiver cannot take as it is ([`soft`](crate::datapath::soft)):
-    /// prepared under the source guard, then delivered as complete frames.
-    fn deliver_soft<L: Locks, D: Destination<L>>(
-        &mut self,
-        cx: &PortCtx<'_, L>,
-        dest: &D,
-        q: usize,
-        id: FrameId,
-        dfeat: u64,
-    ) -> Fate {
-        let Some(f) = self.frame_of(id).copied() else {
-            return Fate::Dropped(DropReason::BadChain);
-        };
-        let segs = match id {
-            FrameId::Burst(k) => self.burst.segs_of(k),
-            FrameId::Held(k) => match self.held.get(k).map(|h| h.src().data) {
-                Some(Data::Guest { segs, .. }) => segs,
-                _ => &[],
-            },
-        };
-        let prepared = {
-            let g = cx.grants().read();
-            self.soft.prepare(&g, &mut self.hint, segs, &f, dfeat)
-        };
-        if let Err(r) = prepared {
-            return Fate::Dropped(r);
-        }
-        let (set, fates) = self.soft.output();
-        let mut src = SrcGrants {
-            table: cx.grants(),
-            hint: &mut self.hint,
-        };
-        dest.deliver(q, &mut src, &set, fates, &self.waker);
-        Soft::fold(fates)
-    }
-
-    /// Applies the destination's verdicts on `run` (frames for port `d`).
-    fn apply<L: Locks>(&mut self, cx: &PortCtx<'_, L>, d: usize, run: &[FrameId], stats: &TxStats) {
-        for (&id, &fate) in run.iter().zip(&self.fates) {
-            match id {
-                FrameId::Held(k) => match fate {
-                    Fate::Delivered => self.held.finish(k, None, stats),
-                    // Its queue went away while it waited for room there.
-                    Fate::NotReady => self.held.finish(k, Some(DropReason::RxFullTimeout), stats),
-                    Fate::Dropped(r) => self.held.finish(k, Some(r), stats),
-                    Fate::Full | Fate::Pending => {}
-                },
-                FrameId::Burst(i) => {
-                    let (Some(f), Some(o)) = (self.burst.frames.get(i), self.outcome.get_mut(i))
-                    else {
-                        continue;
-                    };
-                    if f.route == Route::Flood {
-                        // One copy of a flooded frame: a full or broken port loses its copy.
-                        match fate {
-                            Fate::Full => stats.count_drop(DropReason::FloodFull),
-                            Fate::Dropped(r) => stats.count_drop(r),
-                            _ => {}
-                        }
-                        continue;
-                    }
-                    *o = unicast_outcome(cx, d, f, fate);
-                }
-            }
-        }
-    }
-
-    /// Applies the verdict of port `d` on burst frame `i`, a unicast frame.
-    fn settle_unicast<L: Locks>(&mut self, cx: &PortCtx<'_, L>, d: usize, i: usize, fate: Fate) {
-        if let (Some(f), Some(o)) = (self.burst.frames.get(i), self.outcome.get_mut(i)) {
-            *o = unicast_outcome(cx, d, f, fate);
-        }
     }
 
     /// Decides the end of every burst frame: chains of delivered and dropped frames are
