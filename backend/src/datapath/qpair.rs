@@ -17,7 +17,10 @@
 //!    staged in B ([`RxRing::publish`]), so that a receiver never sees a frame whose TX chain
 //!    its sender still has (a frontend forwarding what it receives, like DPDK testpmd, then
 //!    always finds its TX slot; before, one direction of such closed loops under back
-//!    pressure lost every frame); the guests called if they asked.
+//!    pressure lost every frame); the guests called if they asked. One exception: under
+//!    IN_ORDER a delivered frame's chain waits behind an earlier chain held back for another,
+//!    full, port, and its frame is published all the same (a full guest must not delay the
+//!    frames of others).
 
 use crate::config::{Config, RxSteer};
 use crate::datapath::burst::{self, Burst, ClassifyCtx, Route};

@@ -22,8 +22,9 @@
 //!    call decision ([`needs_call`]); the caller signals after unlocking. A guest sender
 //!    publishes after its hold, once it has returned its own TX chains (see
 //!    [`qpair`](crate::datapath::qpair)): a receiver never sees a frame whose sender's chain
-//!    is still taken, so a frontend that forwards what it receives back out (DPDK testpmd)
-//!    finds its TX slot free. Entries staged by one sender are also published by the next
+//!    is still taken (but for IN_ORDER chains queued behind one held back for another port),
+//!    so a frontend that forwards what it receives back out (DPDK testpmd) finds its TX slot
+//!    free. Entries staged by one sender are also published by the next
 //!    sender's publication, and by [`Fabric::detach_rx`](crate::switch::Fabric::detach_rx).
 //!
 //! Kicks on RX rings: pvnet asks for them only while a sender is held back on the ring (the
