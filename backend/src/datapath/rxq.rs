@@ -744,8 +744,22 @@ mod tests {
         let waker = Arc::new(Waker::new().expect("waker"));
         let mut fates = vec![Fate::Pending; n];
         let frames = Frames(vec![0xab; len], n);
+        // The guest sees nothing of a hold until it is published, then all of it. (The mock
+        // queue's used index shares its address with an avail entry of this 128-entry ring:
+        // compare with its value before the hold, not with 0.)
+        let used_idx = || -> u16 {
+            mem.read_obj(GuestAddress(vq.used_addr().0 + 2))
+                .expect("used idx")
+        };
+        let before = used_idx();
         ring.deliver_with(&posting, bufs, &frames, &mut fates, &slot, &waker);
+        assert_eq!(
+            used_idx(),
+            before,
+            "frames visible before their publication"
+        );
         ring.publish_with(&posting, &slot);
+        assert_eq!(used_idx(), ring.queue.next_used());
         let avail_event: u16 = mem
             .read_obj(GuestAddress(vq.used_addr().0 + 4 + 8 * u64::from(SIZE)))
             .expect("avail_event");
