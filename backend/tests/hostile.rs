@@ -541,7 +541,13 @@ fn a_frame_is_visible_only_after_its_tx_chain_is_back() {
     let mut a = connect(&s, 0, |o| o.tx_limit = None);
     let mut b = connect(&s, 1, |o| o.queue_size = 64);
     learn(&mut [&mut a, &mut b]);
-    // Quiet: the last hellos are through before the counts start.
+    // Quiet: the last hellos are through before the counts start (a hello of A's half
+    // published when the watcher takes its base counts would look early).
+    let t0 = Instant::now();
+    while a.tx_in_flight(0) > 0 {
+        assert!(t0.elapsed() < Duration::from_secs(10), "A's hellos stuck");
+        std::thread::sleep(Duration::from_millis(1));
+    }
     std::thread::sleep(Duration::from_millis(100));
     let _ = (a.poll_rx().expect("receive"), b.poll_rx().expect("receive"));
     let (rx_b, _) = b.used_idx_addrs(0).expect("pair");
