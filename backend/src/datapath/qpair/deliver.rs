@@ -134,9 +134,7 @@ impl QueuePair {
             self.fates.resize(run.len(), Fate::NotReady);
             if let Some(q) = q {
                 self.deliver_queue(cx, dest, q, &run);
-                if !self.staged.contains(&(d, q)) {
-                    self.staged.push((d, q));
-                }
+                self.mark_staged(d, q);
             }
             self.apply(cx, d, &run, stats);
         }
@@ -183,13 +181,18 @@ impl QueuePair {
             hint: &mut self.hint,
         };
         dest.deliver(q, &mut src, &set, &mut self.fates, &self.waker);
-        if !self.staged.contains(&(d, q)) {
-            self.staged.push((d, q));
-        }
+        self.mark_staged(d, q);
         for i in 0..self.fates.len() {
             self.settle_unicast(cx, d, i, self.fates[i]);
         }
         true
+    }
+
+    /// Queue `q` of port `d` has frames of this burst to publish in step C.
+    fn mark_staged(&mut self, d: usize, q: usize) {
+        if !self.staged.contains(&(d, q)) {
+            self.staged.push((d, q));
+        }
     }
 
     fn key_of(&self, id: FrameId) -> u32 {
