@@ -55,7 +55,10 @@
 #                            between the switch's and the client's CPU, measured before and
 #                            after every run (pvnet-bench xcpu; runs.csv columns xcpu_before_ns,
 #                            xcpu_after_ns), exceeded NS: on a VM the host may place the two
-#                            CPUs far apart for minutes (default 0: never repeat)
+#                            CPUs far apart for minutes (default 0: never repeat). Whatever
+#                            this flag, when the runs show both states (a round trip below and
+#                            above 300 ns) the report adds a table of medians and ratios over
+#                            each state's runs alone
 #   --switch-cpu N           CPU of the switch, all its threads (default: first allowed CPU)
 #   --client-cpu N           CPU of the client's main and forwarding lcore (default: second)
 # Output:

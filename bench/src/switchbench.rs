@@ -709,7 +709,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     };
     let sums = summarize(&runs);
     let text = match args.format {
-        Format::Text => render_text(&sums, &idle),
+        Format::Text => {
+            let mut t = render_text(&sums, &idle);
+            t.extend(state::render(&runs, state::NEAR_XCPU_NS));
+            t
+        }
         Format::Csv => render_csv(&sums, &idle),
         Format::Json => render_json(&sums, &idle),
     };
@@ -720,5 +724,6 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
+mod state;
 #[cfg(test)]
 mod tests;

@@ -120,3 +120,41 @@ round,size,pairs,loop,dest,flows,config,switch,status,mpps,gbps,reports,window_s
     assert!(sums[0].xcpu_rounds.iter().all(Option::is_none));
     assert_eq!(xcpu_median(&sums[0]), None);
 }
+
+#[test]
+fn runs_are_compared_again_within_each_machine_state() {
+    // Near (both round trips < 300 ns): pvnet 10 and 12 vs testpmd 20 -> 0.55x; far: pvnet 9
+    // vs testpmd 20 and 10 (a run whose state changed counts as far) -> 0.60x. The all-runs
+    // medians mix them: pvnet 10, testpmd 20 -> 0.50x, a ratio no state showed.
+    let runs = "\
+round,size,pairs,loop,dest,flows,config,switch,status,mpps,gbps,reports,window_s,frames,cpu_s,ctxsw,tx_kicks,rx_kicks,full_ring_drops,other_drops,drops,switch_cpu_other_pct,client_cpu_other_pct,xcpu_before_ns,xcpu_after_ns
+1,64,1,closed,learned,many,pvnet,pvnet,ok,10.0,5,5,5.0,50000000,5.0,10,0,0,0,0,,0,0,100,110
+1,64,1,closed,learned,many,testpmd,testpmd,ok,20.0,10,5,5.0,100000000,5.0,10,,,0,0,,0,0,100,500
+2,64,1,closed,learned,many,pvnet,pvnet,ok,9.0,4,5,5.0,45000000,5.0,10,0,0,0,0,,0,0,510,520
+2,64,1,closed,learned,many,testpmd,testpmd,ok,10.0,5,5,5.0,50000000,5.0,10,,,0,0,,0,0,500,490
+3,64,1,closed,learned,many,pvnet,pvnet,ok,12.0,6,5,5.0,60000000,5.0,10,0,0,0,0,,0,0,90,95
+3,64,1,closed,learned,many,testpmd,testpmd,ok,20.0,10,5,5.0,100000000,5.0,10,,,0,0,,0,0,100,100
+";
+    let runs = parse_runs(runs).unwrap();
+    let all = summarize(&runs);
+    assert!((all[0].ratio.unwrap() - 0.5).abs() < 1e-9);
+    let text = state::render(&runs, state::NEAR_XCPU_NS).expect("both states");
+    let pvnet = text
+        .lines()
+        .find(|l| l.contains("| pvnet"))
+        .expect("pvnet row");
+    let cells: Vec<&str> = pvnet.split('|').map(str::trim).collect();
+    // | frames | pairs | loop | dest | flows | switch | near runs, Mpps, ns, ratio | far ...
+    assert_eq!(
+        &cells[7..15],
+        ["2", "11.000", "92", "0.55x", "1", "9.000", "111", "0.60x"]
+    );
+    // One state only (or no round trips): nothing to add.
+    let near_only: Vec<Run> = runs
+        .iter()
+        .filter(|r| r.xcpu_ns.is_some_and(|x| x < 300.0))
+        .cloned()
+        .collect();
+    assert!(state::render(&near_only, state::NEAR_XCPU_NS).is_none());
+    assert!(state::render(&parse_runs(RUNS).unwrap(), state::NEAR_XCPU_NS).is_none());
+}
