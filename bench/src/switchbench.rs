@@ -422,14 +422,23 @@ fn markdown(head: &[&str], rows: &[Vec<String>], right: &[bool]) -> String {
     o
 }
 
+/// The columns that name a case and its switch, first in every table.
+const CASE_HEAD: [&str; 6] = ["frames", "pairs", "loop", "dest", "flows", "switch"];
+
+/// The cells of [`CASE_HEAD`] for summary `s`.
+fn case_cells(s: &Summary) -> Vec<String> {
+    vec![
+        s.case.size.clone(),
+        s.case.pairs.to_string(),
+        s.case.looping.clone(),
+        s.case.dest.clone(),
+        s.case.flows.clone(),
+        s.config.clone(),
+    ]
+}
+
 fn render_text(sums: &[Summary], idle: &[Idle]) -> String {
     let head = [
-        "frames",
-        "pairs",
-        "loop",
-        "dest",
-        "flows",
-        "switch",
         "Mpps",
         "Gbit/s",
         "ratio",
@@ -443,16 +452,12 @@ fn render_text(sums: &[Summary], idle: &[Idle]) -> String {
         "Mpps per round",
         "xCPU ns per round",
     ];
+    let head: Vec<&str> = CASE_HEAD.iter().chain(&head).copied().collect();
     let rows: Vec<Vec<String>> = sums
         .iter()
         .map(|s| {
-            vec![
-                s.case.size.clone(),
-                s.case.pairs.to_string(),
-                s.case.looping.clone(),
-                s.case.dest.clone(),
-                s.case.flows.clone(),
-                s.config.clone(),
+            let mut row = case_cells(s);
+            row.extend([
                 num(s.mpps, 3),
                 num(s.gbps, 2),
                 s.ratio.map_or("-".into(), |r| format!("{r:.2}x")),
@@ -475,7 +480,8 @@ fn render_text(sums: &[Summary], idle: &[Idle]) -> String {
                     .map(|x| x.map_or("-".into(), |v| num(v, 0)))
                     .collect::<Vec<_>>()
                     .join(" "),
-            ]
+            ]);
+            row
         })
         .collect();
     let right = [

@@ -4,7 +4,7 @@
 //! slow down, by different amounts, so a median over runs of both states compares neither.
 //! This table takes the medians and ratios again over the runs of each state alone.
 
-use super::{markdown, num, summarize, Run, Summary};
+use super::{case_cells, markdown, num, summarize, Run, Summary, CASE_HEAD};
 
 /// A run whose round trip (the larger of before and after) stayed below this many ns ran
 /// in the near state; any other measured run in the far state (or while the state changed).
@@ -22,33 +22,24 @@ pub(super) fn render(runs: &[Run], near_ns: f64) -> Option<String> {
         return None;
     }
     let (near, far) = (summarize(&near), summarize(&far));
-    let head = [
-        "frames",
-        "pairs",
-        "loop",
-        "dest",
-        "flows",
-        "switch",
-        "near runs",
-        "Mpps",
-        "ns/frame",
-        "ratio",
-        "far runs",
-        "Mpps",
-        "ns/frame",
-        "ratio",
-    ];
+    let head: Vec<&str> = CASE_HEAD
+        .iter()
+        .chain(&[
+            "near runs",
+            "Mpps",
+            "ns/frame",
+            "ratio",
+            "far runs",
+            "Mpps",
+            "ns/frame",
+            "ratio",
+        ])
+        .copied()
+        .collect();
     let rows: Vec<Vec<String>> = summarize(runs)
         .iter()
         .map(|s| {
-            let mut row = vec![
-                s.case.size.clone(),
-                s.case.pairs.to_string(),
-                s.case.looping.clone(),
-                s.case.dest.clone(),
-                s.case.flows.clone(),
-                s.config.clone(),
-            ];
+            let mut row = case_cells(s);
             for part in [&near, &far] {
                 row.extend(cells(
                     part.iter()
