@@ -61,6 +61,11 @@
 #                            each state's runs alone
 #   --switch-cpu N           CPU of the switch, all its threads (default: first allowed CPU)
 #   --client-cpu N           CPU of the client's main and forwarding lcore (default: second)
+#   --pvnet-cpus LIST        CPUs of pvnet's threads (taskset list, default: --switch-cpu), e.g.
+#                            0,1: pvnet's workers run in parallel and share a CPU with the
+#                            client, the contended, over-committed case the lock kinds are for
+#                            (testpmd as the switch keeps its one core: compare pvnet
+#                            configurations with each other there, e.g. with --no-testpmd)
 # Output:
 #   --format text|csv|json   (default text)   --plot FILE   SVG bar chart of the medians
 #   --out DIR                runs.csv, idle.csv, table.txt and per-run logs
@@ -82,7 +87,7 @@ set -uo pipefail
 ALL_SIZES=64,1500,imix ALL_PAIRS=1,2,8 ALL_LOOPS=closed,open ALL_DESTS=learned,flooded
 sizes="" pairs_list="" loops="" dests="" flows=many full=0
 glocks="" qlocks="" client_vdev="" testpmd=1 pvnet_args=() pvnet_bin="" build=1 huge=0 client_retry=0
-rounds=3 warmup=2 secs=5 idle=10 switch_cpu="" client_cpu="" max_load=0 retries=2
+rounds=3 warmup=2 secs=5 idle=10 switch_cpu="" client_cpu="" pvnet_cpus="" max_load=0 retries=2
 max_xcpu=0
 format=text plot="" out=""
 need() { [ $# -ge 2 ] || die "$1 needs a value"; }
@@ -112,6 +117,7 @@ while [ $# -gt 0 ]; do
     --max-xcpu-ns) need "$@"; max_xcpu=$2; shift ;;
     --switch-cpu) need "$@"; switch_cpu=$2; shift ;;
     --client-cpu) need "$@"; client_cpu=$2; shift ;;
+    --pvnet-cpus) need "$@"; pvnet_cpus=$2; shift ;;
     --format) need "$@"; format=$2; shift ;;
     --plot) need "$@"; plot=$2; shift ;;
     --out) need "$@"; out=$2; shift ;;
@@ -189,6 +195,8 @@ mapfile -t allowed < <(taskset -pc $$ 2>/dev/null | awk -F': ' '{print $2}' | tr
 switch_cpu=${switch_cpu:-${allowed[0]}}
 client_cpu=${client_cpu:-${allowed[1]}}
 [ "$switch_cpu" != "$client_cpu" ] || die "--switch-cpu and --client-cpu must differ"
+pvnet_cpus=${pvnet_cpus:-$switch_cpu}
+[[ $pvnet_cpus =~ ^[0-9]+([-,][0-9]+)*$ ]] || die "--pvnet-cpus takes a CPU list such as 0,1 or 0-3"
 
 # ---------------------------------------------------------------- prerequisites
 ensure_dpdk || die "cannot install DPDK (Debian packages ${DPDK_PKGS[*]})"
@@ -278,8 +286,8 @@ start_switch() {
   [ "$g" = - ] || cmd+=(--grant-lock "$g")
   [ "$q" = - ] || cmd+=(--queue-lock "$q")
   cmd+=("${pvnet_args[@]}")
-  echo "# taskset -c $switch_cpu ${cmd[*]}" >"$log"
-  taskset -c "$switch_cpu" "${cmd[@]}" </dev/null >>"$log" 2>&1 &
+  echo "# taskset -c $pvnet_cpus ${cmd[*]}" >"$log"
+  taskset -c "$pvnet_cpus" "${cmd[@]}" </dev/null >>"$log" 2>&1 &
   pvnet_pid=$!
   sw_pid=$pvnet_pid
   for _ in $(seq 100); do
@@ -530,7 +538,9 @@ ncfg=${#configs[@]}
 total_runs=$((rounds * ${#cases[@]} * ncfg))
 per_run=$((warmup + secs + 5))
 log "switchbench: ${#cases[@]} cases x $ncfg switches x $rounds rounds = $total_runs runs (~$((total_runs * per_run / 60 + 1)) min)"
-log "pinning: switch on CPU $switch_cpu (all threads), client testpmd on CPU $client_cpu (main and forwarding lcore); DPDK $(dpdk_version); $memory_note"
+pvnet_note=""
+[ "$pvnet_cpus" = "$switch_cpu" ] || pvnet_note=" (pvnet: CPUs $pvnet_cpus)"
+log "pinning: switch on CPU $switch_cpu (all threads)$pvnet_note, client testpmd on CPU $client_cpu (main and forwarding lcore); DPDK $(dpdk_version); $memory_note"
 t_start=$SECONDS
 for r in $(seq 1 "$rounds"); do
   for c in "${cases[@]}"; do
@@ -571,7 +581,7 @@ report=("$report_bin" switchbench-report --runs "$runs_csv" --idle "$idle_csv")
 [ -n "$plot" ] && report+=(--plot "$plot")
 {
   echo "# scripts/switchbench.sh: $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) CPUs ($(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)), DPDK $(dpdk_version), pvnet $(git -C "$PVNET_ROOT" rev-parse --short HEAD 2>/dev/null || echo ?)$(git -C "$PVNET_ROOT" diff --quiet HEAD 2>/dev/null || echo +changes)"
-  echo "# pinning: switch on CPU $switch_cpu (all threads), client on CPU $client_cpu; $rounds rounds, per run $warmup s warm-up then $secs s averaged; flows: $flows; $memory_note$([ "$client_retry" = 1 ] && echo "; client retries full TX rings"); wall time $((elapsed / 60)) min $((elapsed % 60)) s"
+  echo "# pinning: switch on CPU $switch_cpu (all threads)$pvnet_note, client on CPU $client_cpu; $rounds rounds, per run $warmup s warm-up then $secs s averaged; flows: $flows; $memory_note$([ "$client_retry" = 1 ] && echo "; client retries full TX rings"); wall time $((elapsed / 60)) min $((elapsed % 60)) s"
   "${report[@]}" --format text
 } >"$out/table.txt" || die "switchbench-report failed on $runs_csv"
 case $format in
