@@ -120,6 +120,7 @@ fn metrics_match_ctl_stats() {
             for k in [
                 "tx_frames",
                 "tx_bytes",
+                "tx_bursts",
                 "rx_frames",
                 "rx_bytes",
                 "backpressure",
@@ -138,7 +139,7 @@ fn metrics_match_ctl_stats() {
             }
         }
     }
-    assert_eq!(compared, 2 * 2 * 6);
+    assert_eq!(compared, 2 * 2 * 7);
     let tx: f64 = m
         .iter()
         .filter(|(k, _)| k.starts_with("pvnet_tx_frames_total"))

@@ -3,7 +3,7 @@
 //! served over HTTP by `tiny_http` at `/metrics`.
 //!
 //! Families (all with prefix `pvnet_`): per port and queue pair (`port`, `queue` labels)
-//! `tx_frames`, `tx_bytes`, `rx_frames`, `rx_bytes`, `backpressure`, `tx_notifications`,
+//! `tx_frames`, `tx_bytes`, `tx_bursts`, `rx_frames`, `rx_bytes`, `backpressure`, `tx_notifications`,
 //! `rx_notifications`, `tx_kicks`, `rx_kicks` (counters, `_total`), `drops` (counter, extra
 //! label `reason`); per port `port_connected`, `port_enabled_pairs` (gauges),
 //! `port_connections`, `port_memory_faults` (counters); lock events of the grant and queue
@@ -39,7 +39,7 @@ type Labels = Vec<(&'static str, String)>;
 type QueueCounter = (&'static str, &'static str, fn(&QueueSnapshot) -> u64);
 
 /// The per-queue counters.
-const QUEUE_COUNTERS: [QueueCounter; 9] = [
+const QUEUE_COUNTERS: [QueueCounter; 10] = [
     ("tx_frames", "Frames taken from the guest's TX ring.", |s| {
         s.tx_frames
     }),
@@ -47,6 +47,11 @@ const QUEUE_COUNTERS: [QueueCounter; 9] = [
         "tx_bytes",
         "Bytes (without virtio header) taken from the guest's TX ring.",
         |s| s.tx_bytes,
+    ),
+    (
+        "tx_bursts",
+        "Non-empty bursts taken from the guest's TX ring (tx_frames / tx_bursts: the mean burst).",
+        |s| s.tx_bursts,
     ),
     (
         "rx_frames",

@@ -2,7 +2,7 @@
 //! pair, with the lock counters of the grant-lock and queue-lock kinds.
 //!
 //! Per queue pair (and per port in `total`): `tx_frames`/`tx_bytes` taken from the guest's TX
-//! ring, `rx_frames`/`rx_bytes` delivered into its RX ring, `backpressure` (sender held back
+//! ring in `tx_bursts` non-empty bursts, `rx_frames`/`rx_bytes` delivered into its RX ring, `backpressure` (sender held back
 //! by a full RX ring), `tx_notifications`/`rx_notifications` (calls to the guest),
 //! `tx_kicks`/`rx_kicks` (kicks from the guest handled on the TX / RX queue) and `drops` by
 //! reason. `scripts/switchbench.sh` reads these JSON keys.
@@ -57,11 +57,12 @@ fn render_text(sw: &Switch) -> String {
     let mut o = String::new();
     let _ = writeln!(
         o,
-        "{:<6} {:<5} {:>12} {:>14} {:>12} {:>14} {:>8} {:>10} {:>10} {:>10} {:>10}  drops",
+        "{:<6} {:<5} {:>12} {:>14} {:>11} {:>12} {:>14} {:>8} {:>10} {:>10} {:>10} {:>10}  drops",
         "port",
         "queue",
         "tx_frames",
         "tx_bytes",
+        "tx_bursts",
         "rx_frames",
         "rx_bytes",
         "bp",
@@ -82,11 +83,12 @@ fn render_text(sw: &Switch) -> String {
         for (q, s) in rows {
             let _ = writeln!(
                 o,
-                "{:<6} {:<5} {:>12} {:>14} {:>12} {:>14} {:>8} {:>10} {:>10} {:>10} {:>10} {}",
+                "{:<6} {:<5} {:>12} {:>14} {:>11} {:>12} {:>14} {:>8} {:>10} {:>10} {:>10} {:>10} {}",
                 p,
                 q,
                 s.tx_frames,
                 s.tx_bytes,
+                s.tx_bursts,
                 s.rx_frames,
                 s.rx_bytes,
                 s.backpressure,

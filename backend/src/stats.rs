@@ -100,6 +100,8 @@ impl DropReason {
 #[derive(Default)]
 struct TxInner {
     frames: AtomicU64,
+    /// Non-empty bursts taken from the TX ring.
+    bursts: AtomicU64,
     bytes: AtomicU64,
     backpressure: AtomicU64,
     notifications: AtomicU64,
@@ -122,6 +124,12 @@ impl TxStats {
     pub fn frame(&self, bytes: usize) {
         bump(&self.0.frames, 1);
         bump(&self.0.bytes, bytes as u64);
+    }
+    /// A burst of at least one chain was taken from the guest's TX ring (`tx_frames /
+    /// tx_bursts` is the mean burst: near [`BURST`](crate::datapath::burst::BURST) when
+    /// the pair's worker cannot keep up, small when it waits for the guest).
+    pub fn burst(&self) {
+        bump(&self.0.bursts, 1);
     }
     /// A sender was held back by a full destination ring.
     pub fn backpressure(&self) {
@@ -156,6 +164,7 @@ impl TxStats {
         let mut s = QueueSnapshot {
             tx_frames: self.0.frames.load(Relaxed),
             tx_bytes: self.0.bytes.load(Relaxed),
+            tx_bursts: self.0.bursts.load(Relaxed),
             backpressure: self.0.backpressure.load(Relaxed),
             tx_notifications: self.0.notifications.load(Relaxed),
             rx_kicks: self.0.kicks[0].load(Relaxed),
@@ -211,6 +220,8 @@ impl RxStats {
 pub struct QueueSnapshot {
     pub tx_frames: u64,
     pub tx_bytes: u64,
+    /// Non-empty bursts taken from the TX ring.
+    pub tx_bursts: u64,
     pub rx_frames: u64,
     pub rx_bytes: u64,
     pub backpressure: u64,
@@ -228,6 +239,7 @@ impl QueueSnapshot {
     pub fn add(&mut self, o: &QueueSnapshot) {
         self.tx_frames += o.tx_frames;
         self.tx_bytes += o.tx_bytes;
+        self.tx_bursts += o.tx_bursts;
         self.rx_frames += o.rx_frames;
         self.rx_bytes += o.rx_bytes;
         self.backpressure += o.backpressure;
@@ -258,6 +270,7 @@ impl QueueSnapshot {
             .collect();
         serde_json::json!({
             "tx_frames": self.tx_frames, "tx_bytes": self.tx_bytes,
+            "tx_bursts": self.tx_bursts,
             "rx_frames": self.rx_frames, "rx_bytes": self.rx_bytes,
             "backpressure": self.backpressure,
             "tx_notifications": self.tx_notifications,
@@ -278,6 +291,7 @@ mod tests {
         let r = RxStats::default();
         t.frame(100);
         t.frame(50);
+        t.burst();
         t.count_drop(DropReason::TooShort);
         r.frame(60);
         r.count_drop(DropReason::FloodFull);
@@ -294,6 +308,8 @@ mod tests {
         assert_eq!(s.total_drops(), 2);
         assert_eq!(s.drops_for(DropReason::TooShort), 1);
         assert_eq!((s.tx_kicks, s.rx_kicks), (2, 1));
+        assert_eq!(s.tx_bursts, 1);
+        assert_eq!(s.to_json()["tx_bursts"], 1);
         assert_eq!(s.to_json()["drops"]["flood_full"], 1);
         assert_eq!(s.to_json()["tx_kicks"], 2);
         assert_eq!(s.to_json()["rx_kicks"], 1);

@@ -64,6 +64,25 @@ fn event_idx_on_notifies_less_than_once_per_frame() {
 }
 
 #[test]
+fn tx_bursts_are_counted() {
+    let s = server("bursts", 2, 1, RwLockKind::Percpu, SpinLockKind::Pvqspin);
+    let seen = run(&s, &Run::new(2, 1, 1000));
+    assert!(seen.iter().all(|g| g.received == 1000));
+    let burst = pvnet_backend::datapath::burst::BURST as u64;
+    for p in 0..2 {
+        let snap = s.switch().ports[p].queue_snapshot(0);
+        // Every frame came in some non-empty burst, at most BURST of them in each.
+        assert!(
+            snap.tx_bursts > 0
+                && snap.tx_bursts <= snap.tx_frames
+                && snap.tx_frames <= burst * snap.tx_bursts,
+            "port {p}: {snap:?}"
+        );
+    }
+    s.shutdown();
+}
+
+#[test]
 fn big_buffers_without_mergeable_and_legacy_header() {
     let s = server("nomrg", 2, 2, RwLockKind::Percpu, SpinLockKind::Pvqspin);
     let mut r = Run::new(2, 2, 400);

@@ -238,7 +238,7 @@ pvnet_snapshot() {
 }
 
 # pvnet_totals: reads JSON port lines (stdin) and prints "KEY VALUE" lines summed over the
-# ports' "total" objects: tx_frames, rx_frames, tx_bytes, rx_bytes, tx_kicks, rx_kicks,
+# ports' "total" objects: tx_frames, tx_bursts, rx_frames, tx_bytes, rx_bytes, tx_kicks, rx_kicks,
 # backpressure, tx_notifications, rx_notifications and drop_<reason> for every drop reason.
 pvnet_totals() {
   awk '

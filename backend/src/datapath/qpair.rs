@@ -215,7 +215,12 @@ impl QueuePair {
                 _ => Err(RingError::Unmapped),
             };
             match fetched {
-                Ok(n) => out.taken = n,
+                Ok(n) => {
+                    out.taken = n;
+                    if n > 0 {
+                        stats.burst();
+                    }
+                }
                 Err(e) => {
                     if self.log.allow() {
                         log::warn!("port {} queue {}: TX ring: {e}", cx.port, self.q);
