@@ -74,8 +74,9 @@
 # Per case: Mpps and Gbit/s that the client received (both directions summed in the closed
 # loop), averaged over the steady-state reports; the switch's CPU time per frame
 # (/proc/PID/stat), pvnet's kicks handled per 1,000 frames (its tx_kicks + rx_kicks
-# counters), the switch's context switches per 1,000 frames (/proc/PID/task/*/status) and
-# pvnet's drops by reason. A pvnet run that drops frames for a reason other than a full
+# counters), pvnet's frames per TX burst (tx_frames / tx_bursts: 64, the limit, when pvnet is
+# the bottleneck), the switch's context switches per 1,000 frames (/proc/PID/task/*/status)
+# and pvnet's drops by reason. A pvnet run that drops frames for a reason other than a full
 # receive ring (rx_full_timeout, flood_full) fails; so does any run that cannot start or moves
 # no frames: the script then exits 1 after the table, each failure explained in one line.
 set -uo pipefail
@@ -343,7 +344,7 @@ start_client() {
 
 # run_one SIZE PAIRS LOOP DEST KIND GRANT QUEUE ROUND: appends one line to runs.csv.
 runs_csv=$out/runs.csv
-echo "round,size,pairs,loop,dest,flows,config,switch,status,mpps,gbps,reports,window_s,frames,cpu_s,ctxsw,tx_kicks,rx_kicks,full_ring_drops,other_drops,drops,switch_cpu_other_pct,client_cpu_other_pct,xcpu_before_ns,xcpu_after_ns" >"$runs_csv"
+echo "round,size,pairs,loop,dest,flows,config,switch,status,mpps,gbps,reports,window_s,frames,cpu_s,ctxsw,tx_kicks,rx_kicks,full_ring_drops,other_drops,drops,switch_cpu_other_pct,client_cpu_other_pct,xcpu_before_ns,xcpu_after_ns,sw_tx_frames,tx_bursts" >"$runs_csv"
 nrun=0 failures=() run_load=0 run_xcpu=""
 # The round trip of a cache line between the switch's and the client's CPU in ns (empty when
 # it cannot be measured): the state of the machine a run was taken in.
@@ -362,7 +363,7 @@ run_one() {
   local dir=$out/logs/$tag sa=$work/$nrun-a.sock sb=$work/$nrun-b.sock
   mkdir -p "$dir"
   local status=ok reason="" sw_pid=""
-  local mpps=0 gbps=0 nrep=0 window=0 frames=0 cpu=0 ctx=0 txk="" rxk="" full=0 other=0 detail=""
+  local mpps=0 gbps=0 nrep=0 window=0 frames=0 cpu=0 ctx=0 txk="" rxk="" txf="" txb="" full=0 other=0 detail=""
   local sw_other="" cl_other="" xb xa
   fail() { status="failed"; reason=$1; }
   xb=$(xcpu_rtt)
@@ -471,6 +472,8 @@ run_one() {
       val() { printf '%s\n' "$1" | awk -v k="$2" '$1 == k {print $2; f = 1} END {if (!f) print 0}'; }
       txk=$(($(val "$snap1" tx_kicks) - $(val "$snap0" tx_kicks)))
       rxk=$(($(val "$snap1" rx_kicks) - $(val "$snap0" rx_kicks)))
+      txf=$(($(val "$snap1" tx_frames) - $(val "$snap0" tx_frames)))
+      txb=$(($(val "$snap1" tx_bursts) - $(val "$snap0" tx_bursts)))
       if [ -z "$snap0" ] || [ -z "$snap1" ]; then
         fail "pvnet did not answer SIGUSR1 with statistics"
       fi
@@ -490,7 +493,7 @@ run_one() {
   local note=""
   [ "$status" = ok ] || note="$reason"
   run_load=$(awk -v a="${sw_other:-0}" -v b="${cl_other:-0}" 'BEGIN {print (a > b ? a : b)}')
-  echo "$round,$size,$pairs,$loop,$dest,$case_flows,$label,$kind,${status}${note:+: ${note//,/;}},$mpps,$gbps,$nrep,$window,$frames,$cpu,$ctx,$txk,$rxk,$full,$other,$detail,$sw_other,$cl_other,$xb,$xa" >>"$runs_csv"
+  echo "$round,$size,$pairs,$loop,$dest,$case_flows,$label,$kind,${status}${note:+: ${note//,/;}},$mpps,$gbps,$nrep,$window,$frames,$cpu,$ctx,$txk,$rxk,$full,$other,$detail,$sw_other,$cl_other,$xb,$xa,$txf,$txb" >>"$runs_csv"
   if [ "$status" = ok ]; then
     log "  $label: $(printf '%.3f' "$mpps") Mpps, $(printf '%.3f' "$gbps") Gbit/s, switch CPU $cpu s in ${window}s${txk:+, kicks tx $txk rx $rxk}${detail:+, drops: $detail}; other load on CPU $switch_cpu/$client_cpu: $sw_other%/$cl_other%; xCPU round trip ${xb:-?}/${xa:-?} ns"
   else

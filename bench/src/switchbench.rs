@@ -60,6 +60,8 @@ struct Run {
     ctxsw: f64,
     /// pvnet only: kicks handled on TX and RX queues in the window.
     kicks: Option<(f64, f64)>,
+    /// pvnet only: frames taken from the TX rings in the window, and in how many bursts.
+    bursts: Option<(f64, f64)>,
     full_ring_drops: u64,
     other_drops: u64,
     /// pvnet's drops by reason over the run ("reason=count" pairs).
@@ -93,6 +95,8 @@ struct Summary {
     cpu_pct: f64,
     cpu_ns_per_frame: f64,
     kicks_per_kframe: Option<(f64, f64)>,
+    /// pvnet only: frames per TX burst (the burst limit when the switch is the bottleneck).
+    frames_per_burst: Option<f64>,
     ctxsw_per_kframe: f64,
     full_ring_drops: u64,
     other_drops: u64,
@@ -199,6 +203,13 @@ fn parse_runs(text: &str) -> anyhow::Result<Vec<Run>> {
                 cpu_s: t.num(row, "cpu_s")?,
                 ctxsw: t.num(row, "ctxsw")?,
                 kicks,
+                bursts: match (
+                    t.opt_num(row, "sw_tx_frames")?,
+                    t.opt_num(row, "tx_bursts")?,
+                ) {
+                    (Some(a), Some(b)) => Some((a, b)),
+                    _ => None,
+                },
                 full_ring_drops: t.num(row, "full_ring_drops")? as u64,
                 other_drops: t.num(row, "other_drops")? as u64,
                 drops: parse_drops(t.get(row, "drops")?)?,
@@ -299,6 +310,7 @@ fn summarize(runs: &[Run]) -> Vec<Summary> {
             let ok: Vec<&Run> = all.iter().copied().filter(|r| r.ok).collect();
             let med = |f: &dyn Fn(&Run) -> f64| median(ok.iter().map(|r| f(r)).collect());
             let kicks = ok.iter().all(|r| r.kicks.is_some()) && !ok.is_empty();
+            let bursts = ok.iter().all(|r| r.bursts.is_some()) && !ok.is_empty();
             Summary {
                 mpps: med(&|r| r.mpps),
                 gbps: med(&|r| r.gbps),
@@ -317,6 +329,8 @@ fn summarize(runs: &[Run]) -> Vec<Summary> {
                         med(&|r| per_frame(r.kicks.map_or(0.0, |k| k.1), r.frames, 1e3)),
                     )
                 }),
+                frames_per_burst: bursts
+                    .then(|| med(&|r| r.bursts.map_or(f64::NAN, |(f, b)| per_frame(f, b, 1.0)))),
                 ctxsw_per_kframe: med(&|r| per_frame(r.ctxsw, r.frames, 1e3)),
                 other_load: ok.iter().all(|r| r.other_load.is_some()).then(|| {
                     (

@@ -89,6 +89,7 @@ pub(super) fn render_text(sums: &[Summary], idle: &[Idle]) -> String {
         "CPU %",
         "CPU ns/frame",
         "kicks/1k tx+rx",
+        "frames/burst",
         "ctxsw/1k",
         "drops (all runs)",
         "other load %",
@@ -109,6 +110,7 @@ pub(super) fn render_text(sums: &[Summary], idle: &[Idle]) -> String {
                 num(s.cpu_ns_per_frame, 0),
                 s.kicks_per_kframe
                     .map_or("-".into(), |(t, r)| format!("{}+{}", num(t, 1), num(r, 1))),
+                s.frames_per_burst.map_or("-".into(), |b| num(b, 1)),
                 num(s.ctxsw_per_kframe, 2),
                 drops_text(s),
                 s.other_load
@@ -130,7 +132,7 @@ pub(super) fn render_text(sums: &[Summary], idle: &[Idle]) -> String {
         .collect();
     let right = [
         true, true, false, false, false, false, true, true, true, true, true, true, true, true,
-        true, true, false, false,
+        true, true, true, false, false,
     ];
     let mut o = markdown(&head, &rows, &right);
     o.push_str(LEGEND);
@@ -171,6 +173,8 @@ Mpps, Gbit/s: frames (L2 bytes) the frontends received, both directions summed i
 loop; steady-state average per run, median over the runs. ratio: pvnet / testpmd as the \
 switch, same case. CPU %: the switch process's CPU use; CPU ns/frame: its CPU time per \
 frame received. kicks/1k: kicks pvnet handled on TX + RX queues per 1,000 frames. \
+frames/burst: frames pvnet took from the TX rings per non-empty burst (64, the limit, when \
+the switch is the bottleneck; smaller when it waits for the frontends). \
 ctxsw/1k: the switch's context switches per 1,000 frames. drops: pvnet's drops by reason \
 over all runs (rx_full_timeout and flood_full: a full receive ring). other load %: CPU time other processes took on the switch / client \
 CPU (a busy machine disturbs the figures). runs: good / all; a failed run shows as - in \
@@ -182,7 +186,7 @@ pub(super) const CSV_HEAD: &str =
     "kind,size,pairs,loop,dest,flows,config,switch,mpps,gbps,ratio,cpu_pct,\
 cpu_ns_per_frame,tx_kicks_per_1k_frames,rx_kicks_per_1k_frames,ctxsw_per_1k_frames,\
 full_ring_drops,other_drops,switch_cpu_other_pct,client_cpu_other_pct,runs_ok,runs,\
-idle_secs,ctxsw_per_s,xcpu_rtt_ns";
+idle_secs,ctxsw_per_s,xcpu_rtt_ns,frames_per_burst";
 
 /// The median cross-CPU round trip of a summary's runs (None: not measured).
 pub(super) fn xcpu_median(s: &Summary) -> Option<f64> {
@@ -208,7 +212,7 @@ pub(super) fn render_csv(sums: &[Summary], idle: &[Idle]) -> String {
             .map_or((String::new(), String::new()), |(a, b)| (f(a), f(b)));
         let _ = writeln!(
             o,
-            "case,{},{},{},{},{},{},{},{},{},{},{},{},{tk},{rk},{},{},{},{so},{co},{},{},,,{}",
+            "case,{},{},{},{},{},{},{},{},{},{},{},{},{tk},{rk},{},{},{},{so},{co},{},{},,,{},{}",
             s.case.size,
             s.case.pairs,
             s.case.looping,
@@ -226,7 +230,8 @@ pub(super) fn render_csv(sums: &[Summary], idle: &[Idle]) -> String {
             s.other_drops,
             s.runs_ok,
             s.runs,
-            xcpu_median(s).map_or(String::new(), f)
+            xcpu_median(s).map_or(String::new(), f),
+            s.frames_per_burst.map_or(String::new(), f)
         );
     }
     for i in idle {
@@ -237,7 +242,7 @@ pub(super) fn render_csv(sums: &[Summary], idle: &[Idle]) -> String {
         };
         let _ = writeln!(
             o,
-            "idle,,{},,,,{},{switch},,,,{},,,,,,,,,{},1,{},{},",
+            "idle,,{},,,,{},{switch},,,,{},,,,,,,,,{},1,{},{},,",
             i.pairs,
             i.config,
             f(idle_pct(i)),
@@ -262,6 +267,7 @@ pub(super) fn render_json(sums: &[Summary], idle: &[Idle]) -> String {
             "cpu_pct": fin(s.cpu_pct), "cpu_ns_per_frame": fin(s.cpu_ns_per_frame),
             "tx_kicks_per_1k_frames": s.kicks_per_kframe.and_then(|k| fin(k.0)),
             "rx_kicks_per_1k_frames": s.kicks_per_kframe.and_then(|k| fin(k.1)),
+            "frames_per_burst": s.frames_per_burst.and_then(fin),
             "ctxsw_per_1k_frames": fin(s.ctxsw_per_kframe),
             "full_ring_drops": s.full_ring_drops, "other_drops": s.other_drops,
             "drops": s.drops,

@@ -109,7 +109,7 @@ round,size,pairs,loop,dest,flows,config,switch,status,mpps,gbps,reports,window_s
     let text = render_text(&sums, &[]);
     assert!(text.contains("101 524 -"), "{text}");
     let csv = render_csv(&sums, &[]);
-    assert!(csv.lines().nth(1).unwrap().ends_with(",312.5000"), "{csv}");
+    assert!(csv.lines().nth(1).unwrap().ends_with(",312.5000,"), "{csv}");
     let json: serde_json::Value = serde_json::from_str(render_json(&sums, &[]).trim()).unwrap();
     assert_eq!(
         json["xcpu_rtt_ns_rounds"],
@@ -119,6 +119,38 @@ round,size,pairs,loop,dest,flows,config,switch,status,mpps,gbps,reports,window_s
     let sums = summarize(&parse_runs(RUNS).unwrap());
     assert!(sums[0].xcpu_rounds.iter().all(Option::is_none));
     assert_eq!(xcpu_median(&sums[0]), None);
+}
+
+#[test]
+fn frames_per_burst_from_the_window_counts() {
+    // pvnet's TX frames and bursts in each run's window: 64 and 32 frames per burst, median
+    // 48; testpmd has none ('-', empty, null); files without the columns still parse.
+    let runs = "\
+round,size,pairs,loop,dest,flows,config,switch,status,mpps,gbps,reports,window_s,frames,cpu_s,ctxsw,tx_kicks,rx_kicks,full_ring_drops,other_drops,drops,switch_cpu_other_pct,client_cpu_other_pct,xcpu_before_ns,xcpu_after_ns,sw_tx_frames,tx_bursts
+1,64,1,closed,learned,many,pvnet,pvnet,ok,12.0,6,5,5.0,60000000,5.0,10,0,0,0,0,,0,0,100,100,6400,100
+1,64,1,closed,learned,many,testpmd,testpmd,ok,20.0,10,5,5.0,100000000,5.0,10,,,0,0,,0,0,100,100,,
+2,64,1,closed,learned,many,pvnet,pvnet,ok,6.0,3,5,5.0,30000000,5.0,10,0,0,0,0,,0,0,100,100,3200,100
+";
+    let sums = summarize(&parse_runs(runs).unwrap());
+    assert_eq!(sums[0].frames_per_burst, Some(48.0));
+    assert_eq!(sums[1].frames_per_burst, None);
+    let text = render_text(&sums, &[]);
+    let col = |line: &str| line.split('|').nth(13).map(str::trim).map(String::from);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(col(lines[0]).as_deref(), Some("frames/burst"), "{text}");
+    assert_eq!(col(lines[2]).as_deref(), Some("48.0"), "{text}");
+    assert_eq!(col(lines[3]).as_deref(), Some("-"), "{text}");
+    let csv = render_csv(&sums, &[]);
+    assert!(csv.lines().nth(1).unwrap().ends_with(",48.0000"), "{csv}");
+    assert!(csv.lines().nth(2).unwrap().ends_with(','), "{csv}");
+    let json: Vec<serde_json::Value> = render_json(&sums, &[])
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(json[0]["frames_per_burst"], serde_json::json!(48.0));
+    assert!(json[1]["frames_per_burst"].is_null());
+    let old = summarize(&parse_runs(RUNS).unwrap());
+    assert!(old.iter().all(|s| s.frames_per_burst.is_none()));
 }
 
 #[test]
