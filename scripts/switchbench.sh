@@ -65,7 +65,8 @@
 #                            0,1: pvnet's workers run in parallel and share a CPU with the
 #                            client, the contended, over-committed case the lock kinds are for
 #                            (testpmd as the switch keeps its one core: compare pvnet
-#                            configurations with each other there, e.g. with --no-testpmd)
+#                            configurations with each other there, e.g. with --no-testpmd;
+#                            the "other load" of such runs is pooled over both CPUs)
 # Output:
 #   --format text|csv|json   (default text)   --plot FILE   SVG bar chart of the medians
 #   --out DIR                runs.csv, idle.csv, table.txt and per-run logs
@@ -454,10 +455,15 @@ run_one() {
     ctx=$((ctx1 - ctx0))
     # CPU time that other processes took on the two CPUs during the window (a shared or
     # virtual machine): switch CPU busy - switch process, client CPU busy - client process.
-    read -r sw_other cl_other < <(awk -v a="$load0" -v b="$load1" -v s0="$cpu0" -v s1="$cpu1" 'BEGIN {
+    # pvnet on more CPUs (--pvnet-cpus) also runs on the client's: then both figures are the
+    # two CPUs' pooled busy time less both processes'.
+    local pooled=0
+    [ "$kind" = pvnet ] && [ "$pvnet_cpus" != "$switch_cpu" ] && pooled=1
+    read -r sw_other cl_other < <(awk -v a="$load0" -v b="$load1" -v s0="$cpu0" -v s1="$cpu1" -v pooled="$pooled" 'BEGIN {
       split(a, x, " "); split(b, y, " ")
       so = (y[1] - x[1]) - (s1 - s0); co = (y[3] - x[3]) - (y[5] - x[5])
       st = y[2] - x[2]; ct = y[4] - x[4]
+      if (pooled) { so += co; st += ct; co = so; ct = st }
       printf "%.1f %.1f\n", (st > 0 && so > 0 ? 100 * so / st : 0), (ct > 0 && co > 0 ? 100 * co / ct : 0) }')
     [ "$nrep" = "$secs" ] || fail "$nrep of $secs steady-state reports in the client's log"
     awk -v m="$mpps" 'BEGIN {exit !(m > 0)}' || fail "no frames received in the steady state"
