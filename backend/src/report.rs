@@ -4,9 +4,8 @@
 //! Per queue pair (and per port in `total`): `tx_frames`/`tx_bytes` taken from the guest's TX
 //! ring in `tx_bursts` non-empty bursts, `rx_frames`/`rx_bytes` delivered into its RX ring,
 //! `backpressure` (sender held back by a full RX ring), `tx_notifications`/`rx_notifications`
-//! (calls to the guest),
-//! `tx_kicks`/`rx_kicks` (kicks from the guest handled on the TX / RX queue) and `drops` by
-//! reason. `scripts/switchbench.sh` reads these JSON keys.
+//! (calls to the guest), `tx_kicks`/`rx_kicks` (kicks from the guest handled on the TX / RX
+//! queue) and `drops` by reason. `scripts/switchbench.sh` reads these JSON keys.
 
 use crate::stats::DropReason;
 use crate::stats::{QueueSnapshot, NR_DROPS};
