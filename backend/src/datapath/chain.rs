@@ -154,6 +154,7 @@ impl<'s> DescTable<'s> {
 /// longer than [`MAX_CHAIN_DESCS`] ([`ChainError::TooLong`]), then a chain without any
 /// readable descriptor ([`ChainError::Empty`]), then the first wrong-direction descriptor,
 /// then a total above `max_bytes`.
+#[inline(always)]
 pub fn read_chain<'s>(
     table: &DescTable<'s>,
     head: u16,

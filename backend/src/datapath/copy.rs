@@ -104,6 +104,7 @@ fn piece<'g, F: RwFamily>(
 }
 
 /// Reads `out.len()` bytes at `src` (guest → local) and advances it.
+#[inline(always)]
 pub fn read_into<F: RwFamily>(
     g: &GrantReadGuard<'_, F>,
     hint: &mut RegionHint,
@@ -148,6 +149,7 @@ pub fn write_from<F: RwFamily>(
 /// commit in order, behind the stores into the guest's buffers of the frame before, which
 /// miss when the guest's core touched those lines last: every frame would wait for the one
 /// before it.
+#[inline(always)]
 pub fn write_hdr_and<F: RwFamily>(
     g: &GrantReadGuard<'_, F>,
     hint: &mut RegionHint,

@@ -541,6 +541,7 @@ impl RxState {
 
     /// Writes the header and the frame into the reserved buffers and stages their used
     /// entries (`copy_mbuf_to_desc` + `update_shadow_used_ring`).
+    #[inline(always)]
     fn copy_frame<F: RwFamily>(
         &mut self,
         sg: &GrantReadGuard<'_, F>,

@@ -41,6 +41,7 @@ impl FrameSet for Run<'_> {
 }
 
 /// What becomes of unicast frame `f` given the verdict of its destination, port `d`.
+#[inline(always)]
 fn unicast_outcome<L: Locks>(cx: &PortCtx<'_, L>, d: usize, f: &Frame, fate: Fate) -> Outcome {
     match fate {
         Fate::Delivered => Outcome::Done,
