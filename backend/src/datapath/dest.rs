@@ -15,6 +15,7 @@ use crate::datapath::{Fate, FrameSet, FrameSrc};
 use crate::switch::{Fabric, Grants, Locks, Port, PortFabric};
 use pvnet_grant::{read_pair, RegionHint};
 use pvnet_locks::family::MutexApi;
+use std::ops::Range;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use vhost_user_backend::VringT;
@@ -52,6 +53,49 @@ pub fn next_run<T: Copy>(
         }
     }
     Some(q)
+}
+
+/// A sender's run of frames for one destination queue, as [`offer_run`] walks it (a guest
+/// queue pair's burst and held-back frames, a tap queue's frames).
+pub trait RunOffer {
+    /// Whether frame `k` of the run goes to a receiver with features `dfeat` as it is.
+    fn passes(&self, k: usize, dfeat: u64) -> bool;
+    /// Offers frames `ks` of the run in one delivery; their fates go to `fates()[ks]`.
+    fn offer(&mut self, ks: Range<usize>);
+    /// Offers frame `k` through the software-offload path; returns its fate.
+    fn offer_soft(&mut self, k: usize, dfeat: u64) -> Fate;
+    /// The run's fates, one per frame.
+    fn fates(&mut self) -> &mut [Fate];
+}
+
+/// Offers the `n` frames of `run` to a receiver with features `dfeat`, in order: stretches
+/// of frames it takes as they are in one delivery each, frames that need a software offload
+/// one by one. After a frame that finds the queue full, every later frame is full too (none
+/// is offered: a flow is never reordered).
+pub fn offer_run(run: &mut impl RunOffer, n: usize, dfeat: u64) {
+    let mut k = 0;
+    while k < n {
+        let start = k;
+        while k < n && run.passes(k, dfeat) {
+            k += 1;
+        }
+        if k > start {
+            run.offer(start..k);
+            if run.fates()[k - 1] == Fate::Full {
+                run.fates()[k..n].fill(Fate::Full);
+                return;
+            }
+        }
+        if k < n {
+            let fate = run.offer_soft(k, dfeat);
+            run.fates()[k] = fate;
+            if fate == Fate::Full {
+                run.fates()[k..n].fill(Fate::Full);
+                return;
+            }
+            k += 1;
+        }
+    }
 }
 
 /// The sending side's grants, for the copy (and a hint into them).
@@ -218,7 +262,83 @@ impl<L: Locks> Destination<L> for GuestPort<'_, L> {
 
 #[cfg(test)]
 mod tests {
-    use super::next_run;
+    use super::{next_run, offer_run, RunOffer};
+    use crate::datapath::Fate;
+    use std::ops::Range;
+
+    /// A run whose frames pass through unless `soft[k]`; the queue has room for `room`
+    /// frames; records what was offered.
+    struct Fake {
+        soft: Vec<bool>,
+        room: usize,
+        fates: Vec<Fate>,
+        offers: Vec<String>,
+    }
+
+    impl Fake {
+        fn take(&mut self) -> Fate {
+            if self.room == 0 {
+                return Fate::Full;
+            }
+            self.room -= 1;
+            Fate::Delivered
+        }
+    }
+
+    impl RunOffer for Fake {
+        fn passes(&self, k: usize, _: u64) -> bool {
+            !self.soft[k]
+        }
+        fn offer(&mut self, ks: Range<usize>) {
+            self.offers.push(format!("{}..{}", ks.start, ks.end));
+            for k in ks {
+                // A destination stops at the first frame that does not fit.
+                let full = k > 0 && self.fates[k - 1] == Fate::Full;
+                self.fates[k] = if full { Fate::Full } else { self.take() };
+            }
+        }
+        fn offer_soft(&mut self, k: usize, _: u64) -> Fate {
+            self.offers.push(format!("soft {k}"));
+            self.take()
+        }
+        fn fates(&mut self) -> &mut [Fate] {
+            &mut self.fates
+        }
+    }
+
+    fn fake(soft: &[bool], room: usize) -> Fake {
+        Fake {
+            soft: soft.to_vec(),
+            room,
+            fates: vec![Fate::NotReady; soft.len()],
+            offers: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_run_is_offered_in_stretches_and_soft_frames_in_order() {
+        let mut f = fake(&[false, false, true, true, false], 9);
+        offer_run(&mut f, 5, 0);
+        assert_eq!(f.offers, ["0..2", "soft 2", "soft 3", "4..5"]);
+        assert!(f.fates.iter().all(|&x| x == Fate::Delivered));
+    }
+
+    #[test]
+    fn nothing_after_a_full_frame_is_offered() {
+        // Full inside a stretch: the soft frame and the stretch after it are not offered.
+        let mut f = fake(&[false, false, true, false], 1);
+        offer_run(&mut f, 4, 0);
+        assert_eq!(f.offers, ["0..2"]);
+        assert_eq!(
+            f.fates,
+            [Fate::Delivered, Fate::Full, Fate::Full, Fate::Full]
+        );
+        // Full at a soft frame.
+        let mut f = fake(&[false, true, false], 1);
+        offer_run(&mut f, 3, 0);
+        assert_eq!(f.offers, ["0..1", "soft 1"]);
+        assert_eq!(f.fates, [Fate::Delivered, Fate::Full, Fate::Full]);
+    }
 
     #[test]
     fn runs_come_queue_by_queue_in_order_of_first_appearance() {

@@ -22,16 +22,19 @@
 //! Flooded copies to a full queue are dropped at once (`flood_full`).
 
 use crate::datapath::burst::Route;
-use crate::datapath::dest::{next_run, pick_queues, Destination, GuestPort, SrcGrants};
+use crate::datapath::dest::{
+    next_run, offer_run, pick_queues, Destination, GuestPort, RunOffer, SrcGrants,
+};
 use crate::datapath::rxq::Waker;
 use crate::datapath::soft::Soft;
 use crate::datapath::tapdest::TapDest;
 use crate::datapath::{Data, Fate, FrameSet, FrameSrc, LogLimit};
 use crate::net::{self, gso, hdr::HDR_LEN, hdr::NEEDS_CSUM, Delivery, VirtioNetHdr};
 use crate::stats::{DropReason, TxStats};
-use crate::switch::{Fabric, Locks, PortKind, Switch};
+use crate::switch::{Fabric, Grants, Locks, PortKind, Switch};
 use pvnet_grant::RegionHint;
 use std::io;
+use std::ops::Range;
 use std::os::fd::RawFd;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -103,6 +106,56 @@ impl FrameSet for Run<'_> {
             len: data.len(),
             data: Data::Local(data),
         }
+    }
+}
+
+/// A tap queue's run for queue `q` of `dest`, as [`offer_run`] walks it.
+struct TapRun<'r, L: Locks> {
+    src: &'r mut TapSource,
+    grants: &'r Grants<L>,
+    dest: &'r dyn Destination<L>,
+    q: usize,
+    run: &'r [usize],
+}
+
+impl<L: Locks> RunOffer for TapRun<'_, L> {
+    fn passes(&self, k: usize, dfeat: u64) -> bool {
+        gso::plan(&self.src.frames[self.run[k]].hdr, dfeat) == Delivery::PassThrough
+    }
+
+    fn offer(&mut self, ks: Range<usize>) {
+        let t = &mut *self.src;
+        let set = Run {
+            ids: &self.run[ks.clone()],
+            frames: &t.frames,
+            bufs: &t.bufs,
+        };
+        let mut src = SrcGrants {
+            table: self.grants,
+            hint: &mut t.hint,
+        };
+        let fates = &mut t.fates[ks];
+        self.dest.deliver(self.q, &mut src, &set, fates, &t.waker);
+    }
+
+    fn offer_soft(&mut self, k: usize, dfeat: u64) -> Fate {
+        let t = &mut *self.src;
+        let f = t.frames[self.run[k]];
+        let data = &t.bufs[f.slot][HDR_LEN..HDR_LEN + f.len];
+        if let Err(r) = t.soft.prepare_local(data, &f.hdr, dfeat) {
+            return Fate::Dropped(r);
+        }
+        let (set, fates) = t.soft.output();
+        let mut src = SrcGrants {
+            table: self.grants,
+            hint: &mut t.hint,
+        };
+        self.dest.deliver(self.q, &mut src, &set, fates, &t.waker);
+        Soft::fold(fates)
+    }
+
+    fn fates(&mut self) -> &mut [Fate] {
+        &mut self.src.fates
     }
 }
 
@@ -279,72 +332,25 @@ impl TapSource {
             self.fates.clear();
             self.fates.resize(run.len(), Fate::NotReady);
             if let Some(q) = q {
-                self.deliver_queue(fabric, dest, q, &run);
+                let dfeat = dest.features();
+                let grants = &fabric.ports[self.port].grants;
+                let n = run.len();
+                offer_run(
+                    &mut TapRun {
+                        src: self,
+                        grants,
+                        dest,
+                        q,
+                        run: &run,
+                    },
+                    n,
+                    dfeat,
+                );
             }
             self.apply(sw, d, &run);
         }
         self.ids = ids;
         self.run = run;
-    }
-
-    /// Offers `run` to queue `q` of `dest`: frames the receiver takes as they are in one
-    /// delivery, frames needing a software offload one by one.
-    fn deliver_queue<L: Locks>(
-        &mut self,
-        fabric: &Fabric<L>,
-        dest: &dyn Destination<L>,
-        q: usize,
-        run: &[usize],
-    ) {
-        let dfeat = dest.features();
-        let grants = &fabric.ports[self.port].grants;
-        let mut k = 0;
-        while k < run.len() {
-            let start = k;
-            while k < run.len()
-                && gso::plan(&self.frames[run[k]].hdr, dfeat) == Delivery::PassThrough
-            {
-                k += 1;
-            }
-            if k > start {
-                let set = Run {
-                    ids: &run[start..k],
-                    frames: &self.frames,
-                    bufs: &self.bufs,
-                };
-                let mut src = SrcGrants {
-                    table: grants,
-                    hint: &mut self.hint,
-                };
-                dest.deliver(q, &mut src, &set, &mut self.fates[start..k], &self.waker);
-                if self.fates[k - 1] == Fate::Full {
-                    self.fates[k..].fill(Fate::Full);
-                    return;
-                }
-            }
-            if k < run.len() {
-                let f = self.frames[run[k]];
-                let data = &self.bufs[f.slot][HDR_LEN..HDR_LEN + f.len];
-                let fate = match self.soft.prepare_local(data, &f.hdr, dfeat) {
-                    Err(r) => Fate::Dropped(r),
-                    Ok(()) => {
-                        let (set, fates) = self.soft.output();
-                        let mut src = SrcGrants {
-                            table: grants,
-                            hint: &mut self.hint,
-                        };
-                        dest.deliver(q, &mut src, &set, fates, &self.waker);
-                        Soft::fold(fates)
-                    }
-                };
-                self.fates[k] = fate;
-                if fate == Fate::Full {
-                    self.fates[k..].fill(Fate::Full);
-                    return;
-                }
-                k += 1;
-            }
-        }
     }
 
     /// Applies the destination's verdicts on `run` (frames for port `d`).

@@ -6,7 +6,9 @@
 
 use super::{FrameId, Outcome, PortCtx, QueuePair};
 use crate::datapath::burst::{Burst, Frame, Route};
-use crate::datapath::dest::{next_run, pick_queues, Destination, GuestPort, SrcGrants};
+use crate::datapath::dest::{
+    next_run, offer_run, pick_queues, Destination, GuestPort, RunOffer, SrcGrants,
+};
 use crate::datapath::held::HeldBack;
 use crate::datapath::soft::Soft;
 use crate::datapath::tapdest::TapDest;
@@ -14,6 +16,7 @@ use crate::datapath::{Data, Fate, FrameSet, FrameSrc};
 use crate::net::{gso, Delivery, VirtioNetHdr};
 use crate::stats::{DropReason, TxStats};
 use crate::switch::{Locks, PortKind};
+use std::ops::Range;
 use std::sync::atomic::Ordering;
 
 /// The frames of one run, as a [`FrameSet`].
@@ -69,6 +72,47 @@ impl FrameSet for WholeBurst<'_> {
 
     fn frame_len(&self, i: usize) -> usize {
         self.0.frames.get(i).map_or(0, |f| f.len as usize)
+    }
+}
+
+/// A queue pair's run for queue `q` of `dest`, as [`offer_run`] walks it.
+struct QueueRun<'r, 'c, L: Locks, D> {
+    qp: &'r mut QueuePair,
+    cx: &'r PortCtx<'c, L>,
+    dest: &'r D,
+    q: usize,
+    run: &'r [FrameId],
+}
+
+impl<L: Locks, D: Destination<L>> RunOffer for QueueRun<'_, '_, L, D> {
+    fn passes(&self, k: usize, dfeat: u64) -> bool {
+        self.qp
+            .frame_of(self.run[k])
+            .is_some_and(|f| gso::plan(&f.hdr, dfeat) == Delivery::PassThrough)
+    }
+
+    fn offer(&mut self, ks: Range<usize>) {
+        let qp = &mut *self.qp;
+        let set = Run {
+            ids: &self.run[ks.clone()],
+            burst: &qp.burst,
+            held: &qp.held,
+        };
+        let mut src = SrcGrants {
+            table: self.cx.grants(),
+            hint: &mut qp.hint,
+        };
+        let fates = &mut qp.fates[ks];
+        self.dest.deliver(self.q, &mut src, &set, fates, &qp.waker);
+    }
+
+    fn offer_soft(&mut self, k: usize, dfeat: u64) -> Fate {
+        self.qp
+            .deliver_soft(self.cx, self.dest, self.q, self.run[k], dfeat)
+    }
+
+    fn fates(&mut self) -> &mut [Fate] {
+        &mut self.qp.fates
     }
 }
 
@@ -134,7 +178,19 @@ impl QueuePair {
             self.fates.clear();
             self.fates.resize(run.len(), Fate::NotReady);
             if let Some(q) = q {
-                self.deliver_queue(cx, dest, q, &run);
+                let dfeat = dest.features();
+                let n = run.len();
+                offer_run(
+                    &mut QueueRun {
+                        qp: self,
+                        cx,
+                        dest,
+                        q,
+                        run: &run,
+                    },
+                    n,
+                    dfeat,
+                );
                 self.mark_staged(d, q);
             }
             self.apply(cx, d, &run, stats);
@@ -207,54 +263,6 @@ impl QueuePair {
         match id {
             FrameId::Burst(k) => self.burst.frames.get(k),
             FrameId::Held(k) => self.held.get(k).map(|h| &h.frame),
-        }
-    }
-
-    /// Offers `run` to queue `q` of `dest`, in order: runs of frames the receiver takes as
-    /// they are in one delivery, frames needing a software offload one by one.
-    fn deliver_queue<L: Locks, D: Destination<L>>(
-        &mut self,
-        cx: &PortCtx<'_, L>,
-        dest: &D,
-        q: usize,
-        run: &[FrameId],
-    ) {
-        let dfeat = dest.features();
-        let mut k = 0;
-        while k < run.len() {
-            let start = k;
-            while k < run.len()
-                && self
-                    .frame_of(run[k])
-                    .is_some_and(|f| gso::plan(&f.hdr, dfeat) == Delivery::PassThrough)
-            {
-                k += 1;
-            }
-            if k > start {
-                let set = Run {
-                    ids: &run[start..k],
-                    burst: &self.burst,
-                    held: &self.held,
-                };
-                let mut src = SrcGrants {
-                    table: cx.grants(),
-                    hint: &mut self.hint,
-                };
-                dest.deliver(q, &mut src, &set, &mut self.fates[start..k], &self.waker);
-                if self.fates[k - 1] == Fate::Full {
-                    self.fates[k..].fill(Fate::Full);
-                    return;
-                }
-            }
-            if k < run.len() {
-                let fate = self.deliver_soft(cx, dest, q, run[k], dfeat);
-                self.fates[k] = fate;
-                if fate == Fate::Full {
-                    self.fates[k..].fill(Fate::Full);
-                    return;
-                }
-                k += 1;
-            }
         }
     }
 
