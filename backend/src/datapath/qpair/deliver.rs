@@ -222,9 +222,13 @@ impl QueuePair {
         };
         let dfeat = dest.features();
         let one_queue = dest.port().enabled_pairs() == 1;
+        // A frame with the first one's steering key goes to its queue (under `--rx-steer
+        // queue` every frame of a burst has the sending queue's key): no queue picked per
+        // frame (a division and a walk over the enabled queues; 8 pairs, 64 B, alternating runs:
+        // 75-76 -> 71-74 ns per frame).
         let whole = frames.iter().all(|f| {
             f.route == Route::Port(d)
-                && (one_queue || dest.pick_queue(f.key) == Some(q))
+                && (one_queue || f.key == first.key || dest.pick_queue(f.key) == Some(q))
                 && gso::plan(&f.hdr, dfeat) == Delivery::PassThrough
         });
         if !whole {
