@@ -63,7 +63,7 @@ pub mod tapdest;
 pub mod tapsrc;
 pub mod worker;
 
-use crate::net::VirtioNetHdr;
+use crate::net::HdrWords;
 use crate::stats::DropReason;
 use std::time::{Duration, Instant};
 use vhost_user_backend::VringRwLock;
@@ -95,8 +95,9 @@ pub enum Data<'a> {
 /// One frame offered to a destination.
 #[derive(Clone, Copy, Debug)]
 pub struct FrameSrc<'a> {
-    /// The virtio-net header the receiver gets (`num_buffers` is filled in on delivery).
-    pub hdr: VirtioNetHdr,
+    /// The virtio-net header the receiver gets (`num_buffers` is filled in on delivery), as
+    /// words: see [`HdrWords`] for why.
+    pub hdr: HdrWords,
     /// Frame bytes (after the header).
     pub len: usize,
     pub data: Data<'a>,

@@ -106,6 +106,7 @@ impl Burst {
 
     /// Frame `i` as a destination sees it: from the prefix when it fits there, else from
     /// the guest's buffers.
+    #[inline(always)]
     pub fn src(&self, i: usize) -> FrameSrc<'_> {
         let f = &self.frames[i];
         let (hl, len) = (usize::from(f.hl), f.len as usize);
@@ -117,7 +118,7 @@ impl Burst {
             },
         };
         FrameSrc {
-            hdr: f.hdr,
+            hdr: f.hdr.into(),
             len,
             data,
         }

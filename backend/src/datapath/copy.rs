@@ -8,7 +8,7 @@
 //! rule), checked for the access it makes, and copied through vm-memory's `VolatileSlice`s.
 
 use crate::datapath::Seg;
-use crate::net::hdr::{VirtioNetHdr, HDR_LEN, HDR_LEN_LEGACY};
+use crate::net::hdr::{HdrWords, HDR_LEN, HDR_LEN_LEGACY};
 use pvnet_grant::{Access, GrantError, GrantReadGuard, RegionHint};
 use pvnet_locks::family::RwFamily;
 use vm_memory::VolatileSlice;
@@ -154,7 +154,7 @@ pub fn write_hdr_and<F: RwFamily>(
     g: &GrantReadGuard<'_, F>,
     hint: &mut RegionHint,
     dst: &mut SegCursor<'_>,
-    hdr: &VirtioNetHdr,
+    hdr: HdrWords,
     n: usize,
     data: &[u8],
 ) -> Result<(), CopyError> {
@@ -164,7 +164,7 @@ pub fn write_hdr_and<F: RwFamily>(
         write_from(g, hint, dst, &hdr.to_bytes()[..n.min(HDR_LEN)])?;
         return write_from(g, hint, dst, data);
     }
-    let (lo, hi) = hdr.to_words();
+    let HdrWords { lo, hi } = hdr;
     let p = d.ptr_guard_mut().as_ptr();
     // SAFETY: `d` is a granted, writable mapping of `total` >= `n` bytes at `p`, `n` is 10 or
     // 12 (checked above): the 10 or 12 bytes at `p` are in bounds.
@@ -281,6 +281,7 @@ fn prefetch_ptr(p: *const u8) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::net::VirtioNetHdr;
     use pvnet_grant::GrantTable;
     use pvnet_locks::family::Percpu;
     use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
@@ -435,7 +436,7 @@ mod tests {
         for (segs, n, len) in layouts {
             let mut hint = RegionHint::default();
             let mut c = SegCursor::new(segs);
-            write_hdr_and(&g, &mut hint, &mut c, &h, n, &data[..len]).expect("write");
+            write_hdr_and(&g, &mut hint, &mut c, h.into(), n, &data[..len]).expect("write");
             let mut out = vec![0u8; n + len];
             read_into(&g, &mut hint, &mut SegCursor::new(segs), &mut out).expect("read");
             let want = [&h.to_bytes()[..n], &data[..len]].concat();
@@ -454,7 +455,7 @@ mod tests {
             &g,
             &mut RegionHint::default(),
             &mut SegCursor::new(&short),
-            &h,
+            h.into(),
             12,
             &data,
         );
@@ -522,8 +523,15 @@ mod tests {
             VirtioNetHdr::plain(),
         ] {
             let mut c = SegCursor::new(&seg);
-            write_hdr_and(&g, &mut RegionHint::default(), &mut c, &h, HDR_LEN, &data)
-                .expect("write");
+            write_hdr_and(
+                &g,
+                &mut RegionHint::default(),
+                &mut c,
+                h.into(),
+                HDR_LEN,
+                &data,
+            )
+            .expect("write");
             let mut out = [0u8; HDR_LEN + 60];
             read_into(
                 &g,

@@ -37,7 +37,7 @@ impl Held {
     /// The frame as a destination sees it (always from the guest's buffers).
     pub fn src(&self) -> FrameSrc<'_> {
         FrameSrc {
-            hdr: self.frame.hdr,
+            hdr: self.frame.hdr.into(),
             len: self.frame.len as usize,
             data: Data::Guest {
                 segs: &self.segs,

@@ -560,13 +560,14 @@ impl RxState {
             .get(r.b0 as usize..r.b1 as usize)
             .unwrap_or_default();
         let dhl = self.hdr_len;
-        let mut h = f.hdr;
         // At most a ring's worth of chains per frame.
-        h.num_buffers = if self.mrg { heads.len() as u16 } else { 1 };
+        let h = f
+            .hdr
+            .with_num_buffers(if self.mrg { heads.len() as u16 } else { 1 });
         let mut dc = SegCursor::new(bufs);
         let copied = match f.data {
-            Data::Local(b) => copy::write_hdr_and(dg, dh, &mut dc, &h, dhl, b),
-            Data::Guest { segs, skip } => copy::write_hdr_and(dg, dh, &mut dc, &h, dhl, &[])
+            Data::Local(b) => copy::write_hdr_and(dg, dh, &mut dc, h, dhl, b),
+            Data::Guest { segs, skip } => copy::write_hdr_and(dg, dh, &mut dc, h, dhl, &[])
                 .and_then(|()| {
                     let mut sc = SegCursor::new(segs);
                     if !sc.skip(skip) {

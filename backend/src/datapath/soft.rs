@@ -11,7 +11,7 @@
 use crate::datapath::burst::Frame;
 use crate::datapath::copy::{self, SegCursor};
 use crate::datapath::{Data, Fate, FrameSet, FrameSrc, Seg};
-use crate::net::{self, gso, Delivery, VirtioNetHdr};
+use crate::net::{self, gso, Delivery, HdrWords, VirtioNetHdr};
 use crate::stats::DropReason;
 use pvnet_grant::{GrantReadGuard, RegionHint};
 use pvnet_locks::family::RwFamily;
@@ -30,7 +30,7 @@ impl FrameSet for Pieces<'_> {
     fn get(&self, i: usize) -> FrameSrc<'_> {
         let (a, n) = self.at.get(i).copied().unwrap_or_default();
         FrameSrc {
-            hdr: VirtioNetHdr::plain(),
+            hdr: HdrWords::PLAIN,
             len: n,
             data: Data::Local(self.buf.get(a..a + n).unwrap_or_default()),
         }

@@ -121,9 +121,7 @@ impl<L: Locks> Destination<L> for TapDest<'_> {
         let mut iov = tq.write_lock();
         for i in 0..n {
             let f = frames.get(i);
-            let mut h = f.hdr;
-            h.num_buffers = 0;
-            let hb = h.to_bytes();
+            let hb = f.hdr.with_num_buffers(0).to_bytes();
             let v = &mut iov.0;
             v.clear();
             v.push(libc::iovec {

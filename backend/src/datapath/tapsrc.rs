@@ -29,7 +29,7 @@ use crate::datapath::rxq::Waker;
 use crate::datapath::soft::Soft;
 use crate::datapath::tapdest::TapDest;
 use crate::datapath::{Data, Fate, FrameSet, FrameSrc, LogLimit};
-use crate::net::{self, gso, hdr::HDR_LEN, hdr::NEEDS_CSUM, Delivery, VirtioNetHdr};
+use crate::net::{self, gso, hdr::HDR_LEN, hdr::NEEDS_CSUM, Delivery, HdrWords, VirtioNetHdr};
 use crate::stats::{DropReason, TxStats};
 use crate::switch::{Fabric, Grants, Locks, PortKind, Switch};
 use pvnet_grant::RegionHint;
@@ -102,7 +102,7 @@ impl FrameSet for Run<'_> {
             .and_then(|f| self.bufs.get(f.slot)?.get(HDR_LEN..HDR_LEN + f.len))
             .unwrap_or_default();
         FrameSrc {
-            hdr: f.map_or(VirtioNetHdr::plain(), |f| f.hdr),
+            hdr: f.map_or(HdrWords::PLAIN, |f| f.hdr.into()),
             len: data.len(),
             data: Data::Local(data),
         }

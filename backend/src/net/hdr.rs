@@ -83,16 +83,13 @@ impl VirtioNetHdr {
     /// Encodes the 12-byte layout ([`to_words`](Self::to_words) as bytes); a legacy receiver
     /// takes the first 10 bytes.
     pub fn to_bytes(&self) -> [u8; HDR_LEN] {
-        let (lo, hi) = self.to_words();
-        let mut b = [0u8; HDR_LEN];
-        b[..8].copy_from_slice(&lo.to_le_bytes());
-        b[8..].copy_from_slice(&hi.to_le_bytes());
-        b
+        HdrWords::from(*self).to_bytes()
     }
 
     /// The 12-byte layout as two words whose little-endian bytes are bytes 0..8 and 8..12,
     /// built in registers, so that a header can be stored with two whole-word stores (bytes
     /// assembled in memory and copied from there at once stall on store forwarding).
+    #[inline(always)]
     pub fn to_words(&self) -> (u64, u32) {
         let lo = u64::from(self.flags)
             | u64::from(self.gso_type) << 8
@@ -137,6 +134,81 @@ impl VirtioNetHdr {
     }
 }
 
+/// A header as the two words of [`VirtioNetHdr::to_words`]: bytes 0..8 and 8..12 of the
+/// 12-byte layout, little-endian.
+///
+/// The form in which a header travels from a sender's burst to the receive-buffer copy
+/// ([`FrameSrc`](crate::datapath::FrameSrc)). A frame set hands a frame over through memory
+/// (a virtual call's returned value), and the receiving side then loads what the set just
+/// stored: with the header's seven fields the compiler's loads need not line up with its
+/// stores (a 4-byte load of `csum_start` and `csum_offset` across the two words was seen),
+/// and such a load cannot be forwarded from the store buffer: it waits until the stores
+/// before it have committed, behind the stores into receive buffers of the frame before,
+/// which miss on lines the guest's core owns. Two words stored and loaded whole always
+/// forward.
+///
+/// ```
+/// use pvnet_backend::net::{HdrWords, VirtioNetHdr};
+/// let h = VirtioNetHdr { csum_start: 34, csum_offset: 16, ..VirtioNetHdr::plain() };
+/// let w = HdrWords::from(h).with_num_buffers(3);
+/// assert_eq!(w.hdr(), VirtioNetHdr { num_buffers: 3, ..h });
+/// assert_eq!(w.to_bytes(), w.hdr().to_bytes());
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HdrWords {
+    /// Bytes 0..8: `flags`, `gso_type`, `hdr_len`, `gso_size`, `csum_start`.
+    pub lo: u64,
+    /// Bytes 8..12: `csum_offset`, `num_buffers`.
+    pub hi: u32,
+}
+
+impl HdrWords {
+    /// [`VirtioNetHdr::plain`] as words.
+    pub const PLAIN: HdrWords = HdrWords {
+        lo: GSO_NONE as u64,
+        hi: 0,
+    };
+
+    /// The same header with `num_buffers` set to `n`.
+    #[inline(always)]
+    pub fn with_num_buffers(self, n: u16) -> Self {
+        HdrWords {
+            lo: self.lo,
+            hi: (self.hi & 0xffff) | u32::from(n) << 16,
+        }
+    }
+
+    /// The header's fields.
+    pub fn hdr(self) -> VirtioNetHdr {
+        let w = |s: u32| (self.lo >> s) as u16;
+        VirtioNetHdr {
+            flags: self.lo as u8,
+            gso_type: (self.lo >> 8) as u8,
+            hdr_len: w(16),
+            gso_size: w(32),
+            csum_start: w(48),
+            csum_offset: self.hi as u16,
+            num_buffers: (self.hi >> 16) as u16,
+        }
+    }
+
+    /// The 12-byte layout (a legacy receiver takes the first 10 bytes).
+    pub fn to_bytes(self) -> [u8; HDR_LEN] {
+        let mut b = [0u8; HDR_LEN];
+        b[..8].copy_from_slice(&self.lo.to_le_bytes());
+        b[8..].copy_from_slice(&self.hi.to_le_bytes());
+        b
+    }
+}
+
+impl From<VirtioNetHdr> for HdrWords {
+    #[inline(always)]
+    fn from(h: VirtioNetHdr) -> Self {
+        let (lo, hi) = h.to_words();
+        HdrWords { lo, hi }
+    }
+}
+
 /// Length of the virtio-net header for the negotiated `features`: 12 bytes with
 /// `VIRTIO_F_VERSION_1` or `VIRTIO_NET_F_MRG_RXBUF`, otherwise 10.
 pub fn net_hdr_len(features: u64) -> usize {
@@ -151,6 +223,26 @@ pub fn net_hdr_len(features: u64) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn header_words_round_trip_every_field() {
+        let h = VirtioNetHdr {
+            flags: 0x81,
+            gso_type: 0x82,
+            hdr_len: 0x8483,
+            gso_size: 0x8685,
+            csum_start: 0x8887,
+            csum_offset: 0x8a89,
+            num_buffers: 0x8c8b,
+        };
+        let w = HdrWords::from(h);
+        assert_eq!(w.hdr(), h);
+        assert_eq!(w.to_bytes(), h.to_bytes());
+        assert_eq!(w.to_bytes(), *b"\x81\x82\x83\x84\x85\x86\x87\x88\x89\x8a\x8b\x8c");
+        let one = w.with_num_buffers(1).hdr();
+        assert_eq!(one, VirtioNetHdr { num_buffers: 1, ..h });
+        assert_eq!(HdrWords::PLAIN, HdrWords::from(VirtioNetHdr::plain()));
+    }
 
     #[test]
     fn header_round_trip() {

@@ -32,4 +32,4 @@ pub use flow::{flow_hash, HASH_PREFIX};
 pub use gso::{
     plan, segment, segment_all, segments_needed, Delivery, GsoError, InvalidGso, SCRATCH_LEN,
 };
-pub use hdr::{net_hdr_len, HdrError, VirtioNetHdr};
+pub use hdr::{net_hdr_len, HdrError, HdrWords, VirtioNetHdr};

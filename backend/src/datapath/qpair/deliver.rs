@@ -13,7 +13,7 @@ use crate::datapath::held::HeldBack;
 use crate::datapath::soft::Soft;
 use crate::datapath::tapdest::TapDest;
 use crate::datapath::{Data, Fate, FrameSet, FrameSrc};
-use crate::net::{gso, Delivery, VirtioNetHdr};
+use crate::net::{gso, Delivery, HdrWords};
 use crate::stats::{DropReason, TxStats};
 use crate::switch::{Locks, PortKind};
 use std::ops::Range;
@@ -118,7 +118,7 @@ impl<L: Locks, D: Destination<L>> RunOffer for QueueRun<'_, '_, L, D> {
 
 fn empty() -> FrameSrc<'static> {
     FrameSrc {
-        hdr: VirtioNetHdr::plain(),
+        hdr: HdrWords::PLAIN,
         len: 0,
         data: Data::Local(&[]),
     }

@@ -2,7 +2,7 @@
 
 use super::*;
 use crate::datapath::Gm;
-use crate::net::VirtioNetHdr;
+use crate::net::HdrWords;
 use pvnet_grant::GrantTable;
 use pvnet_locks::family::Percpu;
 use std::cell::Cell;
@@ -88,7 +88,7 @@ impl FrameSet for Frames {
     }
     fn get(&self, _: usize) -> FrameSrc<'_> {
         FrameSrc {
-            hdr: VirtioNetHdr::plain(),
+            hdr: HdrWords::PLAIN,
             len: self.0.len(),
             data: Data::Local(&self.0),
         }
