@@ -238,9 +238,18 @@ mod tests {
         let w = HdrWords::from(h);
         assert_eq!(w.hdr(), h);
         assert_eq!(w.to_bytes(), h.to_bytes());
-        assert_eq!(w.to_bytes(), *b"\x81\x82\x83\x84\x85\x86\x87\x88\x89\x8a\x8b\x8c");
+        assert_eq!(
+            w.to_bytes(),
+            *b"\x81\x82\x83\x84\x85\x86\x87\x88\x89\x8a\x8b\x8c"
+        );
         let one = w.with_num_buffers(1).hdr();
-        assert_eq!(one, VirtioNetHdr { num_buffers: 1, ..h });
+        assert_eq!(
+            one,
+            VirtioNetHdr {
+                num_buffers: 1,
+                ..h
+            }
+        );
         assert_eq!(HdrWords::PLAIN, HdrWords::from(VirtioNetHdr::plain()));
     }
 
