@@ -109,10 +109,10 @@ pub trait FrameSet {
     fn count(&self) -> usize;
     /// Frame `i` (`i < count()`).
     fn get(&self, i: usize) -> FrameSrc<'_>;
-    /// The length of frame `i` (what [`FrameSet::get`] says, maybe for less work).
-    fn frame_len(&self, i: usize) -> usize {
-        self.get(i).len
-    }
+    /// The length of frame `i`: what [`FrameSet::get`] says, for less work (no default: the
+    /// RX reservation asks it of every frame, and a default through `get` built each frame
+    /// twice).
+    fn frame_len(&self, i: usize) -> usize;
 }
 
 /// What became of a frame offered to a destination queue.

@@ -181,6 +181,9 @@ impl FrameSet for Window<'_> {
     fn get(&self, i: usize) -> FrameSrc<'_> {
         self.set.get(self.off + i)
     }
+    fn frame_len(&self, i: usize) -> usize {
+        self.set.frame_len(self.off + i)
+    }
 }
 
 impl<L: Locks> Destination<L> for GuestPort<'_, L> {
@@ -212,6 +215,8 @@ impl<L: Locks> Destination<L> for GuestPort<'_, L> {
                 off: start,
                 n: n - start,
             };
+            // The first hold takes the set as it is (one dynamic call per frame access, not two).
+            let set: &dyn FrameSet = if start == 0 { frames } else { &w };
             // One hold: at most HOLD_BYTES of frames (the ring stops there, leaving the rest
             // Pending for the next hold).
             let mut ring = lock.lock();
@@ -223,7 +228,7 @@ impl<L: Locks> Destination<L> for GuestPort<'_, L> {
             r.deliver(
                 (pair.src(), &mut *src.hint),
                 pair.dst(),
-                &w,
+                set,
                 &mut fates[start..n],
                 slot,
                 waker,
@@ -262,9 +267,43 @@ impl<L: Locks> Destination<L> for GuestPort<'_, L> {
 
 #[cfg(test)]
 mod tests {
-    use super::{next_run, offer_run, RunOffer};
-    use crate::datapath::Fate;
+    use super::{next_run, offer_run, RunOffer, Window};
+    use crate::datapath::{Data, Fate, FrameSet, FrameSrc};
+    use crate::net::HdrWords;
     use std::ops::Range;
+
+    /// Frames of lengths 10, 11, 12, ...
+    struct Lens(usize);
+
+    impl FrameSet for Lens {
+        fn count(&self) -> usize {
+            self.0
+        }
+        fn get(&self, i: usize) -> FrameSrc<'_> {
+            FrameSrc {
+                hdr: HdrWords::PLAIN,
+                len: 10 + i,
+                data: Data::Local(&[]),
+            }
+        }
+        fn frame_len(&self, i: usize) -> usize {
+            10 + i
+        }
+    }
+
+    #[test]
+    fn a_window_says_the_lengths_of_its_own_frames() {
+        let all = Lens(8);
+        let w = Window {
+            set: &all,
+            off: 3,
+            n: 5,
+        };
+        for i in 0..w.count() {
+            assert_eq!(w.frame_len(i), 13 + i);
+            assert_eq!(w.frame_len(i), w.get(i).len);
+        }
+    }
 
     /// A run whose frames pass through unless `soft[k]`; the queue has room for `room`
     /// frames; records what was offered.

@@ -35,6 +35,10 @@ impl FrameSet for Pieces<'_> {
             data: Data::Local(self.buf.get(a..a + n).unwrap_or_default()),
         }
     }
+
+    fn frame_len(&self, i: usize) -> usize {
+        self.get(i).len
+    }
 }
 
 /// The buffers of the software-offload path (reused from frame to frame).

@@ -107,6 +107,11 @@ impl FrameSet for Run<'_> {
             data: Data::Local(data),
         }
     }
+
+    fn frame_len(&self, i: usize) -> usize {
+        // Local frames: `get` is a few bounds checks.
+        self.get(i).len
+    }
 }
 
 /// A tap queue's run for queue `q` of `dest`, as [`offer_run`] walks it.

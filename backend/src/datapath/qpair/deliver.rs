@@ -41,6 +41,14 @@ impl FrameSet for Run<'_> {
             None => empty(),
         }
     }
+
+    fn frame_len(&self, i: usize) -> usize {
+        match self.ids.get(i) {
+            Some(FrameId::Burst(k)) => self.burst.frames.get(*k).map_or(0, |f| f.len as usize),
+            Some(FrameId::Held(k)) => self.held.get(*k).map_or(0, |h| h.frame.len as usize),
+            None => 0,
+        }
+    }
 }
 
 /// What becomes of unicast frame `f` given the verdict of its destination, port `d`.

@@ -93,6 +93,9 @@ impl FrameSet for Frames {
             data: Data::Local(&self.0),
         }
     }
+    fn frame_len(&self, _: usize) -> usize {
+        self.0.len()
+    }
 }
 
 /// A ring with `initial` buffers posted, whose guest posts `later` more one at a time,
