@@ -247,4 +247,26 @@ mod tests {
             .slice_hinted(&mut hint, 0x10, 0, Access::ReadOnly)
             .is_err());
     }
+
+    #[test]
+    fn host_addresses_for_prefetches_are_where_the_slices_are() {
+        let t = GrantTable::<StdRw>::new();
+        let m = memfd::guest_memory::<()>(&[(0, 0x1000), (0x3000, 0x1000)]).unwrap();
+        t.replace_from_memory(&m).unwrap();
+        let g = t.read();
+        for start in [0, 1, 5] {
+            for gpa in [0u64, 0x10, 0xfff, 0x3000, 0x3ff8] {
+                let mut hint = RegionHint { index: start };
+                let s = g
+                    .slice_hinted(&mut RegionHint::default(), gpa, 1, Access::ReadOnly)
+                    .unwrap();
+                let want = s.ptr_guard().as_ptr();
+                assert_eq!(g.host_addr_hinted(&mut hint, gpa), Some(want), "{gpa:#x}");
+            }
+            for gpa in [0x1000u64, 0x2fff, 0x4000, u64::MAX] {
+                let mut hint = RegionHint { index: start };
+                assert_eq!(g.host_addr_hinted(&mut hint, gpa), None, "{gpa:#x}");
+            }
+        }
+    }
 }

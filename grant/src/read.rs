@@ -278,6 +278,27 @@ impl<'a, F: RwFamily, B: Bitmap + Send + Sync + 'static> GrantReadGuard<'a, F, B
         }
     }
 
+    /// Where guest address `gpa` lies in this process, when a grant covers it (`hint` tried
+    /// first and updated): for prefetch hints only. No rights are checked and no slice is
+    /// built (a translation for a prefetch cost as much as one for the copy); reads and writes
+    /// go through [`GrantReadGuard::slice_hinted`].
+    #[inline(always)]
+    pub fn host_addr_hinted(&self, hint: &mut RegionHint, gpa: u64) -> Option<*const u8> {
+        let es = self.entries();
+        let i = match es.get(hint.index) {
+            Some(e) if gpa.wrapping_sub(e.start) < e.len => hint.index,
+            _ => {
+                let i = self.find(gpa)?;
+                hint.index = i;
+                i
+            }
+        };
+        let e = es.get(i)?;
+        // e.start <= gpa < e.end(): the offset lies inside the grant's mapping.
+        let off = e.host.offset + (gpa - e.start) as usize;
+        Some(e.host.map.as_ptr().wrapping_add(off).cast_const())
+    }
+
     /// The host slice of the longest prefix of `[gpa, gpa + len)` that lies inside one grant
     /// (between 1 and `len` bytes), checked for `need`. The caller advances by the slice's
     /// length and asks again for the rest (a range spanning adjacent grants comes in pieces).

@@ -260,8 +260,11 @@ pub fn prefetch<F: RwFamily>(
     hint: &mut RegionHint,
     cur: &SegCursor<'_>,
 ) {
-    if let Ok(s) = piece(g, hint, cur, 64, Access::ReadOnly) {
-        prefetch_ptr(s.ptr_guard().as_ptr());
+    if let Some(p) = cur
+        .peek(1)
+        .and_then(|(gpa, _)| g.host_addr_hinted(hint, gpa))
+    {
+        prefetch_ptr(p);
     }
 }
 
