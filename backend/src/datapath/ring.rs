@@ -37,11 +37,13 @@ pub struct RingLayout {
 }
 
 impl RingLayout {
-    /// The layout of `q`, or `None` when the ring is empty or any of its fields would lie past
-    /// the end of the 64-bit address space.
+    /// The layout of `q`, or `None` when the ring is empty, its size not a power of two (a
+    /// split ring's must be; virtio-queue refuses others, and positions are taken modulo the
+    /// size with a mask), or any of its fields would lie past the end of the 64-bit address
+    /// space.
     pub fn of(q: &Queue) -> Option<RingLayout> {
         let size = q.size();
-        if size == 0 {
+        if !size.is_power_of_two() {
             return None;
         }
         let s = u64::from(size);
@@ -94,7 +96,7 @@ impl RingLayout {
 
     /// Address of avail ring entry `i` (any `i`: taken modulo the size).
     pub fn avail_entry(&self, i: u16) -> GuestAddress {
-        GuestAddress(self.avail + 4 + 2 * u64::from(i % self.size))
+        GuestAddress(self.avail + 4 + 2 * u64::from(i & (self.size - 1)))
     }
 
     fn used_event(&self) -> GuestAddress {
@@ -110,7 +112,7 @@ impl RingLayout {
     }
 
     fn used_elem(&self, i: u16) -> GuestAddress {
-        GuestAddress(self.used + 4 + 8 * u64::from(i % self.size))
+        GuestAddress(self.used + 4 + 8 * u64::from(i & (self.size - 1)))
     }
 
     fn avail_event(&self) -> GuestAddress {
@@ -149,7 +151,10 @@ impl<'m> AvailRing<'m> {
     fn new(slice: VolatileSlice<'m>, size: u16) -> Option<Self> {
         let n = 2 + usize::from(size);
         let p = slice.ptr_guard().as_ptr();
-        if slice.len() < 2 * n || p as usize % std::mem::align_of::<AtomicU16>() != 0 || size == 0 {
+        if slice.len() < 2 * n
+            || p as usize % std::mem::align_of::<AtomicU16>() != 0
+            || !size.is_power_of_two()
+        {
             return None;
         }
         // SAFETY: `slice` is mapped, readable memory for 'm, at least 2 * n bytes long and
@@ -170,7 +175,8 @@ impl<'m> AvailRing<'m> {
     /// Entry `i` (any `i`: taken modulo the size): the head of a published chain.
     #[inline]
     pub fn head(&self, i: u16) -> u16 {
-        let k = 2 + usize::from(i % self.size);
+        // A power of two (checked in `new`): a mask, not a division, per chain taken.
+        let k = 2 + usize::from(i & (self.size - 1));
         self.words
             .get(k)
             .map_or(0, |w| u16::from_le(w.load(Ordering::Relaxed)))
@@ -317,7 +323,7 @@ impl UsedShadow {
         let size = usize::from(lay.size);
         let mut k = 0;
         while k < self.entries.len() {
-            let slot = base.wrapping_add(k as u16) % lay.size;
+            let slot = base.wrapping_add(k as u16) & (lay.size - 1);
             // The run of elements up to the end of the ring, written through one slice.
             let run = (size - usize::from(slot)).min(self.entries.len() - k);
             let addr = lay.used_elem(slot);
@@ -494,6 +500,25 @@ mod tests {
         let mut q: Queue = vq.create_queue().expect("queue");
         q.set_avail_ring_address(Some(top as u32 & !1), Some((top >> 32) as u32));
         assert!(RingLayout::of(&q).is_none(), "avail ring wraps");
+    }
+
+    #[test]
+    fn rings_whose_size_is_not_a_power_of_two_are_refused() {
+        // Positions are reduced with a mask: a size that is not a power of two would put
+        // entries in the wrong places (virtio-queue never hands one out; this is the guard).
+        let m = mem();
+        let s = m
+            .get_slices(GuestAddress(0x100), 64, Permissions::Read)
+            .expect("slices")
+            .next()
+            .expect("one slice")
+            .expect("slice");
+        for size in [0u16, 3, 6, 12] {
+            assert!(AvailRing::new(s.clone(), size).is_none(), "size {size}");
+        }
+        for size in [1u16, 2, 4, 16] {
+            assert!(AvailRing::new(s.clone(), size).is_some(), "size {size}");
+        }
     }
 
     #[test]
