@@ -202,12 +202,21 @@ pub fn prefetch<F: RwFamily>(
     hint: &mut RegionHint,
     skip_hdr: bool,
 ) {
-    for i in 0..b.frames.len() {
-        let f = &b.frames[i];
-        if f.route == Route::Unknown {
-            let mut cur = SegCursor::new(b.segs_of(i));
-            if !skip_hdr || cur.skip(usize::from(f.hl)) {
-                copy::prefetch(g, hint, &cur);
+    for (i, f) in b.frames.iter().enumerate() {
+        if f.route != Route::Unknown {
+            continue;
+        }
+        let off = if skip_hdr { usize::from(f.hl) } else { 0 };
+        match b.segs.get(f.seg0 as usize) {
+            // The rule: the line is in the first buffer (no cursor walk).
+            Some(s) if f.nsegs > 0 && off < s.len as usize => {
+                copy::prefetch_gpa(g, hint, s.gpa.wrapping_add(off as u64));
+            }
+            _ => {
+                let mut cur = SegCursor::new(b.segs_of(i));
+                if cur.skip(off) {
+                    copy::prefetch(g, hint, &cur);
+                }
             }
         }
     }

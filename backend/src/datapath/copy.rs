@@ -260,10 +260,15 @@ pub fn prefetch<F: RwFamily>(
     hint: &mut RegionHint,
     cur: &SegCursor<'_>,
 ) {
-    if let Some(p) = cur
-        .peek(1)
-        .and_then(|(gpa, _)| g.host_addr_hinted(hint, gpa))
-    {
+    if let Some((gpa, _)) = cur.peek(1) {
+        prefetch_gpa(g, hint, gpa);
+    }
+}
+
+/// Hints the CPU to fetch the line of guest address `gpa`, if a grant covers it.
+#[inline(always)]
+pub fn prefetch_gpa<F: RwFamily>(g: &GrantReadGuard<'_, F>, hint: &mut RegionHint, gpa: u64) {
+    if let Some(p) = g.host_addr_hinted(hint, gpa) {
         prefetch_ptr(p);
     }
 }

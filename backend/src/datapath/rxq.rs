@@ -474,8 +474,11 @@ impl RxState {
     /// Hints the CPU to fetch the first line of every reserved frame's first buffer.
     fn prefetch<F: RwFamily>(&self, dg: &GrantReadGuard<'_, F>, dh: &mut RegionHint) {
         for r in self.reserved.iter().filter(|r| r.frame != ABANDONED) {
-            if let Some(b) = self.bufs.get(r.b0 as usize..r.b1 as usize) {
-                copy::prefetch(dg, dh, &SegCursor::new(b));
+            // A reservation has at least one buffer, none empty (read_chain skips those).
+            if r.b1 > r.b0 {
+                if let Some(b) = self.bufs.get(r.b0 as usize) {
+                    copy::prefetch_gpa(dg, dh, b.gpa);
+                }
             }
         }
     }
