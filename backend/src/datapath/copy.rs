@@ -294,6 +294,34 @@ mod tests {
     use pvnet_locks::family::Percpu;
     use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
+    #[test]
+    fn skip_lands_where_a_byte_walk_does() {
+        // Segment lists hold no empty segments (`read_chain` leaves them out).
+        let segs =
+            [(0x100, 5), (0x300, 3), (0x400, 7), (0x500, 1)].map(|(gpa, len)| Seg { gpa, len });
+        // The guest address of every byte, in order.
+        let bytes: Vec<u64> = segs
+            .iter()
+            .flat_map(|s| (0..u64::from(s.len)).map(move |k| s.gpa + k))
+            .collect();
+        for first in 0..=bytes.len() {
+            for second in 0..=bytes.len() + 1 {
+                let mut c = SegCursor::new(&segs);
+                assert!(c.skip(first));
+                let fits = first + second <= bytes.len();
+                assert_eq!(c.skip(second), fits, "{first} then {second}");
+                if fits {
+                    let at = first + second;
+                    assert_eq!(
+                        c.peek(1).map(|(gpa, _)| gpa),
+                        bytes.get(at).copied(),
+                        "{at}"
+                    );
+                }
+            }
+        }
+    }
+
     /// A header with every field non-zero and distinct, `num_buffers` as given.
     fn every_field_set(num_buffers: u16) -> VirtioNetHdr {
         VirtioNetHdr {
