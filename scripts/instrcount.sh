@@ -83,16 +83,21 @@ for log in glob.glob(f"{d}/sb/logs/*/switch.log"):
                 continue
             last[s["port"]] = s
 frames = sum(s["total"]["tx_frames"] for s in last.values())
-out = subprocess.run(["callgrind_annotate", f"{d}/callgrind.out"], capture_output=True, text=True).stdout
+out = subprocess.run(["callgrind_annotate", "--auto=no", f"{d}/callgrind.out"], capture_output=True, text=True).stdout
 m = re.search(r"([\d,]+) \(100\.0%\)\s+PROGRAM TOTALS", out)
 if not m or frames == 0:
     sys.exit("ERROR: no instruction total or no frames (pvnet's statistics missing?)")
 total = int(m.group(1).replace(",", ""))
 print(f"instructions per frame: {total / frames:.0f} ({total} instructions, {frames} frames)")
-rows = [l for l in out.splitlines() if re.match(r"\s*[\d,]+ \(\s*[\d.]+%\)\s+\S", l) and "PROGRAM TOTALS" not in l]
-for l in rows[:top]:
+# Rows are per (source file, function): sum each function's rows (its own and inlined code).
+by_fn = {}
+for l in out.splitlines():
+    if not re.match(r"\s*[\d,]+ \(\s*[\d.]+%\)\s+\S", l) or "PROGRAM TOTALS" in l:
+        continue
     n = int(l.split()[0].replace(",", ""))
     name = re.sub(r"^.*?%\)\s+", "", l)
     name = re.sub(r"\s*\[.*\]$", "", name).split(":", 1)[-1]
+    by_fn[name] = by_fn.get(name, 0) + n
+for name, n in sorted(by_fn.items(), key=lambda kv: -kv[1])[:top]:
     print(f"  {n / frames:8.1f}  {name[:110]}")
 EOF
