@@ -164,10 +164,13 @@ pub fn fetch<'m, F: RwFamily>(
             MAX_FRAME + hl,
             &mut b.segs,
         );
-        let route = match r {
-            Ok(info) if info.bytes < hl + net::eth::ETH_HLEN => Route::Drop(DropReason::TooShort),
-            Ok(_) => Route::Unknown,
-            Err(e) => Route::Drop(e.tx_drop()),
+        // A good chain's bytes are its segments' (a bad one leaves none).
+        let (route, bytes) = match r {
+            Ok(info) if info.bytes < hl + net::eth::ETH_HLEN => {
+                (Route::Drop(DropReason::TooShort), info.bytes)
+            }
+            Ok(info) => (Route::Unknown, info.bytes),
+            Err(e) => (Route::Drop(e.tx_drop()), 0),
         };
         if n > 0 && b.segs.len() > room.segs {
             // Leave it for the next burst.
@@ -176,7 +179,6 @@ pub fn fetch<'m, F: RwFamily>(
             break;
         }
         let nsegs = b.segs.len() - seg0;
-        let len = b.segs[seg0..].iter().map(|s| s.len as usize).sum::<usize>();
         b.frames.push(Frame {
             head,
             // Bounded by BURST * MAX_CHAIN_DESCS: fits u32.
@@ -184,7 +186,7 @@ pub fn fetch<'m, F: RwFamily>(
             nsegs: nsegs as u32,
             hdr: VirtioNetHdr::plain(),
             hl: hl as u8,
-            len: len.saturating_sub(hl) as u32,
+            len: bytes.saturating_sub(hl) as u32,
             key: 0,
             route,
         });
