@@ -514,10 +514,10 @@ mod tests {
             .expect("one slice")
             .expect("slice");
         for size in [0u16, 3, 6, 12] {
-            assert!(AvailRing::new(s.clone(), size).is_none(), "size {size}");
+            assert!(AvailRing::new(s, size).is_none(), "size {size}");
         }
         for size in [1u16, 2, 4, 16] {
-            assert!(AvailRing::new(s.clone(), size).is_some(), "size {size}");
+            assert!(AvailRing::new(s, size).is_some(), "size {size}");
         }
     }
 
