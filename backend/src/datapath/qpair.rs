@@ -170,6 +170,23 @@ impl QueuePair {
         self.held.deadline(cx.cfg().backpressure_bound)
     }
 
+    /// [`QueuePair::tx_burst`] in `scratch`'s buffers instead of the pair's own: a worker
+    /// lends the same ones to each of its pairs in turn, so that a worker serving eight pairs
+    /// touches the lines of one burst's records and frame prefixes (9 KB), not eight bursts'.
+    /// A burst is scratch: nothing in it outlives the call (held-back frames are copied out).
+    pub fn tx_burst_in<L: Locks>(
+        &mut self,
+        scratch: &mut Burst,
+        cx: &PortCtx<'_, L>,
+        tx: &Vring,
+        retry: bool,
+    ) -> TxProgress {
+        std::mem::swap(&mut self.burst, scratch);
+        let p = self.tx_burst(cx, tx, retry);
+        std::mem::swap(&mut self.burst, scratch);
+        p
+    }
+
     /// One TX burst (see the module documentation). `retry`: also offer held-back frames
     /// whose destinations get no new frame in this burst (after a wake or a timeout).
     pub fn tx_burst<L: Locks>(

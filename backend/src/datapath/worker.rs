@@ -12,6 +12,7 @@
 //!   so that the epoll loop serves its other events (RX kicks, vring changes, exit) in time;
 //! * [`Token::Rx`] → [`QueuePair::rx_event`] (attach the RX ring, or wake held-back senders).
 
+use crate::datapath::burst::Burst;
 use crate::datapath::poll::Poller;
 use crate::datapath::qpair::{PortCtx, QueuePair};
 use crate::datapath::rxq::Waker;
@@ -75,6 +76,8 @@ pub struct Worker {
     poller: Poller,
     /// The thread's vrings, kept from the first event (for `stop_vring`).
     vrings: Vec<Vring>,
+    /// Burst buffers lent to each pair in turn ([`QueuePair::tx_burst_in`]).
+    scratch: Burst,
 }
 
 impl Worker {
@@ -98,6 +101,7 @@ impl Worker {
             timer_at: None,
             poller: Poller::new(poll_us),
             vrings: Vec::new(),
+            scratch: Burst::default(),
         })
     }
 
@@ -155,7 +159,7 @@ impl Worker {
                 let Some(tx) = vrings.get(2 * k + 1) else {
                     continue;
                 };
-                let p = qp.tx_burst(cx, tx, retry);
+                let p = qp.tx_burst_in(&mut self.scratch, cx, tx, retry);
                 work |= p.taken > 0 || p.resumed > 0;
                 full |= p.full;
             }
