@@ -260,7 +260,6 @@ fn ports_added_and_deleted_while_two_ports_stream() {
     control.stop();
     assert!(!d.join("ctl.sock").exists());
     server.shutdown();
-    let _ = std::fs::remove_dir_all(&d);
 }
 
 #[test]
@@ -305,7 +304,6 @@ fn fdb_log_level_and_stats() {
     assert!(text.as_str().expect("text").contains("tx_frames"));
     control.stop();
     server.shutdown();
-    let _ = std::fs::remove_dir_all(&d);
 }
 
 /// Clients that connect and say nothing use up the client slots, not the switch: one more
@@ -339,5 +337,4 @@ fn idle_clients_are_bounded() {
     }
     control.stop();
     server.shutdown();
-    let _ = std::fs::remove_dir_all(&d);
 }

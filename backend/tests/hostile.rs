@@ -5,21 +5,17 @@
 use pvnet_backend::stats::DropReason;
 use pvnet_backend::{Config, Server};
 use pvnet_testkit::frames::tagged::{self as frames, HELLO, MAGIC};
-use pvnet_testkit::harness::{guest_config, mac, tmpdir};
+use pvnet_testkit::harness::{guest_config, mac, server_with, TestServer};
 use pvnet_testkit::{desc, GuestConfig, RawDesc, Repost, TestGuest, VirtioNetHdr};
 use std::time::{Duration, Instant};
 use virtio_bindings::virtio_config::VIRTIO_F_IN_ORDER;
 
-fn start(name: &str, ports: usize, bound: Duration, tweak: impl FnOnce(&mut Config)) -> Server {
-    let d = tmpdir(name);
-    let mut cfg = Config {
-        sockets: (0..ports).map(|i| d.join(format!("p{i}.sock"))).collect(),
-        queue_pairs: 1,
-        backpressure_bound: bound,
-        ..Config::default()
-    };
-    tweak(&mut cfg);
-    Server::start(cfg).expect("server")
+fn start(name: &str, ports: usize, bound: Duration, tweak: impl FnOnce(&mut Config)) -> TestServer {
+    let d = Config::default();
+    server_with(name, ports, 1, d.grant_lock, d.queue_lock, |c| {
+        c.backpressure_bound = bound;
+        tweak(c);
+    })
 }
 
 fn connect(s: &Server, i: usize, tweak: impl FnOnce(&mut GuestConfig)) -> TestGuest {

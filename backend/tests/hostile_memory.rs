@@ -127,7 +127,6 @@ fn region_larger_than_its_file_gets_an_error() {
     exchange(&mut b, &mut a, mac(1), mac(0), 2);
     drop((a, b));
     s.shutdown();
-    let _ = std::fs::remove_dir_all(&d);
 }
 
 #[test]
@@ -214,5 +213,4 @@ fn truncated_memory_costs_only_its_own_port() {
     assert!(json.contains("\"memory_fault_disconnects\":1"), "{json}");
     drop((a2, b, c));
     s.shutdown();
-    let _ = std::fs::remove_dir_all(&d);
 }

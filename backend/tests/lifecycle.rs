@@ -85,9 +85,7 @@ fn cycle(s: &Server, a: &mut TestGuest, pairs: u16, n: u16) {
 }
 
 fn reconnect_flat(pairs: u16, cycles: u16) {
-    let d = std::env::temp_dir().join(format!("pvnet-lifecycle-{}-{pairs}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).expect("tmp");
+    let d = pvnet_testkit::harness::tmpdir(&format!("lifecycle-{pairs}"));
     let s = Server::start(Config {
         sockets: vec![d.join("a.sock"), d.join("b.sock")],
         queue_pairs: pairs,
@@ -130,7 +128,6 @@ fn reconnect_flat(pairs: u16, cycles: u16) {
     eprintln!("{pairs} pairs, {cycles} reconnects: base {base:?}, after {after:?}");
     drop(a);
     s.shutdown();
-    let _ = std::fs::remove_dir_all(&d);
 }
 
 /// Both sizes in one test: the counts are per process, a parallel test would disturb them.

@@ -176,9 +176,7 @@ fn reconnect_soak_keeps_the_process_flat() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(1000);
-    let d = std::env::temp_dir().join(format!("pvnet-soak-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).expect("tmp");
+    let d = pvnet_testkit::harness::tmpdir("soak");
     let srv = Server::start(Config {
         sockets: (0..3).map(|i| d.join(format!("p{i}.sock"))).collect(),
         queue_pairs: 1,
@@ -228,5 +226,4 @@ fn reconnect_soak_keeps_the_process_flat() {
         assert_eq!(drops, 0, "port {p}: {q:?}");
     }
     srv.shutdown();
-    let _ = std::fs::remove_dir_all(&d);
 }

@@ -6,9 +6,10 @@
 //! something fails.
 
 use std::collections::{HashMap, HashSet};
+use std::ops::{Deref, DerefMut};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixListener;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
@@ -17,14 +18,61 @@ use pvnet_locks::{RwLockKind, SpinLockKind};
 
 use crate::frames::tagged::{self, HELLO, MAGIC, SIZES};
 use crate::{GuestConfig, TestGuest, VirtioNetHdr};
+use vmm_sys_util::tempdir::TempDir;
 
 /// A fresh, empty directory for sockets under the system temporary directory, named after
-/// this process and `name`.
-pub fn tmpdir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("pvnet-bt-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).expect("temporary directory");
-    d
+/// `name`, removed with everything in it when the returned guard is dropped (a test run
+/// leaves nothing behind in /tmp, also when it fails half-way).
+///
+/// ```
+/// let d = pvnet_testkit::harness::tmpdir("doc");
+/// let gone = d.to_path_buf();
+/// std::fs::write(d.join("a.sock"), b"").unwrap();
+/// drop(d);
+/// assert!(!gone.exists());
+/// ```
+pub fn tmpdir(name: &str) -> TmpDir {
+    let prefix = std::env::temp_dir().join(format!("pvnet-bt-{name}-"));
+    TmpDir(TempDir::new_with_prefix(prefix).expect("temporary directory"))
+}
+
+/// A temporary directory of [`tmpdir`]: a [`Path`] that is removed, with everything in it,
+/// when dropped (vmm-sys-util's `TempDir`).
+pub struct TmpDir(TempDir);
+
+impl Deref for TmpDir {
+    type Target = Path;
+
+    fn deref(&self) -> &Path {
+        self.0.as_path()
+    }
+}
+
+impl AsRef<Path> for TmpDir {
+    fn as_ref(&self) -> &Path {
+        self.0.as_path()
+    }
+}
+
+/// A [`Server`] of [`server`] with the directory its sockets live in: the switch stops first,
+/// then the directory goes. Derefs to the server.
+pub struct TestServer {
+    server: Server,
+    _dir: TmpDir,
+}
+
+impl Deref for TestServer {
+    type Target = Server;
+
+    fn deref(&self) -> &Server {
+        &self.server
+    }
+}
+
+impl DerefMut for TestServer {
+    fn deref_mut(&mut self) -> &mut Server {
+        &mut self.server
+    }
 }
 
 /// Closes the listener `l` for good, leaving a stale socket file (what a crashed switch
@@ -39,7 +87,13 @@ pub fn close_listener(l: UnixListener) {
 
 /// A switch with `ports` ports of `pairs` queue pairs and the given lock kinds, on sockets in
 /// [`tmpdir`]`(name)`.
-pub fn server(name: &str, ports: usize, pairs: u16, gl: RwLockKind, ql: SpinLockKind) -> Server {
+pub fn server(
+    name: &str,
+    ports: usize,
+    pairs: u16,
+    gl: RwLockKind,
+    ql: SpinLockKind,
+) -> TestServer {
     server_with(name, ports, pairs, gl, ql, |_| {})
 }
 
@@ -51,7 +105,7 @@ pub fn server_with(
     gl: RwLockKind,
     ql: SpinLockKind,
     tweak: impl FnOnce(&mut Config),
-) -> Server {
+) -> TestServer {
     let d = tmpdir(name);
     let mut cfg = Config {
         sockets: (0..ports).map(|i| d.join(format!("p{i}.sock"))).collect(),
@@ -63,7 +117,10 @@ pub fn server_with(
         ..Config::default()
     };
     tweak(&mut cfg);
-    Server::start(cfg).expect("server")
+    TestServer {
+        server: Server::start(cfg).expect("server"),
+        _dir: d,
+    }
 }
 
 /// The MAC address of guest `i` of a traffic run.
@@ -351,6 +408,32 @@ mod tests {
             libc::waitpid(pid, std::ptr::null_mut(), 0);
         }
         assert!(refused, "the closed listener still answered");
-        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    /// A test's switch takes its socket directory with it: a day of test runs left thousands
+    /// of `pvnet-*` directories in /tmp when nothing removed them.
+    #[test]
+    fn a_test_server_removes_its_socket_directory() {
+        let s = server("gone", 2, 1, RwLockKind::Percpu, SpinLockKind::Pvqspin);
+        let dir = s.paths()[0]
+            .parent()
+            .expect("socket directory")
+            .to_path_buf();
+        assert!(
+            dir.is_dir(),
+            "{} missing while the switch runs",
+            dir.display()
+        );
+        assert!(s.paths().iter().all(|p| p.exists()), "sockets not bound");
+        drop(s);
+        assert!(!dir.exists(), "{} outlived its switch", dir.display());
+    }
+
+    /// Two directories of the same name never collide (tests run in parallel threads).
+    #[test]
+    fn temporary_directories_of_one_name_are_distinct() {
+        let (a, b) = (tmpdir("same"), tmpdir("same"));
+        assert_ne!(a.to_path_buf(), b.to_path_buf());
+        assert!(a.is_dir() && b.is_dir());
     }
 }

@@ -3,7 +3,6 @@
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -219,19 +218,14 @@ impl VhostUserBackendMut for Loopback {
     }
 }
 
-static NEXT: AtomicUsize = AtomicUsize::new(0);
-
 /// Serves `conns` consecutive frontends on a fresh socket path.
 fn serve(pairs: usize, offered: u64, conns: usize) -> (PathBuf, JoinHandle<()>) {
-    let dir = std::env::temp_dir().join(format!(
-        "pvnet-testkit-{}-{}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    ));
-    std::fs::create_dir_all(&dir).expect("temp dir");
+    // The serving thread owns the directory: it goes when the last frontend was served.
+    let dir = pvnet_testkit::harness::tmpdir("loopback");
     let path = dir.join("loop.sock");
     let p = path.clone();
     let h = std::thread::spawn(move || {
+        let _dir = dir;
         for _ in 0..conns {
             let backend = Arc::new(Mutex::new(Loopback {
                 pairs,

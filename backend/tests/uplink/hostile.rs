@@ -11,7 +11,7 @@ use pvnet_backend::tap::{TapConfig, TapDevice};
 use pvnet_backend::{Config, Server};
 use pvnet_testkit::features as f;
 use pvnet_testkit::frames::{self, eth};
-use pvnet_testkit::harness::{guest_config, tmpdir, wait_enabled};
+use pvnet_testkit::harness::{guest_config, tmpdir, wait_enabled, TmpDir};
 use pvnet_testkit::{RxFrame, TestGuest, VirtioNetHdr};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::{Duration, Instant};
@@ -93,7 +93,7 @@ fn host_recv(fd: &OwnedFd) -> Option<(VirtioNetHdr, Vec<u8>)> {
 }
 
 /// A switch with one guest port and one tap port on `dev`, and its socket directory.
-fn start(name: &str, dev: OwnedFd) -> (Server, std::path::PathBuf) {
+fn start(name: &str, dev: OwnedFd) -> (Server, TmpDir) {
     let d = tmpdir(name);
     let cfg = Config {
         sockets: vec![d.join("g.sock")],
@@ -115,9 +115,9 @@ fn start(name: &str, dev: OwnedFd) -> (Server, std::path::PathBuf) {
 }
 
 /// Stops the switch and removes its socket directory.
-fn finish(s: Server, d: std::path::PathBuf) {
+fn finish(s: Server, d: TmpDir) {
     s.shutdown();
-    let _ = std::fs::remove_dir_all(d);
+    drop(d);
 }
 
 /// Frames received by `g` until `n` arrived (at most 20 s).

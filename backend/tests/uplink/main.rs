@@ -13,7 +13,7 @@ use pvnet_backend::stats::DropReason;
 use pvnet_backend::tap::{TapConfig, TapError};
 use pvnet_backend::{Config, ServeError, Server};
 use pvnet_testkit::features as f;
-use pvnet_testkit::harness::{guest_config, tmpdir, wait_enabled};
+use pvnet_testkit::harness::{guest_config, tmpdir, wait_enabled, TmpDir};
 use pvnet_testkit::{TestGuest, VirtioNetHdr};
 use stack::{pattern, Ends, Sender, Stack, MSS};
 use std::io::{Read, Write};
@@ -470,7 +470,6 @@ fn uplink_run(tag: &str, tap_offload: bool, guest_offload: bool, queues: u16) {
     server.shutdown();
     // pvnet created the tap: it goes with the server (here, with the namespace's copy).
     drop(ns);
-    let _ = std::fs::remove_dir_all(&d);
 }
 
 #[test]
@@ -493,10 +492,10 @@ fn uplink_ping_and_tcp_multiqueue_tap() {
     uplink_run("d", true, true, 4);
 }
 
-/// A switch with one socket and the tap `name` (its socket directory: tmpdir(`tag`)).
-fn tap_server(tag: &str, name: &str) -> Result<Server, ServeError> {
+/// A switch with one socket and the tap `name`, and its socket directory (`tmpdir(tag)`).
+fn tap_server(tag: &str, name: &str) -> Result<(Server, TmpDir), ServeError> {
     let d = tmpdir(tag);
-    Server::start(Config {
+    let s = Server::start(Config {
         sockets: vec![d.join("g.sock")],
         queue_pairs: 1,
         uplink: TapConfig {
@@ -504,7 +503,8 @@ fn tap_server(tag: &str, name: &str) -> Result<Server, ServeError> {
             ..TapConfig::default()
         },
         ..Config::default()
-    })
+    })?;
+    Ok((s, d))
 }
 
 #[test]
@@ -517,8 +517,8 @@ fn a_created_tap_goes_with_pvnet_a_persistent_one_stays() {
     let exists = |n: &str| std::path::Path::new("/sys/class/net").join(n).exists();
     // Created by pvnet: up while it runs, gone when its descriptors close.
     let made = format!("uplc{pid}");
-    let s = match tap_server("tap-created", &made) {
-        Ok(s) => s,
+    let (s, d) = match tap_server("tap-created", &made) {
+        Ok(sd) => sd,
         Err(e) if forbidden(&e) => {
             println!("SKIP: tap lifetime: this machine forbids tap devices: {e}");
             return;
@@ -533,7 +533,7 @@ fn a_created_tap_goes_with_pvnet_a_persistent_one_stays() {
     // ends).
     s.shutdown();
     drop(s);
-    let _ = std::fs::remove_dir_all(tmpdir("tap-created"));
+    drop(d);
     assert!(!exists(&made), "the tap pvnet created outlived it");
     // Persistent, made beforehand: attached to, and left in place.
     let kept = format!("uplp{pid}");
@@ -541,11 +541,10 @@ fn a_created_tap_goes_with_pvnet_a_persistent_one_stays() {
         println!("SKIP: tap lifetime: cannot create a persistent tap: {e}");
         return;
     }
-    let s = tap_server("tap-persistent", &kept).expect("server on a persistent tap");
+    let (s, _d) = tap_server("tap-persistent", &kept).expect("server on a persistent tap");
     assert!(s.switch().ports[1].tap().is_some_and(|t| !t.created));
     s.shutdown();
     drop(s);
-    let _ = std::fs::remove_dir_all(tmpdir("tap-persistent"));
     let stayed = exists(&kept);
     let _ = ip(&["tuntap", "del", "dev", &kept, "mode", "tap"]);
     assert!(stayed, "a persistent tap was removed");
@@ -632,5 +631,4 @@ fn two_taps_switch_between_two_namespaces() {
     drop(sw);
     server.shutdown();
     drop((na, nb));
-    let _ = std::fs::remove_dir_all(&d);
 }
