@@ -44,6 +44,7 @@ use pvnet_locks::family::RwFamily;
 use std::sync::Arc;
 use vhost_user_backend::{VringState, VringT};
 use virtio_bindings::virtio_net::VIRTIO_NET_F_MRG_RXBUF;
+use virtio_bindings::virtio_ring::VRING_DESC_F_WRITE;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{GuestAddress, GuestMemory, Permissions};
 
@@ -305,6 +306,19 @@ impl RxRing {
             let len = frames.frame_len(i);
             let need = st.hdr_len + len;
             st.begin_frame(i);
+            // The common case first: the next chain is one buffer that holds the frame.
+            if let (Some(iter), Some(table)) = (it.as_mut(), table.as_ref()) {
+                if st.pop_whole(iter, mem, table, need) {
+                    slot.clear_stall();
+                    st.end_frame();
+                    fates[i] = Fate::Pending;
+                    held_bytes += len;
+                    if held_bytes >= HOLD_BYTES {
+                        break;
+                    }
+                    continue;
+                }
+            }
             let mut cap = 0usize;
             // Chains one frame may pop, malformed ones included: a guest re-posting bad
             // chains as fast as they come back cannot keep the queue lock.
@@ -481,6 +495,37 @@ impl RxState {
                 }
             }
         }
+    }
+
+    /// Pops the next chain of `it` if it is a single writable buffer of at least `need`
+    /// bytes, granted for writing: [`RxState::pop_until`]'s result for that chain, without
+    /// its general walk. Anything else stays on the ring (false) for `pop_until` to judge.
+    #[inline(always)]
+    fn pop_whole<'m, M: GuestMemory<Bitmap = ()>>(
+        &mut self,
+        it: &mut AvailSnapshot<'m>,
+        mem: &'m M,
+        table: &DescTable<'m>,
+        need: usize,
+    ) -> bool {
+        let Some(head) = it.next() else {
+            return false;
+        };
+        let fits = table.get(head).filter(|d| {
+            d.flags() == VRING_DESC_F_WRITE as u16
+                && d.len() as usize >= need
+                && mem.check_range(d.addr(), d.len() as usize, Permissions::Write)
+        });
+        let Some(d) = fits else {
+            it.back();
+            return false;
+        };
+        self.bufs.push(Seg {
+            gpa: d.addr().0,
+            len: d.len(),
+        });
+        self.heads.push((head, d.len()));
+        true
     }
 
     /// Pops chains from the snapshot `it` until `cap` reaches `need` (`reserve_avail_buf` +

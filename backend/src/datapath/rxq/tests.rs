@@ -8,7 +8,7 @@ use pvnet_locks::family::Percpu;
 use std::cell::Cell;
 use vhost_user_backend::VringRwLock;
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
-use virtio_bindings::virtio_ring::VRING_DESC_F_WRITE;
+use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 use virtio_queue::desc::{split::Descriptor, RawDescriptor};
 use virtio_queue::mock::MockSplitQueue;
 use vm_memory::bitmap::BS;
@@ -107,14 +107,14 @@ fn offer(initial: u16, later: u16, n: usize, len: usize) -> (Vec<Fate>, RxRing, 
 }
 
 /// [`offer`], with `tweak(memory, descriptor table address)` run after the initial
-/// posting; also returns the ids of the used elements published.
+/// posting; also returns the used elements published (id, length).
 fn offer_with(
     initial: u16,
     later: u16,
     n: usize,
     len: usize,
     tweak: impl Fn(&GuestMemoryMmap, u64),
-) -> (Vec<Fate>, RxRing, u16, u16, Vec<u32>) {
+) -> (Vec<Fate>, RxRing, u16, u16, Vec<(u32, u32)>) {
     let mem: GuestMemoryMmap = pvnet_grant::memfd::guest_memory(&[(0, 0x20_0000)]).expect("memory");
     let vq = MockSplitQueue::new(&mem, SIZE);
     let mut q: Queue = vq.create_queue().expect("queue");
@@ -166,13 +166,15 @@ fn offer_with(
     let avail_event: u16 = mem
         .read_obj(GuestAddress(vq.used_addr().0 + 4 + 8 * u64::from(SIZE)))
         .expect("avail_event");
-    let ids = (0..u64::from(ring.queue.next_used()))
+    let used = (0..u64::from(ring.queue.next_used()))
         .map(|i| {
-            mem.read_obj(GuestAddress(vq.used_addr().0 + 4 + 8 * i))
-                .expect("used id")
+            let at = vq.used_addr().0 + 4 + 8 * i;
+            let id = mem.read_obj(GuestAddress(at)).expect("used id");
+            let len = mem.read_obj(GuestAddress(at + 4)).expect("used len");
+            (id, len)
         })
         .collect();
-    (fates, ring, posting.idx(), avail_event, ids)
+    (fates, ring, posting.idx(), avail_event, used)
 }
 
 #[test]
@@ -181,12 +183,40 @@ fn a_bad_chain_goes_back_in_ring_order() {
     // frame 1 gives up chain 1 and takes chain 2, frame 2 takes chain 3. Used elements
     // must come in ring order (an IN_ORDER guest recycles descriptors by position);
     // before, the bad chain was staged first.
-    let (fates, _, _, _, ids) = offer_with(4, 0, 3, 60, |m, desc| {
+    let (fates, _, _, _, used) = offer_with(4, 0, 3, 60, |m, desc| {
         let flags = GuestAddress(desc + 16 + 12);
         m.write_obj(0u16, flags).expect("flags");
     });
     assert_eq!(fates, [Fate::Delivered; 3]);
-    assert_eq!(ids, [0, 1, 2, 3]);
+    assert_eq!(used, [(0, 72), (1, 0), (2, 72), (3, 72)]);
+}
+
+/// Around the one-buffer shortcut of the reservation (`pop_whole`): a frame that fills a
+/// buffer exactly takes one chain; one byte more takes two (mergeable buffers, the general
+/// walk); a chain of two descriptors, or one too small, goes the general way and still
+/// holds its share.
+#[test]
+fn frames_at_a_buffer_s_size_take_one_chain_one_byte_more_two() {
+    let hl = net::hdr::HDR_LEN as u32;
+    let (fates, .., used) = offer_with(4, 0, 2, (BUF_LEN - hl) as usize, |_, _| {});
+    assert_eq!(fates, [Fate::Delivered; 2]);
+    assert_eq!(used, [(0, BUF_LEN), (1, BUF_LEN)]);
+    let (fates, .., used) = offer_with(4, 0, 2, (BUF_LEN - hl + 1) as usize, |_, _| {});
+    assert_eq!(fates, [Fate::Delivered; 2]);
+    assert_eq!(used, [(0, BUF_LEN), (1, 1), (2, BUF_LEN), (3, 1)]);
+    // Chain 0 shrunk to 100 bytes, chain 1 made two descriptors (1 -> 3; chain 3 is never
+    // popped): 200-byte frames.
+    let (fates, .., used) = offer_with(4, 0, 2, 200, |m, desc| {
+        m.write_obj(100u32, GuestAddress(desc + 8)).expect("len");
+        let flags = (VRING_DESC_F_WRITE | VRING_DESC_F_NEXT) as u16;
+        m.write_obj(flags, GuestAddress(desc + 16 + 12))
+            .expect("flags");
+        m.write_obj(3u16, GuestAddress(desc + 16 + 14))
+            .expect("next");
+    });
+    assert_eq!(fates, [Fate::Delivered; 2]);
+    // Frame 0: chain 0 (100) + chain 1 (its two buffers); frame 1: chain 2.
+    assert_eq!(used, [(0, 100), (1, 112), (2, 212)]);
 }
 
 #[test]
