@@ -164,9 +164,26 @@ pub fn write_hdr_and<F: RwFamily>(
         write_from(g, hint, dst, &hdr.to_bytes()[..n.min(HDR_LEN)])?;
         return write_from(g, hint, dst, data);
     }
+    write_hdr_into(d, hdr, n, data)?;
+    dst.advance(total);
+    Ok(())
+}
+
+/// [`write_hdr_and`] into `d`, a granted, writable piece of guest memory already translated
+/// (at least `n + data.len()` bytes; `n` 10 or 12, else [`CopyError::Short`]).
+#[inline(always)]
+pub fn write_hdr_into(
+    d: VolatileSlice<'_>,
+    hdr: HdrWords,
+    n: usize,
+    data: &[u8],
+) -> Result<(), CopyError> {
+    if d.len() < n + data.len() || !(n == HDR_LEN || n == HDR_LEN_LEGACY) {
+        return Err(CopyError::Short);
+    }
     let HdrWords { lo, hi } = hdr;
     let p = d.ptr_guard_mut().as_ptr();
-    // SAFETY: `d` is a granted, writable mapping of `total` >= `n` bytes at `p`, `n` is 10 or
+    // SAFETY: `d` is a granted, writable mapping of at least `n` bytes at `p`, `n` is 10 or
     // 12 (checked above): the 10 or 12 bytes at `p` are in bounds.
     if !unsafe { holds_hdr(p, lo, hi, n) } {
         // SAFETY: as above: the 8 bytes at `p` and the 2 or 4 at `p + 8` are in bounds.
@@ -184,7 +201,6 @@ pub fn write_hdr_and<F: RwFamily>(
         let rest = d.offset(n).map_err(|_| CopyError::Short)?;
         rest.copy_from(data);
     }
-    dst.advance(total);
     Ok(())
 }
 
@@ -273,8 +289,9 @@ pub fn prefetch_gpa<F: RwFamily>(g: &GrantReadGuard<'_, F>, hint: &mut RegionHin
     }
 }
 
+/// Hints the CPU to fetch the line at host address `p` (any address: a hint never faults).
 #[inline(always)]
-fn prefetch_ptr(p: *const u8) {
+pub fn prefetch_ptr(p: *const u8) {
     #[cfg(target_arch = "x86_64")]
     // SAFETY: a prefetch is a hint: it never faults and has no architectural effect, whatever
     // the address.

@@ -39,14 +39,14 @@ use crate::datapath::Vring;
 use crate::datapath::{Data, Fate, FrameSet, FrameSrc, LogLimit, Seg};
 use crate::net;
 use crate::stats::DropReason;
-use pvnet_grant::{GrantMemory, GrantReadGuard, RegionHint};
+use pvnet_grant::{Access, GrantMemory, GrantReadGuard, RegionHint};
 use pvnet_locks::family::RwFamily;
 use std::sync::Arc;
 use vhost_user_backend::{VringState, VringT};
 use virtio_bindings::virtio_net::VIRTIO_NET_F_MRG_RXBUF;
 use virtio_bindings::virtio_ring::VRING_DESC_F_WRITE;
 use virtio_queue::{Queue, QueueT};
-use vm_memory::{GuestAddress, GuestMemory, Permissions};
+use vm_memory::{GuestAddress, GuestMemory, Permissions, VolatileSlice};
 
 /// Most frame bytes copied into one ring per queue-lock hold (a larger share of a burst is
 /// delivered in several holds, so other senders never wait for more than this).
@@ -100,6 +100,9 @@ struct Reserved {
     h1: u32,
     b0: u32,
     b1: u32,
+    /// The host address of the one buffer, translated and checked writable by
+    /// [`RxState::pop_whole`] under this hold's destination guard (0: the copy translates).
+    host: usize,
 }
 
 /// [`Reserved::frame`] of chains given up while assembling a frame.
@@ -308,9 +311,9 @@ impl RxRing {
             st.begin_frame(i);
             // The common case first: the next chain is one buffer that holds the frame.
             if let (Some(iter), Some(table)) = (it.as_mut(), table.as_ref()) {
-                if st.pop_whole(iter, mem, table, need) {
+                if let Some(host) = st.pop_whole(iter, table, (dg, dh), need) {
                     slot.clear_stall();
-                    st.end_frame();
+                    st.end_frame(host);
                     fates[i] = Fate::Pending;
                     held_bytes += len;
                     if held_bytes >= HOLD_BYTES {
@@ -330,7 +333,7 @@ impl RxRing {
                 match st.pop_until(iter, mem, table, need, &mut cap, &mut budget) {
                     Pop::Enough => {
                         slot.clear_stall();
-                        st.end_frame();
+                        st.end_frame(0);
                         break Fate::Pending;
                     }
                     Pop::TooSmall => break Fate::Dropped(DropReason::RxTooSmall),
@@ -429,6 +432,7 @@ impl RxState {
             h1: 0,
             b0: self.bufs.len() as u32,
             b1: 0,
+            host: 0,
         };
     }
 
@@ -437,8 +441,8 @@ impl RxState {
         self.heads.len() - self.cur.h0 as usize
     }
 
-    /// The frame being assembled is reserved.
-    fn end_frame(&mut self) {
+    /// The frame being assembled is reserved (`host`: see [`Reserved::host`]).
+    fn end_frame(&mut self, host: usize) {
         // Built whole (writing two fields of `cur` and copying it would stall on store
         // forwarding).
         let r = Reserved {
@@ -447,6 +451,7 @@ impl RxState {
             h1: self.heads.len() as u32,
             b0: self.cur.b0,
             b1: self.bufs.len() as u32,
+            host,
         };
         self.reserved.push(r);
     }
@@ -468,6 +473,7 @@ impl RxState {
             h1: self.heads.len() as u32,
             b0: self.cur.b0,
             b1: self.bufs.len() as u32,
+            host: 0,
         };
         self.reserved.push(r);
         self.cur.h0 = r.h1;
@@ -488,6 +494,10 @@ impl RxState {
     /// Hints the CPU to fetch the first line of every reserved frame's first buffer.
     fn prefetch<F: RwFamily>(&self, dg: &GrantReadGuard<'_, F>, dh: &mut RegionHint) {
         for r in self.reserved.iter().filter(|r| r.frame != ABANDONED) {
+            if r.host != 0 {
+                copy::prefetch_ptr(r.host as *const u8);
+                continue;
+            }
             // A reservation has at least one buffer, none empty (read_chain skips those).
             if r.b1 > r.b0 {
                 if let Some(b) = self.bufs.get(r.b0 as usize) {
@@ -498,34 +508,39 @@ impl RxState {
     }
 
     /// Pops the next chain of `it` if it is a single writable buffer of at least `need`
-    /// bytes, granted for writing: [`RxState::pop_until`]'s result for that chain, without
-    /// its general walk. Anything else stays on the ring (false) for `pop_until` to judge.
+    /// bytes, granted for writing in one piece: [`RxState::pop_until`]'s result for that
+    /// chain, without its general walk, and the buffer's host address (translated once for
+    /// the prefetch and the copy, under `dst`, the destination's guard, held for the whole
+    /// hold). Anything else stays on the ring (`None`) for `pop_until` to judge.
     #[inline(always)]
-    fn pop_whole<'m, M: GuestMemory<Bitmap = ()>>(
+    fn pop_whole<F: RwFamily>(
         &mut self,
-        it: &mut AvailSnapshot<'m>,
-        mem: &'m M,
-        table: &DescTable<'m>,
+        it: &mut AvailSnapshot<'_>,
+        table: &DescTable<'_>,
+        dst: (&GrantReadGuard<'_, F>, &mut RegionHint),
         need: usize,
-    ) -> bool {
-        let Some(head) = it.next() else {
-            return false;
-        };
-        let fits = table.get(head).filter(|d| {
-            d.flags() == VRING_DESC_F_WRITE as u16
-                && d.len() as usize >= need
-                && mem.check_range(d.addr(), d.len() as usize, Permissions::Write)
+    ) -> Option<usize> {
+        let head = it.next()?;
+        let d = table
+            .get(head)
+            .filter(|d| d.flags() == VRING_DESC_F_WRITE as u16 && d.len() as usize >= need);
+        let host = d.and_then(|d| {
+            let s = dst
+                .0
+                .slice_hinted(dst.1, d.addr().0, d.len() as usize, Access::WriteOnly)
+                .ok()?;
+            (s.len() == d.len() as usize).then(|| s.ptr_guard_mut().as_ptr() as usize)
         });
-        let Some(d) = fits else {
+        let (Some(d), Some(host)) = (d, host) else {
             it.back();
-            return false;
+            return None;
         };
         self.bufs.push(Seg {
             gpa: d.addr().0,
             len: d.len(),
         });
         self.heads.push((head, d.len()));
-        true
+        Some(host)
     }
 
     /// Pops chains from the snapshot `it` until `cap` reaches `need` (`reserve_avail_buf` +
@@ -612,6 +627,20 @@ impl RxState {
         let h = f
             .hdr
             .with_num_buffers(if self.mrg { heads.len() as u16 } else { 1 });
+        if let (Data::Local(b), [buf], &[(head, _)]) = (f.data, bufs, heads) {
+            if r.host != 0 {
+                // SAFETY: `pop_whole` translated this buffer, `buf.len` bytes at `r.host`,
+                // granted writable, under `dg`, which the hold keeps for the whole delivery
+                // (a grant's mapping lives as long as any read guard of its table); guest
+                // memory is only ever accessed through volatile copies.
+                let d = unsafe { VolatileSlice::new(r.host as *mut u8, buf.len as usize) };
+                let copied = copy::write_hdr_into(d, h, dhl, b);
+                let n = if copied.is_ok() { dhl + f.len } else { 0 };
+                // n <= buf.len (pop_whole's condition), a u32.
+                self.shadow.push(head, n as u32);
+                return copied;
+            }
+        }
         let mut dc = SegCursor::new(bufs);
         let copied = match f.data {
             Data::Local(b) => copy::write_hdr_and(dg, dh, &mut dc, h, dhl, b),
