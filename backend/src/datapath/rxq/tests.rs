@@ -102,26 +102,31 @@ impl FrameSet for Frames {
 /// offered `n` frames of `len` bytes. Returns their fates, the ring and the avail index
 /// / avail_event at the end.
 fn offer(initial: u16, later: u16, n: usize, len: usize) -> (Vec<Fate>, RxRing, u16, u16) {
-    let (fates, ring, idx, ev, ..) = offer_with(initial, later, n, len, |_, _| {});
-    (fates, ring, idx, ev)
+    let o = offer_with(initial, later, n, len, |_, _| {});
+    (o.fates, o.ring, o.idx, o.avail_event)
+}
+
+/// What [`offer_with`] saw.
+struct Offered {
+    fates: Vec<Fate>,
+    ring: RxRing,
+    /// The guest's avail index at the end.
+    idx: u16,
+    avail_event: u16,
+    /// The used elements published (id, length).
+    used: Vec<(u32, u32)>,
+    mem: GuestMemoryMmap,
 }
 
 /// [`offer`], with `tweak(memory, descriptor table address)` run after the initial
-/// posting; also returns the used elements published (id, length) and the memory.
+/// posting.
 fn offer_with(
     initial: u16,
     later: u16,
     n: usize,
     len: usize,
     tweak: impl Fn(&GuestMemoryMmap, u64),
-) -> (
-    Vec<Fate>,
-    RxRing,
-    u16,
-    u16,
-    Vec<(u32, u32)>,
-    GuestMemoryMmap,
-) {
+) -> Offered {
     let mem: GuestMemoryMmap = pvnet_grant::memfd::guest_memory(&[(0, 0x20_0000)]).expect("memory");
     let vq = MockSplitQueue::new(&mem, SIZE);
     let mut q: Queue = vq.create_queue().expect("queue");
@@ -182,7 +187,14 @@ fn offer_with(
         })
         .collect();
     let idx = posting.idx();
-    (fates, ring, idx, avail_event, used, mem)
+    Offered {
+        fates,
+        ring,
+        idx,
+        avail_event,
+        used,
+        mem,
+    }
 }
 
 #[test]
@@ -191,7 +203,7 @@ fn a_bad_chain_goes_back_in_ring_order() {
     // frame 1 gives up chain 1 and takes chain 2, frame 2 takes chain 3. Used elements
     // must come in ring order (an IN_ORDER guest recycles descriptors by position);
     // before, the bad chain was staged first.
-    let (fates, _, _, _, used, _) = offer_with(4, 0, 3, 60, |m, desc| {
+    let Offered { fates, used, .. } = offer_with(4, 0, 3, 60, |m, desc| {
         let flags = GuestAddress(desc + 16 + 12);
         m.write_obj(0u16, flags).expect("flags");
     });
@@ -206,7 +218,9 @@ fn a_bad_chain_goes_back_in_ring_order() {
 #[test]
 fn frames_at_a_buffer_s_size_take_one_chain_one_byte_more_two() {
     let hl = net::hdr::HDR_LEN as u32;
-    let (fates, _, _, _, used, mem) = offer_with(4, 0, 2, (BUF_LEN - hl) as usize, |_, _| {});
+    let Offered {
+        fates, used, mem, ..
+    } = offer_with(4, 0, 2, (BUF_LEN - hl) as usize, |_, _| {});
     assert_eq!(fates, [Fate::Delivered; 2]);
     assert_eq!(used, [(0, BUF_LEN), (1, BUF_LEN)]);
     // Written where the guest looks (the buffer's host address was taken at reservation):
@@ -222,12 +236,12 @@ fn frames_at_a_buffer_s_size_take_one_chain_one_byte_more_two() {
             "buffer {k}: frame"
         );
     }
-    let (fates, _, _, _, used, _) = offer_with(4, 0, 2, (BUF_LEN - hl + 1) as usize, |_, _| {});
+    let Offered { fates, used, .. } = offer_with(4, 0, 2, (BUF_LEN - hl + 1) as usize, |_, _| {});
     assert_eq!(fates, [Fate::Delivered; 2]);
     assert_eq!(used, [(0, BUF_LEN), (1, 1), (2, BUF_LEN), (3, 1)]);
     // Chain 0 shrunk to 100 bytes, chain 1 made two descriptors (1 -> 3; chain 3 is never
     // popped): 200-byte frames.
-    let (fates, _, _, _, used, _) = offer_with(4, 0, 2, 200, |m, desc| {
+    let Offered { fates, used, .. } = offer_with(4, 0, 2, 200, |m, desc| {
         m.write_obj(100u32, GuestAddress(desc + 8)).expect("len");
         let flags = (VRING_DESC_F_WRITE | VRING_DESC_F_NEXT) as u16;
         m.write_obj(flags, GuestAddress(desc + 16 + 12))
