@@ -189,8 +189,10 @@ mod tests {
         t.grant(GuestAddress(0x8000), 0x1000, host, Access::ReadOnly)
             .unwrap();
         let g = t.read();
-        let cases: [(u64, usize, Access); 9] = [
+        let cases: [(u64, usize, Access); 11] = [
             (0x1000, 0x1000, Access::ReadWrite),
+            (0x1010, 0xff0, Access::WriteOnly), // to the end of a grant
+            (0x8ff0, 0x10, Access::ReadOnly),
             (0x1ff0, 0x20, Access::WriteOnly), // across the two grants
             (0x2ff0, 0x20, Access::ReadOnly),  // runs off the end
             (0x8000, 0x10, Access::ReadOnly),
@@ -207,6 +209,18 @@ mod tests {
                 assert_eq!(
                     g.check_hinted(&mut hint, gpa, len, need),
                     want,
+                    "{gpa:#x}+{len:#x} {need:?} from hint {start}"
+                );
+                // A host range: where a slice of the whole range would be, if one grant
+                // holds it (not across the two adjacent ones).
+                let whole = g
+                    .slice_hinted(&mut RegionHint::default(), gpa, len, need)
+                    .ok()
+                    .filter(|s| s.len() == len)
+                    .map(|s| s.ptr_guard_mut().as_ptr());
+                assert_eq!(
+                    g.host_range_hinted(&mut hint, gpa, len, need),
+                    whole,
                     "{gpa:#x}+{len:#x} {need:?} from hint {start}"
                 );
             }

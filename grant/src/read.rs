@@ -299,6 +299,44 @@ impl<'a, F: RwFamily, B: Bitmap + Send + Sync + 'static> GrantReadGuard<'a, F, B
         Some(e.host.map.as_ptr().wrapping_add(off).cast_const())
     }
 
+    /// Where `[gpa, gpa + len)` lies in this process, when it lies whole inside one grant
+    /// that allows `need` (`len > 0`; `hint` tried first and updated): what
+    /// [`GrantReadGuard::slice_hinted`] checks, without building the slice, for a caller
+    /// that keeps the address for later accesses under this guard (a buffer translated once
+    /// for its prefetch and its copy). The range is inside the grant's mapping, which lives
+    /// while the table stays at this guard's [`generation`](GrantReadGuard::generation).
+    #[inline(always)]
+    pub fn host_range_hinted(
+        &self,
+        hint: &mut RegionHint,
+        gpa: u64,
+        len: usize,
+        need: Access,
+    ) -> Option<*mut u8> {
+        let es = self.entries();
+        let i = match es.get(hint.index) {
+            Some(e) if gpa.wrapping_sub(e.start) < e.len => hint.index,
+            _ => {
+                let i = self.find(gpa)?;
+                hint.index = i;
+                i
+            }
+        };
+        let e = es.get(i)?;
+        // e.start <= gpa < e.end(); len <= e.len - (gpa - e.start): inside the grant, and
+        // host.offset + e.len <= the mapping's size (Entry's invariant).
+        let off = gpa - e.start;
+        if len == 0 || len as u64 > e.len - off || !e.access.allows(need) {
+            return None;
+        }
+        Some(
+            e.host
+                .map
+                .as_ptr()
+                .wrapping_add(e.host.offset + off as usize),
+        )
+    }
+
     /// The host slice of the longest prefix of `[gpa, gpa + len)` that lies inside one grant
     /// (between 1 and `len` bytes), checked for `need`. The caller advances by the slice's
     /// length and asks again for the rest (a range spanning adjacent grants comes in pieces).

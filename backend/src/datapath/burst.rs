@@ -25,11 +25,11 @@ use crate::datapath::{Data, FrameSrc, Seg};
 use crate::fdb::Fdb;
 use crate::net::{self, hdr::NEEDS_CSUM, VirtioNetHdr};
 use crate::stats::{DropReason, TxStats};
-use pvnet_grant::{GrantMemory, GrantReadGuard, RegionHint};
+use pvnet_grant::{Access, GrantMemory, GrantReadGuard, RegionHint};
 use pvnet_locks::family::RwFamily;
 use virtio_bindings::virtio_net::VIRTIO_NET_F_CSUM;
 use virtio_queue::{Queue, QueueT};
-use vm_memory::{GuestAddress, GuestMemory, Permissions};
+use vm_memory::{Bytes, GuestAddress, GuestMemory, Permissions, VolatileSlice};
 
 /// Most chains taken from a TX ring per burst.
 pub const BURST: usize = 64;
@@ -78,6 +78,11 @@ pub struct Burst {
     pub frames: Vec<Frame>,
     pub segs: Vec<Seg>,
     prefix: Vec<[u8; PREFIX_BUF]>,
+    /// Per frame, the host address of its first buffer, which [`prefetch`] translated whole
+    /// and checked readable (0: not translated), for [`classify`] to read without a second
+    /// translation; valid while the grant table is at generation `hosts_gen`.
+    hosts: Vec<usize>,
+    hosts_gen: u64,
 }
 
 impl Default for Burst {
@@ -86,6 +91,8 @@ impl Default for Burst {
             frames: Vec::with_capacity(BURST),
             segs: Vec::with_capacity(4 * BURST),
             prefix: vec![[0u8; PREFIX_BUF]; BURST],
+            hosts: Vec::with_capacity(BURST),
+            hosts_gen: 0,
         }
     }
 }
@@ -95,6 +102,7 @@ impl Burst {
     pub fn clear(&mut self) {
         self.frames.clear();
         self.segs.clear();
+        self.hosts.clear();
     }
 
     /// The buffers of frame `i`.
@@ -197,22 +205,31 @@ pub fn fetch<'m, F: RwFamily>(
 }
 
 /// Step 2: prefetches the first line [`classify`] reads of every frame not yet dropped: the
-/// virtio header's, or with `skip_hdr` the frame's.
+/// virtio header's, or with `skip_hdr` the frame's. A frame's first buffer is translated
+/// whole (checked readable) once, here: `classify`, under the same table generation, reads
+/// it at that address.
 pub fn prefetch<F: RwFamily>(
-    b: &Burst,
+    b: &mut Burst,
     g: &GrantReadGuard<'_, F>,
     hint: &mut RegionHint,
     skip_hdr: bool,
 ) {
+    b.hosts.clear();
+    b.hosts_gen = g.generation();
     for (i, f) in b.frames.iter().enumerate() {
-        if f.route != Route::Unknown {
-            continue;
-        }
+        let mut host = 0;
         let off = if skip_hdr { usize::from(f.hl) } else { 0 };
         match b.segs.get(f.seg0 as usize) {
+            _ if f.route != Route::Unknown => {}
             // The rule: the line is in the first buffer (no cursor walk).
             Some(s) if f.nsegs > 0 && off < s.len as usize => {
-                copy::prefetch_gpa(g, hint, s.gpa.wrapping_add(off as u64));
+                match g.host_range_hinted(hint, s.gpa, s.len as usize, Access::ReadOnly) {
+                    Some(p) => {
+                        host = p as usize;
+                        copy::prefetch_ptr(p.wrapping_add(off));
+                    }
+                    None => copy::prefetch_gpa(g, hint, s.gpa.wrapping_add(off as u64)),
+                }
             }
             _ => {
                 let mut cur = SegCursor::new(b.segs_of(i));
@@ -221,6 +238,7 @@ pub fn prefetch<F: RwFamily>(
                 }
             }
         }
+        b.hosts.push(host);
     }
 }
 
@@ -261,11 +279,17 @@ pub fn classify<F: RwFamily>(
     cx: &ClassifyCtx<'_>,
 ) {
     let mut queues = QueueCounts::default();
+    let hosts = b.hosts_gen == g.generation();
     for i in 0..b.frames.len() {
         if b.frames[i].route != Route::Unknown {
             continue;
         }
-        let route = classify_one(b, i, g, hint, cx, &mut queues);
+        let host = if hosts {
+            b.hosts.get(i).copied().unwrap_or(0)
+        } else {
+            0
+        };
+        let route = classify_one(b, i, host, g, hint, cx, &mut queues);
         b.frames[i].route = route;
         if !matches!(
             route,
@@ -310,6 +334,7 @@ impl QueueCounts {
 fn classify_one<F: RwFamily>(
     b: &mut Burst,
     i: usize,
+    host: usize,
     g: &GrantReadGuard<'_, F>,
     hint: &mut RegionHint,
     cx: &ClassifyCtx<'_>,
@@ -330,21 +355,29 @@ fn classify_one<F: RwFamily>(
     let Some(pre) = b.prefix.get_mut(i) else {
         return Route::Drop(DropReason::BadChain);
     };
-    let mut cur = SegCursor::new(segs);
-    let read = if cx.read_hdr {
-        copy::read_into(g, hint, &mut cur, &mut pre[..hl + plen])
-    } else {
-        // The header's bytes stay as they are in the prefix: only `hdr` below is used.
-        match cur.skip(hl) {
-            true => copy::read_into(g, hint, &mut cur, &mut pre[hl..hl + plen]),
-            false => Err(copy::CopyError::Short),
+    // The header's bytes stay as they are in the prefix when it is not read: only `hdr`
+    // below is used.
+    let from = if cx.read_hdr { 0 } else { hl };
+    let whole = match segs {
+        [s] if host != 0 => {
+            // SAFETY: `prefetch` translated this buffer, `s.len` bytes at `host`, readable,
+            // at the table generation the caller's guard `g` still holds: the mapping lives
+            // while `g` does. Guest memory is only accessed by volatile copies.
+            let v = unsafe { VolatileSlice::new(host as *mut u8, s.len as usize) };
+            Some(v.read_slice(&mut pre[from..hl + plen], from).is_ok())
         }
+        _ => None,
     };
-    if read.is_err() {
+    let read = whole.unwrap_or_else(|| {
+        let mut cur = SegCursor::new(segs);
+        cur.skip(from) && copy::read_into(g, hint, &mut cur, &mut pre[from..hl + plen]).is_ok()
+    });
+    if !read {
         return Route::Drop(DropReason::NotGranted);
     }
-    // The rest of the frame must be readable too (checked once here, per grant piece).
-    if len > plen {
+    // The rest of the frame must be readable too (checked once here, per grant piece; a
+    // frame in one buffer translated whole by `prefetch` is).
+    if len > plen && whole.is_none() {
         let mem = GrantMemory::new(g, *hint);
         let ok = segs
             .iter()
@@ -485,7 +518,7 @@ mod tests {
             sender_queue: None,
         };
         let mut hint = RegionHint::default();
-        prefetch(&b, &g, &mut hint, false);
+        prefetch(&mut b, &g, &mut hint, false);
         classify(&mut b, &g, &mut hint, &cx);
         let routes: Vec<Route> = b.frames.iter().map(|f| f.route).collect();
         assert_eq!(
@@ -508,7 +541,7 @@ mod tests {
         // do not count, the frame is read and routed as before.
         cx.read_hdr = false;
         b.frames[0].route = Route::Unknown;
-        prefetch(&b, &g, &mut hint, true);
+        prefetch(&mut b, &g, &mut hint, true);
         classify(&mut b, &g, &mut hint, &cx);
         assert_eq!(b.frames[0].route, Route::Port(1));
         assert_eq!(b.frames[0].hdr.flags, 0);
@@ -531,5 +564,63 @@ mod tests {
         b.frames[0].route = Route::Unknown;
         classify(&mut b, &g, &mut hint, &cx);
         assert_eq!((b.frames[0].route, b.frames[0].key), (Route::Port(1), 5));
+    }
+
+    /// A buffer `prefetch` translated is read at that address by `classify` only while the
+    /// grant table is unchanged: revoked in between, the frame is not granted (read at the
+    /// kept address, it would have been flooded).
+    #[test]
+    fn kept_host_addresses_die_with_the_table_generation() {
+        let mem: GuestMemoryMmap =
+            pvnet_grant::memfd::guest_memory(&[(0, 0x10_0000)]).expect("memory");
+        let vq = MockSplitQueue::new(&mem, 16);
+        let len = frame(&mem, 0x2000, 0, [0xff; 6], ME);
+        vq.add_desc_chains(&[desc(0x2000, len, 0, 0), desc(0x2000, len, 0, 0)], 0)
+            .expect("chains");
+        let mut q: Queue = vq.create_queue().expect("queue");
+        let t = GrantTable::<Percpu>::new();
+        t.replace_from_memory(&mem).expect("grants");
+        let mut b = Burst::default();
+        let mut hint = RegionHint::default();
+        {
+            let g = t.read();
+            let gm = GrantMemory::new(&g, RegionHint::default());
+            let lay = crate::datapath::ring::RingLayout::of(&q).expect("layout");
+            let table = lay.desc_table(&gm).expect("table");
+            let avail = lay.avail_ring(&gm).expect("avail");
+            let room = Room {
+                frames: BURST,
+                segs: 1 << 20,
+            };
+            let n = fetch(&mut b, &mut q, &gm, (avail, &table), room, 12).expect("fetch");
+            assert_eq!(n, 2);
+            prefetch(&mut b, &g, &mut hint, false);
+        }
+        let fdb = Fdb::new();
+        let stats = TxStats::default();
+        let cx = ClassifyCtx {
+            fdb: &fdb,
+            now: fdb.now(),
+            port: 0,
+            mac: ME,
+            port_security: false,
+            read_hdr: true,
+            ports: 2,
+            queues_of: &|_| 1,
+            stats: &stats,
+            sender_queue: None,
+        };
+        // Unchanged table: read at the kept address.
+        let g = t.read();
+        b.frames[1].route = Route::Drop(DropReason::BadChain);
+        classify(&mut b, &g, &mut hint, &cx);
+        assert_eq!(b.frames[0].route, Route::Flood);
+        drop(g);
+        // Revoked after the prefetch.
+        t.revoke(GuestAddress(0x2000), 0x1000).expect("revoke");
+        let g = t.read();
+        b.frames[1].route = Route::Unknown;
+        classify(&mut b, &g, &mut hint, &cx);
+        assert_eq!(b.frames[1].route, Route::Drop(DropReason::NotGranted));
     }
 }

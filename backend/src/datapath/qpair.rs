@@ -247,7 +247,7 @@ impl QueuePair {
             self.hint = mem.hint();
             out.full = out.taken == burst::BURST;
             let read_hdr = burst::reads_hdr(cx.features);
-            burst::prefetch(&self.burst, &g, &mut self.hint, !read_hdr);
+            burst::prefetch(&mut self.burst, &g, &mut self.hint, !read_hdr);
             let port = &cx.sw().ports[cx.port];
             let ccx = ClassifyCtx {
                 fdb: &cx.sw().fdb,

@@ -525,16 +525,14 @@ impl RxState {
             .get(head)
             .filter(|d| d.flags() == VRING_DESC_F_WRITE as u16 && d.len() as usize >= need);
         let host = d.and_then(|d| {
-            let s = dst
-                .0
-                .slice_hinted(dst.1, d.addr().0, d.len() as usize, Access::WriteOnly)
-                .ok()?;
-            (s.len() == d.len() as usize).then(|| s.ptr_guard_mut().as_ptr() as usize)
+            let (g, hint) = dst;
+            g.host_range_hinted(hint, d.addr().0, d.len() as usize, Access::WriteOnly)
         });
         let (Some(d), Some(host)) = (d, host) else {
             it.back();
             return None;
         };
+        let host = host as usize;
         self.bufs.push(Seg {
             gpa: d.addr().0,
             len: d.len(),
