@@ -29,7 +29,7 @@ use pvnet_grant::{Access, GrantMemory, GrantReadGuard, RegionHint};
 use pvnet_locks::family::RwFamily;
 use virtio_bindings::virtio_net::VIRTIO_NET_F_CSUM;
 use virtio_queue::{Queue, QueueT};
-use vm_memory::{Bytes, GuestAddress, GuestMemory, Permissions, VolatileSlice};
+use vm_memory::{GuestAddress, GuestMemory, Permissions};
 
 /// Most chains taken from a TX ring per burst.
 pub const BURST: usize = 64;
@@ -360,11 +360,17 @@ fn classify_one<F: RwFamily>(
     let from = if cx.read_hdr { 0 } else { hl };
     let whole = match segs {
         [s] if host != 0 => {
-            // SAFETY: `prefetch` translated this buffer, `s.len` bytes at `host`, readable,
-            // at the table generation the caller's guard `g` still holds: the mapping lives
-            // while `g` does. Guest memory is only accessed by volatile copies.
-            let v = unsafe { VolatileSlice::new(host as *mut u8, s.len as usize) };
-            Some(v.read_slice(&mut pre[from..hl + plen], from).is_ok())
+            let out = &mut pre[from..hl + plen];
+            let fits = from + out.len() <= s.len as usize;
+            if fits {
+                let src = (host + from) as *const u8;
+                // SAFETY: `prefetch` translated this buffer, `s.len` bytes at `host`,
+                // readable, at the table generation the caller's guard `g` still holds (the
+                // mapping lives while `g` does); `from + out.len() <= s.len` (checked): the
+                // bytes read lie in it. `out` is local memory, not the guest's.
+                unsafe { copy::copy_small(out.as_mut_ptr(), src, out.len()) };
+            }
+            Some(fits)
         }
         _ => None,
     };

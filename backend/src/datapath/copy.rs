@@ -197,11 +197,48 @@ pub fn write_hdr_into(
             }
         }
     }
-    if !data.is_empty() {
-        let rest = d.offset(n).map_err(|_| CopyError::Short)?;
-        rest.copy_from(data);
-    }
+    // SAFETY: `d` holds n + data.len() bytes at `p` (checked above), guest memory, which
+    // `data` (local) does not overlap.
+    unsafe { copy_small(p.add(n), data.as_ptr(), data.len()) };
     Ok(())
+}
+
+/// Largest copy [`copy_small`] makes in inline 16-byte moves.
+pub const SMALL_COPY_MAX: usize = 256;
+
+/// Copies `n` bytes from `src` to `dst`: for 16 to [`SMALL_COPY_MAX`] bytes in 16-byte
+/// moves the compiler inlines, the last one overlapping the one before (what a memcpy does
+/// for small sizes, without its call); else through `copy_nonoverlapping` (memcpy). The
+/// accesses are those vm-memory's own copies of more than 8 bytes make (`copy_slice`: a
+/// plain `copy_nonoverlapping`), whose call, with libc's memcpy behind it, cost ~40
+/// instructions per 64-byte frame.
+///
+/// # Safety
+/// `src` must be valid for `n` bytes of reads and `dst` for `n` bytes of writes, and the two
+/// ranges must not overlap.
+#[inline(always)]
+pub unsafe fn copy_small(dst: *mut u8, src: *const u8, n: usize) {
+    if !(16..=SMALL_COPY_MAX).contains(&n) {
+        // SAFETY: the caller's.
+        unsafe { std::ptr::copy_nonoverlapping(src, dst, n) };
+        return;
+    }
+    if n < 32 {
+        // SAFETY: 16 <= n < 32: the first and the last 16 bytes of both ranges.
+        unsafe {
+            std::ptr::copy_nonoverlapping(src, dst, 16);
+            std::ptr::copy_nonoverlapping(src.add(n - 16), dst.add(n - 16), 16);
+        }
+        return;
+    }
+    let mut i = 0;
+    while i + 32 < n {
+        // SAFETY: i + 32 < n: inside both ranges.
+        unsafe { std::ptr::copy_nonoverlapping(src.add(i), dst.add(i), 32) };
+        i += 32;
+    }
+    // SAFETY: n >= 32: the last 32 bytes of both ranges.
+    unsafe { std::ptr::copy_nonoverlapping(src.add(n - 32), dst.add(n - 32), 32) };
 }
 
 /// Whether the `n`-byte (10 or 12) virtio-net header at `p` already holds the words `lo`,
@@ -310,6 +347,24 @@ mod tests {
     use pvnet_grant::GrantTable;
     use pvnet_locks::family::Percpu;
     use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+    /// Every length from 0 to past [`SMALL_COPY_MAX`], at every alignment mod 16 of either
+    /// side: exactly the `n` bytes copied, nothing around them touched.
+    #[test]
+    fn small_copies_copy_exactly_their_bytes() {
+        let src: Vec<u8> = (0..400u32).map(|i| (i * 7 + 3) as u8).collect();
+        for n in 0..=SMALL_COPY_MAX + 40 {
+            for (so, d0) in [(0, 0), (1, 0), (0, 7), (5, 13), (15, 1)] {
+                let mut dst = vec![0xeeu8; n + 64];
+                // SAFETY: src[so..so + n] and dst[d0..d0 + n] are in bounds (n + 16 <= 400 or
+                // n + 64 bytes) and distinct vectors.
+                unsafe { copy_small(dst.as_mut_ptr().add(d0), src.as_ptr().add(so), n) };
+                assert_eq!(&dst[d0..d0 + n], &src[so..so + n], "n {n} at {so}/{d0}");
+                assert!(dst[..d0].iter().all(|&b| b == 0xee), "n {n}: before");
+                assert!(dst[d0 + n..].iter().all(|&b| b == 0xee), "n {n}: after");
+            }
+        }
+    }
 
     #[test]
     fn skip_lands_where_a_byte_walk_does() {
