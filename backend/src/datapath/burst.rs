@@ -278,7 +278,7 @@ pub fn classify<F: RwFamily>(
     hint: &mut RegionHint,
     cx: &ClassifyCtx<'_>,
 ) {
-    let mut queues = QueueCounts::default();
+    let mut memo = Memo::default();
     let hosts = b.hosts_gen == g.generation();
     for i in 0..b.frames.len() {
         if b.frames[i].route != Route::Unknown {
@@ -289,7 +289,7 @@ pub fn classify<F: RwFamily>(
         } else {
             0
         };
-        let route = classify_one(b, i, host, g, hint, cx, &mut queues);
+        let route = classify_one(b, i, host, g, hint, cx, &mut memo);
         b.frames[i].route = route;
         if !matches!(
             route,
@@ -298,6 +298,19 @@ pub fn classify<F: RwFamily>(
             cx.stats.frame(b.frames[i].len as usize);
         }
     }
+}
+
+/// What [`classify`] remembers from one frame of a burst to the next: the FDB at the burst's
+/// clock gives the same answers for the same MACs (a burst mostly holds a few flows between
+/// two ports), so a source MAC is learned and a destination MAC looked up once per run of
+/// frames that repeat them, not per frame.
+#[derive(Default)]
+struct Memo {
+    /// The source MAC learned last.
+    src: Option<[u8; 6]>,
+    /// The destination MAC looked up last, and the answer.
+    dst: Option<([u8; 6], Option<usize>)>,
+    queues: QueueCounts,
 }
 
 /// RX queue counts of the ports a burst sends to, asked once per port.
@@ -338,7 +351,7 @@ fn classify_one<F: RwFamily>(
     g: &GrantReadGuard<'_, F>,
     hint: &mut RegionHint,
     cx: &ClassifyCtx<'_>,
-    queues: &mut QueueCounts,
+    memo: &mut Memo,
 ) -> Route {
     let f = b.frames[i];
     let (hl, len) = (usize::from(f.hl), f.len as usize);
@@ -410,12 +423,21 @@ fn classify_one<F: RwFamily>(
     if cx.port_security && smac != cx.mac {
         return Route::Drop(DropReason::SpoofedMac);
     }
-    if !net::is_multicast(&smac) {
+    if !net::is_multicast(&smac) && memo.src != Some(smac) {
         cx.fdb.learn_at(&smac, cx.port, cx.now);
+        memo.src = Some(smac);
+        // What was looked up before may just have been learned here.
+        memo.dst = None;
     }
-    let known = (!net::is_multicast(&dmac))
-        .then(|| cx.fdb.lookup_at(&dmac, cx.now))
-        .flatten();
+    let known = match memo.dst {
+        _ if net::is_multicast(&dmac) => None,
+        Some((m, known)) if m == dmac => known,
+        _ => {
+            let known = cx.fdb.lookup_at(&dmac, cx.now);
+            memo.dst = Some((dmac, known));
+            known
+        }
+    };
     let route = match known {
         Some(d) if d == cx.port => Route::Drop(DropReason::NoDest),
         Some(d) => Route::Port(d),
@@ -426,7 +448,7 @@ fn classify_one<F: RwFamily>(
     // one queue enabled does without it, and so does steering by the sending queue.
     let key = match (cx.sender_queue, route) {
         (Some(q), _) => q,
-        (None, Route::Port(d)) if queues.of(d, cx.queues_of) < 2 => 0,
+        (None, Route::Port(d)) if memo.queues.of(d, cx.queues_of) < 2 => 0,
         (None, _) => net::flow_hash(frame),
     };
     let fr = &mut b.frames[i];
@@ -628,5 +650,88 @@ mod tests {
         b.frames[1].route = Route::Unknown;
         classify(&mut b, &g, &mut hint, &cx);
         assert_eq!(b.frames[1].route, Route::Drop(DropReason::NotGranted));
+    }
+
+    /// The routes `classify` gives a burst of 60-byte frames (dst, src) sent on port 0 of two,
+    /// with `fdb`.
+    fn routes_of(fdb: &Fdb, frames: &[([u8; 6], [u8; 6])]) -> Vec<Route> {
+        let mem: GuestMemoryMmap =
+            pvnet_grant::memfd::guest_memory(&[(0, 0x10_0000)]).expect("memory");
+        let vq = MockSplitQueue::new(&mem, 16);
+        let descs: Vec<RawDescriptor> = frames
+            .iter()
+            .enumerate()
+            .map(|(i, &(dst, src))| {
+                let at = 0x1000 * (i as u64 + 1);
+                desc(at, frame(&mem, at, 0, dst, src), 0, 0)
+            })
+            .collect();
+        vq.add_desc_chains(&descs, 0).expect("chains");
+        let mut q: Queue = vq.create_queue().expect("queue");
+        let t = GrantTable::<Percpu>::new();
+        t.replace_from_memory(&mem).expect("grants");
+        let g = t.read();
+        let gm = GrantMemory::new(&g, RegionHint::default());
+        let lay = crate::datapath::ring::RingLayout::of(&q).expect("layout");
+        let table = lay.desc_table(&gm).expect("table");
+        let avail = lay.avail_ring(&gm).expect("avail");
+        let room = Room {
+            frames: BURST,
+            segs: 1 << 20,
+        };
+        let mut b = Burst::default();
+        fetch(&mut b, &mut q, &gm, (avail, &table), room, 12).expect("fetch");
+        let stats = TxStats::default();
+        let cx = ClassifyCtx {
+            fdb,
+            now: fdb.now(),
+            port: 0,
+            mac: ME,
+            port_security: false,
+            read_hdr: true,
+            ports: 2,
+            queues_of: &|_| 1,
+            stats: &stats,
+            sender_queue: None,
+        };
+        let mut hint = RegionHint::default();
+        prefetch(&mut b, &g, &mut hint, false);
+        classify(&mut b, &g, &mut hint, &cx);
+        b.frames.iter().map(|f| f.route).collect()
+    }
+
+    /// Within a burst the FDB is asked once per run of repeated MACs, and never answers from
+    /// before a MAC was learned in the same burst: a frame from B (learned on this port) to B
+    /// after one to B while B was unknown is not flooded but stays on this port.
+    #[test]
+    fn repeated_macs_in_a_burst_route_as_if_asked_every_time() {
+        const A: [u8; 6] = [2, 0, 0, 0, 0, 0xa];
+        const B: [u8; 6] = [2, 0, 0, 0, 0, 0xb];
+        let fdb = Fdb::new();
+        fdb.learn(&PEER, 1);
+        let routes = routes_of(
+            &fdb,
+            &[
+                (B, A),
+                (B, A),
+                (B, B),
+                (B, A),
+                (PEER, A),
+                (PEER, B),
+                ([0xff; 6], A),
+            ],
+        );
+        let nd = Route::Drop(DropReason::NoDest);
+        let want = [
+            Route::Flood,
+            Route::Flood,
+            nd,
+            nd,
+            Route::Port(1),
+            Route::Port(1),
+            Route::Flood,
+        ];
+        assert_eq!(routes, want);
+        assert_eq!((fdb.lookup(&A), fdb.lookup(&B)), (Some(0), Some(0)));
     }
 }
