@@ -121,6 +121,28 @@ pub fn read_into<F: RwFamily>(
     Ok(())
 }
 
+/// Copies `len` bytes at `src` (guest, translated piece by piece) into `dst`, a piece of
+/// guest memory already translated and checked writable (at least `len` bytes), and advances
+/// `src`: the destination side of [`copy`] without its translations.
+#[inline(always)]
+pub fn read_to_slice<F: RwFamily>(
+    g: &GrantReadGuard<'_, F>,
+    hint: &mut RegionHint,
+    src: &mut SegCursor<'_>,
+    dst: VolatileSlice<'_>,
+    len: usize,
+) -> Result<(), CopyError> {
+    let mut done = 0;
+    while done < len {
+        let s = piece(g, hint, src, len - done, Access::ReadOnly)?;
+        let d = dst.subslice(done, s.len()).map_err(|_| CopyError::Short)?;
+        s.copy_to_volatile_slice(d);
+        src.advance(s.len());
+        done += s.len();
+    }
+    Ok(())
+}
+
 /// Writes `data` at `dst` (local → guest) and advances it.
 pub fn write_from<F: RwFamily>(
     g: &GrantReadGuard<'_, F>,

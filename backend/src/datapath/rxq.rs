@@ -625,14 +625,26 @@ impl RxState {
         let h = f
             .hdr
             .with_num_buffers(if self.mrg { heads.len() as u16 } else { 1 });
-        if let (Data::Local(b), [buf], &[(head, _)]) = (f.data, bufs, heads) {
+        if let ([buf], &[(head, _)]) = (bufs, heads) {
             if r.host != 0 {
                 // SAFETY: `pop_whole` translated this buffer, `buf.len` bytes at `r.host`,
                 // granted writable, under `dg`, which the hold keeps for the whole delivery
                 // (a grant's mapping lives as long as any read guard of its table); guest
                 // memory is only ever accessed through volatile copies.
                 let d = unsafe { VolatileSlice::new(r.host as *mut u8, buf.len as usize) };
-                let copied = copy::write_hdr_into(d, h, dhl, b);
+                let copied = match f.data {
+                    Data::Local(b) => copy::write_hdr_into(d, h, dhl, b),
+                    Data::Guest { segs, skip } => {
+                        copy::write_hdr_into(d, h, dhl, &[]).and_then(|()| {
+                            let mut sc = SegCursor::new(segs);
+                            let rest = d.offset(dhl).map_err(|_| CopyError::Short)?;
+                            match sc.skip(skip) {
+                                true => copy::read_to_slice(sg, sh, &mut sc, rest, f.len),
+                                false => Err(CopyError::Short),
+                            }
+                        })
+                    }
+                };
                 let n = if copied.is_ok() { dhl + f.len } else { 0 };
                 // n <= buf.len (pop_whole's condition), a u32.
                 self.shadow.push(head, n as u32);

@@ -80,22 +80,37 @@ impl GuestMemory for Posting<'_> {
 }
 
 /// `n` copies of one frame.
-struct Frames(Vec<u8>, usize);
+/// (Without `segs`: the bytes in local memory; with: `segs` of guest memory holding them, as
+/// a frame too long for the burst's prefix is delivered.)
+struct Frames(Vec<u8>, usize, Option<Vec<Seg>>);
 
 impl FrameSet for Frames {
     fn count(&self) -> usize {
         self.1
     }
     fn get(&self, _: usize) -> FrameSrc<'_> {
+        let data = match &self.2 {
+            Some(segs) => Data::Guest { segs, skip: 0 },
+            None => Data::Local(&self.0),
+        };
         FrameSrc {
             hdr: HdrWords::PLAIN,
             len: self.0.len(),
-            data: Data::Local(&self.0),
+            data,
         }
     }
     fn frame_len(&self, _: usize) -> usize {
         self.0.len()
     }
+}
+
+/// Where [`offer_with`] puts the frame for guest-memory frames: after the RX buffers, in two
+/// pieces 4 KiB apart.
+const SRC: u64 = BUF + SIZE as u64 * BUF_LEN as u64;
+
+thread_local! {
+    /// [`offer_with`] offers frames from guest memory (a test sets it for its own thread).
+    static GUEST_SRC: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
 /// A ring with `initial` buffers posted, whose guest posts `later` more one at a time,
@@ -158,7 +173,16 @@ fn offer_with(
     let slot = RxSlot::default();
     let waker = Arc::new(Waker::new().expect("waker"));
     let mut fates = vec![Fate::Pending; n];
-    let frames = Frames(vec![0xab; len], n);
+    let segs = GUEST_SRC.with(|g| g.get()).then(|| {
+        let half = len / 2;
+        let pieces = [(SRC, half), (SRC + 0x1000 + 3, len - half)];
+        for &(at, n) in &pieces {
+            mem.write_slice(&vec![0xab; n], GuestAddress(at))
+                .expect("source");
+        }
+        pieces.map(|(gpa, n)| Seg { gpa, len: n as u32 }).to_vec()
+    });
+    let frames = Frames(vec![0xab; len], n, segs);
     // The guest sees nothing of a hold until it is published, then all of it. (The mock
     // queue's used index shares its address with an avail entry of this 128-entry ring:
     // compare with its value before the hold, not with 0.)
@@ -209,6 +233,33 @@ fn a_bad_chain_goes_back_in_ring_order() {
     });
     assert_eq!(fates, [Fate::Delivered; 3]);
     assert_eq!(used, [(0, 72), (1, 0), (2, 72), (3, 72)]);
+}
+
+/// A frame from guest buffers (too long for a burst's prefix) goes into a reserved buffer
+/// the same way, through the address the reservation translated: header, then the bytes of
+/// both source pieces; one byte more than the buffer holds takes two chains.
+#[test]
+fn frames_from_guest_buffers_land_whole() {
+    GUEST_SRC.with(|g| g.set(true));
+    let hl = net::hdr::HDR_LEN as u32;
+    let o = offer_with(4, 0, 2, (BUF_LEN - hl) as usize, |_, _| {});
+    assert_eq!(o.fates, [Fate::Delivered; 2]);
+    assert_eq!(o.used, [(0, BUF_LEN), (1, BUF_LEN)]);
+    for k in 0..2u64 {
+        let mut b = vec![0u8; BUF_LEN as usize];
+        let at = BUF + k * u64::from(BUF_LEN);
+        o.mem.read_slice(&mut b, GuestAddress(at)).expect("buffer");
+        let plain = HdrWords::PLAIN.with_num_buffers(1).to_bytes();
+        assert_eq!(b[..hl as usize], plain, "buffer {k}: header");
+        assert!(
+            b[hl as usize..].iter().all(|&x| x == 0xab),
+            "buffer {k}: frame"
+        );
+    }
+    let o = offer_with(4, 0, 1, (BUF_LEN - hl + 1) as usize, |_, _| {});
+    assert_eq!(o.fates, [Fate::Delivered]);
+    assert_eq!(o.used, [(0, BUF_LEN), (1, 1)]);
+    GUEST_SRC.with(|g| g.set(false));
 }
 
 /// Around the one-buffer shortcut of the reservation (`pop_whole`): a frame that fills a
