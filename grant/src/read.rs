@@ -278,12 +278,10 @@ impl<'a, F: RwFamily, B: Bitmap + Send + Sync + 'static> GrantReadGuard<'a, F, B
         }
     }
 
-    /// Where guest address `gpa` lies in this process, when a grant covers it (`hint` tried
-    /// first and updated): for prefetch hints only. No rights are checked and no slice is
-    /// built (a translation for a prefetch cost as much as one for the copy); reads and writes
-    /// go through [`GrantReadGuard::slice_hinted`].
+    /// The grant that covers `gpa`: the hinted one if it does, else the one a search finds
+    /// (and the hint then points at it).
     #[inline(always)]
-    pub fn host_addr_hinted(&self, hint: &mut RegionHint, gpa: u64) -> Option<*const u8> {
+    fn entry_hinted(&self, hint: &mut RegionHint, gpa: u64) -> Option<&Entry<B>> {
         let es = self.entries();
         let i = match es.get(hint.index) {
             Some(e) if gpa.wrapping_sub(e.start) < e.len => hint.index,
@@ -293,7 +291,16 @@ impl<'a, F: RwFamily, B: Bitmap + Send + Sync + 'static> GrantReadGuard<'a, F, B
                 i
             }
         };
-        let e = es.get(i)?;
+        es.get(i)
+    }
+
+    /// Where guest address `gpa` lies in this process, when a grant covers it (`hint` tried
+    /// first and updated): for prefetch hints only. No rights are checked and no slice is
+    /// built (a translation for a prefetch cost as much as one for the copy); reads and writes
+    /// go through [`GrantReadGuard::slice_hinted`].
+    #[inline(always)]
+    pub fn host_addr_hinted(&self, hint: &mut RegionHint, gpa: u64) -> Option<*const u8> {
+        let e = self.entry_hinted(hint, gpa)?;
         // e.start <= gpa < e.end(): the offset lies inside the grant's mapping.
         let off = e.host.offset + (gpa - e.start) as usize;
         Some(e.host.map.as_ptr().wrapping_add(off).cast_const())
@@ -313,16 +320,7 @@ impl<'a, F: RwFamily, B: Bitmap + Send + Sync + 'static> GrantReadGuard<'a, F, B
         len: usize,
         need: Access,
     ) -> Option<*mut u8> {
-        let es = self.entries();
-        let i = match es.get(hint.index) {
-            Some(e) if gpa.wrapping_sub(e.start) < e.len => hint.index,
-            _ => {
-                let i = self.find(gpa)?;
-                hint.index = i;
-                i
-            }
-        };
-        let e = es.get(i)?;
+        let e = self.entry_hinted(hint, gpa)?;
         // e.start <= gpa < e.end(); len <= e.len - (gpa - e.start): inside the grant, and
         // host.offset + e.len <= the mapping's size (Entry's invariant).
         let off = gpa - e.start;

@@ -27,6 +27,39 @@ fn frame(mem: &GuestMemoryMmap, at: u64, f: u8, dst: [u8; 6], src: [u8; 6]) -> u
     b.len() as u32
 }
 
+/// Takes every chain of `q` into `b` (12-byte virtio headers), reading the ring through `g`.
+fn fetch_all(b: &mut Burst, q: &mut Queue, g: &GrantReadGuard<'_, Percpu>) -> usize {
+    let gm = GrantMemory::new(g, RegionHint::default());
+    let lay = crate::datapath::ring::RingLayout::of(q).expect("layout");
+    let table = lay.desc_table(&gm).expect("table");
+    let avail = lay.avail_ring(&gm).expect("avail");
+    let room = Room {
+        frames: BURST,
+        segs: 1 << 20,
+    };
+    fetch(b, q, &gm, (avail, &table), room, 12).expect("fetch")
+}
+
+fn one_queue(_: usize) -> u32 {
+    1
+}
+
+/// How port 0 of two classifies: headers read, no port security, one RX queue per port.
+fn ctx<'a>(fdb: &'a Fdb, stats: &'a TxStats) -> ClassifyCtx<'a> {
+    ClassifyCtx {
+        fdb,
+        now: fdb.now(),
+        port: 0,
+        mac: ME,
+        port_security: false,
+        read_hdr: true,
+        ports: 2,
+        queues_of: &one_queue,
+        stats,
+        sender_queue: None,
+    }
+}
+
 #[test]
 fn fetch_and_classify_a_burst() {
     let mem: GuestMemoryMmap = pvnet_grant::memfd::guest_memory(&[(0, 0x10_0000)]).expect("memory");
@@ -56,34 +89,16 @@ fn fetch_and_classify_a_burst() {
     let t = GrantTable::<Percpu>::new();
     t.replace_from_memory(&mem).expect("grants");
     let g = t.read();
-    let gm = GrantMemory::new(&g, RegionHint::default());
     let mut b = Burst::default();
-    let room = Room {
-        frames: BURST,
-        segs: 1 << 20,
-    };
-    let lay = crate::datapath::ring::RingLayout::of(&q).expect("layout");
-    let table = lay.desc_table(&gm).expect("table");
-    let avail = lay.avail_ring(&gm).expect("avail");
-    assert_eq!(
-        fetch(&mut b, &mut q, &gm, (avail, &table), room, 12).expect("fetch"),
-        5
-    );
+    assert_eq!(fetch_all(&mut b, &mut q, &g), 5);
     assert_eq!(q.next_avail(), 5);
     let fdb = Fdb::new();
     fdb.learn(&PEER, 1);
     let stats = TxStats::default();
     let mut cx = ClassifyCtx {
-        fdb: &fdb,
-        now: fdb.now(),
-        port: 0,
-        mac: ME,
         port_security: true,
-        read_hdr: true,
-        ports: 2,
         queues_of: &|_| 2,
-        stats: &stats,
-        sender_queue: None,
+        ..ctx(&fdb, &stats)
     };
     let mut hint = RegionHint::default();
     prefetch(&mut b, &g, &mut hint, false);
@@ -151,32 +166,12 @@ fn kept_host_addresses_die_with_the_table_generation() {
     let mut hint = RegionHint::default();
     {
         let g = t.read();
-        let gm = GrantMemory::new(&g, RegionHint::default());
-        let lay = crate::datapath::ring::RingLayout::of(&q).expect("layout");
-        let table = lay.desc_table(&gm).expect("table");
-        let avail = lay.avail_ring(&gm).expect("avail");
-        let room = Room {
-            frames: BURST,
-            segs: 1 << 20,
-        };
-        let n = fetch(&mut b, &mut q, &gm, (avail, &table), room, 12).expect("fetch");
-        assert_eq!(n, 2);
+        assert_eq!(fetch_all(&mut b, &mut q, &g), 2);
         prefetch(&mut b, &g, &mut hint, false);
     }
     let fdb = Fdb::new();
     let stats = TxStats::default();
-    let cx = ClassifyCtx {
-        fdb: &fdb,
-        now: fdb.now(),
-        port: 0,
-        mac: ME,
-        port_security: false,
-        read_hdr: true,
-        ports: 2,
-        queues_of: &|_| 1,
-        stats: &stats,
-        sender_queue: None,
-    };
+    let cx = ctx(&fdb, &stats);
     // Unchanged table: read at the kept address.
     let g = t.read();
     b.frames[1].route = Route::Drop(DropReason::BadChain);
@@ -209,29 +204,10 @@ fn routes_of(fdb: &Fdb, frames: &[([u8; 6], [u8; 6])]) -> Vec<Route> {
     let t = GrantTable::<Percpu>::new();
     t.replace_from_memory(&mem).expect("grants");
     let g = t.read();
-    let gm = GrantMemory::new(&g, RegionHint::default());
-    let lay = crate::datapath::ring::RingLayout::of(&q).expect("layout");
-    let table = lay.desc_table(&gm).expect("table");
-    let avail = lay.avail_ring(&gm).expect("avail");
-    let room = Room {
-        frames: BURST,
-        segs: 1 << 20,
-    };
     let mut b = Burst::default();
-    fetch(&mut b, &mut q, &gm, (avail, &table), room, 12).expect("fetch");
+    fetch_all(&mut b, &mut q, &g);
     let stats = TxStats::default();
-    let cx = ClassifyCtx {
-        fdb,
-        now: fdb.now(),
-        port: 0,
-        mac: ME,
-        port_security: false,
-        read_hdr: true,
-        ports: 2,
-        queues_of: &|_| 1,
-        stats: &stats,
-        sender_queue: None,
-    };
+    let cx = ctx(fdb, &stats);
     let mut hint = RegionHint::default();
     prefetch(&mut b, &g, &mut hint, false);
     classify(&mut b, &g, &mut hint, &cx);
