@@ -70,13 +70,7 @@ for r in $(seq 1 "$rounds"); do
     scripts/switchbench.sh "${huge[@]}" --sizes "$size" --pairs "$pairs" --loops closed \
       --dests learned --rounds 1 --idle 0 --secs "$secs" --warmup 1 --no-build --no-testpmd \
       --pvnet-bin "$bin" --out "$o" >"$o.log" 2>&1
-    rc=$?
-    if [ "$rc" = "$PVNET_SKIP_RC" ]; then grep '^SKIP' "$o.log"; exit "$rc"; fi
-    if [ "$rc" != 0 ] || [ ! -s "$o/runs.csv" ]; then
-      echo "ERROR: switchbench.sh failed for $name in round $r (rc $rc); its last lines:" >&2
-      tail -5 "$o.log" >&2
-      exit 1
-    fi
+    switchbench_ok "$?" "$o.log" "$o/runs.csv" " for $name in round $r"
     [ -n "$out" ] && mkdir -p "$out" && cp -r "$o" "$out/$name-$r"
     # runs.csv columns (switchbench.sh): 10 Mpps, 14 frames, 15 switch CPU seconds,
     # 24/25 round trip before/after.

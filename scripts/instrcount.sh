@@ -63,13 +63,7 @@ chmod +x "$dir/pvnet"
 scripts/switchbench.sh "${huge[@]}" --sizes "$size" --pairs "$pairs" --loops closed --dests learned \
   --rounds 1 --idle 0 --secs "$secs" --warmup 1 --no-testpmd --pvnet-bin "$dir/pvnet" \
   --out "$dir/sb" >"$dir/switchbench.log" 2>&1
-rc=$?
-if [ "$rc" = "$PVNET_SKIP_RC" ]; then grep '^SKIP' "$dir/switchbench.log"; exit "$rc"; fi
-if [ "$rc" != 0 ] || [ ! -s "$dir/callgrind.out" ]; then
-  echo "ERROR: switchbench.sh failed (rc $rc); its last lines:" >&2
-  tail -5 "$dir/switchbench.log" >&2
-  exit 1
-fi
+switchbench_ok "$?" "$dir/switchbench.log" "$dir/callgrind.out" ""
 python3 - "$dir" "$top" <<'EOF'
 import glob, json, re, subprocess, sys
 d, top = sys.argv[1], int(sys.argv[2])

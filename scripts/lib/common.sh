@@ -16,6 +16,19 @@ export PVNET_SKIP_RC=77
 log() { echo "[$(date +%H:%M:%S)] $*" >&2; }
 die() { echo "ERROR: $*" >&2; exit 1; }
 
+# After a scripts/switchbench.sh run that exited with RC and logged to LOG: exits with its
+# SKIP line and status when it skipped, with its last lines and 1 when it failed or did not
+# make OUTPUT (a file it should have written); returns when it succeeded.
+#   switchbench_ok RC LOG OUTPUT WHAT
+switchbench_ok() {
+  if [ "$1" = "$PVNET_SKIP_RC" ]; then grep '^SKIP' "$2"; exit "$1"; fi
+  if [ "$1" != 0 ] || [ ! -s "$3" ]; then
+    echo "ERROR: switchbench.sh failed$4 (rc $1); its last lines:" >&2
+    tail -5 "$2" >&2
+    exit 1
+  fi
+}
+
 # Drop reasons of pvnet's statistics that are flow control: a receive ring that stayed full
 # (the frame, or a flooded copy of it, could not wait longer) or no destination port. Every
 # other reason is a frame made undeliverable by bad guest input (a malformed chain, an
