@@ -146,6 +146,13 @@ fn metrics_match_ctl_stats() {
         .map(|(_, v)| v)
         .sum();
     assert_eq!(tx, f64::from(50 + warm));
+    // The workers that moved those frames were busy for some time.
+    let busy: f64 = m
+        .iter()
+        .filter(|(k, _)| k.starts_with("pvnet_busy_ns_total"))
+        .map(|(_, v)| v)
+        .sum();
+    assert!(busy > 0.0, "no busy time in the metrics");
     assert_eq!(m.get("pvnet_port_connected{port=\"1\"}"), Some(&1.0));
     assert!(get(&addr, "/other").0.contains("404"));
     drop((ga, gb));

@@ -4,7 +4,7 @@
 //!
 //! Families (all with prefix `pvnet_`): per port and queue pair (`port`, `queue` labels)
 //! `tx_frames`, `tx_bytes`, `tx_bursts`, `rx_frames`, `rx_bytes`, `backpressure`, `tx_notifications`,
-//! `rx_notifications`, `tx_kicks`, `rx_kicks` (counters, `_total`), `drops` (counter, extra
+//! `rx_notifications`, `tx_kicks`, `rx_kicks`, `busy_ns` (counters, `_total`), `drops` (counter, extra
 //! label `reason`); per port `port_connected`, `port_enabled_pairs` (gauges),
 //! `port_connections`, `port_memory_faults` (counters); lock events of the grant and queue
 //! locks (`lock_events_total{lock,kind,event}`).
@@ -39,7 +39,7 @@ type Labels = Vec<(&'static str, String)>;
 type QueueCounter = (&'static str, &'static str, fn(&QueueSnapshot) -> u64);
 
 /// The per-queue counters.
-const QUEUE_COUNTERS: [QueueCounter; 10] = [
+const QUEUE_COUNTERS: [QueueCounter; 11] = [
     ("tx_frames", "Frames taken from the guest's TX ring.", |s| {
         s.tx_frames
     }),
@@ -87,6 +87,11 @@ const QUEUE_COUNTERS: [QueueCounter; 10] = [
         "rx_kicks",
         "Kicks from the guest handled on the RX queue.",
         |s| s.rx_kicks,
+    ),
+    (
+        "busy_ns",
+        "Nanoseconds the worker spent in rounds that moved frames (a worker serving several pairs counts on its first).",
+        |s| s.busy_ns,
     ),
 ];
 

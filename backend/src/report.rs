@@ -5,7 +5,8 @@
 //! ring in `tx_bursts` non-empty bursts, `rx_frames`/`rx_bytes` delivered into its RX ring,
 //! `backpressure` (sender held back by a full RX ring), `tx_notifications`/`rx_notifications`
 //! (calls to the guest), `tx_kicks`/`rx_kicks` (kicks from the guest handled on the TX / RX
-//! queue) and `drops` by reason. `scripts/switchbench.sh` reads these JSON keys.
+//! queue), `busy_ns` (worker time in rounds that moved frames; a worker serving several
+//! pairs counts it on its first pair) and `drops` by reason. `scripts/switchbench.sh` reads these JSON keys.
 
 use crate::stats::DropReason;
 use crate::stats::{QueueSnapshot, NR_DROPS};
@@ -57,7 +58,7 @@ fn render_text(sw: &Switch) -> String {
     let mut o = String::new();
     let _ = writeln!(
         o,
-        "{:<6} {:<5} {:>12} {:>14} {:>11} {:>12} {:>14} {:>8} {:>10} {:>10} {:>10} {:>10}  drops",
+        "{:<6} {:<5} {:>12} {:>14} {:>11} {:>12} {:>14} {:>8} {:>10} {:>10} {:>10} {:>10} {:>10}  drops",
         "port",
         "queue",
         "tx_frames",
@@ -69,7 +70,8 @@ fn render_text(sw: &Switch) -> String {
         "tx_notif",
         "rx_notif",
         "tx_kicks",
-        "rx_kicks"
+        "rx_kicks",
+        "busy_ms"
     );
     for (p, _) in sw.ports_in_use() {
         let mut rows = Vec::new();
@@ -83,7 +85,7 @@ fn render_text(sw: &Switch) -> String {
         for (q, s) in rows {
             let _ = writeln!(
                 o,
-                "{:<6} {:<5} {:>12} {:>14} {:>11} {:>12} {:>14} {:>8} {:>10} {:>10} {:>10} {:>10} {}",
+                "{:<6} {:<5} {:>12} {:>14} {:>11} {:>12} {:>14} {:>8} {:>10} {:>10} {:>10} {:>10} {:>10} {}",
                 p,
                 q,
                 s.tx_frames,
@@ -96,6 +98,7 @@ fn render_text(sw: &Switch) -> String {
                 s.rx_notifications,
                 s.tx_kicks,
                 s.rx_kicks,
+                s.busy_ns / 1_000_000,
                 drops_text(&s)
             );
         }

@@ -83,6 +83,28 @@ fn tx_bursts_are_counted() {
 }
 
 #[test]
+fn busy_time_is_counted_within_the_wall_time() {
+    // Every port's workers moved frames: each counted some busy time, and no more than its
+    // threads (at most one per pair) had wall time.
+    let pairs = 2;
+    let s = server("busy", 2, pairs, RwLockKind::Percpu, SpinLockKind::Pvqspin);
+    let t0 = std::time::Instant::now();
+    let seen = run(&s, &Run::new(2, pairs, 1000));
+    let wall = t0.elapsed().as_nanos() as u64;
+    assert!(seen.iter().all(|g| g.received == 1000));
+    for p in 0..2 {
+        let busy: u64 = (0..usize::from(pairs))
+            .map(|q| s.switch().ports[p].queue_snapshot(q).busy_ns)
+            .sum();
+        assert!(
+            busy > 0 && busy <= wall * u64::from(pairs),
+            "port {p}: busy {busy} ns in {wall} ns"
+        );
+    }
+    s.shutdown();
+}
+
+#[test]
 fn big_buffers_without_mergeable_and_legacy_header() {
     let s = server("nomrg", 2, 2, RwLockKind::Percpu, SpinLockKind::Pvqspin);
     let mut r = Run::new(2, 2, 400);

@@ -70,6 +70,24 @@ fn preemptions() -> u64 {
     }
 }
 
+/// The calling thread's CPU time so far (zero if the clock cannot be read).
+pub fn thread_cpu_time() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the timespec we own; CLOCK_THREAD_CPUTIME_ID is valid on
+    // Linux.
+    let r = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    if r != 0 {
+        return Duration::ZERO;
+    }
+    Duration::new(
+        u64::try_from(ts.tv_sec).unwrap_or(0),
+        u32::try_from(ts.tv_nsec).unwrap_or(0),
+    )
+}
+
 /// One worker's polling state.
 pub struct Poller {
     max_us: u32,

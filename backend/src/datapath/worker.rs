@@ -13,7 +13,7 @@
 //! * [`Token::Rx`] → [`QueuePair::rx_event`] (attach the RX ring, or wake held-back senders).
 
 use crate::datapath::burst::Burst;
-use crate::datapath::poll::Poller;
+use crate::datapath::poll::{thread_cpu_time, Poller};
 use crate::datapath::qpair::{PortCtx, QueuePair};
 use crate::datapath::rxq::Waker;
 use crate::switch::{Locks, Vring};
@@ -149,8 +149,20 @@ impl Worker {
 
     /// Bursts on every pair, round after round, then polling, then kicks (see the module
     /// documentation). `retry`: held-back frames are offered again in the first round.
+    /// The CPU time spent in rounds that moved frames is counted as the worker's busy time
+    /// ([`TxStats::busy`](crate::stats::TxStats::busy), on its first pair; see [`BusyTime`]).
     pub fn run<L: Locks>(&mut self, cx: &PortCtx<'_, L>, vrings: &[Vring], retry: bool) {
+        let busy = self.rounds(cx, vrings, retry);
+        if let Some(qp) = self.pairs.first() {
+            cx.fabric.sw.ports[cx.port].tx[qp.q].busy(busy);
+        }
+    }
+
+    /// [`Worker::run`]'s loop; returns the CPU time spent in rounds that found work.
+    fn rounds<L: Locks>(&mut self, cx: &PortCtx<'_, L>, vrings: &[Vring], retry: bool) -> Duration {
         let start = Instant::now();
+        let mut round_start = start;
+        let mut busy = BusyTime::default();
         let mut retry = retry;
         loop {
             let mut work = false;
@@ -164,9 +176,13 @@ impl Worker {
                 full |= p.full;
             }
             retry = false;
+            // One clock read per round: the busy time and the slice both use it.
+            let now = Instant::now();
+            busy.round(work, now.duration_since(round_start));
+            round_start = now;
             if !cx.memory_usable() {
                 self.poller.sleep();
-                return;
+                return busy.finish();
             }
             self.update_timer(cx);
             if self.waker.is_pending() {
@@ -175,11 +191,11 @@ impl Worker {
                 retry = true;
                 continue;
             }
-            if start.elapsed() >= SLICE {
+            if now.duration_since(start) >= SLICE {
                 // More to do: come back after the epoll loop had a look at other events.
                 self.poller.sleep();
                 self.waker.wake();
-                return;
+                return busy.finish();
             }
             if work || full {
                 // Look again at once: asking for kicks after every round that found work
@@ -188,6 +204,8 @@ impl Worker {
                 continue;
             }
             if self.poller.idle() {
+                // The spin between rounds is idle time, not the next round's.
+                round_start = Instant::now();
                 continue;
             }
             // Going to sleep: ask for kicks, and look once more (a publication between the
@@ -199,8 +217,9 @@ impl Worker {
                 }
             }
             if !moved {
-                return;
+                return busy.finish();
             }
+            round_start = Instant::now();
         }
     }
 
@@ -235,9 +254,65 @@ impl Worker {
     }
 }
 
+/// A worker's busy time within one [`Worker::run`]: the thread's CPU time over each phase of
+/// consecutive rounds that moved frames. CPU time, not wall time: workers of several ports
+/// may share a core, and a round during which the thread was preempted would otherwise count
+/// the other thread's time too. The thread's CPU clock (a system call) is read when a phase
+/// opens and when it closes, never per round: under load a phase lasts a whole
+/// [`SLICE`]. The opening round's own length is taken from the wall clock.
+#[derive(Default)]
+struct BusyTime {
+    total: Duration,
+    /// The thread's CPU time when the open phase began.
+    open: Option<Duration>,
+}
+
+impl BusyTime {
+    /// A round ended that did (`work`) or did not move frames, `wall` after it began.
+    fn round(&mut self, work: bool, wall: Duration) {
+        match (work, self.open) {
+            (true, None) => self.open = Some(thread_cpu_time().saturating_sub(wall)),
+            (false, Some(began)) => {
+                self.total += thread_cpu_time().saturating_sub(began);
+                self.open = None;
+            }
+            _ => {}
+        }
+    }
+
+    /// The busy time, the open phase (if any) closed now.
+    fn finish(mut self) -> Duration {
+        self.round(false, Duration::ZERO);
+        self.total
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn busy_time_counts_the_thread_s_cpu_time_not_the_wall_clock() {
+        // A phase during which the thread sleeps (as when another worker on its core runs)
+        // adds next to nothing; a phase of spinning adds about its length.
+        let mut b = BusyTime::default();
+        b.round(true, Duration::ZERO);
+        std::thread::sleep(Duration::from_millis(60));
+        b.round(true, Duration::ZERO);
+        b.round(false, Duration::ZERO);
+        assert!(b.total < Duration::from_millis(20), "{:?}", b.total);
+        let t0 = Instant::now();
+        b.round(true, Duration::ZERO);
+        while t0.elapsed() < Duration::from_millis(30) {
+            std::hint::spin_loop();
+        }
+        let total = b.finish();
+        assert!(total >= Duration::from_millis(15), "{total:?}");
+        // Idle rounds alone are no busy time.
+        let mut idle = BusyTime::default();
+        idle.round(false, Duration::from_millis(5));
+        assert_eq!(idle.finish(), Duration::ZERO);
+    }
 
     #[test]
     fn tokens_decode() {
