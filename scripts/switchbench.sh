@@ -74,9 +74,12 @@
 #
 # Per case: Mpps and Gbit/s that the client received (both directions summed in the closed
 # loop), averaged over the steady-state reports; the switch's CPU time per frame
-# (/proc/PID/stat), pvnet's kicks handled per 1,000 frames (its tx_kicks + rx_kicks
-# counters), pvnet's frames per TX burst (tx_frames / tx_bursts: 64, the limit, when pvnet is
-# the bottleneck), the switch's context switches per 1,000 frames (/proc/PID/task/*/status)
+# (/proc/PID/stat), the switch's busy time per frame (pvnet's busy_ns counter; testpmd's
+# busy cycles, --record-core-cycles: both count only work that moved frames, which a polling
+# switch's CPU time does not tell apart), the client's busy share of its core (testpmd's
+# busy cycles again: near 100%, the client sets the rate), pvnet's kicks handled per 1,000
+# frames (its tx_kicks + rx_kicks counters), pvnet's frames per TX burst (tx_frames /
+# tx_bursts: 64, the limit, when pvnet is the bottleneck), the switch's context switches per 1,000 frames (/proc/PID/task/*/status)
 # and pvnet's drops by reason. A pvnet run that drops frames for a reason other than a full
 # receive ring (rx_full_timeout, flood_full) fails; so does any run that cannot start or moves
 # no frames: the script then exits 1 after the table, each failure explained in one line.
@@ -278,7 +281,7 @@ start_switch() {
   if [ "$kind" = testpmd ]; then
     dpdk_start sw "$switch_cpu" "$log" batch -m 512 \
       --vdev "net_vhost0,iface=$sa,queues=$pairs" --vdev "net_vhost1,iface=$sb,queues=$pairs" \
-      -- --forward-mode=io --nb-cores=1 --rxq="$pairs" --txq="$pairs" \
+      -- --forward-mode=io --nb-cores=1 --rxq="$pairs" --txq="$pairs" --record-core-cycles \
       --total-num-mbufs=$((8192 + 1024 * pairs)) -a --stats-period 3600 || return 1
     sw_pid=${DPDK_PID[sw]}
     dpdk_wait_sockets sw 20 "$sa" "$sb"
@@ -325,7 +328,7 @@ start_client() {
   local vdevs=(--vdev "net_virtio_user0,path=$sa,queues=$pairs,mac=$MAC_A$client_vdev"
     --vdev "net_virtio_user1,path=$sb,queues=$pairs,mac=$MAC_B$client_vdev")
   local app=(-i --forward-mode=mac --nb-cores=1 --rxq="$pairs" --txq="$pairs" --rxd=256 --txd=256
-    --eth-peer="0,$peer_a" --eth-peer="1,$peer_b")
+    --eth-peer="0,$peer_a" --eth-peer="1,$peer_b" --record-core-cycles)
   local nports=2
   if [ "$loop" = open ]; then
     vdevs+=(--vdev "net_null0,size=$size" --vdev "net_null1,size=$size,no-rx=1")
@@ -345,7 +348,7 @@ start_client() {
 
 # run_one SIZE PAIRS LOOP DEST KIND GRANT QUEUE ROUND: appends one line to runs.csv.
 runs_csv=$out/runs.csv
-echo "round,size,pairs,loop,dest,flows,config,switch,status,mpps,gbps,reports,window_s,frames,cpu_s,ctxsw,tx_kicks,rx_kicks,full_ring_drops,other_drops,drops,switch_cpu_other_pct,client_cpu_other_pct,xcpu_before_ns,xcpu_after_ns,sw_tx_frames,tx_bursts" >"$runs_csv"
+echo "round,size,pairs,loop,dest,flows,config,switch,status,mpps,gbps,reports,window_s,frames,cpu_s,ctxsw,tx_kicks,rx_kicks,full_ring_drops,other_drops,drops,switch_cpu_other_pct,client_cpu_other_pct,xcpu_before_ns,xcpu_after_ns,sw_tx_frames,tx_bursts,sw_busy_ns_per_frame,client_busy_pct" >"$runs_csv"
 nrun=0 failures=() run_load=0 run_xcpu=""
 # The round trip of a cache line between the switch's and the client's CPU in ns (empty when
 # it cannot be measured): the state of the machine a run was taken in.
@@ -365,7 +368,7 @@ run_one() {
   mkdir -p "$dir"
   local status=ok reason="" sw_pid=""
   local mpps=0 gbps=0 nrep=0 window=0 frames=0 cpu=0 ctx=0 txk="" rxk="" txf="" txb="" full=0 other=0 detail=""
-  local sw_other="" cl_other="" xb xa
+  local sw_other="" cl_other="" xb xa sw_busy="" cl_busy=""
   fail() { status="failed"; reason=$1; }
   xb=$(xcpu_rtt)
 
@@ -474,8 +477,13 @@ run_one() {
         fail "one direction of the closed loop stopped (Mpps received per client port: $(printf '%s\n' "$rates" | awk '{printf "%s%s %.3f", (NR > 1 ? ", " : ""), $1, $2}'))"
       fi
     fi
+    # Busy time: the client's share of its core, the switch's per frame (testpmd_busy).
+    cl_busy=$(testpmd_busy "$dir/client.log" | awk -v m="$mpps" '{printf "%.1f", 100 * $1 * m / $2}')
+    [ "$kind" = testpmd ] && sw_busy=$(testpmd_busy "$dir/switch.log" | awk '{printf "%.1f", 1000 * $1 / $2}')
     if [ "$kind" = pvnet ]; then
       val() { printf '%s\n' "$1" | awk -v k="$2" '$1 == k {print $2; f = 1} END {if (!f) print 0}'; }
+      sw_busy=$(awk -v b=$(($(val "$snap1" busy_ns) - $(val "$snap0" busy_ns))) \
+        -v f=$(($(val "$snap1" tx_frames) - $(val "$snap0" tx_frames))) 'BEGIN {if (f > 0) printf "%.1f", b / f}')
       txk=$(($(val "$snap1" tx_kicks) - $(val "$snap0" tx_kicks)))
       rxk=$(($(val "$snap1" rx_kicks) - $(val "$snap0" rx_kicks)))
       txf=$(($(val "$snap1" tx_frames) - $(val "$snap0" tx_frames)))
@@ -499,7 +507,7 @@ run_one() {
   local note=""
   [ "$status" = ok ] || note="$reason"
   run_load=$(awk -v a="${sw_other:-0}" -v b="${cl_other:-0}" 'BEGIN {print (a > b ? a : b)}')
-  echo "$round,$size,$pairs,$loop,$dest,$case_flows,$label,$kind,${status}${note:+: ${note//,/;}},$mpps,$gbps,$nrep,$window,$frames,$cpu,$ctx,$txk,$rxk,$full,$other,$detail,$sw_other,$cl_other,$xb,$xa,$txf,$txb" >>"$runs_csv"
+  echo "$round,$size,$pairs,$loop,$dest,$case_flows,$label,$kind,${status}${note:+: ${note//,/;}},$mpps,$gbps,$nrep,$window,$frames,$cpu,$ctx,$txk,$rxk,$full,$other,$detail,$sw_other,$cl_other,$xb,$xa,$txf,$txb,$sw_busy,$cl_busy" >>"$runs_csv"
   if [ "$status" = ok ]; then
     log "  $label: $(printf '%.3f' "$mpps") Mpps, $(printf '%.3f' "$gbps") Gbit/s, switch CPU $cpu s in ${window}s${txk:+, kicks tx $txk rx $rxk}${detail:+, drops: $detail}; other load on CPU $switch_cpu/$client_cpu: $sw_other%/$cl_other%; xCPU round trip ${xb:-?}/${xa:-?} ns"
   else

@@ -71,6 +71,12 @@ struct Run {
     /// Cache-line round trip between the switch's and the client's CPU (ns), the larger of
     /// the measurements before and after the run (`pvnet-bench xcpu`).
     xcpu_ns: Option<f64>,
+    /// The switch's busy time per frame (ns): pvnet's `busy_ns` per frame taken from the
+    /// TX rings in the window, testpmd's busy cycles per packet (`--record-core-cycles`).
+    busy_ns_per_frame: Option<f64>,
+    /// Percent of the client core's time spent in polls that found frames (testpmd's busy
+    /// cycles per packet times the frames per second).
+    client_busy_pct: Option<f64>,
 }
 
 /// What a run measured: the traffic, independent of the switch.
@@ -109,6 +115,10 @@ struct Summary {
     mpps_rounds: Vec<f64>,
     /// Each run's cross-CPU round trip (ns), in the order of `mpps_rounds`.
     xcpu_rounds: Vec<Option<f64>>,
+    /// Median busy time of the switch per frame (ns), when every good run measured it.
+    busy_ns_per_frame: Option<f64>,
+    /// Median busy share of the client's core (percent), when every good run measured it.
+    client_busy_pct: Option<f64>,
 }
 
 /// One idle measurement (one line of idle.csv).
@@ -227,6 +237,8 @@ fn parse_runs(text: &str) -> anyhow::Result<Vec<Run>> {
                     (Some(a), Some(b)) => Some(a.max(b)),
                     (a, b) => a.or(b),
                 },
+                busy_ns_per_frame: t.opt_num(row, "sw_busy_ns_per_frame")?,
+                client_busy_pct: t.opt_num(row, "client_busy_pct")?,
             })
         })()
         .with_context(|| format!("line {}", n + 2))?;
@@ -311,6 +323,10 @@ fn summarize(runs: &[Run]) -> Vec<Summary> {
             let med = |f: &dyn Fn(&Run) -> f64| median(ok.iter().map(|r| f(r)).collect());
             let kicks = ok.iter().all(|r| r.kicks.is_some()) && !ok.is_empty();
             let bursts = ok.iter().all(|r| r.bursts.is_some()) && !ok.is_empty();
+            let measured = |f: fn(&Run) -> Option<f64>| {
+                (!ok.is_empty() && ok.iter().all(|r| f(r).is_some()))
+                    .then(|| med(&|r| f(r).unwrap_or(f64::NAN)))
+            };
             Summary {
                 mpps: med(&|r| r.mpps),
                 gbps: med(&|r| r.gbps),
@@ -354,6 +370,8 @@ fn summarize(runs: &[Run]) -> Vec<Summary> {
                     .map(|r| if r.ok { r.mpps } else { f64::NAN })
                     .collect(),
                 xcpu_rounds: all.iter().map(|r| r.xcpu_ns).collect(),
+                busy_ns_per_frame: measured(|r| r.busy_ns_per_frame),
+                client_busy_pct: measured(|r| r.client_busy_pct),
                 case,
                 config,
                 switch,

@@ -202,6 +202,13 @@ dpdk_fwd_totals() {
   ' "$1" | sort -n
 }
 
+# testpmd_busy LOG: "CYCLES_PER_PACKET MHZ" from the last forwarding statistics in LOG of a
+# testpmd started with --record-core-cycles (its busy cycles, those of polls that found
+# packets, per packet received); nothing when LOG has none.
+testpmd_busy() {
+  sed -n 's/^ *CPU cycles\/packet=\([0-9.]*\) .* at \([0-9]*\) MHz Clock.*/\1 \2/p' "$1" | tail -n 1
+}
+
 # ---------------------------------------------------------------- process accounting
 # proc_cpu_ticks PID: user + system time of the whole process (all threads), in clock ticks.
 proc_cpu_ticks() {
@@ -239,7 +246,8 @@ pvnet_snapshot() {
 
 # pvnet_totals: reads JSON port lines (stdin) and prints "KEY VALUE" lines summed over the
 # ports' "total" objects: tx_frames, tx_bursts, rx_frames, tx_bytes, rx_bytes, tx_kicks, rx_kicks,
-# backpressure, tx_notifications, rx_notifications and drop_<reason> for every drop reason.
+# backpressure, tx_notifications, rx_notifications, busy_ns and drop_<reason> for every drop
+# reason (printed as integers: the sums pass 2^31).
 pvnet_totals() {
   awk '
     /"port":/ && match($0, /"total":\{[^{}]*\{[^{}]*\}[^{}]*\}/) {
@@ -251,6 +259,6 @@ pvnet_totals() {
       gsub(/[{}]/, "", t); n = split(t, kv, ",")
       for (i = 1; i <= n; i++) if (split(kv[i], a, ":") == 2) { gsub(/"/, "", a[1]); s[a[1]] += a[2] }
     }
-    END { for (k in s) print k, s[k] }' | sort
+    END { for (k in s) printf "%s %.0f\n", k, s[k] }' | sort
 }
 

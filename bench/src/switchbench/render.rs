@@ -88,6 +88,8 @@ pub(super) fn render_text(sums: &[Summary], idle: &[Idle]) -> String {
         "ratio",
         "CPU %",
         "CPU ns/frame",
+        "busy ns/frame",
+        "client busy %",
         "kicks/1k tx+rx",
         "frames/burst",
         "ctxsw/1k",
@@ -108,6 +110,8 @@ pub(super) fn render_text(sums: &[Summary], idle: &[Idle]) -> String {
                 s.ratio.map_or("-".into(), |r| format!("{r:.2}x")),
                 num(s.cpu_pct, 0),
                 num(s.cpu_ns_per_frame, 0),
+                s.busy_ns_per_frame.map_or("-".into(), |b| num(b, 0)),
+                s.client_busy_pct.map_or("-".into(), |c| num(c, 0)),
                 s.kicks_per_kframe
                     .map_or("-".into(), |(t, r)| format!("{}+{}", num(t, 1), num(r, 1))),
                 s.frames_per_burst.map_or("-".into(), |b| num(b, 1)),
@@ -132,7 +136,7 @@ pub(super) fn render_text(sums: &[Summary], idle: &[Idle]) -> String {
         .collect();
     let right = [
         true, true, false, false, false, false, true, true, true, true, true, true, true, true,
-        true, true, true, false, false,
+        true, true, true, true, true, false, false,
     ];
     let mut o = markdown(&head, &rows, &right);
     o.push_str(LEGEND);
@@ -172,7 +176,13 @@ const LEGEND: &str = "\
 Mpps, Gbit/s: frames (L2 bytes) the frontends received, both directions summed in the closed \
 loop; steady-state average per run, median over the runs. ratio: pvnet / testpmd as the \
 switch, same case. CPU %: the switch process's CPU use; CPU ns/frame: its CPU time per \
-frame received. kicks/1k: kicks pvnet handled on TX + RX queues per 1,000 frames. \
+frame received (a polling switch uses its core whatever it forwards). busy ns/frame: the \
+switch's time in work that moved frames, per frame (pvnet: its busy_ns counter over the frames \
+it took in the window; testpmd: its busy cycles per packet over the run, --record-core-cycles). \
+client busy %: the share of the client's core spent forwarding (testpmd's busy cycles per \
+packet times the packets per second): near 100 the client, not the switch, sets the rate, \
+and Mpps / (client busy % / 100) is the most any switch could reach in that case. \
+kicks/1k: kicks pvnet handled on TX + RX queues per 1,000 frames. \
 frames/burst: frames pvnet took from the TX rings per non-empty burst (64, the limit, when \
 the switch is the bottleneck; smaller when it waits for the frontends). \
 ctxsw/1k: the switch's context switches per 1,000 frames. drops: pvnet's drops by reason \
@@ -186,7 +196,7 @@ pub(super) const CSV_HEAD: &str =
     "kind,size,pairs,loop,dest,flows,config,switch,mpps,gbps,ratio,cpu_pct,\
 cpu_ns_per_frame,tx_kicks_per_1k_frames,rx_kicks_per_1k_frames,ctxsw_per_1k_frames,\
 full_ring_drops,other_drops,switch_cpu_other_pct,client_cpu_other_pct,runs_ok,runs,\
-idle_secs,ctxsw_per_s,xcpu_rtt_ns,frames_per_burst";
+idle_secs,ctxsw_per_s,xcpu_rtt_ns,frames_per_burst,busy_ns_per_frame,client_busy_pct";
 
 /// The median cross-CPU round trip of a summary's runs (None: not measured).
 pub(super) fn xcpu_median(s: &Summary) -> Option<f64> {
@@ -212,7 +222,7 @@ pub(super) fn render_csv(sums: &[Summary], idle: &[Idle]) -> String {
             .map_or((String::new(), String::new()), |(a, b)| (f(a), f(b)));
         let _ = writeln!(
             o,
-            "case,{},{},{},{},{},{},{},{},{},{},{},{},{tk},{rk},{},{},{},{so},{co},{},{},,,{},{}",
+            "case,{},{},{},{},{},{},{},{},{},{},{},{},{tk},{rk},{},{},{},{so},{co},{},{},,,{},{},{},{}",
             s.case.size,
             s.case.pairs,
             s.case.looping,
@@ -231,7 +241,9 @@ pub(super) fn render_csv(sums: &[Summary], idle: &[Idle]) -> String {
             s.runs_ok,
             s.runs,
             xcpu_median(s).map_or(String::new(), f),
-            s.frames_per_burst.map_or(String::new(), f)
+            s.frames_per_burst.map_or(String::new(), f),
+            s.busy_ns_per_frame.map_or(String::new(), f),
+            s.client_busy_pct.map_or(String::new(), f)
         );
     }
     for i in idle {
@@ -242,7 +254,7 @@ pub(super) fn render_csv(sums: &[Summary], idle: &[Idle]) -> String {
         };
         let _ = writeln!(
             o,
-            "idle,,{},,,,{},{switch},,,,{},,,,,,,,,{},1,{},{},,",
+            "idle,,{},,,,{},{switch},,,,{},,,,,,,,,{},1,{},{},,,,",
             i.pairs,
             i.config,
             f(idle_pct(i)),
@@ -268,6 +280,8 @@ pub(super) fn render_json(sums: &[Summary], idle: &[Idle]) -> String {
             "tx_kicks_per_1k_frames": s.kicks_per_kframe.and_then(|k| fin(k.0)),
             "rx_kicks_per_1k_frames": s.kicks_per_kframe.and_then(|k| fin(k.1)),
             "frames_per_burst": s.frames_per_burst.and_then(fin),
+            "busy_ns_per_frame": s.busy_ns_per_frame.and_then(fin),
+            "client_busy_pct": s.client_busy_pct.and_then(fin),
             "ctxsw_per_1k_frames": fin(s.ctxsw_per_kframe),
             "full_ring_drops": s.full_ring_drops, "other_drops": s.other_drops,
             "drops": s.drops,

@@ -109,7 +109,10 @@ round,size,pairs,loop,dest,flows,config,switch,status,mpps,gbps,reports,window_s
     let text = render_text(&sums, &[]);
     assert!(text.contains("101 524 -"), "{text}");
     let csv = render_csv(&sums, &[]);
-    assert!(csv.lines().nth(1).unwrap().ends_with(",312.5000,"), "{csv}");
+    assert!(
+        csv.lines().nth(1).unwrap().ends_with(",312.5000,,,"),
+        "{csv}"
+    );
     let json: serde_json::Value = serde_json::from_str(render_json(&sums, &[]).trim()).unwrap();
     assert_eq!(
         json["xcpu_rtt_ns_rounds"],
@@ -135,14 +138,14 @@ round,size,pairs,loop,dest,flows,config,switch,status,mpps,gbps,reports,window_s
     assert_eq!(sums[0].frames_per_burst, Some(48.0));
     assert_eq!(sums[1].frames_per_burst, None);
     let text = render_text(&sums, &[]);
-    let col = |line: &str| line.split('|').nth(13).map(str::trim).map(String::from);
+    let col = |line: &str| line.split('|').nth(15).map(str::trim).map(String::from);
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(col(lines[0]).as_deref(), Some("frames/burst"), "{text}");
     assert_eq!(col(lines[2]).as_deref(), Some("48.0"), "{text}");
     assert_eq!(col(lines[3]).as_deref(), Some("-"), "{text}");
     let csv = render_csv(&sums, &[]);
-    assert!(csv.lines().nth(1).unwrap().ends_with(",48.0000"), "{csv}");
-    assert!(csv.lines().nth(2).unwrap().ends_with(','), "{csv}");
+    assert!(csv.lines().nth(1).unwrap().ends_with(",48.0000,,"), "{csv}");
+    assert!(csv.lines().nth(2).unwrap().ends_with(",,,"), "{csv}");
     let json: Vec<serde_json::Value> = render_json(&sums, &[])
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
@@ -189,4 +192,58 @@ round,size,pairs,loop,dest,flows,config,switch,status,mpps,gbps,reports,window_s
         .collect();
     assert!(state::render(&near_only, state::NEAR_XCPU_NS).is_none());
     assert!(state::render(&parse_runs(RUNS).unwrap(), state::NEAR_XCPU_NS).is_none());
+}
+
+#[test]
+fn busy_time_per_frame_and_client_share_from_the_runs() {
+    // The switch's busy ns per frame and the client's busy share: medians over the good runs
+    // (pvnet 30 and 40 -> 35, client 60 and 70 -> 65; testpmd 50 and 80 in its one run); a
+    // case whose runs did not all measure them shows none, and older files still parse.
+    let runs = "\
+round,size,pairs,loop,dest,flows,config,switch,status,mpps,gbps,reports,window_s,frames,cpu_s,ctxsw,tx_kicks,rx_kicks,full_ring_drops,other_drops,drops,switch_cpu_other_pct,client_cpu_other_pct,xcpu_before_ns,xcpu_after_ns,sw_tx_frames,tx_bursts,sw_busy_ns_per_frame,client_busy_pct
+1,64,1,closed,learned,many,pvnet,pvnet,ok,12.0,6,5,5.0,60000000,5.0,10,0,0,0,0,,0,0,100,100,6400,100,30,60
+1,64,1,closed,learned,many,testpmd,testpmd,ok,20.0,10,5,5.0,100000000,5.0,10,,,0,0,,0,0,100,100,,,50,80
+2,64,1,closed,learned,many,pvnet,pvnet,ok,6.0,3,5,5.0,30000000,5.0,10,0,0,0,0,,0,0,100,100,3200,100,40,70
+1,64,2,closed,learned,many,pvnet,pvnet,ok,6.0,3,5,5.0,30000000,5.0,10,0,0,0,0,,0,0,100,100,3200,100,40,
+";
+    let sums = summarize(&parse_runs(runs).unwrap());
+    assert_eq!(
+        (sums[0].busy_ns_per_frame, sums[0].client_busy_pct),
+        (Some(35.0), Some(65.0))
+    );
+    assert_eq!(
+        (sums[1].busy_ns_per_frame, sums[1].client_busy_pct),
+        (Some(50.0), Some(80.0))
+    );
+    assert_eq!(sums[2].busy_ns_per_frame, Some(40.0));
+    assert_eq!(sums[2].client_busy_pct, None);
+    let text = render_text(&sums, &[]);
+    let cells = |line: &str| -> Vec<String> {
+        line.split('|')
+            .skip(12)
+            .take(2)
+            .map(|c| c.trim().to_string())
+            .collect()
+    };
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(
+        cells(lines[0]),
+        ["busy ns/frame", "client busy %"],
+        "{text}"
+    );
+    assert_eq!(cells(lines[2]), ["35", "65"], "{text}");
+    assert_eq!(cells(lines[4]), ["40", "-"], "{text}");
+    let csv = render_csv(&sums, &[]);
+    assert!(
+        csv.lines().nth(1).unwrap().ends_with(",35.0000,65.0000"),
+        "{csv}"
+    );
+    let json: Vec<serde_json::Value> = render_json(&sums, &[])
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(json[1]["busy_ns_per_frame"], serde_json::json!(50.0));
+    assert!(json[2]["client_busy_pct"].is_null());
+    let old = summarize(&parse_runs(RUNS).unwrap());
+    assert!(old.iter().all(|s| s.busy_ns_per_frame.is_none()));
 }
