@@ -57,8 +57,8 @@
 #                            xcpu_after_ns), exceeded NS: on a VM the host may place the two
 #                            CPUs far apart for minutes (default 0: never repeat). Whatever
 #                            this flag, when the runs show both states (a round trip below and
-#                            above 300 ns) the report adds a table of medians and ratios over
-#                            each state's runs alone
+#                            above NS, or 300 ns without the flag) the report adds a table of
+#                            medians and ratios over each state's runs alone
 #   --switch-cpu N           CPU of the switch, all its threads (default: first allowed CPU)
 #   --client-cpu N           CPU of the client's main and forwarding lcore (default: second)
 #   --pvnet-cpus LIST        CPUs of pvnet's threads (taskset list, default: --switch-cpu), e.g.
@@ -595,6 +595,8 @@ elapsed=$((SECONDS - t_start))
 
 # ---------------------------------------------------------------- report
 report=("$report_bin" switchbench-report --runs "$runs_csv" --idle "$idle_csv")
+# The runs kept under --max-xcpu-ns are the near state of the table by state.
+[ "$max_xcpu" != 0 ] && report+=(--near-xcpu-ns "$max_xcpu")
 [ -n "$plot" ] && report+=(--plot "$plot")
 {
   echo "# scripts/switchbench.sh: $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) CPUs ($(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)), DPDK $(dpdk_version), pvnet $(git -C "$PVNET_ROOT" rev-parse --short HEAD 2>/dev/null || echo ?)$(git -C "$PVNET_ROOT" diff --quiet HEAD 2>/dev/null || echo +changes)"

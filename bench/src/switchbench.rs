@@ -43,6 +43,10 @@ pub struct Args {
     /// Also write an SVG bar chart of the median Mpps per case and switch to this file.
     #[arg(long, value_name = "FILE")]
     pub plot: Option<PathBuf>,
+    /// Cross-CPU round trip (ns) below which a run counts as taken in the machine's near
+    /// state, for the table by state (switchbench.sh passes its --max-xcpu-ns).
+    #[arg(long, value_name = "NS", default_value_t = state::NEAR_XCPU_NS)]
+    pub near_xcpu_ns: f64,
 }
 
 /// One run (one line of runs.csv).
@@ -412,7 +416,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let text = match args.format {
         Format::Text => {
             let mut t = render_text(&sums, &idle);
-            t.extend(state::render(&runs, state::NEAR_XCPU_NS));
+            t.extend(state::render(&runs, args.near_xcpu_ns));
             t
         }
         Format::Csv => render_csv(&sums, &idle),

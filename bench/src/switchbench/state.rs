@@ -8,6 +8,8 @@ use super::{case_cells, markdown, num, summarize, Run, Summary, CASE_HEAD};
 
 /// A run whose round trip (the larger of before and after) stayed below this many ns ran
 /// in the near state; any other measured run in the far state (or while the state changed).
+/// The default of `--near-xcpu-ns`: an AMD EPYC VM's near state read 60–110 ns, its far
+/// ~500; an Intel Xeon VM's usual state reads 250–380 ns.
 pub const NEAR_XCPU_NS: f64 = 300.0;
 
 /// The near / far table, or `None` when the runs do not show both states (the main table then
