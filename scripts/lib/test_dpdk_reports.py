@@ -79,5 +79,47 @@ class PortRates(unittest.TestCase):
         self.assertNotEqual(bash('printf "0 5.0\\n" | dpdk_one_way', "").returncode, 0)
 
 
+def fwd_stats(cycles_per_packet, mhz):
+    """The end of testpmd's forwarding statistics with --record-core-cycles (as 22.11 prints)."""
+    return (
+        "  +++++++++++++++ Accumulated forward statistics for all ports+++++++++++++++\n"
+        "  RX-packets: 56907040       RX-dropped: 0             RX-total: 56907040\n"
+        "  ++++++++++++++++++++++++++++++++++++++++++++++++++++++++++++++++++++++++++++\n"
+        "\n"
+        f"  CPU cycles/packet={cycles_per_packet} (total cycles=10729412597 / total mac "
+        f"packets=56907040) at {mhz} MHz Clock\n"
+        "\n"
+        "Done.\n"
+    )
+
+
+class Busy(unittest.TestCase):
+    def test_the_last_report_s_cycles_per_packet_and_clock(self):
+        # The learning bursts print their own (few packets) before the measured run's.
+        log = fwd_stats("1004.28", 2300) + "testpmd> stop\n" + fwd_stats("188.54", 2300)
+        r = bash('testpmd_busy "$LOG"', log)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(r.stdout, "188.54 2300\n")
+
+    def test_nothing_without_record_core_cycles(self):
+        r = bash('testpmd_busy "$LOG"', "  RX-packets: 5 RX-dropped: 0\nDone.\n")
+        self.assertEqual(r.stdout, "")
+
+
+class PvnetTotals(unittest.TestCase):
+    def test_sums_past_two_to_the_31_stay_integers(self):
+        # awk's default output format wrote such sums as 1.1567e+10, which $((...)) rejects.
+        lines = (
+            '{"port":0,"total":{"tx_frames":3000000000,"busy_ns":11567000000,"drops":{"no_dest":1}}}\n'
+            '{"port":1,"total":{"tx_frames":1,"busy_ns":5,"drops":{"no_dest":2}}}\n'
+        )
+        r = bash('pvnet_totals < "$LOG"', lines)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(
+            r.stdout.split("\n")[:3],
+            ["busy_ns 11567000005", "drop_no_dest 3", "tx_frames 3000000001"],
+        )
+
+
 if __name__ == "__main__":
     unittest.main()
