@@ -104,6 +104,11 @@ pub struct Args {
     /// usable CPUs divided among the ports, at least 1, at most one per queue pair).
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub workers: u16,
+    /// Switch-wide polling threads serving the queue pairs of every port (OVS-DPDK's PMD
+    /// threads; 0 = worker threads per port, --workers). Pair q of port p runs on thread
+    /// (p + q) mod N.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub pmd_threads: u16,
     /// How a frame from a guest picks the receiver's RX queue: `queue` (the queue pair it
     /// was sent on; one queue-lock hold per burst and destination) or `hash` (its flow hash:
     /// spreads one sender queue's flows over the receiver's queues, costs a hash per frame).
@@ -166,6 +171,7 @@ impl TryFrom<&Args> for Config {
             port_security: a.port_security,
             poll_us: a.poll_us,
             workers: a.workers,
+            pmd_threads: a.pmd_threads,
             rx_steer: a.rx_steer.into(),
             uplink: pvnet_backend::tap::TapConfig {
                 names: a.taps.clone(),
@@ -287,12 +293,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         log::set_max_level(level);
     }
     let cfg = Config::try_from(&args).unwrap_or_else(|e| usage_error(e));
+    let threads = match cfg.pmd_threads {
+        0 => format!("{} workers per port", cfg.worker_threads()),
+        n => format!("{n} PMD threads for all ports"),
+    };
     log::info!(
-        "grant lock {:?}, queue lock {:?}, {} queue pairs, {} workers per port, RX steering by {}",
+        "grant lock {:?}, queue lock {:?}, {} queue pairs, {threads}, RX steering by {}",
         cfg.grant_lock,
         cfg.queue_lock,
         cfg.queue_pairs,
-        cfg.worker_threads(),
         cfg.rx_steer
     );
     let fmt = match args.stats_format {

@@ -8,6 +8,8 @@ use std::time::Duration;
 pub const DEFAULT_BACKPRESSURE_BOUND: Duration = Duration::from_secs(1);
 /// Default [`Config::poll_us`].
 pub const DEFAULT_POLL_US: u32 = 0;
+/// Most switch-wide polling threads (`--pmd-threads`).
+pub const MAX_PMD_THREADS: u16 = 64;
 /// Longest `--poll-us` accepted.
 pub const MAX_POLL_US: u32 = 1_000_000;
 
@@ -86,6 +88,10 @@ pub enum ConfigError {
     PollUs(u32),
     #[error("--workers must be between 0 (automatic) and --queues ({1}), got {0}")]
     Workers(u16, u16),
+    #[error("--pmd-threads must be at most {MAX_PMD_THREADS}, got {0}")]
+    PmdThreads(u16),
+    #[error("--pmd-threads and --workers are two thread layouts: give one of them")]
+    PmdAndWorkers,
     #[error(transparent)]
     Tap(#[from] crate::tap::TapConfigError),
 }
@@ -127,6 +133,9 @@ pub struct Config {
     /// Worker threads per port, each serving a share of the queue pairs; 0 = automatic
     /// ([`Config::worker_threads`]).
     pub workers: u16,
+    /// Switch-wide polling threads, each serving queue pairs of every port (OVS-DPDK's PMD
+    /// threads; [`crate::datapath::pmd`]); 0 = worker threads per port (`workers`).
+    pub pmd_threads: u16,
     /// How frames from guests pick their RX queue at the destination ([`RxSteer`]; frames
     /// from tap ports are always steered by flow hash: the kernel's queue choice says
     /// nothing of the sender, and a one-queue tap would put every frame on one RX queue).
@@ -155,6 +164,7 @@ impl Default for Config {
             socket_group: None,
             poll_us: DEFAULT_POLL_US,
             workers: 0,
+            pmd_threads: 0,
             rx_steer: RxSteer::Queue,
             port_security: false,
             uplink: crate::tap::TapConfig::default(),
@@ -210,6 +220,12 @@ impl Config {
         }
         if self.workers > self.queue_pairs {
             return Err(ConfigError::Workers(self.workers, self.queue_pairs));
+        }
+        if self.pmd_threads > MAX_PMD_THREADS {
+            return Err(ConfigError::PmdThreads(self.pmd_threads));
+        }
+        if self.pmd_threads > 0 && self.workers > 0 {
+            return Err(ConfigError::PmdAndWorkers);
         }
         if self.macs.len() > n {
             return Err(ConfigError::TooManyMacs(self.macs.len(), n));
@@ -387,6 +403,17 @@ mod tests {
         assert_eq!(c.worker_threads_for(2), 1);
         assert_eq!(c.worker_threads_for(1), 1);
         assert_eq!(c.worker_threads_for(64), 16);
+        c.pmd_threads = MAX_PMD_THREADS + 1;
+        assert_eq!(
+            c.validate(),
+            Err(ConfigError::PmdThreads(MAX_PMD_THREADS + 1))
+        );
+        c.pmd_threads = 2;
+        assert_eq!(c.validate(), Ok(()));
+        c.workers = 1;
+        assert_eq!(c.validate(), Err(ConfigError::PmdAndWorkers));
+        c.workers = 0;
+        c.pmd_threads = 0;
         c.poll_us = MAX_POLL_US + 1;
         assert!(c.validate().is_err());
         let mut c = base();

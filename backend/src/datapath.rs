@@ -53,6 +53,7 @@ pub mod copy;
 pub mod dest;
 pub mod held;
 pub mod order;
+pub mod pmd;
 pub mod poll;
 pub mod qpair;
 pub mod ring;

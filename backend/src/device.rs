@@ -5,12 +5,15 @@
 //! sizes it from the CPUs and ports); thread `w` of `N` serves the pairs `p` with `p % N == w`. Within a thread, vring events are numbered RX, TX per pair in pair order
 //! ([`Token`]).
 
+use crate::datapath::burst::Burst;
+use crate::datapath::pmd::Member;
 use crate::datapath::qpair::PortCtx;
-use crate::datapath::worker::{Token, Worker};
+use crate::datapath::worker::{Round, Token, Worker};
 use crate::switch::{Fabric, Gm, Locks, Switch, Vring};
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
 use vhost_user_backend::VhostUserBackend;
 use virtio_bindings::virtio_config::{VIRTIO_F_IN_ORDER, VIRTIO_F_VERSION_1};
@@ -78,11 +81,19 @@ impl<L: Locks> NetDevice<L> {
     pub fn new(fabric: Arc<Fabric<L>>, port: usize) -> io::Result<Self> {
         let sw = fabric.sw.clone();
         let pairs = usize::from(sw.cfg.queue_pairs);
-        let threads = sw.cfg.worker_threads().clamp(1, pairs);
+        let pmds = fabric.pmds.len();
+        let threads = match pmds {
+            0 => sw.cfg.worker_threads().clamp(1, pairs),
+            n => n.min(pairs),
+        };
         let workers = (0..threads)
             .map(|w| {
                 let mine: Vec<usize> = (w..pairs).step_by(threads).collect();
-                Worker::new(&mine, sw.cfg.poll_us).map(Mutex::new)
+                match fabric.pmds.get((port + w) % pmds.max(1)) {
+                    Some(pmd) => Worker::with_waker(&mine, sw.cfg.poll_us, pmd.waker().clone()),
+                    None => Worker::new(&mine, sw.cfg.poll_us),
+                }
+                .map(Mutex::new)
             })
             .collect::<io::Result<Vec<_>>>()?
             .into_boxed_slice();
@@ -123,6 +134,56 @@ impl<L: Locks> NetDevice<L> {
         }
     }
 
+    /// Whether the workers run on the switch-wide polling threads (`--pmd-threads`): the
+    /// daemon then has one thread, for vhost-user messages, RX events and forwarding kicks.
+    fn on_pmds(&self) -> bool {
+        !self.fabric.pmds.is_empty()
+    }
+
+    /// Hands this connection's workers to the polling threads: worker `w` to thread
+    /// `(port + w) mod N` (nothing without `--pmd-threads`). [`NetDevice::detach`] takes them
+    /// back.
+    pub fn attach_pmds(self: &Arc<Self>) {
+        let n = self.fabric.pmds.len();
+        for w in 0..self.workers.len() {
+            if let Some(pmd) = self.fabric.pmds.get((self.port + w) % n.max(1)) {
+                pmd.attach(self.pmd_key(), self.clone(), w);
+            }
+        }
+    }
+
+    fn pmd_key(&self) -> usize {
+        self as *const Self as usize
+    }
+
+    /// An event of the daemon's one thread with `--pmd-threads`: TX kicks wake the polling
+    /// thread of the pair's worker; RX events are handled here.
+    fn pmd_event(&self, tok: Token, vrings: &[Vring]) {
+        let n = self.workers.len().max(1);
+        let (Token::Rx(q) | Token::Tx(q)) = tok else {
+            return;
+        };
+        let Some(w) = self.workers.get(q % n) else {
+            return;
+        };
+        let mut w = lock(w);
+        if !w.has_vrings() {
+            // The worker's pairs' vrings, RX and TX per pair in its pair order.
+            let mine: Vec<Vring> = (q % n..self.num_pairs())
+                .step_by(n)
+                .flat_map(|p| vrings.get(2 * p..2 * p + 2).unwrap_or_default())
+                .cloned()
+                .collect();
+            w.note_vrings(&mine);
+        }
+        let local = q / n;
+        let cx = self.ctx();
+        match tok {
+            Token::Rx(_) => w.rx_kick(&cx, local),
+            _ => w.forward_kick(&cx, local),
+        }
+    }
+
     /// The worker thread serving pair `q`.
     fn worker_of(&self, q: usize) -> Option<&Mutex<Worker>> {
         self.workers.get(q % self.workers.len().max(1))
@@ -133,6 +194,9 @@ impl<L: Locks> NetDevice<L> {
     /// connection's workers stop after their current burst.
     pub fn detach(&self) {
         self.closed.store(true, Ordering::Release);
+        for pmd in &self.fabric.pmds {
+            pmd.detach(self.pmd_key());
+        }
         for q in 0..self.num_pairs() {
             self.fabric.detach_rx(self.port, q);
         }
@@ -213,6 +277,9 @@ impl<L: Locks> VhostUserBackend for NetDevice<L> {
     }
 
     fn queues_per_thread(&self) -> Vec<u64> {
+        if self.on_pmds() {
+            return vec![(0..self.num_pairs()).fold(0u64, |m, p| m | (0b11u64 << (2 * p)))];
+        }
         let threads = self.workers.len().max(1);
         (0..threads)
             .map(|w| {
@@ -247,11 +314,46 @@ impl<L: Locks> VhostUserBackend for NetDevice<L> {
         if evset != EventSet::IN || self.closed.load(Ordering::Acquire) {
             return Ok(());
         }
+        let tok = Token::decode(device_event, self.num_queues());
+        if self.on_pmds() {
+            self.pmd_event(tok, vrings);
+            return Ok(());
+        }
         let Some(w) = self.workers.get(thread_id) else {
             return Err(io::Error::other("event for an unknown worker thread"));
         };
-        let tok = Token::decode(device_event, self.num_queues());
         lock(w).handle(&self.ctx(), tok, vrings);
         Ok(())
+    }
+}
+
+impl<L: Locks> Member for NetDevice<L> {
+    fn usable(&self) -> bool {
+        self.ctx().memory_usable()
+    }
+
+    fn round(&self, w: usize, scratch: &mut Burst, retry: bool) -> Round {
+        match self.workers.get(w) {
+            Some(m) => lock(m).round(scratch, &self.ctx(), retry),
+            None => Round::default(),
+        }
+    }
+
+    fn arm(&self, w: usize) -> bool {
+        self.workers
+            .get(w)
+            .is_some_and(|m| lock(m).arm(&self.ctx()))
+    }
+
+    fn deadline(&self, w: usize) -> Option<Instant> {
+        self.workers
+            .get(w)
+            .and_then(|m| lock(m).deadline(&self.ctx()))
+    }
+
+    fn add_busy(&self, w: usize, busy: Duration) {
+        if let Some(m) = self.workers.get(w) {
+            lock(m).add_busy(&self.ctx(), busy);
+        }
     }
 }

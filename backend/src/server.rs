@@ -7,6 +7,7 @@
 mod conn;
 
 use crate::config::{Config, ConfigError};
+use crate::datapath::pmd::Pmd;
 use crate::device::lock;
 use crate::socket::{SocketError, SocketFile};
 use crate::switch::{Fabric, FabricView, LockSet, Locks, Switch};
@@ -35,6 +36,8 @@ pub enum ServeError {
     Tap(#[from] crate::tap::TapError),
     #[error("cannot start the tap ports: {0}")]
     TapStart(io::Error),
+    #[error("cannot start the polling threads: {0}")]
+    Pmd(io::Error),
 }
 
 /// Errors adding or deleting a port.
@@ -123,6 +126,58 @@ pub struct Server {
     admin: Mutex<()>,
     /// The tap ports' reader threads (`--tap`).
     uplinks: Mutex<Uplinks>,
+    /// The switch-wide polling threads (`--pmd-threads`).
+    pmds: Mutex<Pmds>,
+}
+
+/// The switch-wide polling threads and their shared state.
+struct Pmds {
+    shared: Vec<Arc<Pmd>>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Pmds {
+    fn new(n: u16) -> io::Result<Pmds> {
+        Ok(Pmds {
+            shared: (0..usize::from(n))
+                .map(|i| Pmd::new(i).map(Arc::new))
+                .collect::<io::Result<_>>()?,
+            threads: Vec::new(),
+        })
+    }
+
+    fn shared(&self) -> Vec<Arc<Pmd>> {
+        self.shared.clone()
+    }
+
+    /// Starts one thread per polling thread's state.
+    fn start(mut self, poll_us: u32) -> io::Result<Pmds> {
+        for p in &self.shared {
+            let p = p.clone();
+            let t = std::thread::Builder::new()
+                .name(format!("pvnet-pmd{}", p.id()))
+                .spawn(move || p.run(poll_us));
+            match t {
+                Ok(t) => self.threads.push(t),
+                Err(e) => {
+                    self.shutdown();
+                    return Err(e);
+                }
+            }
+        }
+        Ok(self)
+    }
+
+    /// Stops and joins the threads (after the ports: a port's teardown detaches its
+    /// workers first).
+    fn shutdown(&mut self) {
+        for p in &self.shared {
+            p.stop();
+        }
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
 }
 
 impl Server {
@@ -160,17 +215,20 @@ impl Server {
             .map(|d| TapPort::new(d).map(Arc::new))
             .collect::<io::Result<Vec<_>>>()
             .map_err(ServeError::TapStart)?;
+        let pmds = Pmds::new(cfg.pmd_threads).map_err(ServeError::Pmd)?;
+        let poll_us = cfg.poll_us;
         let sw = Switch::with_taps(cfg, taps);
         let table = sw.ports.len();
         // The one place the lock kinds are looked at: everything below is compiled per pair.
         let (fabric, spawner, uplinks) = with_rw_family!(grant_lock, G => with_spin_family!(queue_lock, Q => {
-            let f = Fabric::<LockSet<G, Q>>::new(sw.clone());
+            let f = Fabric::<LockSet<G, Q>>::with_pmds(sw.clone(), pmds.shared());
             let view: Arc<dyn FabricView> = f.clone();
             let up = Uplinks::start(&f);
             let sp: Box<dyn Spawner> = Box::new(SpawnerOf(f));
             (view, sp, up)
         }));
         let uplinks = Mutex::new(uplinks.map_err(ServeError::TapStart)?);
+        let pmds = Mutex::new(pmds.start(poll_us).map_err(ServeError::Pmd)?);
         let server = Server {
             sw,
             fabric,
@@ -180,6 +238,7 @@ impl Server {
             closed: AtomicBool::new(false),
             admin: Mutex::new(()),
             uplinks,
+            pmds,
         };
         for (idx, ((kind, path), b)) in given.into_iter().zip(bound).enumerate() {
             server.launch(idx, kind, path, b)?;
@@ -293,6 +352,7 @@ impl Server {
             stop(&mut r);
         }
         lock(&self.uplinks).shutdown();
+        lock(&self.pmds).shutdown();
     }
 
     /// Starts port `idx`'s loop on a prepared endpoint and records it.

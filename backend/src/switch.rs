@@ -10,6 +10,7 @@
 //! Both live as long as the process; connections come and go.
 
 use crate::config::Config;
+use crate::datapath::pmd::Pmd;
 use crate::datapath::rxq::{RxRing, RxSlot};
 use crate::fdb::Fdb;
 use crate::memguard::MemGuard;
@@ -285,11 +286,19 @@ pub struct PortFabric<L: Locks> {
 pub struct Fabric<L: Locks> {
     pub sw: Arc<Switch>,
     pub ports: Vec<PortFabric<L>>,
+    /// The switch-wide polling threads' state (`--pmd-threads`; empty: workers per port).
+    pub pmds: Vec<Arc<Pmd>>,
 }
 
 impl<L: Locks> Fabric<L> {
-    /// Grant tables and RX-ring locks for every port of `sw`.
+    /// Grant tables and RX-ring locks for every port of `sw`, with workers per port.
     pub fn new(sw: Arc<Switch>) -> Arc<Self> {
+        Self::with_pmds(sw, Vec::new())
+    }
+
+    /// [`Fabric::new`] whose ports' workers run on the polling threads `pmds` (their
+    /// threads are the caller's to start, with [`Pmd::run`]).
+    pub fn with_pmds(sw: Arc<Switch>, pmds: Vec<Arc<Pmd>>) -> Arc<Self> {
         let ports = sw
             .ports
             .iter()
@@ -298,7 +307,7 @@ impl<L: Locks> Fabric<L> {
                 rings: (0..p.queues()).map(|_| RingLock::<L>::new(None)).collect(),
             })
             .collect();
-        Arc::new(Fabric { sw, ports })
+        Arc::new(Fabric { sw, ports, pmds })
     }
 
     /// Detaches RX queue `q` of port `p` (its guest stopped or disabled the ring, or went

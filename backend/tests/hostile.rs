@@ -320,7 +320,23 @@ fn flood_tx(
 /// connection is closing, the port is torn down (grants revoked) and accepts again.
 #[test]
 fn disconnect_completes_while_the_tx_ring_stays_full() {
-    let s = start("busydisc", 2, Duration::from_secs(5), |_| {});
+    disconnect_while_full(0);
+}
+
+/// The same on a switch-wide polling thread (`--pmd-threads 1`), which serves the other port
+/// too: the teardown takes the connection's worker off the thread while it is busy with it.
+#[test]
+fn disconnect_completes_while_the_tx_ring_stays_full_on_a_pmd_thread() {
+    disconnect_while_full(1);
+}
+
+fn disconnect_while_full(pmd_threads: u16) {
+    let s = start(
+        &format!("busydisc{pmd_threads}"),
+        2,
+        Duration::from_secs(5),
+        |c| c.pmd_threads = pmd_threads,
+    );
     let _w = Watchdog::arm("disconnect", Duration::from_secs(60));
     let (mut a, mut b) = (connect(&s, 0, |_| {}), connect(&s, 1, |_| {}));
     learn(&mut [&mut a, &mut b]);

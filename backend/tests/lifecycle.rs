@@ -84,11 +84,12 @@ fn cycle(s: &Server, a: &mut TestGuest, pairs: u16, n: u16) {
     });
 }
 
-fn reconnect_flat(pairs: u16, cycles: u16) {
-    let d = pvnet_testkit::harness::tmpdir(&format!("lifecycle-{pairs}"));
+fn reconnect_flat(pairs: u16, cycles: u16, pmd_threads: u16) {
+    let d = pvnet_testkit::harness::tmpdir(&format!("lifecycle-{pairs}-{pmd_threads}"));
     let s = Server::start(Config {
         sockets: vec![d.join("a.sock"), d.join("b.sock")],
         queue_pairs: pairs,
+        pmd_threads,
         backpressure_bound: Duration::from_secs(60),
         ..Config::default()
     })
@@ -130,9 +131,12 @@ fn reconnect_flat(pairs: u16, cycles: u16) {
     s.shutdown();
 }
 
-/// Both sizes in one test: the counts are per process, a parallel test would disturb them.
+/// Both sizes and both thread layouts in one test: the counts are per process, a parallel
+/// test would disturb them. With `--pmd-threads` a polling thread that kept a closed
+/// connection's device would keep its workers' timer fds open.
 #[test]
 fn reconnects_leak_no_fds_or_threads() {
-    reconnect_flat(1, 20);
-    reconnect_flat(16, 10);
+    reconnect_flat(1, 20, 0);
+    reconnect_flat(16, 10, 0);
+    reconnect_flat(16, 10, 2);
 }

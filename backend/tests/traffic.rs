@@ -114,3 +114,33 @@ fn two_ports_16_pairs_every_thread_layout() {
         s.shutdown();
     }
 }
+
+/// The same traffic on switch-wide polling threads (`--pmd-threads`): one thread serving
+/// all 32 pairs of both ports, and three (pairs of the two ports spread unevenly).
+#[test]
+fn two_ports_16_pairs_on_pmd_threads() {
+    for pmd_threads in [1, 3] {
+        let d = pvnet_testkit::harness::tmpdir(&format!("pmd{pmd_threads}"));
+        let s = pvnet_backend::Server::start(pvnet_backend::Config {
+            sockets: (0..2).map(|i| d.join(format!("p{i}.sock"))).collect(),
+            queue_pairs: 16,
+            pmd_threads,
+            backpressure_bound: std::time::Duration::from_secs(5),
+            ..pvnet_backend::Config::default()
+        })
+        .expect("server");
+        let seen = run(&s, &Run::new(2, 16, 3000));
+        for g in &seen {
+            assert_eq!(g.received, 3000, "pmd threads {pmd_threads}");
+        }
+        assert_eq!(total_drops(&s), 0, "pmd threads {pmd_threads}");
+        // Busy time is counted on the polling threads too, within the run's wall time.
+        let sw = s.switch();
+        let busy: u64 = (0..2)
+            .flat_map(|p| (0..16).map(move |q| (p, q)))
+            .map(|(p, q)| sw.ports[p].queue_snapshot(q).busy_ns)
+            .sum();
+        assert!(busy > 0, "pmd threads {pmd_threads}: no busy time counted");
+        s.shutdown();
+    }
+}

@@ -84,13 +84,18 @@ impl Worker {
     /// A worker for the port's queue pairs `pairs` (in vring order), polling for up to
     /// `poll_us` microseconds after work.
     pub fn new(pairs: &[usize], poll_us: u32) -> io::Result<Self> {
+        Self::with_waker(pairs, poll_us, Arc::new(Waker::new()?))
+    }
+
+    /// [`Worker::new`] woken through `waker` (a [`Pmd`](crate::datapath::pmd::Pmd) thread's,
+    /// shared by every worker it runs).
+    pub fn with_waker(pairs: &[usize], poll_us: u32, waker: Arc<Waker>) -> io::Result<Self> {
         let timer = TimerFd::new()?;
         // SAFETY: fcntl on a descriptor we own; only the O_NONBLOCK status flag changes.
         let r = unsafe { libc::fcntl(timer.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) };
         if r < 0 {
             return Err(io::Error::last_os_error());
         }
-        let waker = Arc::new(Waker::new()?);
         Ok(Worker {
             pairs: pairs
                 .iter()
@@ -117,17 +122,10 @@ impl Worker {
 
     /// Handles one event of the thread's epoll set.
     pub fn handle<L: Locks>(&mut self, cx: &PortCtx<'_, L>, tok: Token, vrings: &[Vring]) {
-        if self.vrings.is_empty() {
-            self.vrings = vrings.to_vec();
-        }
+        self.note_vrings(vrings);
         self.poller.woken();
         match tok {
-            Token::Rx(k) => {
-                if let (Some(qp), Some(rx)) = (self.pairs.get_mut(k), vrings.get(2 * k)) {
-                    cx.fabric.sw.ports[cx.port].tx[qp.q].kicked(0);
-                    qp.rx_event(cx, rx);
-                }
-            }
+            Token::Rx(k) => self.rx_kick(cx, k),
             Token::Tx(k) => {
                 if let Some(qp) = self.pairs.get(k) {
                     cx.fabric.sw.ports[cx.port].tx[qp.q].kicked(1);
@@ -153,9 +151,7 @@ impl Worker {
     /// ([`TxStats::busy`](crate::stats::TxStats::busy), on its first pair; see [`BusyTime`]).
     pub fn run<L: Locks>(&mut self, cx: &PortCtx<'_, L>, vrings: &[Vring], retry: bool) {
         let busy = self.rounds(cx, vrings, retry);
-        if let Some(qp) = self.pairs.first() {
-            cx.fabric.sw.ports[cx.port].tx[qp.q].busy(busy);
-        }
+        self.add_busy(cx, busy);
     }
 
     /// [`Worker::run`]'s loop; returns the CPU time spent in rounds that found work.
@@ -165,16 +161,8 @@ impl Worker {
         let mut busy = BusyTime::default();
         let mut retry = retry;
         loop {
-            let mut work = false;
-            let mut full = false;
-            for (k, qp) in self.pairs.iter_mut().enumerate() {
-                let Some(tx) = vrings.get(2 * k + 1) else {
-                    continue;
-                };
-                let p = qp.tx_burst_in(&mut self.scratch, cx, tx, retry);
-                work |= p.taken > 0 || p.resumed > 0;
-                full |= p.full;
-            }
+            let Round { work, full, .. } =
+                bursts(&mut self.pairs, &mut self.scratch, cx, vrings, retry);
             retry = false;
             // One clock read per round: the busy time and the slice both use it.
             let now = Instant::now();
@@ -210,22 +198,78 @@ impl Worker {
             }
             // Going to sleep: ask for kicks, and look once more (a publication between the
             // last burst and the request would not kick).
-            let mut moved = false;
-            for (k, qp) in self.pairs.iter_mut().enumerate() {
-                if let Some(tx) = vrings.get(2 * k + 1) {
-                    moved |= qp.arm_kicks(cx, tx);
-                }
-            }
-            if !moved {
+            if !arm(&mut self.pairs, cx, vrings) {
                 return busy.finish();
             }
             round_start = Instant::now();
         }
     }
 
+    /// The vrings of the thread that serves this worker's events (kept from the first).
+    pub fn note_vrings(&mut self, vrings: &[Vring]) {
+        if self.vrings.is_empty() {
+            self.vrings = vrings.to_vec();
+        }
+    }
+
+    /// An RX event on local pair `k` (a kick, or the ring became ready): counted, and
+    /// handed to [`QueuePair::rx_event`].
+    pub fn rx_kick<L: Locks>(&mut self, cx: &PortCtx<'_, L>, k: usize) {
+        if let (Some(qp), Some(rx)) = (self.pairs.get_mut(k), self.vrings.get(2 * k)) {
+            cx.fabric.sw.ports[cx.port].tx[qp.q].kicked(0);
+            qp.rx_event(cx, rx);
+        }
+    }
+
+    /// Whether [`Worker::note_vrings`] kept the vrings.
+    pub fn has_vrings(&self) -> bool {
+        !self.vrings.is_empty()
+    }
+
+    /// A TX kick on local pair `k` of a worker a [`Pmd`](crate::datapath::pmd::Pmd) thread
+    /// runs: counted, and the thread woken (no system call while it is awake already).
+    pub fn forward_kick<L: Locks>(&self, cx: &PortCtx<'_, L>, k: usize) {
+        if let Some(qp) = self.pairs.get(k) {
+            cx.fabric.sw.ports[cx.port].tx[qp.q].kicked(1);
+        }
+        self.waker.wake();
+    }
+
+    /// One burst on each pair, in the buffers `scratch` (a worker run by a [`Pmd`] thread,
+    /// `--pmd-threads`; the vrings are those [`Worker::note_vrings`] kept). `retry`:
+    /// held-back frames are offered again.
+    ///
+    /// [`Pmd`]: crate::datapath::pmd::Pmd
+    pub fn round<L: Locks>(
+        &mut self,
+        scratch: &mut Burst,
+        cx: &PortCtx<'_, L>,
+        retry: bool,
+    ) -> Round {
+        bursts(&mut self.pairs, scratch, cx, &self.vrings, retry)
+    }
+
+    /// Asks for kicks on every TX ring and looks once more; true when that look found
+    /// chains (the caller then runs a round instead of sleeping).
+    pub fn arm<L: Locks>(&mut self, cx: &PortCtx<'_, L>) -> bool {
+        arm(&mut self.pairs, cx, &self.vrings)
+    }
+
+    /// The earliest bound of a held-back frame of this worker's pairs.
+    pub fn deadline<L: Locks>(&self, cx: &PortCtx<'_, L>) -> Option<Instant> {
+        self.pairs.iter().filter_map(|p| p.deadline(cx)).min()
+    }
+
+    /// Counts `busy` as this worker's busy time (on its first pair).
+    pub fn add_busy<L: Locks>(&self, cx: &PortCtx<'_, L>, busy: Duration) {
+        if let Some(qp) = self.pairs.first() {
+            cx.fabric.sw.ports[cx.port].tx[qp.q].busy(busy);
+        }
+    }
+
     /// Arms the timer for the earliest held-back frame's bound.
     fn update_timer<L: Locks>(&mut self, cx: &PortCtx<'_, L>) {
-        let next = self.pairs.iter().filter_map(|p| p.deadline(cx)).min();
+        let next = self.deadline(cx);
         if next == self.timer_at {
             return;
         }
@@ -254,6 +298,49 @@ impl Worker {
     }
 }
 
+/// What one round of bursts over a worker's pairs did.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Round {
+    /// Chains taken or held-back frames resumed.
+    pub work: bool,
+    /// Some burst stopped at its size limit (more may be waiting).
+    pub full: bool,
+    /// Chains taken.
+    pub taken: u64,
+}
+
+/// One burst on each pair whose TX vring is known.
+fn bursts<L: Locks>(
+    pairs: &mut [QueuePair],
+    scratch: &mut Burst,
+    cx: &PortCtx<'_, L>,
+    vrings: &[Vring],
+    retry: bool,
+) -> Round {
+    let mut r = Round::default();
+    for (k, qp) in pairs.iter_mut().enumerate() {
+        let Some(tx) = vrings.get(2 * k + 1) else {
+            continue;
+        };
+        let p = qp.tx_burst_in(scratch, cx, tx, retry);
+        r.work |= p.taken > 0 || p.resumed > 0;
+        r.full |= p.full;
+        r.taken += p.taken as u64;
+    }
+    r
+}
+
+/// Kicks re-enabled on every pair's TX ring, with a last look: true when chains arrived.
+fn arm<L: Locks>(pairs: &mut [QueuePair], cx: &PortCtx<'_, L>, vrings: &[Vring]) -> bool {
+    let mut moved = false;
+    for (k, qp) in pairs.iter_mut().enumerate() {
+        if let Some(tx) = vrings.get(2 * k + 1) {
+            moved |= qp.arm_kicks(cx, tx);
+        }
+    }
+    moved
+}
+
 /// A worker's busy time within one [`Worker::run`]: the thread's CPU time over each phase of
 /// consecutive rounds that moved frames. CPU time, not wall time: workers of several ports
 /// may share a core, and a round during which the thread was preempted would otherwise count
@@ -263,7 +350,7 @@ impl Worker {
 /// The opening round's own length is taken from the wall clock; a phase ends with the first
 /// round that moved nothing (that round counted in).
 #[derive(Default)]
-struct BusyTime {
+pub(crate) struct BusyTime {
     total: Duration,
     /// The thread's CPU time when the open phase began.
     open: Option<Duration>,
@@ -271,7 +358,7 @@ struct BusyTime {
 
 impl BusyTime {
     /// A round ended that did (`work`) or did not move frames, `wall` after it began.
-    fn round(&mut self, work: bool, wall: Duration) {
+    pub(crate) fn round(&mut self, work: bool, wall: Duration) {
         match (work, self.open) {
             (true, None) => self.open = Some(thread_cpu_time().saturating_sub(wall)),
             (false, Some(began)) => {
@@ -282,8 +369,13 @@ impl BusyTime {
         }
     }
 
+    /// The busy time of the phases closed so far.
+    pub(crate) fn total(&self) -> Duration {
+        self.total
+    }
+
     /// The busy time, the open phase (if any) closed now.
-    fn finish(mut self) -> Duration {
+    pub(crate) fn finish(mut self) -> Duration {
         self.round(false, Duration::ZERO);
         self.total
     }

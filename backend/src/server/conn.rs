@@ -191,11 +191,13 @@ fn serve_one<L: Locks>(
     let mut daemon = VhostUserDaemon::new(format!("pvnet-port{idx}"), dev.clone(), dev.memory())
         .map_err(|e| io::Error::other(e.to_string()))?;
     let nq = dev.num_queues() as u64;
-    for (t, h) in daemon.get_epoll_handlers().iter().enumerate() {
-        let Some(w) = dev.workers.get(t) else { break };
-        let (wake, timer) = lock(w).fds();
-        h.register_listener(wake, EventSet::IN, nq + TOKEN_WAKE)?;
-        h.register_listener(timer, EventSet::IN, nq + TOKEN_TIMER)?;
+    if fabric.pmds.is_empty() {
+        for (t, h) in daemon.get_epoll_handlers().iter().enumerate() {
+            let Some(w) = dev.workers.get(t) else { break };
+            let (wake, timer) = lock(w).fds();
+            h.register_listener(wake, EventSet::IN, nq + TOKEN_WAKE)?;
+            h.register_listener(timer, EventSet::IN, nq + TOKEN_TIMER)?;
+        }
     }
     let connected = match ep {
         Endpoint::Listen(listener) => {
@@ -206,6 +208,9 @@ fn serve_one<L: Locks>(
         }
         Endpoint::Connect(path) => connect(&mut daemon, idx, path, ctl, backoff),
     };
+    // With --pmd-threads the polling threads run the workers from here on; `teardown`
+    // (NetDevice::detach) takes them back. Nothing returns early in between.
+    dev.attach_pmds();
     let since = Instant::now();
     *lock(&ctl.handle) = daemon.shutdown_handle();
     if connected && !ctl.stopping() {
