@@ -50,8 +50,12 @@ for spec in "${specs[@]}"; do
   [ -x "${spec#*=}" ] || die "${spec#*=}: not an executable"
 done
 cargo build --release -p pvnet-bench >/dev/null 2>&1 || die "cargo build of pvnet-bench failed"
+# Where cargo put pvnet-bench (CARGO_TARGET_DIR when set: a worktree copy of the scripts
+# then finds it; an empty reading would wait out every round's 10 minutes).
+bench_bin=${CARGO_TARGET_DIR:-$PVNET_ROOT/target}/release/pvnet-bench
+[ -x "$bench_bin" ] || die "no pvnet-bench at $bench_bin"
 xcpu() {
-  target/release/pvnet-bench xcpu --cpus 0,1 2>/dev/null | tail -1 |
+  "$bench_bin" xcpu --cpus 0,1 2>/dev/null | tail -1 |
     sed -n 's/.*xcpu_rtt_ns=\([0-9.]*\).*/\1/p'
 }
 
