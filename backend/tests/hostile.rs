@@ -146,20 +146,32 @@ fn huge_indirect_chain_is_dropped_at_once() {
 /// new buffers do not make senders wait again; posting buffers ends the stall.
 #[test]
 fn full_receiver_holds_back_only_its_own_frames_and_bare_kicks_do_not_rearm() {
-    full_receiver(true);
+    full_receiver(true, 0);
 }
 
 #[test]
 fn full_receiver_without_in_order_returns_later_chains_first() {
-    full_receiver(false);
+    full_receiver(false, 0);
+}
+
+/// The same on one polling thread for all three ports (`--pmd-threads 1`): the bound is
+/// kept by the thread's sleep timeout instead of a worker's timer, kicks arrive forwarded.
+#[test]
+fn full_receiver_holds_back_only_its_own_frames_on_a_pmd_thread() {
+    full_receiver(true, 1);
 }
 
 /// A sends to a full B and then to C; `in_order`: A negotiates `VIRTIO_F_IN_ORDER`, so its
 /// TX chains must come back in ring order although the frames to C were delivered while the
 /// frames to B waited (without it, pvnet returns C's chains first).
-fn full_receiver(in_order: bool) {
+fn full_receiver(in_order: bool, pmd_threads: u16) {
     let bound = Duration::from_secs(2);
-    let s = start(&format!("fullrx{}", u8::from(in_order)), 3, bound, |_| {});
+    let s = start(
+        &format!("fullrx{}-{pmd_threads}", u8::from(in_order)),
+        3,
+        bound,
+        |c| c.pmd_threads = pmd_threads,
+    );
     let (mut a, mut b, mut c) = (
         connect(&s, 0, |o| {
             if !in_order {

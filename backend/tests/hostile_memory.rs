@@ -19,9 +19,15 @@ use vhost::{VhostBackend, VhostUserMemoryRegionInfo};
 use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 
 fn server(d: &Path, ports: usize) -> Server {
+    server_on(d, ports, 0)
+}
+
+/// With `pmd_threads` switch-wide polling threads (0: workers per port).
+fn server_on(d: &Path, ports: usize, pmd_threads: u16) -> Server {
     Server::start(Config {
         sockets: (0..ports).map(|i| d.join(format!("p{i}.sock"))).collect(),
         queue_pairs: 1,
+        pmd_threads,
         backpressure_bound: Duration::from_millis(100),
         ..Config::default()
     })
@@ -131,8 +137,19 @@ fn region_larger_than_its_file_gets_an_error() {
 
 #[test]
 fn truncated_memory_costs_only_its_own_port() {
-    let d = tmpdir("trunc");
-    let s = server(&d, 3);
+    truncated_memory(0);
+}
+
+/// The same with one polling thread serving all three ports (`--pmd-threads 1`): the fault
+/// is taken on the thread the steady ports depend on too.
+#[test]
+fn truncated_memory_costs_only_its_own_port_on_a_shared_pmd_thread() {
+    truncated_memory(1);
+}
+
+fn truncated_memory(pmd_threads: u16) {
+    let d = tmpdir(&format!("trunc{pmd_threads}"));
+    let s = server_on(&d, 3, pmd_threads);
     let sw = s.switch().clone();
     // Port 0: the victim (its frontend will shrink its memory files). Ports 1, 2: steady.
     let a = guest(&s.paths()[0], 0);
