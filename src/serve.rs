@@ -2,6 +2,7 @@
 
 use anyhow::Context;
 use clap::ValueEnum;
+use pvnet_backend::config::parse_cpu_list;
 use pvnet_backend::config::RxSteer;
 use pvnet_backend::control::Control;
 use pvnet_backend::metrics::Metrics;
@@ -109,6 +110,10 @@ pub struct Args {
     /// (p + q) mod N.
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub pmd_threads: u16,
+    /// Pins the polling threads, one per CPU of the list (e.g. 2,4-5; OVS-DPDK's
+    /// pmd-cpu-mask); implies --pmd-threads with their number.
+    #[arg(long, value_name = "LIST")]
+    pub pmd_cpus: Option<String>,
     /// How a frame from a guest picks the receiver's RX queue: `queue` (the queue pair it
     /// was sent on; one queue-lock hold per burst and destination) or `hash` (its flow hash:
     /// spreads one sender queue's flows over the receiver's queues, costs a hash per frame).
@@ -156,6 +161,12 @@ impl TryFrom<&Args> for Config {
             .map(|m| parse_mac(m))
             .collect::<Result<Vec<_>, _>>()?;
         let socket_mode = parse_mode(&a.socket_mode)?;
+        let pmd_cpus = a
+            .pmd_cpus
+            .as_deref()
+            .map(parse_cpu_list)
+            .transpose()?
+            .unwrap_or_default();
         let socket_group = a.socket_group.as_deref().map(parse_group).transpose()?;
         let cfg = Config {
             sockets: a.sockets.clone(),
@@ -172,6 +183,7 @@ impl TryFrom<&Args> for Config {
             poll_us: a.poll_us,
             workers: a.workers,
             pmd_threads: a.pmd_threads,
+            pmd_cpus,
             rx_steer: a.rx_steer.into(),
             uplink: pvnet_backend::tap::TapConfig {
                 names: a.taps.clone(),
@@ -293,7 +305,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         log::set_max_level(level);
     }
     let cfg = Config::try_from(&args).unwrap_or_else(|e| usage_error(e));
-    let threads = match cfg.pmd_threads {
+    let threads = match cfg.pmd_thread_count() {
         0 => format!("{} workers per port", cfg.worker_threads()),
         n => format!("{n} PMD threads for all ports"),
     };

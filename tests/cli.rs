@@ -60,6 +60,8 @@ fn help_lists_every_flag() {
         "--tap-queues",
         "--tap-offload",
         "--workers",
+        "--pmd-threads",
+        "--pmd-cpus",
         "--poll-us",
         "--rx-steer",
     ] {
@@ -97,6 +99,25 @@ fn bad_values_exit_2_with_one_line() {
         .output()
         .expect("run");
     assert_usage_error(&out, "rss");
+    for (args, says) in [
+        (&["--pmd-cpus", "2-1"][..], "CPU list"),
+        (
+            &["--pmd-cpus", "1023"][..],
+            "not one this process may run on",
+        ),
+        (
+            &["--pmd-cpus", "0", "--pmd-threads", "2"][..],
+            "--pmd-threads",
+        ),
+        (&["--pmd-threads", "1", "--workers", "1"][..], "--workers"),
+    ] {
+        let out = pvnet()
+            .args(["--socket", sock])
+            .args(args)
+            .output()
+            .expect("run");
+        assert_usage_error(&out, says);
+    }
     let out = pvnet().output().expect("run");
     assert_usage_error(&out, "--socket");
     assert!(!std::path::Path::new(sock).exists());

@@ -92,6 +92,14 @@ pub enum ConfigError {
     PmdThreads(u16),
     #[error("--pmd-threads and --workers are two thread layouts: give one of them")]
     PmdAndWorkers,
+    #[error(
+        "invalid CPU list '{0}' (expected e.g. 2,4-5; at most {MAX_PMD_THREADS} CPUs, each once)"
+    )]
+    CpuList(String),
+    #[error("--pmd-cpus names {0} CPUs but --pmd-threads asks for {1} threads")]
+    PmdCpus(usize, u16),
+    #[error("--pmd-cpus: CPU {0} is not one this process may run on (allowed: {1})")]
+    CpuNotAllowed(usize, String),
     #[error(transparent)]
     Tap(#[from] crate::tap::TapConfigError),
 }
@@ -136,6 +144,9 @@ pub struct Config {
     /// Switch-wide polling threads, each serving queue pairs of every port (OVS-DPDK's PMD
     /// threads; [`crate::datapath::pmd`]); 0 = worker threads per port (`workers`).
     pub pmd_threads: u16,
+    /// CPUs the polling threads are pinned to, one thread per CPU (OVS-DPDK's
+    /// `pmd-cpu-mask`); empty: not pinned. Implies `pmd_threads` = their number.
+    pub pmd_cpus: Vec<usize>,
     /// How frames from guests pick their RX queue at the destination ([`RxSteer`]; frames
     /// from tap ports are always steered by flow hash: the kernel's queue choice says
     /// nothing of the sender, and a one-queue tap would put every frame on one RX queue).
@@ -165,6 +176,7 @@ impl Default for Config {
             poll_us: DEFAULT_POLL_US,
             workers: 0,
             pmd_threads: 0,
+            pmd_cpus: Vec::new(),
             rx_steer: RxSteer::Queue,
             port_security: false,
             uplink: crate::tap::TapConfig::default(),
@@ -224,8 +236,24 @@ impl Config {
         if self.pmd_threads > MAX_PMD_THREADS {
             return Err(ConfigError::PmdThreads(self.pmd_threads));
         }
-        if self.pmd_threads > 0 && self.workers > 0 {
+        let given = self.pmd_cpus.len();
+        if given > 0 && self.pmd_threads != 0 && usize::from(self.pmd_threads) != given {
+            return Err(ConfigError::PmdCpus(given, self.pmd_threads));
+        }
+        if given > usize::from(MAX_PMD_THREADS) {
+            return Err(ConfigError::PmdThreads(
+                u16::try_from(given).unwrap_or(u16::MAX),
+            ));
+        }
+        if self.pmd_thread_count() > 0 && self.workers > 0 {
             return Err(ConfigError::PmdAndWorkers);
+        }
+        if given > 0 {
+            let allowed = crate::cpus::allowed().unwrap_or_default();
+            if let Some(&c) = self.pmd_cpus.iter().find(|c| !allowed.contains(c)) {
+                let list: Vec<String> = allowed.iter().map(|c| c.to_string()).collect();
+                return Err(ConfigError::CpuNotAllowed(c, list.join(",")));
+            }
         }
         if self.macs.len() > n {
             return Err(ConfigError::TooManyMacs(self.macs.len(), n));
@@ -260,6 +288,15 @@ impl Config {
         (self.port_count() + AUTO_SPARE_PORTS)
             .min(MAX_PORTS)
             .max(self.port_count())
+    }
+
+    /// Switch-wide polling threads: one per `--pmd-cpus` CPU, else `--pmd-threads` (0: the
+    /// workers-per-port layout).
+    pub fn pmd_thread_count(&self) -> usize {
+        match self.pmd_cpus.len() {
+            0 => usize::from(self.pmd_threads),
+            n => n,
+        }
     }
 
     /// Worker threads per port. `--workers 0` (the default) gives each port as many threads
@@ -308,6 +345,39 @@ pub fn parse_mac(s: &str) -> Result<[u8; 6], ConfigError> {
     }
     if parts.next().is_some() || out[0] & 1 != 0 {
         return Err(err());
+    }
+    Ok(out)
+}
+
+/// Parses a CPU list as taskset and the kernel write it (`2`, `0,2-3`): each CPU once, at
+/// most [`MAX_PMD_THREADS`] of them, in the order given.
+///
+/// ```
+/// use pvnet_backend::config::parse_cpu_list;
+/// assert_eq!(parse_cpu_list("3,0-1").unwrap(), [3, 0, 1]);
+/// assert!(parse_cpu_list("1,1").is_err());
+/// ```
+pub fn parse_cpu_list(s: &str) -> Result<Vec<usize>, ConfigError> {
+    let err = || ConfigError::CpuList(s.to_string());
+    let num = |p: &str| p.trim().parse::<usize>().map_err(|_| err());
+    let mut out = Vec::new();
+    for part in s.split(',') {
+        let (a, b) = match part.split_once('-') {
+            Some((a, b)) => (num(a)?, num(b)?),
+            None => (num(part)?, num(part)?),
+        };
+        if a > b
+            || b >= crate::cpus::MAX_CPUS
+            || out.len() + (b - a) >= usize::from(MAX_PMD_THREADS)
+        {
+            return Err(err());
+        }
+        for c in a..=b {
+            if out.contains(&c) {
+                return Err(err());
+            }
+            out.push(c);
+        }
     }
     Ok(out)
 }
@@ -370,6 +440,23 @@ mod tests {
     }
 
     #[test]
+    fn cpu_lists_parse_like_taskset() {
+        assert_eq!(parse_cpu_list("2"), Ok(vec![2]));
+        assert_eq!(parse_cpu_list("0,2-3"), Ok(vec![0, 2, 3]));
+        assert_eq!(parse_cpu_list(" 5 , 1"), Ok(vec![5, 1]));
+        assert_eq!(parse_cpu_list("0-63").map(|v| v.len()), Ok(64));
+        for bad in [
+            "", "a", "1,", "3-1", "1,1", "0-1,1", "0-64", "1024", "-1", "1-",
+        ] {
+            assert_eq!(
+                parse_cpu_list(bad),
+                Err(ConfigError::CpuList(bad.to_string())),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
     fn defaults_validate() {
         assert_eq!(base().validate(), Ok(()));
         assert_eq!(Config::default().validate(), Err(ConfigError::NoSocket));
@@ -413,6 +500,29 @@ mod tests {
         c.workers = 1;
         assert_eq!(c.validate(), Err(ConfigError::PmdAndWorkers));
         c.workers = 0;
+        c.pmd_threads = 0;
+        // --pmd-cpus: one thread per CPU; a different --pmd-threads, a CPU this process may
+        // not use, or --workers beside it are refused.
+        let cpus = crate::cpus::allowed().expect("affinity");
+        c.pmd_cpus = vec![cpus[0]];
+        assert_eq!(c.validate(), Ok(()));
+        assert_eq!(c.pmd_thread_count(), 1);
+        c.pmd_threads = 2;
+        assert_eq!(c.validate(), Err(ConfigError::PmdCpus(1, 2)));
+        c.pmd_threads = 1;
+        assert_eq!(c.validate(), Ok(()));
+        c.workers = 1;
+        assert_eq!(c.validate(), Err(ConfigError::PmdAndWorkers));
+        c.workers = 0;
+        let outside = (0..crate::cpus::MAX_CPUS)
+            .find(|x| !cpus.contains(x))
+            .expect("a CPU not allowed");
+        c.pmd_cpus = vec![outside];
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::CpuNotAllowed(x, _)) if x == outside
+        ));
+        c.pmd_cpus.clear();
         c.pmd_threads = 0;
         c.poll_us = MAX_POLL_US + 1;
         assert!(c.validate().is_err());

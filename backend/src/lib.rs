@@ -31,6 +31,7 @@
 
 pub mod config;
 pub mod control;
+pub mod cpus;
 pub mod datapath;
 pub mod device;
 pub mod fdb;

@@ -137,9 +137,9 @@ struct Pmds {
 }
 
 impl Pmds {
-    fn new(n: u16) -> io::Result<Pmds> {
+    fn new(n: usize) -> io::Result<Pmds> {
         Ok(Pmds {
-            shared: (0..usize::from(n))
+            shared: (0..n)
                 .map(|i| Pmd::new(i).map(Arc::new))
                 .collect::<io::Result<_>>()?,
             threads: Vec::new(),
@@ -150,19 +150,25 @@ impl Pmds {
         self.shared.clone()
     }
 
-    /// Starts one thread per polling thread's state.
-    fn start(mut self, poll_us: u32) -> io::Result<Pmds> {
-        for p in &self.shared {
-            let p = p.clone();
-            let t = std::thread::Builder::new()
+    /// Starts one thread per polling thread's state, thread `i` pinned to `cpus[i]` when
+    /// given (`--pmd-cpus`).
+    fn start(mut self, poll_us: u32, cpus: &[usize]) -> io::Result<Pmds> {
+        for p in self.shared.clone() {
+            let cpu = cpus.get(p.id()).copied();
+            let started = std::thread::Builder::new()
                 .name(format!("pvnet-pmd{}", p.id()))
-                .spawn(move || p.run(poll_us));
-            match t {
-                Ok(t) => self.threads.push(t),
-                Err(e) => {
-                    self.shutdown();
-                    return Err(e);
-                }
+                .spawn(move || p.run(poll_us))
+                .and_then(|t| {
+                    let pinned = cpu.map_or(Ok(()), |c| crate::cpus::pin(&t, c));
+                    self.threads.push(t);
+                    pinned
+                });
+            if let Err(e) = started {
+                self.shutdown();
+                return Err(e);
+            }
+            if let Some(c) = cpu {
+                log::info!("PMD thread {} on CPU {c}", self.threads.len() - 1);
             }
         }
         Ok(self)
@@ -215,8 +221,8 @@ impl Server {
             .map(|d| TapPort::new(d).map(Arc::new))
             .collect::<io::Result<Vec<_>>>()
             .map_err(ServeError::TapStart)?;
-        let pmds = Pmds::new(cfg.pmd_threads).map_err(ServeError::Pmd)?;
-        let poll_us = cfg.poll_us;
+        let pmds = Pmds::new(cfg.pmd_thread_count()).map_err(ServeError::Pmd)?;
+        let (poll_us, pmd_cpus) = (cfg.poll_us, cfg.pmd_cpus.clone());
         let sw = Switch::with_taps(cfg, taps);
         let table = sw.ports.len();
         // The one place the lock kinds are looked at: everything below is compiled per pair.
@@ -228,7 +234,7 @@ impl Server {
             (view, sp, up)
         }));
         let uplinks = Mutex::new(uplinks.map_err(ServeError::TapStart)?);
-        let pmds = Mutex::new(pmds.start(poll_us).map_err(ServeError::Pmd)?);
+        let pmds = Mutex::new(pmds.start(poll_us, &pmd_cpus).map_err(ServeError::Pmd)?);
         let server = Server {
             sw,
             fabric,

@@ -144,3 +144,58 @@ fn two_ports_16_pairs_on_pmd_threads() {
         s.shutdown();
     }
 }
+
+/// `--pmd-cpus`: each polling thread runs pinned to its CPU (read back from /proc), and
+/// traffic flows through it.
+#[test]
+fn pmd_threads_pinned_to_their_cpus() {
+    let cpus = pvnet_backend::cpus::allowed().expect("affinity");
+    if cpus.len() < 2 {
+        eprintln!("SKIP: one CPU allowed: a pinned thread looks like any other");
+        return;
+    }
+    let cpu = *cpus.last().expect("a CPU");
+    let d = pvnet_testkit::harness::tmpdir("pmdcpus");
+    let s = pvnet_backend::Server::start(pvnet_backend::Config {
+        sockets: (0..2).map(|i| d.join(format!("p{i}.sock"))).collect(),
+        queue_pairs: 2,
+        pmd_cpus: vec![cpu],
+        ..pvnet_backend::Config::default()
+    })
+    .expect("server");
+    // The thread names itself once it runs: look until it has (for 5 s).
+    let pmd_cpus = || -> Vec<String> {
+        std::fs::read_dir("/proc/self/task")
+            .expect("tasks")
+            .filter_map(|t| {
+                let t = t.ok()?.path();
+                let comm = std::fs::read_to_string(t.join("comm")).ok()?;
+                (comm.trim() == "pvnet-pmd0").then(|| {
+                    let status = std::fs::read_to_string(t.join("status")).unwrap_or_default();
+                    status
+                        .lines()
+                        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+                        .unwrap_or("")
+                        .trim()
+                        .to_string()
+                })
+            })
+            .collect()
+    };
+    let t0 = std::time::Instant::now();
+    let mut pmd = pmd_cpus();
+    while !pmd.contains(&cpu.to_string()) && t0.elapsed() < std::time::Duration::from_secs(5) {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+        pmd = pmd_cpus();
+    }
+    // (Another test of this binary may run a polling thread of the same name, unpinned.)
+    assert!(
+        pmd.contains(&cpu.to_string()),
+        "pvnet-pmd0's CPUs: {pmd:?}, not {cpu}"
+    );
+    let seen = run(&s, &Run::new(2, 2, 500));
+    for g in &seen {
+        assert_eq!(g.received, 500);
+    }
+    s.shutdown();
+}
