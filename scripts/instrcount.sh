@@ -8,7 +8,8 @@
 # runs.
 #
 #   scripts/instrcount.sh [--size B] [--pairs N] [--huge] [--secs S] [--pvnet-bin PATH]
-#                         [--grant-lock KIND] [--queue-lock KIND] [--top N] [--keep DIR]
+#                         [--grant-lock KIND] [--queue-lock KIND] [--pvnet-arg ARG]
+#                         [--top N] [--keep DIR]
 #
 #   --size B (64)          frame bytes
 #   --pairs N (1)          queue pairs per port
@@ -17,6 +18,7 @@
 #   --pvnet-bin PATH       the pvnet binary (default: target/release/pvnet, built here)
 #   --grant-lock KIND      pvnet's --grant-lock and --queue-lock (default: pvnet's own): the
 #   --queue-lock KIND      lock kinds' cost per frame where timing cannot separate them
+#   --pvnet-arg ARG        one more pvnet flag (repeatable), e.g. --pvnet-arg --pmd-threads=1
 #   --top N (0)            also the N symbols with the most instructions per frame (code inlined
 #                          into a function counts in that function)
 #   --keep DIR             keep the callgrind output and the switchbench logs in DIR
@@ -30,7 +32,7 @@ set -uo pipefail
 . "$(dirname "$0")/lib/common.sh"
 cd "$PVNET_ROOT" || exit 1
 
-size=64 pairs=1 huge=() secs=6 bin="" top=0 keep="" locks=()
+size=64 pairs=1 huge=() secs=6 bin="" top=0 keep="" locks=() extra=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --size) size=$2; shift ;;
@@ -39,6 +41,7 @@ while [ $# -gt 0 ]; do
     --secs) secs=$2; shift ;;
     --pvnet-bin) bin=$2; shift ;;
     --grant-lock | --queue-lock) locks+=("$1" "$2"); shift ;;
+    --pvnet-arg) extra+=(--pvnet-arg "$2"); shift ;;
     --top) top=$2; shift ;;
     --keep) keep=$2; shift ;;
     -h | --help) sed -n '2,/^set -uo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
@@ -63,7 +66,7 @@ exec valgrind --tool=callgrind --callgrind-out-file=$dir/callgrind.out "$bin" "\
 EOF
 chmod +x "$dir/pvnet"
 
-scripts/switchbench.sh "${huge[@]}" "${locks[@]}" --sizes "$size" --pairs "$pairs" --loops closed --dests learned \
+scripts/switchbench.sh "${huge[@]}" "${locks[@]}" "${extra[@]}" --sizes "$size" --pairs "$pairs" --loops closed --dests learned \
   --rounds 1 --idle 0 --secs "$secs" --warmup 1 --no-testpmd --pvnet-bin "$dir/pvnet" \
   --out "$dir/sb" >"$dir/switchbench.log" 2>&1
 switchbench_ok "$?" "$dir/switchbench.log" "$dir/callgrind.out" ""

@@ -248,8 +248,8 @@ impl Config {
         if self.pmd_thread_count() > 0 && self.workers > 0 {
             return Err(ConfigError::PmdAndWorkers);
         }
-        if given > 0 {
-            let allowed = crate::cpus::allowed().unwrap_or_default();
+        // (Where the affinity cannot be read, pinning itself reports the CPU at start.)
+        if let (true, Ok(allowed)) = (given > 0, crate::cpus::allowed()) {
             if let Some(&c) = self.pmd_cpus.iter().find(|c| !allowed.contains(c)) {
                 let list: Vec<String> = allowed.iter().map(|c| c.to_string()).collect();
                 return Err(ConfigError::CpuNotAllowed(c, list.join(",")));

@@ -166,6 +166,10 @@ impl<L: Locks> NetDevice<L> {
         let Some(w) = self.workers.get(q % n) else {
             return;
         };
+        if vrings.len() < self.num_queues() {
+            // The daemon's one thread has every vring; anything else is not this layout.
+            return;
+        }
         let mut w = lock(w);
         if !w.has_vrings() {
             // The worker's pairs' vrings, RX and TX per pair in its pair order.

@@ -155,12 +155,19 @@ impl Pmds {
     fn start(mut self, poll_us: u32, cpus: &[usize]) -> io::Result<Pmds> {
         for p in self.shared.clone() {
             let cpu = cpus.get(p.id()).copied();
+            // The thread waits until it is pinned: its first allocations (burst buffers)
+            // are then made on its own CPU.
+            let (go, gate) = std::sync::mpsc::channel::<()>();
             let started = std::thread::Builder::new()
                 .name(format!("pvnet-pmd{}", p.id()))
-                .spawn(move || p.run(poll_us))
+                .spawn(move || {
+                    let _ = gate.recv();
+                    p.run(poll_us)
+                })
                 .and_then(|t| {
                     let pinned = cpu.map_or(Ok(()), |c| crate::cpus::pin(&t, c));
                     self.threads.push(t);
+                    let _ = go.send(());
                     pinned
                 });
             if let Err(e) = started {
@@ -175,7 +182,7 @@ impl Pmds {
     }
 
     /// Stops and joins the threads (after the ports: a port's teardown detaches its
-    /// workers first).
+    /// workers first; again on drop, where it finds nothing left to do).
     fn shutdown(&mut self) {
         for p in &self.shared {
             p.stop();
@@ -183,6 +190,14 @@ impl Pmds {
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
+    }
+}
+
+impl Drop for Pmds {
+    /// A server dropped without [`Server::shutdown`] (or whose start failed after the
+    /// threads started) leaves no polling thread behind.
+    fn drop(&mut self) {
+        self.shutdown();
     }
 }
 

@@ -139,4 +139,31 @@ fn reconnects_leak_no_fds_or_threads() {
     reconnect_flat(1, 20, 0);
     reconnect_flat(16, 10, 0);
     reconnect_flat(16, 10, 2);
+    polling_threads_end_with_a_dropped_server();
+}
+
+/// Names of this process's threads that start with `prefix`.
+fn threads_named(prefix: &str) -> usize {
+    std::fs::read_dir("/proc/self/task")
+        .map(|d| {
+            d.filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+                .filter(|c| c.starts_with(prefix))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+/// A server dropped without `shutdown` (as when its start fails after the polling threads
+/// started) leaves no polling thread behind.
+fn polling_threads_end_with_a_dropped_server() {
+    let d = pvnet_testkit::harness::tmpdir("lifecycle-drop");
+    let s = Server::start(Config {
+        sockets: vec![d.join("a.sock")],
+        pmd_threads: 2,
+        ..Config::default()
+    })
+    .expect("server");
+    wait("polling threads named", || threads_named("pvnet-pmd") == 2);
+    drop(s);
+    wait("polling threads gone", || threads_named("pvnet-pmd") == 0);
 }

@@ -158,7 +158,11 @@ impl Pmd {
                 round_start = Instant::now();
                 continue;
             }
-            let deadline = members.iter().filter_map(|e| e.member.deadline(e.w)).min();
+            let deadline = members
+                .iter()
+                .filter(|e| e.member.usable())
+                .filter_map(|e| e.member.deadline(e.w))
+                .min();
             drop(members);
             if self.sleep(deadline) {
                 retry = true;
@@ -168,12 +172,14 @@ impl Pmd {
         }
     }
 
-    /// Sleeps until woken or until `deadline`; true when the deadline passed.
+    /// Sleeps until woken or until `deadline`; true when the next round is to offer
+    /// held-back frames again (woken, or the deadline passed).
     fn sleep(&self, deadline: Option<Instant>) -> bool {
-        // At least 1 ms, so that a bound just passed still gives the frame its retry.
+        // Rounded up to whole milliseconds, at least 1, so that the thread never wakes
+        // before the bound and a bound just passed still gives the frame its retry.
         let timeout = deadline.map_or(-1, |t| {
-            let d = t.saturating_duration_since(Instant::now());
-            i32::try_from(d.as_millis().max(1)).unwrap_or(i32::MAX)
+            let us = t.saturating_duration_since(Instant::now()).as_micros();
+            i32::try_from(us.div_ceil(1000).max(1)).unwrap_or(i32::MAX)
         });
         let mut pfd = libc::pollfd {
             fd: self.waker.fd().as_raw_fd(),
@@ -182,6 +188,14 @@ impl Pmd {
         };
         // SAFETY: one pollfd we own, on the waker's eventfd, which lives as long as `self`.
         let n = unsafe { libc::poll(&mut pfd, 1, timeout) };
+        if n > 0 && pfd.revents & libc::POLLIN != 0 {
+            // Consume the count here, whatever the pending flag says: a wake that set the
+            // flag, lost it to a `take` at the top of the loop and only then wrote the
+            // eventfd leaves a count behind with the flag clear, and that count would make
+            // every later poll return at once (a thread spinning while idle).
+            self.waker.take();
+            return true;
+        }
         n == 0 || deadline.is_some_and(|t| Instant::now() >= t)
     }
 }

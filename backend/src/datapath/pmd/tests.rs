@@ -206,3 +206,24 @@ fn busy_time_is_shared_by_chains_taken() {
     pmd.stop();
     t.join().expect("join");
 }
+
+/// A count left in the eventfd with the pending flag clear (a wake that set the flag, lost it
+/// to the thread's `take`, and only then wrote) is consumed by the sleep: the thread does not
+/// spin while idle.
+#[test]
+fn a_stray_eventfd_count_does_not_keep_the_thread_awake() {
+    let (pmd, t) = start(0);
+    let f = Fake::new(0, 1);
+    pmd.attach(1, f.clone(), 0);
+    wait_for("asleep", || Fake::get(&f.arms) > 0);
+    std::thread::sleep(Duration::from_millis(5));
+    // The eventfd written without the flag (as the losing side of that race leaves it).
+    pmd.waker().fd().write(1).expect("eventfd");
+    std::thread::sleep(Duration::from_millis(50));
+    let rounds = Fake::get(&f.rounds);
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(Fake::get(&f.rounds), rounds, "rounds while idle");
+    assert!(rounds < 10, "{rounds} rounds for one stray count");
+    pmd.stop();
+    t.join().expect("join");
+}
