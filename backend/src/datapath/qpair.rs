@@ -353,6 +353,11 @@ impl QueuePair {
         // Lock order: grant guard, then queue lock (then the vring's own lock, in attach).
         let g = pf.grants.read();
         let mut ring = lock.lock();
+        // Again under the lock: a teardown sets `closing` before it detaches the ring under
+        // this lock, so an event that waited here for it sees the flag and attaches nothing.
+        if !cx.memory_usable() {
+            return;
+        }
         let waiters = match ring.as_mut() {
             None => {
                 if let Some(mut r) = RxRing::attach(rx, cx.features) {
@@ -473,3 +478,6 @@ impl QueuePair {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
