@@ -2,8 +2,14 @@
 //! accepted frontend): features, config space, memory-table updates, and the dispatch of
 //! worker-thread events to the data path ([`Worker::handle`]). The port has
 //! [`Config::worker_threads`](crate::Config::worker_threads) worker threads (`--workers`; 0
-//! sizes it from the CPUs and ports); thread `w` of `N` serves the pairs `p` with `p % N == w`. Within a thread, vring events are numbered RX, TX per pair in pair order
+//! sizes it from the CPUs and ports); thread `w` of `N` serves the pairs `p` with
+//! `p % N == w`. Within a thread, vring events are numbered RX, TX per pair in pair order
 //! ([`Token`]).
+//!
+//! With `--pmd-threads N` the same workers (`min(N, pairs)` of them) run on the switch-wide
+//! polling threads instead ([`crate::datapath::pmd`]; worker `w` on thread
+//! `(port + w) mod N`, attached by [`NetDevice::attach_pmds`]); the daemon then has one
+//! thread, which handles RX events and forwards TX kicks ([`Worker::forward_kick`]).
 
 use crate::datapath::burst::Burst;
 use crate::datapath::pmd::Member;

@@ -148,7 +148,7 @@ impl Worker {
     /// Bursts on every pair, round after round, then polling, then kicks (see the module
     /// documentation). `retry`: held-back frames are offered again in the first round.
     /// The CPU time spent in rounds that moved frames is counted as the worker's busy time
-    /// ([`TxStats::busy`](crate::stats::TxStats::busy), on its first pair; see [`BusyTime`]).
+    /// ([`TxStats::busy`](crate::stats::TxStats::busy), on its first pair; see `BusyTime`).
     pub fn run<L: Locks>(&mut self, cx: &PortCtx<'_, L>, vrings: &[Vring], retry: bool) {
         let busy = self.rounds(cx, vrings, retry);
         self.add_busy(cx, busy);
