@@ -287,10 +287,12 @@ impl<L: Locks> VhostUserBackend for NetDevice<L> {
     }
 
     fn queues_per_thread(&self) -> Vec<u64> {
-        if self.on_pmds() {
-            return vec![(0..self.num_pairs()).fold(0u64, |m, p| m | (0b11u64 << (2 * p)))];
-        }
-        let threads = self.workers.len().max(1);
+        // With the polling threads the daemon has one thread, for every pair.
+        let threads = if self.on_pmds() {
+            1
+        } else {
+            self.workers.len().max(1)
+        };
         (0..threads)
             .map(|w| {
                 (w..self.num_pairs())
