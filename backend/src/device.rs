@@ -96,7 +96,11 @@ impl<L: Locks> NetDevice<L> {
             .map(|w| {
                 let mine: Vec<usize> = (w..pairs).step_by(threads).collect();
                 match fabric.pmds.get((port + w) % pmds.max(1)) {
-                    Some(pmd) => Worker::with_waker(&mine, sw.cfg.poll_us, pmd.waker().clone()),
+                    Some(pmd) => Ok(Worker::with_waker(
+                        &mine,
+                        sw.cfg.poll_us,
+                        pmd.waker().clone(),
+                    )),
                     None => Worker::new(&mine, sw.cfg.poll_us),
                 }
                 .map(Mutex::new)

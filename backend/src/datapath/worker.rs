@@ -71,7 +71,11 @@ impl Token {
 pub struct Worker {
     pairs: Vec<QueuePair>,
     waker: Arc<Waker>,
-    timer: TimerFd,
+    /// The back-pressure timer of a worker with a thread of its own (a [`Pmd`] thread bounds
+    /// its sleep by [`Worker::deadline`] instead).
+    ///
+    /// [`Pmd`]: crate::datapath::pmd::Pmd
+    timer: Option<TimerFd>,
     timer_at: Option<Instant>,
     poller: Poller,
     /// The thread's vrings, kept from the first event (for `stop_vring`).
@@ -82,37 +86,45 @@ pub struct Worker {
 
 impl Worker {
     /// A worker for the port's queue pairs `pairs` (in vring order), polling for up to
-    /// `poll_us` microseconds after work.
+    /// `poll_us` microseconds after work, on a thread of its own: with its own wake eventfd
+    /// and back-pressure timer ([`Worker::fds`]).
     pub fn new(pairs: &[usize], poll_us: u32) -> io::Result<Self> {
-        Self::with_waker(pairs, poll_us, Arc::new(Waker::new()?))
-    }
-
-    /// [`Worker::new`] woken through `waker` (a [`Pmd`](crate::datapath::pmd::Pmd) thread's,
-    /// shared by every worker it runs).
-    pub fn with_waker(pairs: &[usize], poll_us: u32, waker: Arc<Waker>) -> io::Result<Self> {
         let timer = TimerFd::new()?;
         // SAFETY: fcntl on a descriptor we own; only the O_NONBLOCK status flag changes.
         let r = unsafe { libc::fcntl(timer.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) };
         if r < 0 {
             return Err(io::Error::last_os_error());
         }
-        Ok(Worker {
+        let mut w = Self::with_waker(pairs, poll_us, Arc::new(Waker::new()?));
+        w.timer = Some(timer);
+        Ok(w)
+    }
+
+    /// [`Worker::new`] run by a [`Pmd`](crate::datapath::pmd::Pmd) thread and woken through
+    /// its `waker` (shared by every worker it runs); no timer (the thread's sleep is bounded
+    /// by [`Worker::deadline`]), so no descriptor of its own.
+    pub fn with_waker(pairs: &[usize], poll_us: u32, waker: Arc<Waker>) -> Self {
+        Worker {
             pairs: pairs
                 .iter()
                 .map(|&q| QueuePair::new(q, waker.clone()))
                 .collect(),
             waker,
-            timer,
+            timer: None,
             timer_at: None,
             poller: Poller::new(poll_us),
             vrings: Vec::new(),
             scratch: Burst::default(),
-        })
+        }
     }
 
-    /// The wake eventfd and the timer, for the thread's epoll set.
-    pub fn fds(&self) -> (i32, i32) {
-        (self.waker.fd().as_raw_fd(), self.timer.as_raw_fd())
+    /// The wake eventfd and, for a worker with a thread of its own, the timer: for the
+    /// thread's epoll set.
+    pub fn fds(&self) -> (i32, Option<i32>) {
+        (
+            self.waker.fd().as_raw_fd(),
+            self.timer.as_ref().map(|t| t.as_raw_fd()),
+        )
     }
 
     /// The local index of pair `q`, if this worker serves it.
@@ -137,7 +149,9 @@ impl Worker {
                 self.run(cx, vrings, true);
             }
             Token::Timer => {
-                let _ = self.timer.wait();
+                if let Some(t) = &mut self.timer {
+                    let _ = t.wait();
+                }
                 self.timer_at = None;
                 self.run(cx, vrings, true);
             }
@@ -273,6 +287,9 @@ impl Worker {
         if next == self.timer_at {
             return;
         }
+        let Some(timer) = self.timer.as_mut() else {
+            return;
+        };
         self.timer_at = next;
         match next {
             Some(t) => {
@@ -280,10 +297,10 @@ impl Worker {
                 let d = t
                     .saturating_duration_since(Instant::now())
                     .max(Duration::from_millis(1));
-                let _ = self.timer.reset(d, None);
+                let _ = timer.reset(d, None);
             }
             None => {
-                let _ = self.timer.clear();
+                let _ = timer.clear();
             }
         }
     }
@@ -406,6 +423,17 @@ mod tests {
         let mut idle = BusyTime::default();
         idle.round(false, Duration::from_millis(5));
         assert_eq!(idle.finish(), Duration::ZERO);
+    }
+
+    #[test]
+    fn only_a_worker_with_a_thread_of_its_own_has_a_timer() {
+        // A polling thread bounds its sleep by the workers' deadlines: a timerfd per worker
+        // there would be a descriptor per worker per connection, never read.
+        let own = Worker::new(&[0, 2], 0).unwrap();
+        assert!(own.fds().1.is_some());
+        let waker = Arc::new(Waker::new().unwrap());
+        let on_pmd = Worker::with_waker(&[0, 2], 0, waker.clone());
+        assert_eq!(on_pmd.fds(), (waker.fd().as_raw_fd(), None));
     }
 
     #[test]

@@ -196,7 +196,9 @@ fn serve_one<L: Locks>(
             let Some(w) = dev.workers.get(t) else { break };
             let (wake, timer) = lock(w).fds();
             h.register_listener(wake, EventSet::IN, nq + TOKEN_WAKE)?;
-            h.register_listener(timer, EventSet::IN, nq + TOKEN_TIMER)?;
+            if let Some(timer) = timer {
+                h.register_listener(timer, EventSet::IN, nq + TOKEN_TIMER)?;
+            }
         }
     }
     let connected = match ep {
