@@ -84,11 +84,24 @@ pub struct Seg {
     pub len: u32,
 }
 
+/// Frame bytes a sender's frame is delivered with from pvnet's own copy, whatever its
+/// length: the Ethernet header, as [`burst::classify`] read and checked it (port security,
+/// learning, routing). The guest may rewrite its buffers at any time — between the check
+/// and the copy, or while a frame is held back — and what receivers get must be what was
+/// checked.
+pub const CHECKED: usize = crate::net::eth::ETH_HLEN;
+
 /// Where the bytes of a frame offered to a destination are.
 #[derive(Clone, Copy, Debug)]
 pub enum Data<'a> {
-    /// In the sender's guest buffers, after `skip` bytes (its virtio header).
-    Guest { segs: &'a [Seg], skip: usize },
+    /// `head` (the frame's first bytes, at most [`CHECKED`], from pvnet's copy), then the
+    /// rest in the sender's guest buffers: after `skip` bytes (its virtio header) and
+    /// `head.len()` more.
+    Guest {
+        head: &'a [u8],
+        segs: &'a [Seg],
+        skip: usize,
+    },
     /// In a local buffer (a small frame read while parsing, or software-offloaded output).
     Local(&'a [u8]),
 }

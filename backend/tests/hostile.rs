@@ -480,6 +480,60 @@ fn port_security_drops_spoofed_source_macs() {
     s.shutdown();
 }
 
+/// Port security checks a frame's source MAC in pvnet's copy of its first bytes; the sender
+/// can still rewrite its buffer afterwards — here while the frame waits, held back, for a
+/// full receiver (frames longer than the burst's prefix are read from the guest's buffer
+/// again when copied, held back or not). Receivers must get the MAC that was checked.
+#[test]
+fn a_sender_rewriting_a_checked_frame_cannot_spoof_its_source_mac() {
+    let s = start("respoof", 3, Duration::from_secs(10), |c| {
+        c.port_security = true;
+        c.macs = (0..3).map(mac).collect();
+    });
+    let (mut a, mut b) = (connect(&s, 0, |_| {}), connect(&s, 1, |_| {}));
+    learn(&mut [&mut a, &mut b]);
+    // B's 256 RX buffers fill up (B does not read yet); frame 256 waits for B.
+    let n = 257;
+    for k in 0..n {
+        send(&mut a, &frames::build(mac(1), mac(0), MAGIC, 3, k, 200));
+    }
+    let tx = &s.switch().ports[0].tx[0];
+    let t0 = Instant::now();
+    while tx.snapshot().backpressure == 0 || a.tx_in_flight(0) != 1 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "frame 256 not held back"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    // Checked and held: A now claims C's MAC in it.
+    let hl = a.hdr_len() as u64;
+    let held = a.tx_buffers_in_flight(0);
+    assert_eq!(held.len(), 1);
+    a.write_guest(held[0].0 + hl + 6, &mac(2)).expect("rewrite");
+    let mut got = 0;
+    while got < n {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "{got} of {n} frames arrived; spoofed drops {}",
+            tx.drops(DropReason::SpoofedMac)
+        );
+        for (_, r) in b.poll_rx().expect("receive") {
+            let (_, src, flow, seq) = frames::check(&r.frame).expect("intact");
+            assert_eq!((flow, seq), (3, got));
+            assert_eq!(
+                src,
+                mac(0),
+                "frame {seq}: a source MAC that was never checked"
+            );
+            got += 1;
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    drop((a, b));
+    s.shutdown();
+}
+
 /// 64 KiB frames into 4 KiB mergeable RX buffers that the receiver re-posts one by one (each
 /// with its own EVENT_IDX kick decision) while the sender waits for room: every time the
 /// ring runs dry the sender asks for a kick at the guest's newest index, so no posting is

@@ -386,6 +386,12 @@ impl DriverRing {
         (id, len)
     }
 
+    /// What the kit owns in the chains handed to the device and not yet returned (pinned
+    /// ones included).
+    pub(crate) fn in_flight_owners(&self) -> Vec<Owner> {
+        self.chains.iter().flatten().map(|c| c.owner).collect()
+    }
+
     /// Takes the chain whose head is `id` off the in-flight table and frees its descriptors;
     /// `None` if the device returned an id that is not an in-flight head. A pinned chain stays.
     pub(crate) fn release(&mut self, id: u32) -> Option<Owner> {

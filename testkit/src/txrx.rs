@@ -220,6 +220,24 @@ impl TestGuest {
         std::mem::take(&mut self.pairs[usize::from(pair)].tx_done)
     }
 
+    /// The buffers `(address, length)` of the TX chains of `pair` that the device has not
+    /// returned yet (each the virtio-net header, then the frame): for a guest that rewrites
+    /// a frame after handing it over.
+    pub fn tx_buffers_in_flight(&mut self, pair: u16) -> Vec<(u64, u32)> {
+        if self.reclaim(pair).is_err() {
+            return Vec::new();
+        }
+        self.pairs[usize::from(pair)]
+            .tx
+            .in_flight_owners()
+            .into_iter()
+            .filter_map(|o| match o {
+                Owner::Buf(a, l) | Owner::Slot(a, l) => Some((a, l)),
+                Owner::None => None,
+            })
+            .collect()
+    }
+
     /// TX chains handed to the device and not yet returned, on `pair` (after taking back
     /// what the device returned).
     pub fn tx_in_flight(&mut self, pair: u16) -> usize {

@@ -21,7 +21,7 @@
 use crate::datapath::chain::{read_chain, DescTable, Dir};
 use crate::datapath::copy::{self, SegCursor};
 use crate::datapath::ring::{one_slice, AvailRing, AvailSnapshot, RingError};
-use crate::datapath::{Data, FrameSrc, Seg};
+use crate::datapath::{Data, FrameSrc, Seg, CHECKED};
 use crate::fdb::Fdb;
 use crate::net::{self, hdr::NEEDS_CSUM, VirtioNetHdr};
 use crate::stats::{DropReason, TxStats};
@@ -112,8 +112,21 @@ impl Burst {
         self.segs.get(a..a + n).unwrap_or_default()
     }
 
-    /// Frame `i` as a destination sees it: from the prefix when it fits there, else from
-    /// the guest's buffers.
+    /// The first bytes of frame `i` as `classify` read and checked them (its Ethernet
+    /// header, at most [`CHECKED`] bytes; empty before `classify`).
+    #[inline(always)]
+    pub fn head(&self, i: usize) -> &[u8] {
+        let f = &self.frames[i];
+        let hl = usize::from(f.hl);
+        let n = (f.len as usize).min(CHECKED);
+        self.prefix
+            .get(i)
+            .and_then(|p| p.get(hl..hl + n))
+            .unwrap_or_default()
+    }
+
+    /// Frame `i` as a destination sees it: from the prefix when it fits there, else its
+    /// checked head from the prefix and the rest from the guest's buffers.
     #[inline(always)]
     pub fn src(&self, i: usize) -> FrameSrc<'_> {
         let f = &self.frames[i];
@@ -121,6 +134,7 @@ impl Burst {
         let data = match self.prefix.get(i) {
             Some(p) if len <= PREFIX => Data::Local(&p[hl..hl + len]),
             _ => Data::Guest {
+                head: self.head(i),
                 segs: self.segs_of(i),
                 skip: hl,
             },

@@ -14,7 +14,7 @@
 //! no new chains until frames leave.
 
 use crate::datapath::burst::{Frame, Room};
-use crate::datapath::{Data, FrameSrc, Seg};
+use crate::datapath::{Data, FrameSrc, Seg, CHECKED};
 use crate::stats::{DropReason, TxStats};
 use std::time::{Duration, Instant};
 
@@ -28,18 +28,24 @@ pub struct Held {
     pub frame: Frame,
     pub dest: usize,
     segs: Vec<Seg>,
+    /// The frame's first bytes as they were checked (see [`CHECKED`]): the guest may have
+    /// rewritten its buffer since.
+    head: [u8; CHECKED],
+    head_len: u8,
     since: Instant,
     /// Delivered or dropped: its chain goes back to the guest at the next publication.
     done: bool,
 }
 
 impl Held {
-    /// The frame as a destination sees it (always from the guest's buffers).
+    /// The frame as a destination sees it: its checked head, the rest from the guest's
+    /// buffers.
     pub fn src(&self) -> FrameSrc<'_> {
         FrameSrc {
             hdr: self.frame.hdr.into(),
             len: self.frame.len as usize,
             data: Data::Guest {
+                head: &self.head[..usize::from(self.head_len)],
                 segs: &self.segs,
                 skip: usize::from(self.frame.hl),
             },
@@ -107,7 +113,12 @@ impl HeldBack {
     }
 
     /// Holds `frame` (its buffers `segs`) back for port `dest`.
-    pub fn hold(&mut self, frame: Frame, segs: &[Seg], dest: usize, now: Instant) {
+    /// Holds `frame` (its buffers `segs`, its first bytes as checked `head`, at most
+    /// [`CHECKED`] of them kept) for port `dest`.
+    pub fn hold(&mut self, frame: Frame, segs: &[Seg], head: &[u8], dest: usize, now: Instant) {
+        let mut h = [0u8; CHECKED];
+        let n = head.len().min(CHECKED);
+        h[..n].copy_from_slice(&head[..n]);
         let mut v = self.spare.pop().unwrap_or_default();
         v.clear();
         v.extend_from_slice(segs);
@@ -118,6 +129,9 @@ impl HeldBack {
             frame,
             dest,
             segs: v,
+            head: h,
+            // n <= CHECKED, a u8.
+            head_len: n as u8,
             since: now,
             done: false,
         });
@@ -217,15 +231,16 @@ mod tests {
             gpa: 0x1000,
             len: 72,
         }];
-        h.hold(frame(1), &seg, 1, t0);
-        h.hold(frame(2), &seg, 2, t0 + Duration::from_millis(10));
-        h.hold(frame(3), &seg, 1, t0 + Duration::from_millis(20));
+        let eth = [0xaa; 14];
+        h.hold(frame(1), &seg, &eth, 1, t0);
+        h.hold(frame(2), &seg, &eth, 2, t0 + Duration::from_millis(10));
+        h.hold(frame(3), &seg, &eth, 1, t0 + Duration::from_millis(20));
         assert_eq!(h.for_dest(1).collect::<Vec<_>>(), [0, 2]);
         assert_eq!(h.dests(), 0b110);
         assert_eq!(h.room().frames, HELD_FRAMES - 3);
         assert!(matches!(
             h.get(0).map(|x| x.src().data),
-            Some(Data::Guest { skip: 12, .. })
+            Some(Data::Guest { skip: 12, head, .. }) if head == eth
         ));
         // Frame 1 delivered; the bound passes for frame 2 only.
         h.finish(0, None, &stats);

@@ -472,7 +472,8 @@ impl QueuePair {
                         stats.backpressure();
                     }
                     let t = *now.get_or_insert_with(Instant::now);
-                    self.held.hold(f, self.burst.segs_of(i), d, t);
+                    let b = &self.burst;
+                    self.held.hold(f, b.segs_of(i), b.head(i), d, t);
                 }
             }
         }

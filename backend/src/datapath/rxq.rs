@@ -634,12 +634,14 @@ impl RxState {
                 let d = unsafe { VolatileSlice::new(r.host as *mut u8, buf.len as usize) };
                 let copied = match f.data {
                     Data::Local(b) => copy::write_hdr_into(d, h, dhl, b),
-                    Data::Guest { segs, skip } => {
-                        copy::write_hdr_into(d, h, dhl, &[]).and_then(|()| {
+                    Data::Guest { head, segs, skip } => {
+                        let head = &head[..head.len().min(f.len)];
+                        let k = head.len();
+                        copy::write_hdr_into(d, h, dhl, head).and_then(|()| {
                             let mut sc = SegCursor::new(segs);
-                            let rest = d.offset(dhl).map_err(|_| CopyError::Short)?;
-                            match sc.skip(skip) {
-                                true => copy::read_to_slice(sg, sh, &mut sc, rest, f.len),
+                            let rest = d.offset(dhl + k).map_err(|_| CopyError::Short)?;
+                            match sc.skip(skip + k) {
+                                true => copy::read_to_slice(sg, sh, &mut sc, rest, f.len - k),
                                 false => Err(CopyError::Short),
                             }
                         })
@@ -654,10 +656,11 @@ impl RxState {
         let mut dc = SegCursor::new(bufs);
         let copied = match f.data {
             Data::Local(b) => copy::write_hdr_and(dg, dh, &mut dc, h, dhl, b),
-            Data::Guest { segs, skip } => copy::write_hdr_and(dg, dh, &mut dc, h, dhl, &[])
-                .and_then(|()| {
+            Data::Guest { head, segs, skip } => {
+                let head = &head[..head.len().min(f.len)];
+                copy::write_hdr_and(dg, dh, &mut dc, h, dhl, head).and_then(|()| {
                     let mut sc = SegCursor::new(segs);
-                    if !sc.skip(skip) {
+                    if !sc.skip(skip + head.len()) {
                         return Err(CopyError::Short);
                     }
                     let src = Side {
@@ -670,8 +673,9 @@ impl RxState {
                         hint: dh,
                         cur: &mut dc,
                     };
-                    copy::copy(src, dst, f.len)
-                }),
+                    copy::copy(src, dst, f.len - head.len())
+                })
+            }
         };
         // Used lengths: each chain as full as the frame made it, in order (all zero when
         // the copy failed: the chains return empty).

@@ -10,7 +10,7 @@
 
 use crate::datapath::burst::Frame;
 use crate::datapath::copy::{self, SegCursor};
-use crate::datapath::{Data, Fate, FrameSet, FrameSrc, Seg};
+use crate::datapath::{Data, Fate, FrameSet, FrameSrc};
 use crate::net::{self, gso, Delivery, HdrWords, VirtioNetHdr};
 use crate::stats::DropReason;
 use pvnet_grant::{GrantReadGuard, RegionHint};
@@ -52,23 +52,33 @@ pub struct Soft {
 }
 
 impl Soft {
-    /// Prepares frame `f` (its bytes in `segs`, after its virtio header) for a receiver with
-    /// features `dfeat`, under the source's guard `g`.
+    /// Prepares frame `f` (its bytes in `data`) for a receiver with features `dfeat`,
+    /// under the source's guard `g`.
     pub fn prepare<F: RwFamily>(
         &mut self,
         g: &GrantReadGuard<'_, F>,
         hint: &mut RegionHint,
-        segs: &[Seg],
+        data: Data<'_>,
         f: &Frame,
         dfeat: u64,
     ) -> Result<(), DropReason> {
         let len = f.len as usize;
-        self.lin.resize(len, 0);
-        let mut cur = SegCursor::new(segs);
-        if !cur.skip(usize::from(f.hl))
-            || copy::read_into(g, hint, &mut cur, &mut self.lin).is_err()
-        {
-            return Err(DropReason::NotGranted);
+        match data {
+            Data::Local(b) => {
+                self.lin.clear();
+                self.lin.extend_from_slice(b.get(..len).unwrap_or(b));
+            }
+            Data::Guest { head, segs, skip } => {
+                let k = head.len().min(len);
+                self.lin.resize(len, 0);
+                self.lin[..k].copy_from_slice(&head[..k]);
+                let mut cur = SegCursor::new(segs);
+                if !cur.skip(skip + k)
+                    || copy::read_into(g, hint, &mut cur, &mut self.lin[k..]).is_err()
+                {
+                    return Err(DropReason::NotGranted);
+                }
+            }
         }
         self.finish(&f.hdr, dfeat)
     }
@@ -136,6 +146,68 @@ impl Soft {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::datapath::burst::Route;
+    use crate::datapath::{Seg, CHECKED};
+    use crate::net::hdr::NEEDS_CSUM;
+    use crate::net::testutil::{payload, udp_v4_frame};
+    use pvnet_grant::GrantTable;
+    use pvnet_locks::family::Percpu;
+    use vm_memory::{Bytes, GuestAddress};
+
+    /// A frame from guest buffers is prepared from its checked head and the rest of the
+    /// buffers: the guest rewrote its source MAC after the check, and the receiver must
+    /// not see that.
+    #[test]
+    fn a_guest_frame_is_prepared_with_its_checked_head() {
+        let frame = udp_v4_frame(&payload(300), 1234);
+        let mut rewritten = frame.clone();
+        rewritten[6..12].copy_from_slice(&[0xee; 6]);
+        let mem = pvnet_grant::memfd::guest_memory(&[(0, 0x10000)]).expect("memory");
+        mem.write_slice(&rewritten, GuestAddress(0x1000))
+            .expect("frame");
+        let t = GrantTable::<Percpu>::new();
+        t.replace_from_memory(&mem).expect("grants");
+        let f = Frame {
+            head: 0,
+            seg0: 0,
+            nsegs: 1,
+            hdr: VirtioNetHdr {
+                flags: NEEDS_CSUM,
+                csum_start: 34,
+                csum_offset: 6,
+                ..VirtioNetHdr::plain()
+            },
+            hl: 0,
+            len: frame.len() as u32,
+            key: 0,
+            route: Route::Port(1),
+        };
+        let segs = [Seg {
+            gpa: 0x1000,
+            len: frame.len() as u32,
+        }];
+        let data = Data::Guest {
+            head: &frame[..CHECKED],
+            segs: &segs,
+            skip: 0,
+        };
+        let mut soft = Soft::default();
+        let g = t.read();
+        soft.prepare(&g, &mut RegionHint::default(), data, &f, 0)
+            .expect("prepared");
+        let (set, _) = soft.output();
+        assert_eq!(set.count(), 1);
+        let out = match set.get(0).data {
+            Data::Local(b) => b.to_vec(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            out[..CHECKED],
+            frame[..CHECKED],
+            "the guest's rewritten MAC"
+        );
+        assert_eq!(out[CHECKED..40], frame[CHECKED..40]);
+    }
 
     #[test]
     fn fates_of_pieces_fold_into_one() {

@@ -136,16 +136,25 @@ impl<L: Locks> Destination<L> for TapDest<'_> {
                     });
                     Ok(())
                 }
-                Data::Guest { segs, skip } => guest_iovs(&g, src.hint, segs, skip, f.len, v),
+                Data::Guest { head, segs, skip } => {
+                    let head = &head[..head.len().min(f.len)];
+                    v.push(libc::iovec {
+                        iov_base: head.as_ptr() as *mut libc::c_void,
+                        iov_len: head.len(),
+                    });
+                    let k = head.len();
+                    guest_iovs(&g, src.hint, segs, skip + k, f.len - k, v)
+                }
             };
             if let Err(r) = data {
                 fates[i] = Fate::Dropped(r);
                 continue;
             }
             // SAFETY: every iovec points into memory that stays valid for the call: the
-            // header on this stack frame, a local buffer borrowed by `frames`, or guest
-            // memory mapped under the grant guard `g`, held across the call. The kernel
-            // only reads it. At most MAX_IOV + 1 <= c_int entries.
+            // header on this stack frame, a local buffer or a frame's checked head borrowed
+            // by `frames`, or guest memory mapped under the grant guard `g`, held across the
+            // call. The kernel only reads it. At most MAX_IOV <= c_int entries (`guest_iovs`
+            // stops there).
             let r = unsafe { libc::writev(tq.fd(), v.as_ptr(), v.len() as libc::c_int) };
             fates[i] = if r >= 0 {
                 slot.stats.frame(f.len);

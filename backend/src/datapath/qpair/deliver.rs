@@ -291,16 +291,16 @@ impl QueuePair {
         let Some(f) = self.frame_of(id).copied() else {
             return Fate::Dropped(DropReason::BadChain);
         };
-        let segs = match id {
-            FrameId::Burst(k) => self.burst.segs_of(k),
-            FrameId::Held(k) => match self.held.get(k).map(|h| h.src().data) {
-                Some(Data::Guest { segs, .. }) => segs,
-                _ => &[],
+        let data = match id {
+            FrameId::Burst(k) => self.burst.src(k).data,
+            FrameId::Held(k) => match self.held.get(k) {
+                Some(h) => h.src().data,
+                None => return Fate::Dropped(DropReason::BadChain),
             },
         };
         let prepared = {
             let g = cx.grants().read();
-            self.soft.prepare(&g, &mut self.hint, segs, &f, dfeat)
+            self.soft.prepare(&g, &mut self.hint, data, &f, dfeat)
         };
         if let Err(r) = prepared {
             return Fate::Dropped(r);

@@ -79,9 +79,13 @@ impl GuestMemory for Posting<'_> {
     }
 }
 
+/// The Ethernet header a frame from guest buffers was checked with; the guest's buffers
+/// hold other bytes there (it rewrote them after the check).
+const CHECKED_HEAD: [u8; crate::datapath::CHECKED] = [0xcd; crate::datapath::CHECKED];
+
 /// `n` copies of one frame.
 /// (Without `segs`: the bytes in local memory; with: `segs` of guest memory holding them, as
-/// a frame too long for the burst's prefix is delivered.)
+/// a frame too long for the burst's prefix is delivered, after its head [`CHECKED_HEAD`].)
 struct Frames(Vec<u8>, usize, Option<Vec<Seg>>);
 
 impl FrameSet for Frames {
@@ -90,7 +94,11 @@ impl FrameSet for Frames {
     }
     fn get(&self, _: usize) -> FrameSrc<'_> {
         let data = match &self.2 {
-            Some(segs) => Data::Guest { segs, skip: 0 },
+            Some(segs) => Data::Guest {
+                head: &CHECKED_HEAD,
+                segs,
+                skip: 0,
+            },
             None => Data::Local(&self.0),
         };
         FrameSrc {
@@ -236,8 +244,9 @@ fn a_bad_chain_goes_back_in_ring_order() {
 }
 
 /// A frame from guest buffers (too long for a burst's prefix) goes into a reserved buffer
-/// the same way, through the address the reservation translated: header, then the bytes of
-/// both source pieces; one byte more than the buffer holds takes two chains.
+/// the same way, through the address the reservation translated: header, the checked head
+/// (not what the guest's buffer holds there now), then the bytes of both source pieces;
+/// one byte more than the buffer holds takes two chains, and keeps the checked head too.
 #[test]
 fn frames_from_guest_buffers_land_whole() {
     GUEST_SRC.with(|g| g.set(true));
@@ -251,14 +260,32 @@ fn frames_from_guest_buffers_land_whole() {
         o.mem.read_slice(&mut b, GuestAddress(at)).expect("buffer");
         let plain = HdrWords::PLAIN.with_num_buffers(1).to_bytes();
         assert_eq!(b[..hl as usize], plain, "buffer {k}: header");
-        assert!(
-            b[hl as usize..].iter().all(|&x| x == 0xab),
-            "buffer {k}: frame"
+        let (head, rest) = b[hl as usize..].split_at(CHECKED_HEAD.len());
+        assert_eq!(
+            head, CHECKED_HEAD,
+            "buffer {k}: the guest's bytes, not the checked ones"
         );
+        assert!(rest.iter().all(|&x| x == 0xab), "buffer {k}: frame");
     }
     let o = offer_with(4, 0, 1, (BUF_LEN - hl + 1) as usize, |_, _| {});
     assert_eq!(o.fates, [Fate::Delivered]);
     assert_eq!(o.used, [(0, BUF_LEN), (1, 1)]);
+    let mut b = vec![0u8; BUF_LEN as usize + 1];
+    o.mem
+        .read_slice(&mut b[..BUF_LEN as usize], GuestAddress(BUF))
+        .expect("buffer");
+    o.mem
+        .read_slice(
+            &mut b[BUF_LEN as usize..],
+            GuestAddress(BUF + u64::from(BUF_LEN)),
+        )
+        .expect("second buffer");
+    let (head, rest) = b[hl as usize..].split_at(CHECKED_HEAD.len());
+    assert_eq!(
+        head, CHECKED_HEAD,
+        "two chains: the guest's bytes, not the checked ones"
+    );
+    assert!(rest.iter().all(|&x| x == 0xab), "two chains: frame");
     GUEST_SRC.with(|g| g.set(false));
 }
 
