@@ -19,9 +19,14 @@
 //! stream of nearby accesses, [`GrantReadGuard::slice_hinted`] with a [`RegionHint`] kept
 //! between accesses (and guards) skips the search while the same grant covers them; and
 //! [`GrantMemory`] presents a guard as vm-memory's `GuestMemory`, so that vm-memory-based code
-//! (virtio-queue's rings and descriptor chains) goes through the grants too. Everything
-//! is bounds-, overflow- and permission-checked with [`GrantError`]s before any byte moves;
-//! nothing outside a grant is ever read or written, whatever a guest puts in a descriptor.
+//! (virtio-queue's rings and descriptor chains) goes through the grants too. The guard's own
+//! operations check bounds, overflow and rights of the whole range, with [`GrantError`]s,
+//! before any byte moves. [`GrantMemory`] checks each piece as vm-memory asks for it (a
+//! whole-range check first would cost every ring access a second check): an access spanning
+//! grants moves its leading pieces, then stops at the first that is not granted or lacks
+//! the rights (vm-memory's `write` returns the short count, `write_slice` a `PartialBuffer`
+//! error); `check_range` first makes it all-or-nothing. Either way nothing outside a grant,
+//! or beyond its rights, is ever read or written, whatever a guest puts in a descriptor.
 //! Nothing allocates.
 //!
 //! ## Write side

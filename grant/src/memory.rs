@@ -4,7 +4,12 @@
 //!
 //! Every access is checked like the guard's own operations (granted, rights, no overflow) and
 //! translated through a [`RegionHint`] kept in the view: consecutive accesses to the same
-//! grant (a ring, a descriptor table) cost a range check, not a search. Because the view
+//! grant (a ring, a descriptor table) cost a range check, not a search. The check is made
+//! piece by piece, as vm-memory iterates over [`GuestMemory::get_slices`], not for the whole
+//! range first: an access spanning two grants, the second not granted for it, moves the
+//! first piece before it fails (`write` returns the short count, `write_slice` a
+//! `PartialBuffer` error). Nothing outside the rights of a grant is touched; a caller that
+//! needs all-or-nothing calls [`GuestMemory::check_range`] first. Because the view
 //! borrows the guard, nothing read or written through it can outlive the read-lock hold: when
 //! a writer (a revoke) returns, no access through an old view is in flight.
 
@@ -175,6 +180,37 @@ mod tests {
         assert!(gm
             .get_slices(GuestAddress(u64::MAX - 1), 4, Permissions::Read)
             .is_err());
+    }
+
+    /// What the module documentation says of an access spanning two grants: the first
+    /// piece moves, the second (read-only) grant is not written, and `check_range` refuses
+    /// the whole range beforehand.
+    #[test]
+    fn a_write_spanning_a_read_only_grant_stops_at_it() {
+        let mem = memfd::guest_memory::<()>(&[(0x1000, 0x1000)]).unwrap();
+        let t = GrantTable::<StdRw>::new();
+        t.replace_from_memory(&mem).unwrap();
+        let ro = memfd::guest_memory::<()>(&[(0x2000, 0x1000)]).unwrap();
+        let region = vm_memory::GuestMemoryBackend::iter(&ro).next().unwrap();
+        let host = crate::HostMapping::from_region(region);
+        t.grant(GuestAddress(0x2000), 0x1000, host, Access::ReadOnly)
+            .unwrap();
+        let g = t.read();
+        let gm = GrantMemory::new(&g, RegionHint::default());
+        assert!(!gm.check_range(GuestAddress(0x1ff0), 0x20, Permissions::Write));
+        match gm.write_slice(&[7u8; 0x20], GuestAddress(0x1ff0)) {
+            Err(GuestMemoryError::PartialBuffer {
+                expected: 0x20,
+                completed: 0x10,
+            }) => {}
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(gm.write(&[8u8; 0x20], GuestAddress(0x1ff0)).unwrap(), 0x10);
+        let mut out = [0u8; 0x10];
+        mem.read_slice(&mut out, GuestAddress(0x1ff0)).unwrap();
+        assert_eq!(out, [8u8; 0x10], "the read-write piece was written");
+        ro.read_slice(&mut out, GuestAddress(0x2000)).unwrap();
+        assert_eq!(out, [0u8; 0x10], "the read-only grant was not");
     }
 
     #[test]

@@ -104,23 +104,26 @@ impl<F: RwFamily, B: Bitmap + Send + Sync + 'static> GrantTable<F, B> {
 
     /// Runs `f` with the write lock held: all its changes become visible to readers at once.
     /// Mappings it revoked are dropped after the lock is released and before this returns.
+    /// If `f` panics, the changes it made before stay, and so does this rule: the generation
+    /// moves on if anything changed, and the revoked mappings are dropped after the release.
     pub fn update<R>(&self, f: impl FnOnce(&mut GrantWriter<'_, B>) -> R) -> R {
         let mut dead = Vec::new();
         let r = {
             let mut guard = self.state.write();
-            let state: &mut State<B> = &mut guard;
-            let next = state.generation.wrapping_add(1);
+            let State {
+                entries,
+                generation,
+            } = &mut *guard;
+            let next = generation.wrapping_add(1);
+            // Dropped before the guard, also on unwind: it bumps the generation (see Drop).
             let mut w = GrantWriter {
-                entries: &mut state.entries,
+                entries,
                 dead: &mut dead,
+                generation,
                 next_generation: next,
                 changed: false,
             };
-            let r = f(&mut w);
-            if w.changed {
-                state.generation = next;
-            }
-            r
+            f(&mut w)
         };
         // Write lock released: no reader uses the revoked mappings any more.
         drop(dead);
@@ -296,8 +299,20 @@ impl<'a, F: RwFamily, B: Bitmap + Send + Sync + 'static> GuardPair<'a, F, B> {
 pub struct GrantWriter<'w, B> {
     entries: &'w mut Vec<Entry<B>>,
     dead: &'w mut Vec<Entry<B>>,
+    /// The table's generation: set to `next_generation` when the writer is dropped (at the
+    /// end of the update, or when its closure unwinds) if anything changed.
+    generation: &'w mut u64,
     next_generation: u64,
+    /// Set before every change (a spurious bump only costs readers a search).
     changed: bool,
+}
+
+impl<B> Drop for GrantWriter<'_, B> {
+    fn drop(&mut self) {
+        if self.changed {
+            *self.generation = self.next_generation;
+        }
+    }
 }
 
 impl<B: Bitmap> GrantWriter<'_, B> {
@@ -331,8 +346,8 @@ impl<B: Bitmap> GrantWriter<'_, B> {
             }
         }
         let generation = e.generation;
-        self.entries.insert(i, e);
         self.changed = true;
+        self.entries.insert(i, e);
         Ok(generation)
     }
 
@@ -360,19 +375,19 @@ impl<B: Bitmap> GrantWriter<'_, B> {
             keep[1] = Some(tail.part(to, tail.end()));
         }
         let mut revoked = 0;
+        self.changed = true;
         for e in self.entries.splice(first..last, keep.into_iter().flatten()) {
             revoked += e.end().min(to) - e.start.max(from);
             self.dead.push(e);
         }
-        self.changed = true;
         Ok(revoked)
     }
 
     /// See [`GrantTable::revoke_all`].
     pub fn revoke_all(&mut self) -> usize {
         let n = self.entries.len();
-        self.dead.append(self.entries);
         self.changed |= n > 0;
+        self.dead.append(self.entries);
         n
     }
 
@@ -392,10 +407,10 @@ impl<B: Bitmap> GrantWriter<'_, B> {
             .entries
             .binary_search_by_key(&gpa.0, |e| e.start)
             .map_err(|_| GrantError::NoSuchGrant { gpa: gpa.0 })?;
+        self.changed = true;
         let e = self.entries.remove(i);
         let info = e.info();
         self.dead.push(e);
-        self.changed = true;
         Ok(info)
     }
 
@@ -429,9 +444,9 @@ impl<B: Bitmap> GrantWriter<'_, B> {
             fresh.push(e);
         }
         sum.removed = self.entries.len() - sum.kept;
+        self.changed |= sum.added > 0 || sum.removed > 0;
         let old = std::mem::replace(self.entries, fresh);
         self.dead.extend(old);
-        self.changed |= sum.added > 0 || sum.removed > 0;
         Ok(sum)
     }
 }

@@ -152,3 +152,41 @@ fn grant_copy_between_tables_and_within_one() {
     mb.read_slice(&mut host, GuestAddress(0x8000)).unwrap();
     assert_eq!(&host, b"hello");
 }
+
+/// A writer closure that panics after changing the table: the change stands (the unwind
+/// releases the lock and unmaps what was revoked), so the generation must move on, or a
+/// reader's host addresses kept for the old generation would outlive their mapping.
+fn panicking_update_moves_the_generation_on<F: pvnet_locks::family::RwFamily>() {
+    use std::panic::{catch_unwind, AssertUnwindSafe};
+    let t = GrantTable::<F>::new();
+    t.replace_from_memory(&mem(&[(0, K), (K as u64, K)]))
+        .unwrap();
+    let g0 = t.generation();
+    let r = catch_unwind(AssertUnwindSafe(|| {
+        t.update(|w| {
+            w.remove_region(GuestAddress(K as u64)).unwrap();
+            panic!("a writer closure that fails after a change (expected by this test)");
+        })
+    }));
+    assert!(r.is_err());
+    assert_eq!(t.len(), 1, "the removal stands");
+    assert_ne!(t.generation(), g0, "changed under generation {g0}");
+    // A panic before any change leaves the generation as it was.
+    let g1 = t.generation();
+    let r = catch_unwind(AssertUnwindSafe(|| {
+        t.update(|_| panic!("a writer closure that fails at once (expected by this test)"))
+    }));
+    assert!(r.is_err());
+    assert_eq!(t.generation(), g1);
+    assert_eq!(t.len(), 1);
+}
+
+#[test]
+fn panicking_update_moves_the_generation_on_std() {
+    panicking_update_moves_the_generation_on::<StdRw>();
+}
+
+#[test]
+fn panicking_update_moves_the_generation_on_percpu() {
+    panicking_update_moves_the_generation_on::<pvnet_locks::family::Percpu>();
+}

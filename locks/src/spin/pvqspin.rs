@@ -19,8 +19,9 @@
 //! * `wait_node` (not head): spin `SPIN_THRESHOLD` iterations polling `node.locked`, bumping
 //!   our heartbeat and checking the predecessor every `PV_PREV_CHECK_MASK + 1` iterations:
 //!   if its state is not `RUNNING`, or its heartbeat did not move for `PV_STALE_CHECKS`
-//!   checks (it is descheduled), stop early ("wait early"). Then `state = HALTED`, re-check
-//!   `locked`, and `futex_wait(state, HALTED)`.
+//!   checks (it is descheduled), stop early ("wait early"). Then `state = HALTED` (a CAS
+//!   from `RUNNING`: a `HASHED` state is never overwritten), re-check `locked`, and
+//!   `futex_wait(state, HALTED)`; after it, `CAS HALTED -> RUNNING` (a `HASHED` state stays).
 //! * `kick_node` (new owner, right after `next.locked = 1`): if `next` is `HALTED`, CAS it
 //!   to `HASHED`, set `_Q_SLOW_VAL`, hash `(lock -> next)`. It is *not* woken now: it will be
 //!   woken once, at unlock, already as queue head (the seed's "only kick at unlock time").
@@ -75,12 +76,18 @@
 //!
 //! # Why no wake-up is lost (and why the kick targets the node, not the lock word)
 //!
-//! * `wait_node` vs `kick_node` is a Dekker pair: waiter `[swap state=HALTED; fence(SeqCst);
-//!   load locked]`, owner `[store locked=1; fence(SeqCst); CAS state HALTED->HASHED]`. Either
-//!   the waiter sees `locked` and does not sleep, or the owner sees `HALTED` and hashes it.
-//!   Both may happen; then exactly one of the waiter's `CAS HALTED->RUNNING` and the owner's
-//!   `CAS HALTED->HASHED` wins, and the waiter reads the outcome in `state` (`HASHED` means
-//!   "do not hash again": two entries for one lock would be fatal).
+//! * `wait_node` vs `kick_node` is a Dekker pair: waiter `[CAS state RUNNING->HALTED;
+//!   fence(SeqCst); load locked]`, owner `[store locked=1; fence(SeqCst); CAS state
+//!   HALTED->HASHED]`. Either the waiter sees `locked` and does not sleep, or the owner sees
+//!   `HALTED` and hashes it. Both may happen; then exactly one of the waiter's
+//!   `CAS HALTED->RUNNING` and the owner's `CAS HALTED->HASHED` wins, and the waiter reads
+//!   the outcome in `state` (`HASHED` means "do not hash again": two entries for one lock
+//!   would be fatal).
+//! * `HASHED` is never lost: `state` becomes `HASHED` only after `locked = 1` and the owner's
+//!   fence, and a waiter that reads it (the failure of its `CAS HALTED->RUNNING`, which is
+//!   Acquire) therefore sees `locked` and leaves as queue head. Should it ever come round
+//!   to halt again, its halt is a CAS from `RUNNING` that leaves `HASHED` alone (Linux's
+//!   plain `smp_store_mb(state, halted)` relies on the `locked` poll before it instead).
 //! * A hashed head sleeps only while `state == HASHED` (checked by the kernel atomically with
 //!   the wake), and the unlocker changes `state` before it wakes: single-word handshake.
 //! * `_Q_SLOW_VAL` is published by a Release RMW after the hash entry is written; the
@@ -284,11 +291,17 @@ impl Hooks for Pv {
                 ep.relax_bounded();
             }
 
-            // [S] state = HALTED; MB; [L] locked  -- pairs with kick_node.
-            node.state.swap(HALTED, Ordering::Relaxed);
-            model_note_halt();
+            // [S] state = HALTED; MB; [L] locked  -- pairs with kick_node. A CAS from
+            // RUNNING, not a store: a HASHED state (kick_node got there first) is kept.
+            let halted = node
+                .state
+                .compare_exchange(RUNNING, HALTED, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok();
+            if halted {
+                model_note_halt();
+            }
             fence(Ordering::SeqCst);
-            if node.locked.load(Ordering::Relaxed) == 0 {
+            if halted && node.locked.load(Ordering::Relaxed) == 0 {
                 spin_add(Self::KIND, Event::Halts, 1);
                 if early {
                     spin_add(Self::KIND, Event::WaitEarly, 1);
@@ -297,10 +310,12 @@ impl Hooks for Pv {
                 slept = true;
             }
             // Back to running unless kick_node made us HASHED (then keep it: we are hashed
-            // and must not hash again in wait_head).
+            // and must not hash again in wait_head). Acquire on failure: the HASHED we read
+            // (or the RUNNING of the unlock that followed) was written after kick_node's
+            // SeqCst fence, which follows its `locked = 1`, so the load below sees it.
             let _ =
                 node.state
-                    .compare_exchange(HALTED, RUNNING, Ordering::Relaxed, Ordering::Relaxed);
+                    .compare_exchange(HALTED, RUNNING, Ordering::Relaxed, Ordering::Acquire);
             if node.locked.load(Ordering::Acquire) != 0 {
                 return;
             }
@@ -690,6 +705,34 @@ mod tests {
             None,
             "the entry was removed by the unlock"
         );
+    }
+
+    /// A waiter that finds itself `HASHED` while `locked` still reads 0 (what a stale read
+    /// of `locked` after kick_node would look like to it) must not overwrite `HASHED` when
+    /// it halts again: it would become head as `RUNNING` and hash itself a second time.
+    /// `node` waits with a halted predecessor, so it stops spinning early at iteration 64
+    /// of each round, after 4 heartbeat bumps: a heartbeat of 8 means it went through the
+    /// halt step once and came back to spin.
+    #[test]
+    fn waiting_node_keeps_a_hashed_state() {
+        let (c, p) = (Claim::new().unwrap(), Claim::new().unwrap());
+        let (node, prev) = (c.node(), p.node());
+        prev.state.store(HALTED, Ordering::Relaxed);
+        node.state.store(HASHED, Ordering::Relaxed);
+        node.heartbeat.store(0, Ordering::Relaxed);
+        std::thread::scope(|s| {
+            let w = s.spawn(|| Pv::wait_node(node, prev, &mut Episode::default()));
+            while node.state.load(Ordering::Relaxed) == HASHED
+                && node.heartbeat.load(Ordering::Relaxed) < 8
+            {
+                std::thread::yield_now();
+            }
+            // Hand over the MCS head (and wake the waiter, should it sleep).
+            node.locked.store(1, Ordering::Release);
+            futex_wake(&node.state, 1);
+            w.join().unwrap();
+        });
+        assert_eq!(node.state.load(Ordering::Relaxed), HASHED);
     }
 
     /// With all four nodes of the thread busy, a contended lock is still acquired (by

@@ -25,9 +25,24 @@
 //! * queue: anybody else claims its per-thread node (see `node.rs`), swaps its tail into the
 //!   word, links behind the previous tail and spins on its *own* node's `locked` field.
 //! * head: the node whose `locked` was set (or that found the queue empty) waits for
-//!   `locked == 0 && pending == 0`; if it is still the tail it takes the lock and empties the
-//!   queue in one CAS `(n,0,0) -> (0,0,1)`, otherwise it sets locked and hands the MCS head
-//!   to `next` by writing `next.locked = 1`.
+//!   `locked == 0 && pending == 0`; while it is still the tail it tries to take the lock and
+//!   empty the queue in one CAS `(n,0,0) -> (0,0,1)`, and if the CAS fails with its tail
+//!   still in the word it waits again and retries. Only once another tail has replaced its
+//!   own does it set locked, wait for `next` to link, and hand the MCS head to `next` by
+//!   writing `next.locked = 1`.
+//! * no node (more than `MAX_NODES` nested slow paths, or thread-local teardown): spin on
+//!   the trylock, which needs a free word `(0,0,0)`; such a locker never queues.
+//!
+//! Why the head retries: with its tail in the word, no one else can set locked (every other
+//! acquisition needs a free word, or the `(0,1,0)` of a pending waiter that the head already
+//! waited out) nor keep pending (the pending path keeps it only when it set it on `(0,0,*)`).
+//! So a failed CAS with the head's tail still there means a late pending-path locker set
+//! pending, saw the tail and is about to clear it again. Linux takes that failure for
+//! "somebody queued behind us, or set pending and will detect the tail and queue", sets
+//! locked and waits for `next`; but a locker that then finds no free node spins on the
+//! trylock instead of queueing, and head and locker would wait for each other forever.
+//! (The PV head makes this CAS, `(n,0,1) -> (0,0,1)`, already owning the lock and with no
+//! pending path in use, so only a new tail can make it fail there; the retry costs nothing.)
 //!
 //! # Memory ordering
 //!
@@ -68,6 +83,8 @@ impl Episode {
     #[inline]
     pub(crate) fn relax(&mut self) {
         self.spins += 1;
+        #[cfg(all(test, not(loom)))]
+        script::step(script::Step::Relax);
         spin_hint();
     }
 
@@ -233,31 +250,41 @@ fn queue<H: Hooks>(lock: &AtomicU32, ep: &mut Episode) {
     // We are the queue head.
     let got = H::wait_head_or_lock(lock, node, tail, ep);
     let mut val = got;
-    if got == 0 {
-        loop {
-            val = lock.load(Ordering::Acquire);
-            if val & LOCKED_PENDING_MASK == 0 {
-                break;
-            }
-            ep.relax();
+    loop {
+        if got == 0 {
+            // Wait for the owner and any pending waiter to leave: (*,*,*) -> (*,0,0).
+            val = loop {
+                let v = lock.load(Ordering::Acquire);
+                if v & LOCKED_PENDING_MASK == 0 {
+                    break v;
+                }
+                ep.relax();
+            };
         }
-    }
-
-    // Still the last one queued: take the lock and empty the queue in one go.
-    if val & TAIL_MASK == tail {
+        // Somebody swapped its tail in after ours: it will link behind us.
+        if val & TAIL_MASK != tail {
+            break;
+        }
+        // Still the last one queued: take the lock and empty the queue in one go.
+        #[cfg(all(test, not(loom)))]
+        script::step(script::Step::HeadClaim);
         let new = if got == 0 {
             LOCKED_VAL
         } else {
             val & LOCKED_MASK
         };
-        if lock
-            .compare_exchange(val, new, Ordering::Acquire, Ordering::Relaxed)
-            .is_ok()
-        {
-            return;
+        match lock.compare_exchange(val, new, Ordering::Acquire, Ordering::Relaxed) {
+            Ok(_) => return,
+            // The tail is still ours, so nobody queued: the word changed under a locker
+            // that set pending, saw our tail and is undoing it. It may have no node to queue
+            // with (and then waits for a free word): do not wait for a `next`; wait for
+            // pending to clear and claim again.
+            Err(now) if now & TAIL_MASK == tail => val = now,
+            Err(_) => break,
         }
     }
-    // Somebody queued behind us: take the lock (if not already ours) and pass the MCS head.
+    // Somebody queued behind us (its tail replaced ours, so it links to `node.next` soon):
+    // take the lock (if not already ours) and pass the MCS head.
     if got == 0 {
         lock.fetch_or(LOCKED_VAL, Ordering::Acquire);
     }
@@ -271,6 +298,57 @@ fn queue<H: Hooks>(lock: &AtomicU32, ep: &mut Episode) {
     next_node.locked.store(1, Ordering::Release);
     H::kick_node(lock, next_node, next);
     drop(claim);
+}
+
+/// Unit tests only: a *script* plays the other lockers of an interleaving, one step at a
+/// time, from inside the slow path of the thread under test (every unbounded spin iteration
+/// and the queue head's claiming CAS are steps), so that a race can be replayed
+/// deterministically in one thread. Not compiled outside `cfg(test)`.
+#[cfg(all(test, not(loom)))]
+pub(crate) mod script {
+    use std::cell::RefCell;
+
+    /// Where the thread under test is.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub(crate) enum Step {
+        /// One iteration of an unbounded spin-wait (`Episode::relax`).
+        Relax,
+        /// The queue head saw `locked` and `pending` clear and its own tail, and is about to
+        /// claim the lock with a CAS of the word it read.
+        HeadClaim,
+    }
+
+    type Script = Box<dyn FnMut(Step)>;
+
+    thread_local! {
+        static SCRIPT: RefCell<Option<Script>> = const { RefCell::new(None) };
+    }
+
+    /// Runs this thread's script, if one is installed (not re-entrantly, and not during
+    /// thread-local teardown).
+    #[inline]
+    pub(crate) fn step(s: Step) {
+        let _ = SCRIPT.try_with(|c| {
+            if let Ok(mut c) = c.try_borrow_mut() {
+                if let Some(f) = c.as_mut() {
+                    f(s);
+                }
+            }
+        });
+    }
+
+    /// Runs `f` on this thread with `script` installed (removed again on return or unwind).
+    pub(crate) fn with<R>(script: impl FnMut(Step) + 'static, f: impl FnOnce() -> R) -> R {
+        struct Uninstall;
+        impl Drop for Uninstall {
+            fn drop(&mut self) {
+                let _ = SCRIPT.try_with(|c| c.borrow_mut().take());
+            }
+        }
+        SCRIPT.with(|c| *c.borrow_mut() = Some(Box::new(script)));
+        let _uninstall = Uninstall;
+        f()
+    }
 }
 
 /// Raw queued spinlock (`lock_api::RawMutex` outside loom).
@@ -423,6 +501,65 @@ mod tests {
         h.join().unwrap();
         assert!(crate::stats::spin_stats(SpinLockKind::Qspin).pending > before);
         assert_eq!(l.val.load(Ordering::Relaxed), 0);
+    }
+
+    /// The queue head alone in the queue must not wait for a successor that never links. A
+    /// locker R whose fast-path CAS failed on `(0,0,1)` gets to its pending `fetch_or` late,
+    /// between the head's read of `(T,0,0)` and its claiming CAS: the CAS fails on `(T,1,0)`.
+    /// R sees the tail, undoes pending and queues -- but with no node free (nested slow
+    /// paths, or thread-local teardown) it spins on a trylock that needs a free word. The
+    /// head used to take the failed CAS for "somebody queued behind us", set locked and wait
+    /// for `next` forever while R waited for the word to clear. Played in one thread: the
+    /// script is the owner F and the racer R, stepping when the head spins or claims.
+    #[test]
+    fn head_retries_its_claim_when_a_nodeless_locker_flicks_pending() {
+        use script::Step;
+        use std::cell::Cell;
+        use std::rc::Rc;
+        use std::sync::Arc;
+
+        const STUCK: u32 = 10_000;
+        // F holds the lock: (0,0,1).
+        let lock = Arc::new(AtomicU32::new(LOCKED_VAL));
+        let phase = Rc::new(Cell::new(0u32));
+        let (l, p) = (lock.clone(), phase.clone());
+        let mut idle = 0u32;
+        let play = move |s: Step| match (p.get(), s) {
+            // The head (T) waits on (T,0,1): F unlocks, (T,0,0).
+            (0, Step::Relax) => {
+                l.fetch_sub(LOCKED_VAL, Ordering::Release);
+                p.set(1);
+            }
+            // Between the head's read of (T,0,0) and its CAS, R sets pending: (T,1,0).
+            (1, Step::HeadClaim) => {
+                let old = l.fetch_or(PENDING_VAL, Ordering::Acquire);
+                assert_ne!(old & TAIL_MASK, 0, "R must see the head's tail");
+                p.set(2);
+            }
+            // R saw a tail: it undoes its pending and, without a node, spins on trylock.
+            (2, Step::Relax) => {
+                l.fetch_and(!PENDING_VAL, Ordering::Relaxed);
+                p.set(3);
+            }
+            (3, Step::Relax) => {
+                assert!(!plain_trylock(&l), "the head is still queued");
+                idle += 1;
+                assert!(
+                    idle < STUCK,
+                    "the queue head spins with nobody left to act (lock word {:#x}): it waits \
+                     for a successor that never links",
+                    l.load(Ordering::Relaxed)
+                );
+            }
+            _ => {}
+        };
+        script::with(play, || queue::<Native>(&lock, &mut Episode::default()));
+        assert_eq!(phase.get(), 3, "the script played the whole race");
+        // T owns the lock and emptied the queue; R gets it once T unlocks.
+        assert_eq!(lock.load(Ordering::Relaxed), LOCKED_VAL);
+        assert!(!plain_trylock(&lock));
+        lock.fetch_sub(LOCKED_VAL, Ordering::Release);
+        assert!(plain_trylock(&lock), "R acquires after T");
     }
 
     #[test]
