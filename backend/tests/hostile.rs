@@ -7,8 +7,11 @@ use pvnet_backend::{Config, Server};
 use pvnet_testkit::frames::tagged::{self as frames, HELLO, MAGIC};
 use pvnet_testkit::harness::{guest_config, mac, server_with, TestServer};
 use pvnet_testkit::{desc, GuestConfig, RawDesc, Repost, TestGuest, VirtioNetHdr};
+use std::os::fd::{FromRawFd, IntoRawFd};
 use std::time::{Duration, Instant};
 use virtio_bindings::virtio_config::VIRTIO_F_IN_ORDER;
+use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
+use vmm_sys_util::eventfd::EventFd;
 
 fn start(name: &str, ports: usize, bound: Duration, tweak: impl FnOnce(&mut Config)) -> TestServer {
     let d = Config::default();
@@ -478,6 +481,82 @@ fn port_security_drops_spoofed_source_macs() {
     assert_eq!(recv_flow(&mut b, 7, 1, Duration::from_millis(100)), None);
     drop((a, b, c));
     s.shutdown();
+}
+
+/// A frontend's call descriptor is written by whichever thread delivers into its rings —
+/// other guests' workers. B hands pvnet a pipe that nobody reads (`pipe`), or an eventfd
+/// whose counter it set one below the maximum (`!pipe`): a blocking write would wait for
+/// good once the pipe is full (64 KiB, 8,192 calls) or at once, and A's worker with it (the
+/// A-to-B traffic, A's traffic to anyone, the switch's shutdown). The pipe is refused; an
+/// eventfd is made non-blocking, so a full one costs B its notifications, nothing more.
+fn a_call_fd_that_never_drains(pipe: bool) {
+    let _w = Watchdog::arm("call_fd", Duration::from_secs(60));
+    let s = start(
+        &format!("callfd{}", u8::from(pipe)),
+        2,
+        Duration::from_secs(2),
+        |_| {},
+    );
+    let mut a = connect(&s, 0, |_| {});
+    // Without EVENT_IDX and with interrupts on, B wants a call after every publication.
+    let mut b = connect(&s, 1, |o| o.features &= !(1 << VIRTIO_RING_F_EVENT_IDX));
+    b.set_interrupts(0, true, true).expect("interrupts");
+    learn(&mut [&mut a, &mut b]);
+    let mut fds = [0i32; 2];
+    let mut keep = None;
+    if pipe {
+        // SAFETY: pipe2 writes two descriptors into `fds`, which this test then owns.
+        assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+        // SAFETY: fds[1] is the pipe's write end, open and owned here; handed over once.
+        let w = unsafe { std::os::fd::OwnedFd::from_raw_fd(fds[1]) };
+        assert!(
+            b.set_vring_call_fd(0, w).is_err(),
+            "a pipe accepted as a call descriptor"
+        );
+    } else {
+        // A blocking eventfd of B's own (the kit's are non-blocking), full but for one.
+        let e = EventFd::new(0).expect("eventfd");
+        let copy = e.try_clone().expect("dup");
+        // SAFETY: `copy` owns its descriptor; the OwnedFd takes it over.
+        let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(copy.into_raw_fd()) };
+        b.set_vring_call_fd(0, fd).expect("an eventfd refused");
+        e.write(u64::MAX - 1).expect("counter");
+        keep = Some(e);
+    }
+    let t0 = Instant::now();
+    for k in 0..20_000u32 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "A stalled after {k} frames"
+        );
+        send(&mut a, &frames::build(mac(1), mac(0), MAGIC, 4, k, 60));
+        b.poll_rx().expect("receive");
+    }
+    let tx = &s.switch().ports[0].tx[0];
+    while tx.snapshot().tx_frames < 20_000 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "A stalled: {:?}",
+            tx.snapshot()
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    drop((a, b, keep));
+    s.shutdown();
+    if pipe {
+        // SAFETY: fds[0], the pipe's read end, is open and owned here.
+        unsafe { libc::close(fds[0]) };
+    }
+}
+
+#[test]
+fn a_pipe_as_call_descriptor_is_refused() {
+    a_call_fd_that_never_drains(true);
+}
+
+#[test]
+fn a_full_call_eventfd_stalls_no_sender() {
+    a_call_fd_that_never_drains(false);
 }
 
 /// Port security checks a frame's source MAC in pvnet's copy of its first bytes; the sender

@@ -4,7 +4,8 @@
 //! a bogus avail index, a connection closed under a busy ring, a memory table replaced under
 //! traffic.
 
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
+use vmm_sys_util::eventfd::EventFd;
 
 use virtio_bindings::bindings::virtio_ring::{
     VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE,
@@ -181,6 +182,19 @@ impl TestGuest {
             .get_mut(q / 2)
             .ok_or(Error::NoSuchPair((q / 2) as u16))?;
         if q % 2 == 0 { &mut p.rx } else { &mut p.tx }.set_avail_idx(v);
+        Ok(())
+    }
+
+    /// Sends SET_VRING_CALL for vring `q` with `fd` (any descriptor: a pipe nobody reads, say)
+    /// in place of the ring's eventfd, and waits until the device handled it (an error when
+    /// it refused it and dropped the connection). The kit keeps polling the ring as before.
+    pub fn set_vring_call_fd(&mut self, q: usize, fd: OwnedFd) -> Result<(), Error> {
+        // SAFETY: `fd` is an open descriptor this function owns; the EventFd takes it over
+        // and closes it when dropped (after the message carried a copy to the device).
+        let e = unsafe { EventFd::from_raw_fd(fd.into_raw_fd()) };
+        vh("SET_VRING_CALL", self.frontend.set_vring_call(q, &e))?;
+        // Requests are handled in order: the reply to a later one means this one is done.
+        vh("GET_FEATURES", self.frontend.get_features())?;
         Ok(())
     }
 

@@ -545,6 +545,7 @@ where
             .vrings
             .get(index as usize)
             .ok_or(VhostUserError::InvalidParam)?;
+        let file = vring_event_fd(file)?;
 
         // SAFETY: EventFd requires that it has sole ownership of its fd. So
         // does File, so this is safe.
@@ -564,6 +565,7 @@ where
             .vrings
             .get(index as usize)
             .ok_or(VhostUserError::InvalidParam)?;
+        let file = vring_event_fd(file)?;
 
         vring.set_call(file);
 
@@ -579,6 +581,7 @@ where
             .vrings
             .get(index as usize)
             .ok_or(VhostUserError::InvalidParam)?;
+        let file = vring_event_fd(file)?;
 
         vring.set_err(file);
 
@@ -938,6 +941,38 @@ where
 
         Ok(())
     }
+}
+
+/// pvnet patch: a vring's kick, call or error descriptor from the frontend must be an
+/// eventfd, and is made non-blocking. Upstream used whatever it was given with blocking
+/// reads and writes: a pipe nobody reads as a call fd (or an eventfd whose counter the
+/// frontend set near its maximum) blocked, once full, the thread signalling the ring for
+/// good — in a switch, another guest's worker delivering into this guest. Non-blocking, a
+/// full descriptor makes a notification fail instead (the device ignores that), and a read
+/// of a kick that is not there fails instead of waiting. (The flag is on the open file
+/// description, shared with the frontend: QEMU and DPDK make theirs non-blocking already.)
+/// Where `/proc/self/fd` cannot be read the kind is not checked; the flag still is set.
+fn vring_event_fd(file: Option<File>) -> VhostUserResult<Option<File>> {
+    let Some(f) = file else {
+        return Ok(None);
+    };
+    let fd = f.as_raw_fd();
+    if let Ok(target) = std::fs::read_link(format!("/proc/self/fd/{fd}")) {
+        if target.as_os_str() != "anon_inode:[eventfd]" {
+            log::warn!("vring descriptor refused: {} is not an eventfd", target.display());
+            return Err(VhostUserError::InvalidParam);
+        }
+    }
+    // SAFETY: fcntl on a descriptor `f` owns; F_GETFL/F_SETFL only read and change its
+    // status flags.
+    let ok = unsafe {
+        let flags = libc::fcntl(fd, libc::F_GETFL);
+        flags >= 0 && libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) >= 0
+    };
+    if !ok {
+        return Err(VhostUserError::ReqHandlerError(io::Error::last_os_error()));
+    }
+    Ok(Some(f))
 }
 
 impl<T: VhostUserBackend> Drop for VhostUserHandler<T> {
