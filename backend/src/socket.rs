@@ -37,7 +37,7 @@ use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 
 /// Default mode of the sockets pvnet creates: only its own user may connect.
@@ -102,10 +102,10 @@ fn probe(path: &Path) -> Result<Found, SocketError> {
     if !meta.file_type().is_socket() {
         return Ok(Found::NotSocket);
     }
-    match UnixStream::connect(path) {
+    match connect_now(path) {
         Ok(_) => Ok(Found::Live),
         Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => Ok(Found::Stale),
-        // A full backlog: somebody listens.
+        // A full backlog: somebody listens (and may never accept: not waited for).
         Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => Ok(Found::Live),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Found::Nothing),
         Err(e) => Err(io_err(path, "cannot probe the existing socket")(e)),
@@ -182,19 +182,54 @@ fn sockaddr(path: &Path) -> Option<(libc::sockaddr_un, libc::socklen_t)> {
     Some((addr, len as libc::socklen_t))
 }
 
+/// A new Unix stream socket (close-on-exec, and `flags`: `SOCK_NONBLOCK` or 0).
+fn unix_socket(flags: libc::c_int) -> io::Result<OwnedFd> {
+    // SAFETY: plain socket(2) call; the result is checked before use.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_UNIX,
+            libc::SOCK_STREAM | libc::SOCK_CLOEXEC | flags,
+            0,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just returned by socket(2) and is owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Connects to the Unix stream socket at `path` without waiting: a listener whose backlog is
+/// full fails with `EAGAIN` at once. (A blocking connect to it sleeps until the listener
+/// accepts, which a hung server never does.) The socket returned is non-blocking.
+fn connect_now(path: &Path) -> io::Result<OwnedFd> {
+    let (addr, len) = sockaddr(path).ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "path too long for a Unix socket",
+        )
+    })?;
+    let fd = unix_socket(libc::SOCK_NONBLOCK)?;
+    // SAFETY: `addr` is a valid sockaddr_un of which `len` bytes are initialised; `fd` is
+    // open for the whole call.
+    let r = unsafe {
+        libc::connect(
+            fd.as_raw_fd(),
+            (&addr as *const libc::sockaddr_un).cast(),
+            len,
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(fd)
+}
+
 /// A bound, not yet listening Unix stream socket at `path`.
 fn bind_only(path: &Path) -> Result<OwnedFd, SocketError> {
     let (addr, len) =
         sockaddr(path).ok_or_else(|| SocketError::TooLong(path.display().to_string()))?;
-    // SAFETY: plain socket(2) call; the result is checked before use.
-    let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(io_err(path, "cannot create socket")(
-            io::Error::last_os_error(),
-        ));
-    }
-    // SAFETY: `fd` was just returned by socket(2) and is owned by nobody else.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let fd = unix_socket(0).map_err(io_err(path, "cannot create socket"))?;
     // SAFETY: `addr` is a valid sockaddr_un of which `len` bytes are initialised.
     let r = unsafe {
         libc::bind(

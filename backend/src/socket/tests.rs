@@ -1,6 +1,9 @@
 use super::*;
-use pvnet_testkit::harness::close_listener;
+use pvnet_testkit::harness::{close_listener, full_listener};
 use std::io::Read;
+use std::os::unix::net::UnixStream;
+use std::sync::mpsc;
+use std::time::Duration;
 
 fn tmpdir(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("pvnet-sock-{}-{name}", std::process::id()));
@@ -66,6 +69,28 @@ fn stale_socket_replaced_live_socket_kept() {
     assert_eq!(std::fs::symlink_metadata(&p).unwrap().ino(), before);
     assert!(answers(&p), "the other listener still reachable");
     drop(other);
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+/// A listener whose backlog is full is live: `bind` says so at once instead of waiting (a
+/// blocking connect to it sleeps until it accepts, which a hung server never does).
+#[test]
+fn full_backlog_is_live_and_does_not_block() {
+    let d = tmpdir("backlog");
+    let p = d.join("a.sock");
+    let (listener, _queued) = full_listener(&p);
+    let (tx, rx) = mpsc::channel();
+    let q = p.clone();
+    std::thread::spawn(move || {
+        let _ = tx.send(bind(&q, 0o600, None).map(|_| ()));
+    });
+    match rx.recv_timeout(Duration::from_secs(5)) {
+        Ok(Err(SocketError::Live(s))) => assert!(s.contains("a.sock"), "{s}"),
+        Ok(r) => panic!("expected Live, got {r:?}"),
+        Err(_) => panic!("bind blocked on a listener with a full backlog"),
+    }
+    assert!(p.exists(), "the other listener's socket was kept");
+    drop(listener);
     let _ = std::fs::remove_dir_all(&d);
 }
 
