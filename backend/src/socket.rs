@@ -35,7 +35,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
@@ -242,6 +242,32 @@ fn bind_only(path: &Path) -> Result<OwnedFd, SocketError> {
         return Err(io_err(path, "cannot bind")(io::Error::last_os_error()));
     }
     Ok(fd)
+}
+
+/// Wakes, for good, whoever waits in `accept` on a listener, without going through its path
+/// (connecting to the path fails once the file was removed or renamed, and the accept then
+/// waits forever): `shutdown(SHUT_RD)` of the listening socket, through a duplicate of its
+/// fd, makes a blocked `accept` fail at once (`EINVAL`), and every later one, and refuses
+/// new connections.
+#[derive(Debug)]
+pub struct AcceptWaker(OwnedFd);
+
+impl AcceptWaker {
+    /// A waker of `listener` (holds a duplicate of its fd).
+    pub fn new(listener: &UnixListener) -> io::Result<AcceptWaker> {
+        Ok(AcceptWaker(listener.as_fd().try_clone_to_owned()?))
+    }
+
+    /// Wakes the accepting thread; the listener accepts nothing more.
+    pub fn wake(&self) {
+        // SAFETY: shutdown(2) on the fd this waker owns, open for the whole call.
+        if unsafe { libc::shutdown(self.0.as_raw_fd(), libc::SHUT_RD) } != 0 {
+            log::warn!(
+                "cannot wake a listener's accept: {}",
+                io::Error::last_os_error()
+            );
+        }
+    }
 }
 
 /// A port's socket on disk: its lock, and the identity of the socket file it created.

@@ -99,6 +99,27 @@ pub fn full_listener(path: &Path) -> (UnixListener, UnixStream) {
     (l, queued)
 }
 
+/// Runs `f` on a thread of its own and returns its result; panics, naming `what`, when it
+/// has not returned within `bound` (the thread is left behind: a test that hangs fails
+/// instead of hanging the run).
+pub fn within<T: Send + 'static>(
+    bound: Duration,
+    what: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    match rx.recv_timeout(bound) {
+        Ok(v) => v,
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+            panic!("{what}: not done within {bound:?}")
+        }
+        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => panic!("{what}: panicked"),
+    }
+}
+
 /// A switch with `ports` ports of `pairs` queue pairs and the given lock kinds, on sockets in
 /// [`tmpdir`]`(name)`.
 pub fn server(

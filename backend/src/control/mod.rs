@@ -10,7 +10,7 @@ pub mod proto;
 
 use crate::device::lock;
 use crate::server::Server;
-use crate::socket::{SocketError, SocketFile};
+use crate::socket::{AcceptWaker, SocketError, SocketFile};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -49,6 +49,7 @@ struct Clients {
 pub struct Control {
     path: PathBuf,
     file: SocketFile,
+    waker: AcceptWaker,
     stop: Arc<AtomicBool>,
     clients: Arc<Clients>,
     thread: Option<JoinHandle<()>>,
@@ -58,6 +59,8 @@ impl Control {
     /// Creates the control socket at `path` (mode 0600) and serves `server` on it.
     pub fn start(path: &Path, server: Arc<Server>) -> Result<Control, ControlError> {
         let (listener, file) = crate::socket::bind(path, 0o600, None)?;
+        let waker = AcceptWaker::new(&listener)
+            .map_err(|e| ControlError::Io(path.display().to_string(), e))?;
         let stop = Arc::new(AtomicBool::new(false));
         let clients = Arc::new(Clients::default());
         let (st, cl) = (stop.clone(), clients.clone());
@@ -68,6 +71,7 @@ impl Control {
         Ok(Control {
             path: path.to_path_buf(),
             file,
+            waker,
             stop,
             clients,
             thread: Some(thread),
@@ -83,7 +87,8 @@ impl Control {
     /// first), and removes the socket.
     pub fn stop(mut self) {
         self.stop.store(true, Ordering::SeqCst);
-        let _ = UnixStream::connect(&self.path);
+        // Not by connecting to the path: the file may be gone.
+        self.waker.wake();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }

@@ -124,6 +124,10 @@ pub(crate) fn port_loop<L: Locks>(
     let mut backoff = Backoff::new();
     while !ctl.stopping() {
         if let Err(e) = serve_one(&fabric, idx, &mut ep, &ctl, &mut backoff) {
+            // At a stop, a listening port's accept fails (its listener was shut down).
+            if ctl.stopping() {
+                break;
+            }
             log::error!("port {idx}: {e}");
             ctl.pause(FAILURE_PAUSE);
         }
@@ -240,7 +244,7 @@ fn serve_one<L: Locks>(
     // The connection's mappings go with the device; they are no longer guarded.
     drop(dev);
     port.guard.release_all();
-    // (At a stop, a listening port's loop was woken by a connection of pvnet's own.)
+    // (At a stop, a frontend accepted from the backlog was disconnected at once.)
     if connected && (revoked > 0 || !ctl.stopping()) {
         log_end(idx, ctl, res, faulted.then(|| port.guard.faults()), revoked);
     }
