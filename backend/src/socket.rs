@@ -37,8 +37,9 @@ use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
-use std::os::unix::net::UnixListener;
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 /// Default mode of the sockets pvnet creates: only its own user may connect.
 pub const DEFAULT_SOCKET_MODE: u32 = 0o600;
@@ -102,11 +103,11 @@ fn probe(path: &Path) -> Result<Found, SocketError> {
     if !meta.file_type().is_socket() {
         return Ok(Found::NotSocket);
     }
-    match connect_now(path) {
+    match connect(path, Duration::ZERO) {
         Ok(_) => Ok(Found::Live),
         Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => Ok(Found::Stale),
         // A full backlog: somebody listens (and may never accept: not waited for).
-        Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => Ok(Found::Live),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(Found::Live),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Found::Nothing),
         Err(e) => Err(io_err(path, "cannot probe the existing socket")(e)),
     }
@@ -199,30 +200,52 @@ fn unix_socket(flags: libc::c_int) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-/// Connects to the Unix stream socket at `path` without waiting: a listener whose backlog is
-/// full fails with `EAGAIN` at once. (A blocking connect to it sleeps until the listener
-/// accepts, which a hung server never does.) The socket returned is non-blocking.
-fn connect_now(path: &Path) -> io::Result<OwnedFd> {
+/// Connects to the Unix stream socket at `path`, waiting at most `wait` (zero: not at all)
+/// while the listener's backlog is full; past that it fails with `WouldBlock` (`EAGAIN`). A
+/// plain blocking connect to such a listener sleeps until the listener accepts, which a hung
+/// server never does. The stream returned is blocking, without timeouts.
+pub fn connect(path: &Path, wait: Duration) -> io::Result<UnixStream> {
     let (addr, len) = sockaddr(path).ok_or_else(|| {
         io::Error::new(
             io::ErrorKind::InvalidInput,
             "path too long for a Unix socket",
         )
     })?;
-    let fd = unix_socket(libc::SOCK_NONBLOCK)?;
-    // SAFETY: `addr` is a valid sockaddr_un of which `len` bytes are initialised; `fd` is
+    let nonblock = if wait.is_zero() {
+        libc::SOCK_NONBLOCK
+    } else {
+        0
+    };
+    let sock = UnixStream::from(unix_socket(nonblock)?);
+    if !wait.is_zero() {
+        // On Linux SO_SNDTIMEO bounds a blocking connect's wait for room in the backlog.
+        sock.set_write_timeout(Some(wait))?;
+    }
+    // SAFETY: `addr` is a valid sockaddr_un of which `len` bytes are initialised; the fd is
     // open for the whole call.
     let r = unsafe {
         libc::connect(
-            fd.as_raw_fd(),
+            sock.as_raw_fd(),
             (&addr as *const libc::sockaddr_un).cast(),
             len,
         )
     };
     if r != 0 {
-        return Err(io::Error::last_os_error());
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::EAGAIN) {
+            return Err(io::Error::new(
+                io::ErrorKind::WouldBlock,
+                "the listener does not accept connections (its backlog is full)",
+            ));
+        }
+        return Err(e);
     }
-    Ok(fd)
+    if wait.is_zero() {
+        sock.set_nonblocking(false)?;
+    } else {
+        sock.set_write_timeout(None)?;
+    }
+    Ok(sock)
 }
 
 /// A bound, not yet listening Unix stream socket at `path`.

@@ -1,7 +1,6 @@
 use super::*;
 use pvnet_testkit::harness::{close_listener, full_listener};
 use std::io::Read;
-use std::os::unix::net::UnixStream;
 use std::sync::mpsc;
 use std::time::Duration;
 
