@@ -158,6 +158,70 @@ fn lock_excludes_a_second_binder_and_is_released() {
     let _ = std::fs::remove_dir_all(&d);
 }
 
+/// A lock file pvnet did not create (another program's, or one a crashed pvnet left) is
+/// used, never removed.
+#[test]
+fn a_lock_file_pvnet_did_not_create_is_not_removed() {
+    let d = tmpdir("foreign-lock");
+    let p = d.join("a.sock");
+    let lock = d.join("a.sock.lock");
+    std::fs::write(&lock, b"theirs").unwrap();
+    let (l, f) = bind(&p, 0o600, None).expect("bind");
+    // Still the lock: a second binder is refused.
+    assert!(matches!(
+        bind(&p, 0o600, None),
+        Err(SocketError::Locked(..))
+    ));
+    drop((l, f));
+    assert!(!p.exists(), "our socket removed");
+    assert_eq!(std::fs::read(&lock).expect("lock file kept"), b"theirs");
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+/// A bind that fails after taking the lock leaves no lock file behind.
+#[test]
+fn failed_binds_leave_no_lock_file() {
+    let d = tmpdir("failed-lock");
+    let no_lock = |name: &str| {
+        let names: Vec<_> = std::fs::read_dir(&d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| n.ends_with(".lock"))
+            .collect();
+        assert!(names.is_empty(), "{name}: lock files left: {names:?}");
+    };
+    // Somebody else's live socket.
+    let p = d.join("live.sock");
+    let other = UnixListener::bind(&p).unwrap();
+    assert!(matches!(bind(&p, 0o600, None), Err(SocketError::Live(_))));
+    no_lock("live socket");
+    drop(other);
+    // Not a socket.
+    let p = d.join("file.sock");
+    std::fs::write(&p, b"keep").unwrap();
+    assert!(matches!(
+        bind(&p, 0o600, None),
+        Err(SocketError::NotSocket(_))
+    ));
+    no_lock("not a socket");
+    // Not a socket at the temporary name.
+    let p = d.join("tmp.sock");
+    std::fs::create_dir(d.join(".tmp.sock.tmp")).unwrap();
+    assert!(matches!(
+        bind(&p, 0o600, None),
+        Err(SocketError::NotSocket(_))
+    ));
+    no_lock("temporary name taken");
+    // Too long for a socket address (not for a file name).
+    let p = d.join("x".repeat(110));
+    assert!(matches!(
+        bind(&p, 0o600, None),
+        Err(SocketError::TooLong(_))
+    ));
+    no_lock("too long");
+    let _ = std::fs::remove_dir_all(&d);
+}
+
 #[test]
 fn too_long_and_canonical() {
     let d = tmpdir("long");
