@@ -19,10 +19,26 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 use pvnet_locks::family::resolve_rw;
 use pvnet_locks::{rw_stats, spin_stats};
+use std::collections::HashMap;
+use std::net::{SocketAddr, TcpListener};
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+/// How long writing an answer may make no progress before the client is given up (see
+/// [`GivenUp`]): a client that does not read its answers holds the one serving thread (the
+/// other scrapes, and [`Metrics::stop`]) up this long, not forever. `SO_SNDTIMEO` of the
+/// connections: it bounds each send(2), and a send that progresses starts a new one.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(1);
+/// Longest time an answer may take to write (a client that reads, but too slowly, is given
+/// up as well): checked between the pieces of the body tiny_http writes.
+const ANSWER_DEADLINE: Duration = Duration::from_secs(5);
+/// A client given up is forgotten when it has sent nothing for this long.
+const FORGET_AFTER: Duration = Duration::from_secs(60);
+/// Most clients given up that are remembered at once.
+const MAX_GIVEN_UP: usize = 256;
 
 /// Errors starting the metrics endpoint.
 #[derive(Debug, thiserror::Error)]
@@ -255,8 +271,11 @@ impl Metrics {
     /// Serves `sw`'s metrics at `http://ADDR/metrics` (`ADDR` as `host:port`; port 0 picks
     /// a free one, see [`Metrics::addr`]).
     pub fn start(addr: &str, sw: Arc<Switch>) -> Result<Metrics, MetricsError> {
-        let server = tiny_http::Server::http(addr)
-            .map_err(|e| MetricsError::Bind(addr.to_string(), e.to_string()))?;
+        let bind_err =
+            |e: &dyn std::fmt::Display| MetricsError::Bind(addr.to_string(), e.to_string());
+        let listener = TcpListener::bind(addr).map_err(|e| bind_err(&e))?;
+        set_send_timeout(&listener, WRITE_TIMEOUT).map_err(|e| bind_err(&e))?;
+        let server = tiny_http::Server::from_listener(listener, None).map_err(|e| bind_err(&e))?;
         let bound = server
             .server_addr()
             .to_ip()
@@ -289,26 +308,129 @@ impl Metrics {
     }
 }
 
+/// Sets `SO_SNDTIMEO` on `listener`; on Linux the connections it accepts inherit it. (Not
+/// `SO_RCVTIMEO`: on a listening socket that bounds `accept` itself, and tiny_http's accept
+/// thread ends at the first accept error.)
+fn set_send_timeout(listener: &TcpListener, d: Duration) -> std::io::Result<()> {
+    let tv = libc::timeval {
+        tv_sec: d.as_secs().try_into().unwrap_or(libc::time_t::MAX),
+        tv_usec: d.subsec_micros().into(),
+    };
+    // SAFETY: setsockopt(2) on the fd `listener` owns, open for the whole call, with a
+    // timeval of the size given.
+    let r = unsafe {
+        libc::setsockopt(
+            listener.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_SNDTIMEO,
+            (&tv as *const libc::timeval).cast(),
+            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+        )
+    };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The clients whose answer could not be written (they do not read, or not fast enough):
+/// their further requests are dropped unanswered, without writing anything, so that such a
+/// client holds the serving thread up once (for [`WRITE_TIMEOUT`] without progress, at most
+/// about [`ANSWER_DEADLINE`]), not once per request it pipelined. A client is known by its address (unique among open connections) and
+/// forgotten once it has sent nothing for [`FORGET_AFTER`] (a new connection from the same
+/// address is then served again), or when [`MAX_GIVEN_UP`] newer ones are known.
+#[derive(Default)]
+struct GivenUp(HashMap<SocketAddr, Instant>);
+
+impl GivenUp {
+    /// Whether `peer` was given up; notes that it was seen now.
+    fn seen(&mut self, peer: SocketAddr, now: Instant) -> bool {
+        if self.0.is_empty() {
+            return false;
+        }
+        self.0
+            .retain(|_, t| now.saturating_duration_since(*t) < FORGET_AFTER);
+        match self.0.get_mut(&peer) {
+            Some(t) => {
+                *t = now;
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn add(&mut self, peer: SocketAddr, now: Instant) {
+        if self.0.len() >= MAX_GIVEN_UP {
+            if let Some(oldest) = self.0.iter().min_by_key(|(_, t)| **t).map(|(p, _)| *p) {
+                self.0.remove(&oldest);
+            }
+        }
+        self.0.insert(peer, now);
+    }
+}
+
+/// An answer's body, read by tiny_http as it writes the answer: it fails (and with it the
+/// answer) once [`ANSWER_DEADLINE`] has passed or the endpoint is stopping.
+struct Body<'a> {
+    data: std::io::Cursor<Vec<u8>>,
+    until: Instant,
+    stop: &'a AtomicBool,
+}
+
+impl std::io::Read for Body<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.stop.load(Ordering::Relaxed) {
+            return Err(std::io::Error::other("the metrics endpoint is stopping"));
+        }
+        if Instant::now() >= self.until {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "answer not taken in time",
+            ));
+        }
+        self.data.read(buf)
+    }
+}
+
 fn serve(server: &tiny_http::Server, reg: &Registry, stop: &AtomicBool) {
+    let mut given_up = GivenUp::default();
     while !stop.load(Ordering::SeqCst) {
         let Ok(Some(req)) = server.recv_timeout(Duration::from_millis(100)) else {
             continue;
         };
-        let resp = if req.url() == "/metrics" || req.url().starts_with("/metrics?") {
-            let ct = tiny_http::Header::from_bytes(
-                "Content-Type",
-                prometheus_client::encoding::prometheus_text::CONTENT_TYPE,
-            )
-            .ok();
-            let mut r = tiny_http::Response::from_string(render(reg));
-            if let Some(h) = ct {
-                r.add_header(h);
-            }
-            r
+        let peer = req.remote_addr().copied();
+        if peer.is_some_and(|p| given_up.seen(p, Instant::now())) {
+            // Dropping the request itself would write a 500 answer; its bare writer writes
+            // nothing.
+            drop(req.into_writer());
+            continue;
+        }
+        let (code, text) = if req.url() == "/metrics" || req.url().starts_with("/metrics?") {
+            (200, render(reg))
         } else {
-            tiny_http::Response::from_string("not found; try /metrics\n").with_status_code(404)
+            (404, "not found; try /metrics\n".to_string())
         };
-        let _ = req.respond(resp);
+        let mut resp = tiny_http::Response::empty(code);
+        let ct = match code {
+            200 => prometheus_client::encoding::prometheus_text::CONTENT_TYPE,
+            _ => "text/plain; charset=UTF-8",
+        };
+        if let Ok(h) = tiny_http::Header::from_bytes("Content-Type", ct) {
+            resp.add_header(h);
+        }
+        let len = text.len();
+        let body = Body {
+            data: std::io::Cursor::new(text.into_bytes()),
+            until: Instant::now() + ANSWER_DEADLINE,
+            stop,
+        };
+        let resp = resp.with_data(body, Some(len));
+        if let Err(e) = req.respond(resp) {
+            if let Some(p) = peer {
+                log::debug!("metrics: cannot answer {p} ({e}); ignoring its requests for now");
+                given_up.add(p, Instant::now());
+            }
+        }
     }
 }
 
@@ -347,5 +469,52 @@ mod tests {
             text.contains("pvnet_lock_events_total{lock=\"queue\""),
             "{text}"
         );
+    }
+
+    /// A client that pipelines scrapes and never reads the answers holds up neither the
+    /// other scrapers nor `stop`.
+    #[test]
+    fn a_client_not_reading_stalls_neither_scrapes_nor_stop() {
+        use std::io::{Read, Write};
+        use std::net::TcpStream;
+        use std::time::Instant;
+        let sw = Switch::new(Config {
+            sockets: vec!["/nonexistent/a".into(), "/nonexistent/b".into()],
+            queue_pairs: 16,
+            ..Config::default()
+        });
+        let m = Metrics::start("127.0.0.1:0", sw).expect("metrics");
+        let addr = m.addr().to_string();
+        let mut hog = TcpStream::connect(&addr).expect("connect");
+        let hog_writer = std::thread::spawn(move || {
+            let reqs = b"GET /metrics HTTP/1.1\r\nHost: pvnet\r\n\r\n".repeat(2000);
+            let _ = hog.write_all(&reqs);
+            hog
+        });
+        // Enough time for the answers to fill the socket buffers.
+        std::thread::sleep(Duration::from_secs(1));
+        let t0 = Instant::now();
+        let mut c = TcpStream::connect(&addr).expect("connect");
+        c.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        c.write_all(b"GET /metrics HTTP/1.1\r\nHost: pvnet\r\nConnection: close\r\n\r\n")
+            .expect("request");
+        let mut answer = String::new();
+        let read = c.read_to_string(&mut answer);
+        assert!(
+            read.is_ok() && answer.starts_with("HTTP/1.1 200"),
+            "no scrape while a client does not read ({read:?} after {:?}): {:.80}",
+            t0.elapsed(),
+            answer
+        );
+        assert!(answer.contains("pvnet_tx_frames_total{port=\"1\",queue=\"15\"} 0"));
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            m.stop();
+            let _ = tx.send(());
+        });
+        rx.recv_timeout(Duration::from_secs(10))
+            .expect("stop hung on a client that does not read");
+        drop(hog_writer);
     }
 }

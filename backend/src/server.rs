@@ -9,7 +9,7 @@ mod conn;
 use crate::config::{Config, ConfigError};
 use crate::datapath::pmd::Pmd;
 use crate::device::lock;
-use crate::socket::{SocketError, SocketFile};
+use crate::socket::{AcceptWaker, SocketError, SocketFile};
 use crate::switch::{Fabric, FabricView, LockSet, Locks, Switch};
 use crate::tap::{TapDevice, TapPort, Uplinks};
 use conn::{Endpoint, PortCtl};
@@ -94,6 +94,8 @@ struct Running {
     ctl: Arc<PortCtl>,
     thread: Option<JoinHandle<()>>,
     file: Option<SocketFile>,
+    /// Wakes the loop's `accept` at a stop (listening ports).
+    waker: Option<AcceptWaker>,
 }
 
 /// Starts connection loops for the lock set the fabric was compiled for.
@@ -382,7 +384,7 @@ impl Server {
         idx: usize,
         kind: PortMode,
         path: PathBuf,
-        (ep, file, canonical): Prepared,
+        (ep, file, waker, canonical): Prepared,
     ) -> Result<(), PortError> {
         let ctl = Arc::new(PortCtl::new());
         // A fault in this port's guest memory (reported by the memguard reaper thread):
@@ -403,6 +405,7 @@ impl Server {
             ctl,
             thread: Some(thread),
             file,
+            waker,
         };
         let mut slots = lock(&self.slots);
         if self.closed.load(Ordering::SeqCst) {
@@ -416,8 +419,9 @@ impl Server {
     }
 }
 
-/// A port's endpoint, its socket file (pvnet listens) and its canonical path.
-type Prepared = (Endpoint, Option<SocketFile>, PathBuf);
+/// A port's endpoint, its socket file and the waker of its accept (pvnet listens), and its
+/// canonical path.
+type Prepared = (Endpoint, Option<SocketFile>, Option<AcceptWaker>, PathBuf);
 
 fn prepare(kind: PortMode, path: &Path, cfg: &Config) -> Result<Prepared, PortError> {
     let canonical = crate::socket::canonical(path)
@@ -426,9 +430,16 @@ fn prepare(kind: PortMode, path: &Path, cfg: &Config) -> Result<Prepared, PortEr
         PortMode::Socket => {
             // On error, the SocketFile's Drop removes what was bound.
             let (l, f) = crate::socket::bind(path, cfg.socket_mode, cfg.socket_group)?;
-            (Endpoint::Listen(Listener::from(l)), Some(f), canonical)
+            let waker =
+                AcceptWaker::new(&l).map_err(|e| PortError::Path(path.display().to_string(), e))?;
+            (
+                Endpoint::Listen(Listener::from(l)),
+                Some(f),
+                Some(waker),
+                canonical,
+            )
         }
-        PortMode::Client => (Endpoint::Connect(path.to_path_buf()), None, canonical),
+        PortMode::Client => (Endpoint::Connect(path.to_path_buf()), None, None, canonical),
         PortMode::Tap => {
             return Err(PortError::Path(
                 path.display().to_string(),
@@ -456,9 +467,9 @@ fn find(slots: &[Option<Running>], name: &str) -> Option<usize> {
 fn stop(r: &mut Running) {
     r.ctl.stop.store(true, Ordering::SeqCst);
     r.ctl.shutdown();
-    if r.info.kind == PortMode::Socket {
-        // Unblock a pending accept().
-        let _ = std::os::unix::net::UnixStream::connect(&r.info.path);
+    // Unblock a pending accept() (not by connecting to the path: the file may be gone).
+    if let Some(w) = &r.waker {
+        w.wake();
     }
     if let Some(t) = r.thread.take() {
         let _ = t.join();

@@ -5,10 +5,12 @@
 //! path, so the path is a security boundary: a local user who can create it while pvnet is
 //! down receives a reconnecting QEMU's memory. Creating a port's socket therefore goes:
 //!
-//! 1. **Lock** `PATH.lock` (created `0600`, `flock(LOCK_EX | LOCK_NB)`, held for the life of
-//!    the port, checked to still be the file at that path after locking). Two pvnet
-//!    processes, or two ports of one process, never work on the same path at once; a second
-//!    one fails at once with a clear error.
+//! 1. **Lock** `PATH.lock` (created `0600` when missing, `flock(LOCK_EX | LOCK_NB)`, held for
+//!    the life of the port, checked to still be the file at that path after locking). Two
+//!    pvnet processes, or two ports of one process, never work on the same path at once; a
+//!    second one fails at once with a clear error. A lock file that was already there
+//!    (another program's, or one a crashed pvnet left) is used but never removed; one pvnet
+//!    created is removed when the port goes, and when its socket could not be created.
 //! 2. **Look** at `PATH` (`lstat`): absent is fine; a socket that refuses connections is a
 //!    stale one (its server died); a socket that accepts (or whose backlog is full) belongs
 //!    to a live server — another pvnet, or someone else — and is left alone with an error;
@@ -31,14 +33,16 @@
 //! rename cannot replace another user's file at all).
 //!
 //! On shutdown the socket is removed only while `PATH` is still the socket this port created
-//! (same device and inode), then the lock file, while still holding its lock.
+//! (same device and inode), then the lock file if pvnet created it, while still holding its
+//! lock.
 
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 /// Default mode of the sockets pvnet creates: only its own user may connect.
 pub const DEFAULT_SOCKET_MODE: u32 = 0o600;
@@ -102,11 +106,11 @@ fn probe(path: &Path) -> Result<Found, SocketError> {
     if !meta.file_type().is_socket() {
         return Ok(Found::NotSocket);
     }
-    match UnixStream::connect(path) {
+    match connect(path, Duration::ZERO) {
         Ok(_) => Ok(Found::Live),
         Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => Ok(Found::Stale),
-        // A full backlog: somebody listens.
-        Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => Ok(Found::Live),
+        // A full backlog: somebody listens (and may never accept: not waited for).
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(Found::Live),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Found::Nothing),
         Err(e) => Err(io_err(path, "cannot probe the existing socket")(e)),
     }
@@ -129,21 +133,67 @@ fn sibling(path: &Path, prefix: &str, suffix: &str) -> PathBuf {
     path.with_file_name(name)
 }
 
-/// Opens and locks `PATH.lock`, retrying when the file was replaced while we waited.
-fn lock(path: &Path) -> Result<(File, PathBuf), SocketError> {
+/// A held lock on `PATH.lock`: the `flock` is the lock, released when this is dropped. The
+/// file is removed then (still under the lock, and only while the path is still that file)
+/// when this process created it; a lock file that was there before (another program's, or
+/// one a crashed pvnet left) is used and left in place.
+#[derive(Debug)]
+struct Lock {
+    file: File,
+    path: PathBuf,
+    created: bool,
+}
+
+impl Drop for Lock {
+    fn drop(&mut self) {
+        if !self.created {
+            return;
+        }
+        if let (Ok(m), Ok(ours)) = (std::fs::symlink_metadata(&self.path), self.file.metadata()) {
+            if m.dev() == ours.dev() && m.ino() == ours.ino() {
+                let _ = std::fs::remove_file(&self.path);
+            }
+        }
+    }
+}
+
+/// Opens `path` for locking: a new file (`create`), or the existing one.
+fn open_lock_file(path: &Path, create: bool) -> io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(create)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+}
+
+/// Opens and locks `PATH.lock` (creating it when missing), retrying when the file was
+/// removed or replaced while we waited.
+fn lock(path: &Path) -> Result<Lock, SocketError> {
     let lock_path = sibling(path, "", ".lock");
     for _ in 0..8 {
-        let f = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(&lock_path)
-            .map_err(io_err(&lock_path, "cannot open lock file"))?;
+        let (file, created) = match open_lock_file(&lock_path, true) {
+            Ok(f) => (f, true),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                match open_lock_file(&lock_path, false) {
+                    Ok(f) => (f, false),
+                    // Removed in between by its previous holder.
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(io_err(&lock_path, "cannot open lock file")(e)),
+                }
+            }
+            Err(e) => return Err(io_err(&lock_path, "cannot create lock file")(e)),
+        };
+        // Not removed on drop until it is locked: a file we created may already be locked
+        // by another process that opened it in between, and is then that process's lock.
+        let mut lock = Lock {
+            file,
+            path: lock_path.clone(),
+            created: false,
+        };
         // SAFETY: flock on a descriptor we own; no memory is involved.
-        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        if unsafe { libc::flock(lock.file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
             let e = io::Error::last_os_error();
             if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
                 return Err(SocketError::Locked(
@@ -153,10 +203,14 @@ fn lock(path: &Path) -> Result<(File, PathBuf), SocketError> {
             }
             return Err(io_err(&lock_path, "cannot lock")(e));
         }
+        lock.created = created;
         // The previous holder may have removed the file between our open and our lock.
-        let ours = f.metadata().map_err(io_err(&lock_path, "cannot stat"))?;
+        let ours = lock
+            .file
+            .metadata()
+            .map_err(io_err(&lock_path, "cannot stat"))?;
         match std::fs::symlink_metadata(&lock_path) {
-            Ok(m) if m.dev() == ours.dev() && m.ino() == ours.ino() => return Ok((f, lock_path)),
+            Ok(m) if m.dev() == ours.dev() && m.ino() == ours.ino() => return Ok(lock),
             _ => continue,
         }
     }
@@ -182,19 +236,76 @@ fn sockaddr(path: &Path) -> Option<(libc::sockaddr_un, libc::socklen_t)> {
     Some((addr, len as libc::socklen_t))
 }
 
+/// A new Unix stream socket (close-on-exec, and `flags`: `SOCK_NONBLOCK` or 0).
+fn unix_socket(flags: libc::c_int) -> io::Result<OwnedFd> {
+    // SAFETY: plain socket(2) call; the result is checked before use.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_UNIX,
+            libc::SOCK_STREAM | libc::SOCK_CLOEXEC | flags,
+            0,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just returned by socket(2) and is owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Connects to the Unix stream socket at `path`, waiting at most `wait` (zero: not at all)
+/// while the listener's backlog is full; past that it fails with `WouldBlock` (`EAGAIN`). A
+/// plain blocking connect to such a listener sleeps until the listener accepts, which a hung
+/// server never does. The stream returned is blocking, without timeouts.
+pub fn connect(path: &Path, wait: Duration) -> io::Result<UnixStream> {
+    let (addr, len) = sockaddr(path).ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "path too long for a Unix socket",
+        )
+    })?;
+    let nonblock = if wait.is_zero() {
+        libc::SOCK_NONBLOCK
+    } else {
+        0
+    };
+    let sock = UnixStream::from(unix_socket(nonblock)?);
+    if !wait.is_zero() {
+        // On Linux SO_SNDTIMEO bounds a blocking connect's wait for room in the backlog.
+        sock.set_write_timeout(Some(wait))?;
+    }
+    // SAFETY: `addr` is a valid sockaddr_un of which `len` bytes are initialised; the fd is
+    // open for the whole call.
+    let r = unsafe {
+        libc::connect(
+            sock.as_raw_fd(),
+            (&addr as *const libc::sockaddr_un).cast(),
+            len,
+        )
+    };
+    if r != 0 {
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::EAGAIN) {
+            return Err(io::Error::new(
+                io::ErrorKind::WouldBlock,
+                "the listener does not accept connections (its backlog is full)",
+            ));
+        }
+        return Err(e);
+    }
+    if wait.is_zero() {
+        sock.set_nonblocking(false)?;
+    } else {
+        sock.set_write_timeout(None)?;
+    }
+    Ok(sock)
+}
+
 /// A bound, not yet listening Unix stream socket at `path`.
 fn bind_only(path: &Path) -> Result<OwnedFd, SocketError> {
     let (addr, len) =
         sockaddr(path).ok_or_else(|| SocketError::TooLong(path.display().to_string()))?;
-    // SAFETY: plain socket(2) call; the result is checked before use.
-    let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(io_err(path, "cannot create socket")(
-            io::Error::last_os_error(),
-        ));
-    }
-    // SAFETY: `fd` was just returned by socket(2) and is owned by nobody else.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let fd = unix_socket(0).map_err(io_err(path, "cannot create socket"))?;
     // SAFETY: `addr` is a valid sockaddr_un of which `len` bytes are initialised.
     let r = unsafe {
         libc::bind(
@@ -209,11 +320,37 @@ fn bind_only(path: &Path) -> Result<OwnedFd, SocketError> {
     Ok(fd)
 }
 
+/// Wakes, for good, whoever waits in `accept` on a listener, without going through its path
+/// (connecting to the path fails once the file was removed or renamed, and the accept then
+/// waits forever): `shutdown(SHUT_RD)` of the listening socket, through a duplicate of its
+/// fd, makes a blocked `accept` fail at once (`EINVAL`), and every later one, and refuses
+/// new connections.
+#[derive(Debug)]
+pub struct AcceptWaker(OwnedFd);
+
+impl AcceptWaker {
+    /// A waker of `listener` (holds a duplicate of its fd).
+    pub fn new(listener: &UnixListener) -> io::Result<AcceptWaker> {
+        Ok(AcceptWaker(listener.as_fd().try_clone_to_owned()?))
+    }
+
+    /// Wakes the accepting thread; the listener accepts nothing more.
+    pub fn wake(&self) {
+        // SAFETY: shutdown(2) on the fd this waker owns, open for the whole call.
+        if unsafe { libc::shutdown(self.0.as_raw_fd(), libc::SHUT_RD) } != 0 {
+            log::warn!(
+                "cannot wake a listener's accept: {}",
+                io::Error::last_os_error()
+            );
+        }
+    }
+}
+
 /// A port's socket on disk: its lock, and the identity of the socket file it created.
 #[derive(Debug)]
 pub struct SocketFile {
     path: PathBuf,
-    lock: Option<(File, PathBuf)>,
+    lock: Option<Lock>,
     dev: u64,
     ino: u64,
 }
@@ -225,17 +362,14 @@ impl SocketFile {
     }
 
     /// Removes the socket (only while the path is still the one this port created) and the
-    /// lock file, then releases the lock. Idempotent.
+    /// lock file (only when pvnet created it), then releases the lock. Idempotent.
     pub fn remove(&mut self) {
         if let Ok(m) = std::fs::symlink_metadata(&self.path) {
             if m.dev() == self.dev && m.ino() == self.ino {
                 let _ = std::fs::remove_file(&self.path);
             }
         }
-        if let Some((f, p)) = self.lock.take() {
-            let _ = std::fs::remove_file(&p);
-            drop(f);
-        }
+        drop(self.lock.take());
     }
 }
 

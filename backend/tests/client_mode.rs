@@ -1,11 +1,12 @@
 //! Client mode (`Config::clients`): the frontend listens, the port connects, and connects
 //! again to the next frontend on the same path after the first one went away.
 
-use pvnet_backend::server::BACKOFF_MAX;
+use pvnet_backend::server::{PortMode, BACKOFF_MAX};
 use pvnet_backend::{Config, Server};
-use pvnet_testkit::harness::tmpdir;
+use pvnet_testkit::harness::{self, full_listener, tmpdir};
 use pvnet_testkit::{frames, GuestConfig, TestGuest, VirtioNetHdr};
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 fn cfg(mac: [u8; 6]) -> GuestConfig {
@@ -68,4 +69,37 @@ fn client_port_connects_to_the_next_frontend() {
     assert_eq!(sw.ports[1].connections.load(Ordering::Acquire), 2);
     drop((ga, g2));
     server.shutdown();
+}
+
+/// A frontend that listens but never accepts (its backlog full: hung, or flooded) holds the
+/// port in its connection attempts, not in one of them: the port is deleted, and the switch
+/// shut down, all the same.
+#[test]
+fn del_port_and_shutdown_do_not_wait_for_a_frontend_that_never_accepts() {
+    let d = tmpdir("client-full");
+    let (q1, q2) = (d.join("qemu1.sock"), d.join("qemu2.sock"));
+    let (_l1, _c1) = full_listener(&q1);
+    let (_l2, _c2) = full_listener(&q2);
+    let server = Arc::new(
+        Server::start(Config {
+            sockets: vec![d.join("a.sock")],
+            clients: vec![q1],
+            queue_pairs: 1,
+            max_ports: 3,
+            ..Config::default()
+        })
+        .expect("server"),
+    );
+    let idx = server.add_port(PortMode::Client, &q2).expect("add");
+    // Both ports are in connect() by now.
+    std::thread::sleep(Duration::from_millis(300));
+    let s = server.clone();
+    let info = harness::within(Duration::from_secs(5), "del-port", move || {
+        s.del_port(&format!("port{idx}"))
+    })
+    .expect("deleted");
+    assert_eq!(info.idx, idx);
+    harness::within(Duration::from_secs(5), "shutdown", move || {
+        server.shutdown()
+    });
 }

@@ -3,6 +3,7 @@
 //! nothing; a deleted port's socket is gone and its grants and MACs with it.
 
 use pvnet_backend::control::{Control, MAX_CLIENTS, MAX_LINE};
+use pvnet_backend::server::PortMode;
 use pvnet_backend::{Config, Server};
 use pvnet_testkit::harness::{self, tmpdir, Run};
 use pvnet_testkit::{GuestConfig, TestGuest};
@@ -336,5 +337,43 @@ fn idle_clients_are_bounded() {
         std::thread::sleep(Duration::from_millis(20));
     }
     control.stop();
+    server.shutdown();
+}
+
+/// A listening port whose socket file was removed behind pvnet's back (an administrator,
+/// tmpfiles) is deleted all the same, and so are the ports at shutdown: stopping a port
+/// does not need its path.
+#[test]
+fn del_port_and_shutdown_do_not_need_the_socket_file() {
+    let d = tmpdir("ctl-gone");
+    let (server, control) = start(&d, 4);
+    let p = d.join("gone.sock");
+    let idx = server.add_port(PortMode::Socket, &p).expect("add");
+    // The port's loop is waiting in accept() by now (or will find the request on its way).
+    std::thread::sleep(Duration::from_millis(100));
+    std::fs::remove_file(&p).expect("remove the socket file");
+    let s = server.clone();
+    let info = harness::within(Duration::from_secs(5), "del-port", move || {
+        s.del_port(&format!("port{idx}"))
+    })
+    .expect("deleted");
+    assert_eq!(info.idx, idx);
+    control.stop();
+    std::fs::remove_file(d.join("p0.sock")).expect("remove the socket file");
+    harness::within(Duration::from_secs(5), "shutdown", move || {
+        server.shutdown()
+    });
+}
+
+/// The control socket stops even when its socket file was removed behind pvnet's back.
+#[test]
+fn control_stop_does_not_need_the_socket_file() {
+    let d = tmpdir("ctl-gone2");
+    let (server, control) = start(&d, 2);
+    std::thread::sleep(Duration::from_millis(100));
+    std::fs::remove_file(d.join("ctl.sock")).expect("remove the socket file");
+    harness::within(Duration::from_secs(5), "Control::stop", move || {
+        control.stop()
+    });
     server.shutdown();
 }

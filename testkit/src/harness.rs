@@ -8,7 +8,7 @@
 use std::collections::{HashMap, HashSet};
 use std::ops::{Deref, DerefMut};
 use std::os::fd::AsRawFd;
-use std::os::unix::net::UnixListener;
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
@@ -83,6 +83,41 @@ pub fn close_listener(l: UnixListener) {
     // SAFETY: shutdown(2) on the socket fd `l` owns, open for the whole call.
     let r = unsafe { libc::shutdown(l.as_raw_fd(), libc::SHUT_RDWR) };
     assert_eq!(r, 0, "shutdown: {}", std::io::Error::last_os_error());
+}
+
+/// A listener at `path` that never accepts and whose backlog is full: listening with a
+/// backlog of 0, with one connection (returned) queued and never accepted. A blocking
+/// `connect` to it sleeps until the listener accepts or closes; a non-blocking one fails with
+/// `EAGAIN` (what a hung server, or one flooded with connections, looks like).
+pub fn full_listener(path: &Path) -> (UnixListener, UnixStream) {
+    let l = UnixListener::bind(path).expect("bind");
+    // SAFETY: listen(2) on the socket fd `l` owns, open for the whole call (a second listen
+    // on a listening Unix socket sets its backlog).
+    let r = unsafe { libc::listen(l.as_raw_fd(), 0) };
+    assert_eq!(r, 0, "listen: {}", std::io::Error::last_os_error());
+    let queued = UnixStream::connect(path).expect("the one queued connection");
+    (l, queued)
+}
+
+/// Runs `f` on a thread of its own and returns its result; panics, naming `what`, when it
+/// has not returned within `bound` (the thread is left behind: a test that hangs fails
+/// instead of hanging the run).
+pub fn within<T: Send + 'static>(
+    bound: Duration,
+    what: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    match rx.recv_timeout(bound) {
+        Ok(v) => v,
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+            panic!("{what}: not done within {bound:?}")
+        }
+        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => panic!("{what}: panicked"),
+    }
 }
 
 /// A switch with `ports` ports of `pairs` queue pairs and the given lock kinds, on sockets in

@@ -21,6 +21,9 @@ pub const BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// A client-mode connection shorter than this does not reset the back-off: a frontend that
 /// accepts and hangs up at once is retried ever more slowly, up to [`BACKOFF_MAX`].
 const STABLE: Duration = Duration::from_secs(1);
+/// Longest wait of one connection attempt in client mode for a frontend whose listen
+/// backlog is full (it does not accept: hung, or flooded with connections).
+const CONNECT_WAIT: Duration = Duration::from_secs(1);
 /// Pause after a local failure (device or daemon creation).
 const FAILURE_PAUSE: Duration = Duration::from_millis(100);
 
@@ -124,6 +127,10 @@ pub(crate) fn port_loop<L: Locks>(
     let mut backoff = Backoff::new();
     while !ctl.stopping() {
         if let Err(e) = serve_one(&fabric, idx, &mut ep, &ctl, &mut backoff) {
+            // At a stop, a listening port's accept fails (its listener was shut down).
+            if ctl.stopping() {
+                break;
+            }
             log::error!("port {idx}: {e}");
             ctl.pause(FAILURE_PAUSE);
         }
@@ -131,7 +138,8 @@ pub(crate) fn port_loop<L: Locks>(
 }
 
 /// Connects to the frontend listening at `path`, retrying with back-off; false when told to
-/// stop first.
+/// stop first. One attempt waits at most [`CONNECT_WAIT`] for a frontend whose listen
+/// backlog is full, so that a stop is seen within about that long.
 fn connect<T>(
     daemon: &mut VhostUserDaemon<T>,
     idx: usize,
@@ -148,23 +156,24 @@ where
         + Sync,
     T::Vring: Clone + Send + Sync,
 {
-    let Some(p) = path.to_str() else {
-        log::error!("port {idx}: {} is not UTF-8", path.display());
-        ctl.pause(BACKOFF_MAX);
-        return false;
-    };
     let mut failures = 0u64;
     loop {
         if ctl.stopping() {
             return false;
         }
-        match daemon.start_client(p) {
+        let started = crate::socket::connect(path, CONNECT_WAIT)
+            .map_err(|e| e.to_string())
+            .and_then(|s| daemon.start_stream(s).map_err(|e| e.to_string()));
+        match started {
             Ok(()) => return true,
             Err(e) => {
                 failures += 1;
                 // The first failure of a series, then one in a hundred.
                 if failures % 100 == 1 {
-                    log::info!("port {idx}: cannot connect to {p} ({e}); retrying");
+                    log::info!(
+                        "port {idx}: cannot connect to {} ({e}); retrying",
+                        path.display()
+                    );
                 }
                 if !ctl.pause(backoff.step()) {
                     return false;
@@ -240,7 +249,7 @@ fn serve_one<L: Locks>(
     // The connection's mappings go with the device; they are no longer guarded.
     drop(dev);
     port.guard.release_all();
-    // (At a stop, a listening port's loop was woken by a connection of pvnet's own.)
+    // (At a stop, a frontend accepted from the backlog was disconnected at once.)
     if connected && (revoked > 0 || !ctl.stopping()) {
         log_end(idx, ctl, res, faulted.then(|| port.guard.faults()), revoked);
     }

@@ -1,6 +1,8 @@
 use super::*;
-use pvnet_testkit::harness::close_listener;
+use pvnet_testkit::harness::{close_listener, full_listener};
 use std::io::Read;
+use std::sync::mpsc;
+use std::time::Duration;
 
 fn tmpdir(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("pvnet-sock-{}-{name}", std::process::id()));
@@ -69,6 +71,28 @@ fn stale_socket_replaced_live_socket_kept() {
     let _ = std::fs::remove_dir_all(&d);
 }
 
+/// A listener whose backlog is full is live: `bind` says so at once instead of waiting (a
+/// blocking connect to it sleeps until it accepts, which a hung server never does).
+#[test]
+fn full_backlog_is_live_and_does_not_block() {
+    let d = tmpdir("backlog");
+    let p = d.join("a.sock");
+    let (listener, _queued) = full_listener(&p);
+    let (tx, rx) = mpsc::channel();
+    let q = p.clone();
+    std::thread::spawn(move || {
+        let _ = tx.send(bind(&q, 0o600, None).map(|_| ()));
+    });
+    match rx.recv_timeout(Duration::from_secs(5)) {
+        Ok(Err(SocketError::Live(s))) => assert!(s.contains("a.sock"), "{s}"),
+        Ok(r) => panic!("expected Live, got {r:?}"),
+        Err(_) => panic!("bind blocked on a listener with a full backlog"),
+    }
+    assert!(p.exists(), "the other listener's socket was kept");
+    drop(listener);
+    let _ = std::fs::remove_dir_all(&d);
+}
+
 #[test]
 fn non_sockets_never_removed() {
     let d = tmpdir("file");
@@ -131,6 +155,70 @@ fn lock_excludes_a_second_binder_and_is_released() {
     drop(f);
     assert!(!d.join("a.sock.lock").exists(), "lock file removed");
     let (_l2, _f2) = bind(&p, 0o600, None).expect("free again");
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+/// A lock file pvnet did not create (another program's, or one a crashed pvnet left) is
+/// used, never removed.
+#[test]
+fn a_lock_file_pvnet_did_not_create_is_not_removed() {
+    let d = tmpdir("foreign-lock");
+    let p = d.join("a.sock");
+    let lock = d.join("a.sock.lock");
+    std::fs::write(&lock, b"theirs").unwrap();
+    let (l, f) = bind(&p, 0o600, None).expect("bind");
+    // Still the lock: a second binder is refused.
+    assert!(matches!(
+        bind(&p, 0o600, None),
+        Err(SocketError::Locked(..))
+    ));
+    drop((l, f));
+    assert!(!p.exists(), "our socket removed");
+    assert_eq!(std::fs::read(&lock).expect("lock file kept"), b"theirs");
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+/// A bind that fails after taking the lock leaves no lock file behind.
+#[test]
+fn failed_binds_leave_no_lock_file() {
+    let d = tmpdir("failed-lock");
+    let no_lock = |name: &str| {
+        let names: Vec<_> = std::fs::read_dir(&d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| n.ends_with(".lock"))
+            .collect();
+        assert!(names.is_empty(), "{name}: lock files left: {names:?}");
+    };
+    // Somebody else's live socket.
+    let p = d.join("live.sock");
+    let other = UnixListener::bind(&p).unwrap();
+    assert!(matches!(bind(&p, 0o600, None), Err(SocketError::Live(_))));
+    no_lock("live socket");
+    drop(other);
+    // Not a socket.
+    let p = d.join("file.sock");
+    std::fs::write(&p, b"keep").unwrap();
+    assert!(matches!(
+        bind(&p, 0o600, None),
+        Err(SocketError::NotSocket(_))
+    ));
+    no_lock("not a socket");
+    // Not a socket at the temporary name.
+    let p = d.join("tmp.sock");
+    std::fs::create_dir(d.join(".tmp.sock.tmp")).unwrap();
+    assert!(matches!(
+        bind(&p, 0o600, None),
+        Err(SocketError::NotSocket(_))
+    ));
+    no_lock("temporary name taken");
+    // Too long for a socket address (not for a file name).
+    let p = d.join("x".repeat(110));
+    assert!(matches!(
+        bind(&p, 0o600, None),
+        Err(SocketError::TooLong(_))
+    ));
+    no_lock("too long");
     let _ = std::fs::remove_dir_all(&d);
 }
 

@@ -203,6 +203,18 @@ where
         self.start_daemon(backend_handler)
     }
 
+    /// pvnet patch: runs the daemon on a connection the caller made, as
+    /// [`start_client`](Self::start_client) does on the one it makes. `start_client`
+    /// connects with a blocking `connect(2)`, which sleeps for as long as a frontend's
+    /// listener has a full backlog (a hung frontend: forever); with this, the caller bounds
+    /// the connect itself.
+    pub fn start_stream(&mut self, stream: UnixStream) -> Result<()> {
+        self.start_daemon(BackendReqHandler::from_stream(
+            stream,
+            self.handler.clone(),
+        ))
+    }
+
     /// Listen to the vhost-user socket and run a dedicated thread handling all requests coming
     /// through this socket.
     ///
