@@ -184,19 +184,26 @@ impl RxRing {
     }
 
     /// The guest kicked this ring. Returns the held-back senders to wake when buffers were
-    /// really posted; a kick without new buffers changes nothing (kicks stay armed, a stall
-    /// stays).
+    /// really posted; a kick without new buffers leaves the senders waiting and a stall in
+    /// place. Kicks still asked for are asked for again at the ring's position: another
+    /// sender may have taken the buffers the kick was for, and with EVENT_IDX the guest
+    /// kicks only when its index crosses `avail_event` — left behind, never again.
     pub fn kicked<F: RwFamily>(
         &mut self,
         g: &GrantReadGuard<'_, F>,
         slot: &RxSlot,
     ) -> Option<Vec<Arc<Waker>>> {
         let mem = GrantMemory::new(g, self.st.ring_hint);
-        let posted = self
-            .st
-            .lay
-            .read_avail_idx(&mem)
-            .is_ok_and(|a| a != self.queue.next_avail());
+        let next = self.queue.next_avail();
+        let mut posted = self.st.lay.read_avail_idx(&mem).is_ok_and(|a| a != next);
+        if !posted && self.st.kicks.armed() {
+            // Posted between the read and the request: no kick will come for those.
+            posted = self
+                .st
+                .kicks
+                .arm(&self.st.lay, &mem, next)
+                .is_ok_and(|a| a != next);
+        }
         if posted {
             self.st.kicks.disarm(&self.st.lay, &mem);
             slot.clear_stall();

@@ -364,3 +364,71 @@ fn one_hold_copies_at_most_hold_bytes() {
     );
     assert_eq!(ring.queue.next_used(), 15 * done as u16);
 }
+
+/// With EVENT_IDX, a sender held back on a dry ring asks for a kick at the position it
+/// stopped at. If the guest posts one buffer there (and kicks) and another sender takes that
+/// buffer before the kick is handled, the kick finds nothing new — and must ask again at
+/// the new position: `avail_event` left behind would never be crossed again, and the
+/// held-back sender would wait for its bound although the guest keeps posting.
+#[test]
+fn a_kick_whose_buffers_another_sender_took_asks_again() {
+    let mem: GuestMemoryMmap = pvnet_grant::memfd::guest_memory(&[(0, 0x20_0000)]).expect("memory");
+    let vq = MockSplitQueue::new(&mem, SIZE);
+    let mut q: Queue = vq.create_queue().expect("queue");
+    q.set_event_idx(true);
+    let posting = Posting {
+        mem: &mem,
+        avail: vq.avail_addr().0,
+        desc: vq.desc_table_addr().0,
+        left: Cell::new(0),
+    };
+    posting.post();
+    let vring = VringRwLock::new(Gm::new(mem.clone()), SIZE).expect("vring");
+    let features = (1 << VIRTIO_F_VERSION_1) | (1 << VIRTIO_NET_F_MRG_RXBUF);
+    let mut ring = RxRing::new(q, vring, features).expect("ring");
+    let t = GrantTable::<Percpu>::new();
+    t.replace_from_memory(&mem).expect("grants");
+    let g = t.read();
+    let slot = RxSlot::default();
+    let avail_event = || -> u16 {
+        mem.read_obj(GuestAddress(vq.used_addr().0 + 4 + 8 * u64::from(SIZE)))
+            .expect("avail_event")
+    };
+    let mut deliver = |n: usize, waker: &Arc<Waker>| -> Vec<Fate> {
+        let (mut sh, mut dh) = (RegionHint::default(), RegionHint::default());
+        let bufs = BufGuards {
+            sg: &g,
+            sh: &mut sh,
+            dg: &g,
+            dh: &mut dh,
+        };
+        let mut fates = vec![Fate::Pending; n];
+        let frames = Frames(vec![0xab; 60], n, None);
+        ring.deliver_with(&posting, bufs, &frames, &mut fates, &slot, waker);
+        ring.publish_with(&posting, &slot);
+        fates
+    };
+    // S: one frame fits, the second is held back; kicks asked for at 1.
+    let s = Arc::new(Waker::new().expect("waker"));
+    assert_eq!(deliver(2, &s), [Fate::Delivered, Fate::Full]);
+    assert_eq!(avail_event(), 1);
+    // The guest posts one buffer (and kicks: avail went past 1); T takes it first.
+    posting.post();
+    let t_waker = Arc::new(Waker::new().expect("waker"));
+    assert_eq!(deliver(1, &t_waker), [Fate::Delivered]);
+    // The kick: nothing new to see, S keeps waiting — and the ring asks again at 2.
+    let woken = ring.kicked(&g, &slot);
+    assert!(
+        woken.is_none(),
+        "nothing was posted since T took the buffer"
+    );
+    posting.post();
+    let (new, old, event) = (posting.idx(), posting.idx().wrapping_sub(1), avail_event());
+    // The virtio spec's vring_need_event: the driver kicks when the index moved past the event.
+    assert!(
+        new.wrapping_sub(event).wrapping_sub(1) < new.wrapping_sub(old),
+        "the guest's next posting (avail {new}) does not kick: avail_event {} stayed behind",
+        avail_event()
+    );
+    assert_eq!(slot.take_waiters().len(), 1, "S no longer waits");
+}
