@@ -307,7 +307,10 @@ impl UsedShadow {
         let r = self.write_elems(lay, mem, base);
         self.entries.clear();
         r?;
-        // n <= ring size (at most one used entry per avail entry taken): fits u16.
+        // One used entry per avail entry taken. A well-behaved driver has at most a ring's
+        // worth out; one that publishes entries again before they came back can make a
+        // delivery take more (bounded by its pop budget, 2 * size, plus one per frame):
+        // the index then moves on modulo 2^16 and only that driver's own ring is wrong.
         let next = base.wrapping_add(n as u16);
         mem.store(next.to_le(), lay.used_idx(), Ordering::Release)?;
         q.set_next_used(next);

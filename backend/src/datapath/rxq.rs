@@ -312,6 +312,11 @@ impl RxRing {
         st.heads.clear();
         st.bufs.clear();
         st.reserved.clear();
+        // Chains the general walk may pop in this hold, malformed ones included: a guest
+        // re-posting bad chains as fast as they come back cannot keep the queue lock (a
+        // budget per frame let one hold of 320 frames walk 640 rings' worth). The
+        // one-buffer shortcut pops at most one chain per frame.
+        let mut budget = 2 * usize::from(st.lay.size());
         for i in 0..n {
             let len = frames.frame_len(i);
             let need = st.hdr_len + len;
@@ -330,9 +335,6 @@ impl RxRing {
                 }
             }
             let mut cap = 0usize;
-            // Chains one frame may pop, malformed ones included: a guest re-posting bad
-            // chains as fast as they come back cannot keep the queue lock.
-            let mut budget = 2 * usize::from(st.lay.size());
             fates[i] = loop {
                 let (Some(iter), Some(table)) = (it.as_mut(), table.as_ref()) else {
                     break Fate::Dropped(DropReason::RxBadRing);

@@ -432,3 +432,78 @@ fn a_kick_whose_buffers_another_sender_took_asks_again() {
     );
     assert_eq!(slot.take_waiters().len(), 1, "S no longer waits");
 }
+
+/// Guest memory whose driver publishes a whole ring's worth more entries every time the
+/// device reads the avail index, all of them the same malformed chain (descriptor 0, not
+/// writable): the most a receiver can make a sender walk.
+struct Flooding<'m> {
+    mem: &'m GuestMemoryMmap,
+    avail: u64,
+}
+
+impl GuestMemory for Flooding<'_> {
+    type PhysicalMemory = GuestMemoryMmap;
+    type Bitmap = ();
+
+    fn check_range(&self, addr: GuestAddress, count: usize, access: Permissions) -> bool {
+        GuestMemory::check_range(self.mem, addr, count, access)
+    }
+
+    fn get_slices<'a>(
+        &'a self,
+        addr: GuestAddress,
+        count: usize,
+        access: Permissions,
+    ) -> Result<impl GuestMemorySliceIterator<'a, BS<'a, ()>>, GuestMemoryError> {
+        if addr.0 == self.avail + 2 && access == Permissions::Read {
+            let i: u16 = self.mem.read_obj(addr).expect("idx");
+            self.mem.write_obj(i.wrapping_add(SIZE), addr).expect("idx");
+        }
+        GuestMemory::get_slices(self.mem, addr, count, access)
+    }
+}
+
+/// However many frames a hold is offered, the chains it walks (and stages) are bounded per
+/// hold, not per frame: against a ring that never holds a usable buffer, 64 frames once
+/// walked 64 × 2 rings' worth of chains under the queue lock.
+#[test]
+fn a_hold_walks_a_bounded_number_of_bad_chains() {
+    let mem: GuestMemoryMmap = pvnet_grant::memfd::guest_memory(&[(0, 0x20_0000)]).expect("memory");
+    let vq = MockSplitQueue::new(&mem, SIZE);
+    let mut q: Queue = vq.create_queue().expect("queue");
+    q.set_event_idx(true);
+    // Every avail entry is 0: descriptor 0, readable — a bad chain in an RX ring.
+    let d = RawDescriptor::from(Descriptor::new(BUF, BUF_LEN, 0, 0));
+    mem.write_obj(d, vq.desc_table_addr()).expect("desc");
+    let flooding = Flooding {
+        mem: &mem,
+        avail: vq.avail_addr().0,
+    };
+    let vring = VringRwLock::new(Gm::new(mem.clone()), SIZE).expect("vring");
+    let features = (1 << VIRTIO_F_VERSION_1) | (1 << VIRTIO_NET_F_MRG_RXBUF);
+    let mut ring = RxRing::new(q, vring, features).expect("ring");
+    let t = GrantTable::<Percpu>::new();
+    t.replace_from_memory(&mem).expect("grants");
+    let g = t.read();
+    let (mut sh, mut dh) = (RegionHint::default(), RegionHint::default());
+    let bufs = BufGuards {
+        sg: &g,
+        sh: &mut sh,
+        dg: &g,
+        dh: &mut dh,
+    };
+    let slot = RxSlot::default();
+    let waker = Arc::new(Waker::new().expect("waker"));
+    let n = 64;
+    let mut fates = vec![Fate::Pending; n];
+    let frames = Frames(vec![0xab; 60], n, None);
+    ring.deliver_with(&flooding, bufs, &frames, &mut fates, &slot, &waker);
+    let walked = ring.st.shadow.len();
+    assert!(
+        walked <= 2 * usize::from(SIZE) + n,
+        "one hold walked {walked} chains for {n} frames (ring of {SIZE})"
+    );
+    assert!(fates
+        .iter()
+        .all(|f| *f == Fate::Dropped(DropReason::RxBadChain)));
+}
