@@ -9,6 +9,7 @@ use pvnet_testkit::harness::{guest_config, mac, server_with, TestServer};
 use pvnet_testkit::{desc, GuestConfig, RawDesc, Repost, TestGuest, VirtioNetHdr};
 use std::os::fd::{FromRawFd, IntoRawFd};
 use std::time::{Duration, Instant};
+use vhost::vhost_user::VhostUserProtocolFeatures;
 use virtio_bindings::virtio_config::VIRTIO_F_IN_ORDER;
 use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 use vmm_sys_util::eventfd::EventFd;
@@ -557,6 +558,40 @@ fn a_pipe_as_call_descriptor_is_refused() {
 #[test]
 fn a_full_call_eventfd_stalls_no_sender() {
     a_call_fd_that_never_drains(false);
+}
+
+/// pvnet offers no RESET_DEVICE; a frontend that acknowledges it anyway and resets the
+/// device is refused and disconnected (upstream took the acknowledgement and disabled the
+/// rings without taking them out of the switch: other guests went on writing into them).
+/// The port then takes the next frontend.
+#[test]
+fn a_reset_of_a_feature_never_offered_ends_the_connection() {
+    let s = start("reset", 2, Duration::from_secs(2), |_| {});
+    let mut a = connect(&s, 0, |_| {});
+    let mut b = connect(&s, 1, |_| {});
+    learn(&mut [&mut a, &mut b]);
+    let offered = b.protocol_features().bits();
+    let reset = VhostUserProtocolFeatures::RESET_DEVICE.bits();
+    assert_eq!(
+        offered & reset,
+        0,
+        "RESET_DEVICE offered: this test has to change"
+    );
+    let _ = b.ack_protocol_features(offered | reset);
+    let _ = b.reset_device();
+    let t0 = Instant::now();
+    while s.switch().ports[1].enabled_pairs() > 0 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "B's rings still in the switch after a reset"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    drop(b);
+    let mut b = connect(&s, 1, |_| {});
+    learn(&mut [&mut a, &mut b]);
+    drop((a, b));
+    s.shutdown();
 }
 
 /// Port security checks a frame's source MAC in pvnet's copy of its first bytes; the sender

@@ -12,6 +12,7 @@ use virtio_bindings::bindings::virtio_ring::{
 };
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
+use vhost::vhost_user::{VhostUserFrontend, VhostUserProtocolFeatures};
 use vhost::VhostBackend;
 
 use crate::guest::{region_info, vh};
@@ -194,6 +195,26 @@ impl TestGuest {
         let e = unsafe { EventFd::from_raw_fd(fd.into_raw_fd()) };
         vh("SET_VRING_CALL", self.frontend.set_vring_call(q, &e))?;
         // Requests are handled in order: the reply to a later one means this one is done.
+        vh("GET_FEATURES", self.frontend.get_features())?;
+        Ok(())
+    }
+
+    /// Sends SET_PROTOCOL_FEATURES with `bits` (offered or not) and waits until the device
+    /// handled it (an error when it refused them and dropped the connection).
+    pub fn ack_protocol_features(&mut self, bits: u64) -> Result<(), Error> {
+        let f = VhostUserProtocolFeatures::from_bits_retain(bits);
+        vh(
+            "SET_PROTOCOL_FEATURES",
+            self.frontend.set_protocol_features(f),
+        )?;
+        vh("GET_FEATURES", self.frontend.get_features())?;
+        Ok(())
+    }
+
+    /// Sends RESET_DEVICE (whether or not it was negotiated) and waits until the device
+    /// handled it.
+    pub fn reset_device(&mut self) -> Result<(), Error> {
+        vh("RESET_DEVICE", self.frontend.reset_device())?;
         vh("GET_FEATURES", self.frontend.get_features())?;
         Ok(())
     }

@@ -596,6 +596,12 @@ where
         // Note: backend that reported VHOST_USER_F_PROTOCOL_FEATURES must
         // support this message even before VHOST_USER_SET_FEATURES was
         // called.
+        // pvnet patch: bits the backend did not offer are refused, as `set_features` refuses
+        // virtio features (upstream took them, and with them requests the backend does not
+        // implement: RESET_DEVICE left every ring attached, LOG_SHMFD reached a panic).
+        if features & !self.backend.protocol_features().bits() != 0 {
+            return Err(VhostUserError::InvalidParam);
+        }
         self.acked_protocol_features = features;
         Ok(())
     }

@@ -604,7 +604,12 @@ impl<S: VhostUserBackendReqHandler> BackendReqHandler<S> {
             Ok(FrontendReq::SET_PROTOCOL_FEATURES) => {
                 let msg = self.extract_request_body::<VhostUserU64>(&hdr, size, &buf)?;
                 let res = self.backend.set_protocol_features(msg.value);
-                self.acked_protocol_features = msg.value;
+                // pvnet patch: only what the backend accepted is acknowledged (upstream
+                // recorded any value, so a refused RESET_DEVICE still passed the check of
+                // its request).
+                if res.is_ok() {
+                    self.acked_protocol_features = msg.value;
+                }
                 self.update_reply_ack_flag();
                 self.send_ack_message(&hdr, res)?;
 
