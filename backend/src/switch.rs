@@ -328,6 +328,8 @@ impl<L: Locks> Fabric<L> {
             let mut g = lock.lock();
             port.enabled.fetch_and(!(1u64 << q), Ordering::AcqRel);
             let mut ring = g.take();
+            // A stall was this ring's guest's doing: the next ring here starts without one.
+            slot.clear_stall();
             if let Some(r) = ring.as_mut() {
                 // The guest stops the ring: no used-buffer notification is owed.
                 let _ = r.publish(&grants, slot);
@@ -361,5 +363,24 @@ mod tests {
         assert_eq!(picked, [4, 5, 7, 4, 5, 7].map(Some));
         // A flow always maps to the same queue.
         assert_eq!(p.pick_queue(0xdead_beef), p.pick_queue(0xdead_beef));
+    }
+
+    /// A queue stalled by one guest (it let a sender wait a whole bound) is not stalled for
+    /// the next guest on the port: its first full ring holds frames back, as any ring's.
+    #[test]
+    fn a_stall_ends_with_its_ring() {
+        let sw = Switch::new(Config {
+            sockets: vec!["/nonexistent/x".into()],
+            queue_pairs: 2,
+            ..Config::default()
+        });
+        let fabric =
+            Fabric::<LockSet<pvnet_locks::family::Percpu, pvnet_locks::family::StdMutex>>::new(
+                sw.clone(),
+            );
+        let slot = &sw.ports[0].rx[1];
+        slot.stalled.store(true, Ordering::Release);
+        fabric.detach_rx(0, 1);
+        assert!(!slot.stalled.load(Ordering::Acquire));
     }
 }
