@@ -26,7 +26,8 @@
 //! ([`held::HeldBack`]): its TX chain stays unconsumed while later frames to other
 //! destinations go on; the destination's next posting of RX buffers wakes the sender
 //! ([`rxq::Waker`]), and after `Config::backpressure_bound` the held-back frames are dropped
-//! and the queue is marked stalled. Flooded copies to a full queue are dropped at once.
+//! and the queue is marked stalled (sooner when they keep half the sender's TX ring from its
+//! traffic to other ports, see [`held`]). Flooded copies to a full queue are dropped at once.
 //!
 //! Tap ports (the uplink, `crate::tap`) take part as one more kind of destination
 //! ([`tapdest`]: `writev` into a tap queue) and one more kind of sender ([`tapsrc`]: bursts

@@ -594,6 +594,60 @@ fn a_reset_of_a_feature_never_offered_ends_the_connection() {
     s.shutdown();
 }
 
+/// A receiver that never reads cannot take its sender's TX ring from the sender's traffic
+/// to everyone else: frames held back for it keep their chains from the sender (under
+/// IN_ORDER, every chain behind them too), and once those are half the ring they are
+/// dropped (`rx_full_timeout`) and the receiver's queue stalled — long before the bound.
+fn full_receiver_takes_at_most_half_the_sender_s_ring(in_order: bool) {
+    let bound = Duration::from_secs(60);
+    let s = start(&format!("halfring{}", u8::from(in_order)), 3, bound, |_| {});
+    let mut a = connect(&s, 0, |o| {
+        o.tx_limit = None;
+        if !in_order {
+            o.features &= !(1 << VIRTIO_F_IN_ORDER);
+        }
+    });
+    let (mut b, mut c) = (connect(&s, 1, |_| {}), connect(&s, 2, |_| {}));
+    learn(&mut [&mut a, &mut b, &mut c]);
+    let t0 = Instant::now();
+    // B's 256 RX buffers fill up (B never reads again); then A keeps sending, to B (all
+    // held back) and, in the same stream, to C.
+    for k in 0..256 {
+        send(&mut a, &frames::build(mac(1), mac(0), MAGIC, 1, k, 100));
+    }
+    let n = 600;
+    for k in 0..n {
+        let to_b = k % 4 == 0 && !in_order || k == 0;
+        let f = match to_b {
+            true => frames::build(mac(1), mac(0), MAGIC, 1, 256 + k, 100),
+            false => frames::build(mac(2), mac(0), MAGIC, 2, k, 100),
+        };
+        // A's ring has 256 slots: without the limit it is full of held-back chains after
+        // the first ~256 frames, and this waits for the 60 s bound.
+        a.send_wait(0, &VirtioNetHdr::plain(), &f, Duration::from_secs(10))
+            .unwrap_or_else(|e| panic!("A's TX ring stuck at frame {k}: {e}"));
+        c.poll_rx().expect("receive");
+    }
+    assert!(t0.elapsed() < bound / 4);
+    let tx = &s.switch().ports[0].tx[0];
+    assert!(
+        tx.drops(DropReason::RxFullTimeout) > 0,
+        "nothing was held back"
+    );
+    drop((a, b, c));
+    s.shutdown();
+}
+
+#[test]
+fn a_full_receiver_takes_at_most_half_the_sender_s_ring() {
+    full_receiver_takes_at_most_half_the_sender_s_ring(false);
+}
+
+#[test]
+fn a_full_receiver_takes_at_most_half_the_sender_s_ring_in_order() {
+    full_receiver_takes_at_most_half_the_sender_s_ring(true);
+}
+
 /// Port security checks a frame's source MAC in pvnet's copy of its first bytes; the sender
 /// can still rewrite its buffer afterwards — here while the frame waits, held back, for a
 /// full receiver (frames longer than the burst's prefix are read from the guest's buffer

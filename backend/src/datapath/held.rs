@@ -7,7 +7,10 @@
 //! Held frames are offered again before any new frame to the same destination, when the
 //! destination's guest posts RX buffers (the sender is woken), and when their time is up:
 //! after `Config::backpressure_bound` they are dropped (`rx_full_timeout`) and the queue is
-//! marked stalled.
+//! marked stalled — at once, instead, when the chains they keep from the sender (under
+//! IN_ORDER with every chain behind them) hold half its TX ring's worth of buffers while the
+//! sender sends to other ports too (`QueuePair::tx_burst`): a full receiver does not take
+//! the sender's ring from its other traffic.
 //!
 //! Bounded: at most [`HELD_FRAMES`] frames and about [`HELD_SEGS`] buffers per TX queue
 //! (the fetch step takes no more than the room left); a queue that reaches the bound takes
@@ -82,6 +85,11 @@ impl HeldBack {
         self.list.get(k)
     }
 
+    /// The buffers of the frames held (done ones included until [`HeldBack::release`]).
+    pub fn bufs(&self) -> usize {
+        self.segs
+    }
+
     /// What the next fetch may take.
     pub fn room(&self) -> Room {
         Room {
@@ -95,6 +103,13 @@ impl HeldBack {
         self.list
             .iter()
             .filter(|h| !h.done)
+            .fold(0, |m, h| m | 1u64.checked_shl(h.dest as u32).unwrap_or(0))
+    }
+
+    /// Ports of every frame held, done ones included (until [`HeldBack::release`]).
+    pub fn all_dests(&self) -> u64 {
+        self.list
+            .iter()
             .fold(0, |m, h| m | 1u64.checked_shl(h.dest as u32).unwrap_or(0))
     }
 

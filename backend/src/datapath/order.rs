@@ -24,9 +24,11 @@ pub struct TxOrder {
     in_order: bool,
     /// Ring size: the most chains a driver can have taken and not returned.
     cap: usize,
-    /// Chains not yet staged, oldest first, and whether each is finished; empty whenever no
-    /// chain is held back.
-    waiting: VecDeque<(u16, bool)>,
+    /// Chains not yet staged, oldest first: head, whether finished, buffers; empty
+    /// whenever no chain is held back.
+    waiting: VecDeque<(u16, bool, u32)>,
+    /// The buffers of the chains in `waiting`.
+    kept_bufs: usize,
 }
 
 impl TxOrder {
@@ -36,21 +38,24 @@ impl TxOrder {
         self.cap = usize::from(ring_size);
     }
 
-    /// Chain `head` (taken after every chain given here before) is finished: staged as used
-    /// now, or behind the held chains taken before it.
+    /// Chain `head` (taken after every chain given here before; `bufs` buffers) is
+    /// finished: staged as used now, or behind the held chains taken before it.
     #[inline]
-    pub fn finished(&mut self, head: u16, used: &mut UsedShadow) {
+    pub fn finished(&mut self, head: u16, bufs: u32, used: &mut UsedShadow) {
         if self.waiting.is_empty() || self.waiting.len() >= self.cap {
             used.push(head, 0);
         } else {
-            self.waiting.push_back((head, true));
+            self.waiting.push_back((head, true, bufs));
+            self.kept_bufs += bufs as usize;
         }
     }
 
-    /// Chain `head` (taken after every chain given here before) is held back.
-    pub fn held(&mut self, head: u16) {
+    /// Chain `head` (taken after every chain given here before; `bufs` buffers) is held
+    /// back.
+    pub fn held(&mut self, head: u16, bufs: u32) {
         if self.in_order && self.waiting.len() < self.cap {
-            self.waiting.push_back((head, false));
+            self.waiting.push_back((head, false, bufs));
+            self.kept_bufs += bufs as usize;
         }
     }
 
@@ -60,7 +65,7 @@ impl TxOrder {
         match self
             .waiting
             .iter_mut()
-            .find(|(h, done)| *h == head && !*done)
+            .find(|(h, done, _)| *h == head && !*done)
         {
             Some(e) => e.1 = true,
             // Held before IN_ORDER applied (or never taken here): nothing waits for it.
@@ -69,13 +74,20 @@ impl TxOrder {
                 return;
             }
         }
-        while let Some(&(h, true)) = self.waiting.front() {
+        while let Some(&(h, true, bufs)) = self.waiting.front() {
             self.waiting.pop_front();
+            self.kept_bufs -= bufs as usize;
             used.push(h, 0);
         }
     }
 
-    /// Chains waiting behind a held one.
+    /// The buffers of the chains kept from the guest here (held ones, and finished ones
+    /// behind them).
+    pub fn kept_bufs(&self) -> usize {
+        self.kept_bufs
+    }
+
+    /// Chains kept from the guest: held ones and those waiting behind them.
     #[cfg(test)]
     pub fn waiting(&self) -> usize {
         self.waiting.len()
@@ -97,11 +109,11 @@ mod tests {
             o.set_in_order(in_order, 256);
             let mut used = UsedShadow::default();
             // Taken: 1, 2 (held), 3, 4 (held), 5.
-            o.finished(1, &mut used);
-            o.held(2);
-            o.finished(3, &mut used);
-            o.held(4);
-            o.finished(5, &mut used);
+            o.finished(1, 2, &mut used);
+            o.held(2, 2);
+            o.finished(3, 2, &mut used);
+            o.held(4, 2);
+            o.finished(5, 2, &mut used);
             if !in_order {
                 assert_eq!(heads(&used), [1, 3, 5]);
                 o.released(4, &mut used);
@@ -111,14 +123,16 @@ mod tests {
             }
             assert_eq!(heads(&used), [1]);
             assert_eq!(o.waiting(), 4);
+            assert_eq!(o.kept_bufs(), 8);
             // The later held chain finishes first: nothing moves.
             o.released(4, &mut used);
             assert_eq!(heads(&used), [1]);
             o.released(2, &mut used);
             assert_eq!(heads(&used), [1, 2, 3, 4, 5]);
             assert_eq!(o.waiting(), 0);
+            assert_eq!(o.kept_bufs(), 0);
             // Nothing held: straight through.
-            o.finished(6, &mut used);
+            o.finished(6, 2, &mut used);
             assert_eq!(heads(&used), [1, 2, 3, 4, 5, 6]);
         }
     }
@@ -128,10 +142,10 @@ mod tests {
         let mut o = TxOrder::default();
         o.set_in_order(true, 4);
         let mut used = UsedShadow::default();
-        o.held(9);
+        o.held(9, 2);
         // The same head over and over while 9 is held: at most a ring's worth waits.
         for _ in 0..1000 {
-            o.finished(3, &mut used);
+            o.finished(3, 2, &mut used);
         }
         assert_eq!(o.waiting(), 4);
         assert_eq!(used.len(), 997);

@@ -38,7 +38,7 @@ use pvnet_grant::{GrantMemory, RegionHint};
 use pvnet_locks::family::MutexApi;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use vhost_user_backend::VringT;
 use virtio_bindings::virtio_config::VIRTIO_F_IN_ORDER;
 use virtio_queue::QueueT;
@@ -132,6 +132,9 @@ pub struct QueuePair {
     fates: Vec<Fate>,
     /// Per burst frame.
     outcome: Vec<Outcome>,
+    /// Frames to other ports that went on (delivered or dropped) while frames were held
+    /// back: the sender has traffic besides the full ports' (reset when none is held).
+    passed: u32,
     soft: Soft,
     log: LogLimit,
 }
@@ -155,6 +158,7 @@ impl QueuePair {
             run: Vec::with_capacity(2 * burst::BURST),
             fates: Vec::with_capacity(2 * burst::BURST),
             outcome: Vec::with_capacity(burst::BURST),
+            passed: 0,
             soft: Soft::default(),
             log: LogLimit::default(),
         }
@@ -282,8 +286,20 @@ impl QueuePair {
         self.settle_burst(stats);
         if !self.held.is_empty() {
             // The clock is read only when something waits (a clock read is a system call
-            // on hosts without a vDSO clock source).
-            let bound = cx.cfg().backpressure_bound;
+            // on hosts without a vDSO clock source). Held frames wait at most the bound —
+            // and no longer once the chains they keep from the guest (themselves, and under
+            // IN_ORDER every chain behind them) hold as many buffers as half its TX ring
+            // has descriptors while the sender also sends elsewhere (`passed`): a full
+            // receiver must not take the sender's ring from its traffic to everyone else.
+            // A sender whose frames all wait for the one full receiver keeps the plain
+            // back-pressure (its ring fills, nothing is lost). (Buffers, not chains: a chain
+            // of several descriptors takes several of the ring's; a buffer split where
+            // guest memory regions meet counts twice, which only ends the wait sooner.)
+            let kept = self.held.bufs().max(self.order.kept_bufs());
+            let bound = match self.passed > 0 && kept >= usize::from(lay.size()) / 2 {
+                true => Duration::ZERO,
+                false => cx.cfg().backpressure_bound,
+            };
             self.held.expire(Instant::now(), bound, stats, |d, key| {
                 cx.sw().mark_stalled(d, key);
             });
@@ -293,6 +309,9 @@ impl QueuePair {
         let (order, used) = (&mut self.order, &mut self.used);
         self.held.release(|head| order.released(head, used));
         out.resumed = before - self.held.len();
+        if self.held.is_empty() {
+            self.passed = 0;
+        }
         let call = self.publish_tx(cx, q, &lay);
         self.publish_rx(cx);
         if call {
@@ -453,6 +472,11 @@ impl QueuePair {
     fn settle_burst(&mut self, stats: &TxStats) {
         // Read the clock only if a frame is held back.
         let mut now: Option<Instant> = None;
+        // Whether frames are held back from here on, and for which ports: the frames to
+        // other ports that go on meanwhile are counted in `passed`.
+        let mut holding = !self.held.is_empty();
+        let mut full = if holding { self.held.all_dests() } else { 0 };
+        let mut passed = 0u32;
         for i in 0..self.burst.frames.len() {
             let f = self.burst.frames[i];
             let outcome = match (self.outcome[i], f.route) {
@@ -461,13 +485,19 @@ impl QueuePair {
                 (o, _) => o,
             };
             match outcome {
-                Outcome::Pending | Outcome::Done => self.order.finished(f.head, &mut self.used),
+                Outcome::Pending | Outcome::Done => {
+                    passed += u32::from(holding && !to_one_of(f.route, full));
+                    self.order.finished(f.head, f.nsegs, &mut self.used)
+                }
                 Outcome::Drop(r) => {
+                    passed += u32::from(holding && !to_one_of(f.route, full));
                     stats.count_drop(r);
-                    self.order.finished(f.head, &mut self.used);
+                    self.order.finished(f.head, f.nsegs, &mut self.used);
                 }
                 Outcome::Hold(d) => {
-                    self.order.held(f.head);
+                    holding = true;
+                    full |= 1u64.checked_shl(d as u32).unwrap_or(0);
+                    self.order.held(f.head, f.nsegs);
                     if !self.held.waiting_for(d) {
                         stats.backpressure();
                     }
@@ -477,7 +507,13 @@ impl QueuePair {
                 }
             }
         }
+        self.passed = self.passed.saturating_add(passed);
     }
+}
+
+/// Whether `route` is unicast to one of the ports of the mask `ports`.
+fn to_one_of(route: Route, ports: u64) -> bool {
+    matches!(route, Route::Port(d) if ports & 1u64.checked_shl(d as u32).unwrap_or(0) != 0)
 }
 
 #[cfg(test)]
