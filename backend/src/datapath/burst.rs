@@ -39,6 +39,8 @@ pub const PREFIX: usize = net::HASH_PREFIX;
 pub const MAX_FRAME: usize = net::gso::MAX_GSO_FRAME;
 
 const PREFIX_BUF: usize = net::hdr::HDR_LEN + PREFIX;
+// A long frame's checked head ([`CHECKED`]) is always in its prefix.
+const _: () = assert!(PREFIX >= CHECKED);
 
 /// Where a frame goes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -133,8 +135,14 @@ impl Burst {
         let (hl, len) = (usize::from(f.hl), f.len as usize);
         let data = match self.prefix.get(i) {
             Some(p) if len <= PREFIX => Data::Local(&p[hl..hl + len]),
-            _ => Data::Guest {
-                head: self.head(i),
+            // PREFIX >= CHECKED: the head is all in the prefix.
+            Some(p) => Data::Guest {
+                head: &p[hl..hl + CHECKED],
+                segs: self.segs_of(i),
+                skip: hl,
+            },
+            None => Data::Guest {
+                head: &[],
                 segs: self.segs_of(i),
                 skip: hl,
             },

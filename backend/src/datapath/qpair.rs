@@ -472,11 +472,10 @@ impl QueuePair {
     fn settle_burst(&mut self, stats: &TxStats) {
         // Read the clock only if a frame is held back.
         let mut now: Option<Instant> = None;
-        // Whether frames are held back from here on, and for which ports: the frames to
-        // other ports that go on meanwhile are counted in `passed`.
-        let mut holding = !self.held.is_empty();
-        let mut full = if holding { self.held.all_dests() } else { 0 };
-        let mut passed = 0u32;
+        // Where frames were held back before this burst, or its first held one: from there
+        // on, the frames to other ports that go on are counted in `passed` (after the loop:
+        // the common case, nothing held, pays one branch per frame).
+        let mut first_held = (!self.held.is_empty()).then_some(0);
         for i in 0..self.burst.frames.len() {
             let f = self.burst.frames[i];
             let outcome = match (self.outcome[i], f.route) {
@@ -486,17 +485,14 @@ impl QueuePair {
             };
             match outcome {
                 Outcome::Pending | Outcome::Done => {
-                    passed += u32::from(holding && !to_one_of(f.route, full));
                     self.order.finished(f.head, f.nsegs, &mut self.used)
                 }
                 Outcome::Drop(r) => {
-                    passed += u32::from(holding && !to_one_of(f.route, full));
                     stats.count_drop(r);
                     self.order.finished(f.head, f.nsegs, &mut self.used);
                 }
                 Outcome::Hold(d) => {
-                    holding = true;
-                    full |= 1u64.checked_shl(d as u32).unwrap_or(0);
+                    first_held.get_or_insert(i);
                     self.order.held(f.head, f.nsegs);
                     if !self.held.waiting_for(d) {
                         stats.backpressure();
@@ -507,7 +503,26 @@ impl QueuePair {
                 }
             }
         }
-        self.passed = self.passed.saturating_add(passed);
+        if let Some(from) = first_held {
+            self.count_passed(from);
+        }
+    }
+
+    /// Counts in `passed` the burst frames from `from` on that went to other ports than
+    /// those frames are held for (after `settle_burst`).
+    fn count_passed(&mut self, from: usize) {
+        let full = self.held.all_dests();
+        let passed = self
+            .burst
+            .frames
+            .iter()
+            .zip(&self.outcome)
+            .skip(from)
+            .filter(|(f, o)| !matches!(o, Outcome::Hold(_)) && !to_one_of(f.route, full))
+            .count();
+        self.passed = self
+            .passed
+            .saturating_add(u32::try_from(passed).unwrap_or(u32::MAX));
     }
 }
 
