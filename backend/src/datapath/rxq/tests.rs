@@ -141,6 +141,24 @@ struct Offered {
     mem: GuestMemoryMmap,
 }
 
+/// A mock split queue of [`SIZE`] entries in `mem` (EVENT_IDX on) and the RX ring over it
+/// (mergeable buffers negotiated).
+fn ring_in(mem: &GuestMemoryMmap) -> (MockSplitQueue<'_, GuestMemoryMmap>, RxRing) {
+    let vq = MockSplitQueue::new(mem, SIZE);
+    let mut q: Queue = vq.create_queue().expect("queue");
+    q.set_event_idx(true);
+    let vring = VringRwLock::new(Gm::new(mem.clone()), SIZE).expect("vring");
+    let features = (1 << VIRTIO_F_VERSION_1) | (1 << VIRTIO_NET_F_MRG_RXBUF);
+    (vq, RxRing::new(q, vring, features).expect("ring"))
+}
+
+/// A grant table granting all of `mem`.
+fn grants_of(mem: &GuestMemoryMmap) -> GrantTable<Percpu> {
+    let t = GrantTable::<Percpu>::new();
+    t.replace_from_memory(mem).expect("grants");
+    t
+}
+
 /// [`offer`], with `tweak(memory, descriptor table address)` run after the initial
 /// posting.
 fn offer_with(
@@ -151,9 +169,7 @@ fn offer_with(
     tweak: impl Fn(&GuestMemoryMmap, u64),
 ) -> Offered {
     let mem: GuestMemoryMmap = pvnet_grant::memfd::guest_memory(&[(0, 0x20_0000)]).expect("memory");
-    let vq = MockSplitQueue::new(&mem, SIZE);
-    let mut q: Queue = vq.create_queue().expect("queue");
-    q.set_event_idx(true);
+    let (vq, mut ring) = ring_in(&mem);
     let posting = Posting {
         mem: &mem,
         avail: vq.avail_addr().0,
@@ -165,11 +181,7 @@ fn offer_with(
     }
     tweak(&mem, vq.desc_table_addr().0);
     posting.left.set(later);
-    let vring = VringRwLock::new(Gm::new(mem.clone()), SIZE).expect("vring");
-    let features = (1 << VIRTIO_F_VERSION_1) | (1 << VIRTIO_NET_F_MRG_RXBUF);
-    let mut ring = RxRing::new(q, vring, features).expect("ring");
-    let t = GrantTable::<Percpu>::new();
-    t.replace_from_memory(&mem).expect("grants");
+    let t = grants_of(&mem);
     let g = t.read();
     let (mut sh, mut dh) = (RegionHint::default(), RegionHint::default());
     let bufs = BufGuards {
@@ -373,9 +385,7 @@ fn one_hold_copies_at_most_hold_bytes() {
 #[test]
 fn a_kick_whose_buffers_another_sender_took_asks_again() {
     let mem: GuestMemoryMmap = pvnet_grant::memfd::guest_memory(&[(0, 0x20_0000)]).expect("memory");
-    let vq = MockSplitQueue::new(&mem, SIZE);
-    let mut q: Queue = vq.create_queue().expect("queue");
-    q.set_event_idx(true);
+    let (vq, mut ring) = ring_in(&mem);
     let posting = Posting {
         mem: &mem,
         avail: vq.avail_addr().0,
@@ -383,11 +393,7 @@ fn a_kick_whose_buffers_another_sender_took_asks_again() {
         left: Cell::new(0),
     };
     posting.post();
-    let vring = VringRwLock::new(Gm::new(mem.clone()), SIZE).expect("vring");
-    let features = (1 << VIRTIO_F_VERSION_1) | (1 << VIRTIO_NET_F_MRG_RXBUF);
-    let mut ring = RxRing::new(q, vring, features).expect("ring");
-    let t = GrantTable::<Percpu>::new();
-    t.replace_from_memory(&mem).expect("grants");
+    let t = grants_of(&mem);
     let g = t.read();
     let slot = RxSlot::default();
     let avail_event = || -> u16 {
@@ -469,9 +475,7 @@ impl GuestMemory for Flooding<'_> {
 #[test]
 fn a_hold_walks_a_bounded_number_of_bad_chains() {
     let mem: GuestMemoryMmap = pvnet_grant::memfd::guest_memory(&[(0, 0x20_0000)]).expect("memory");
-    let vq = MockSplitQueue::new(&mem, SIZE);
-    let mut q: Queue = vq.create_queue().expect("queue");
-    q.set_event_idx(true);
+    let (vq, mut ring) = ring_in(&mem);
     // Every avail entry is 0: descriptor 0, readable — a bad chain in an RX ring.
     let d = RawDescriptor::from(Descriptor::new(BUF, BUF_LEN, 0, 0));
     mem.write_obj(d, vq.desc_table_addr()).expect("desc");
@@ -479,11 +483,7 @@ fn a_hold_walks_a_bounded_number_of_bad_chains() {
         mem: &mem,
         avail: vq.avail_addr().0,
     };
-    let vring = VringRwLock::new(Gm::new(mem.clone()), SIZE).expect("vring");
-    let features = (1 << VIRTIO_F_VERSION_1) | (1 << VIRTIO_NET_F_MRG_RXBUF);
-    let mut ring = RxRing::new(q, vring, features).expect("ring");
-    let t = GrantTable::<Percpu>::new();
-    t.replace_from_memory(&mem).expect("grants");
+    let t = grants_of(&mem);
     let g = t.read();
     let (mut sh, mut dh) = (RegionHint::default(), RegionHint::default());
     let bufs = BufGuards {
