@@ -21,7 +21,6 @@ use pvnet_locks::family::resolve_rw;
 use pvnet_locks::{rw_stats, spin_stats};
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener};
-use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -312,25 +311,7 @@ impl Metrics {
 /// `SO_RCVTIMEO`: on a listening socket that bounds `accept` itself, and tiny_http's accept
 /// thread ends at the first accept error.)
 fn set_send_timeout(listener: &TcpListener, d: Duration) -> std::io::Result<()> {
-    let tv = libc::timeval {
-        tv_sec: d.as_secs().try_into().unwrap_or(libc::time_t::MAX),
-        tv_usec: d.subsec_micros().into(),
-    };
-    // SAFETY: setsockopt(2) on the fd `listener` owns, open for the whole call, with a
-    // timeval of the size given.
-    let r = unsafe {
-        libc::setsockopt(
-            listener.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_SNDTIMEO,
-            (&tv as *const libc::timeval).cast(),
-            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-        )
-    };
-    if r != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
+    socket2::SockRef::from(listener).set_write_timeout(Some(d))
 }
 
 /// The clients whose answer could not be written (they do not read, or not fast enough):

@@ -57,7 +57,26 @@ impl Posting<'_> {
     }
 }
 
-impl GuestMemory for Posting<'_> {
+impl Posting<'_> {
+    /// What the guest does when the device reads its avail index: posts one more buffer
+    /// while `left` lasts.
+    fn on_idx_read(&self) {
+        if self.left.get() > 0 {
+            self.left.set(self.left.get() - 1);
+            self.post();
+        }
+    }
+}
+
+/// Guest memory `mem` whose driver runs `hook` every time the device reads the avail index
+/// of the ring whose avail ring is at `avail`.
+struct OnIdxRead<'m, H: Fn()> {
+    mem: &'m GuestMemoryMmap,
+    avail: u64,
+    hook: H,
+}
+
+impl<H: Fn()> GuestMemory for OnIdxRead<'_, H> {
     type PhysicalMemory = GuestMemoryMmap;
     type Bitmap = ();
 
@@ -71,9 +90,8 @@ impl GuestMemory for Posting<'_> {
         count: usize,
         access: Permissions,
     ) -> Result<impl GuestMemorySliceIterator<'a, BS<'a, ()>>, GuestMemoryError> {
-        if addr.0 == self.avail + 2 && access == Permissions::Read && self.left.get() > 0 {
-            self.left.set(self.left.get() - 1);
-            self.post();
+        if addr.0 == self.avail + 2 && access == Permissions::Read {
+            (self.hook)();
         }
         GuestMemory::get_slices(self.mem, addr, count, access)
     }
@@ -211,13 +229,18 @@ fn offer_with(
             .expect("used idx")
     };
     let before = used_idx();
-    ring.deliver_with(&posting, bufs, &frames, &mut fates, &slot, &waker);
+    let view = OnIdxRead {
+        mem: &mem,
+        avail: posting.avail,
+        hook: || posting.on_idx_read(),
+    };
+    ring.deliver_with(&view, bufs, &frames, &mut fates, &slot, &waker);
     assert_eq!(
         used_idx(),
         before,
         "frames visible before their publication"
     );
-    ring.publish_with(&posting, &slot);
+    ring.publish_with(&view, &slot);
     assert_eq!(used_idx(), ring.queue.next_used());
     let avail_event: u16 = mem
         .read_obj(GuestAddress(vq.used_addr().0 + 4 + 8 * u64::from(SIZE)))
@@ -410,8 +433,8 @@ fn a_kick_whose_buffers_another_sender_took_asks_again() {
         };
         let mut fates = vec![Fate::Pending; n];
         let frames = Frames(vec![0xab; 60], n, None);
-        ring.deliver_with(&posting, bufs, &frames, &mut fates, &slot, waker);
-        ring.publish_with(&posting, &slot);
+        ring.deliver_with(&mem, bufs, &frames, &mut fates, &slot, waker);
+        ring.publish_with(&mem, &slot);
         fates
     };
     // S: one frame fits, the second is held back; kicks asked for at 1.
@@ -439,36 +462,6 @@ fn a_kick_whose_buffers_another_sender_took_asks_again() {
     assert_eq!(slot.take_waiters().len(), 1, "S no longer waits");
 }
 
-/// Guest memory whose driver publishes a whole ring's worth more entries every time the
-/// device reads the avail index, all of them the same malformed chain (descriptor 0, not
-/// writable): the most a receiver can make a sender walk.
-struct Flooding<'m> {
-    mem: &'m GuestMemoryMmap,
-    avail: u64,
-}
-
-impl GuestMemory for Flooding<'_> {
-    type PhysicalMemory = GuestMemoryMmap;
-    type Bitmap = ();
-
-    fn check_range(&self, addr: GuestAddress, count: usize, access: Permissions) -> bool {
-        GuestMemory::check_range(self.mem, addr, count, access)
-    }
-
-    fn get_slices<'a>(
-        &'a self,
-        addr: GuestAddress,
-        count: usize,
-        access: Permissions,
-    ) -> Result<impl GuestMemorySliceIterator<'a, BS<'a, ()>>, GuestMemoryError> {
-        if addr.0 == self.avail + 2 && access == Permissions::Read {
-            let i: u16 = self.mem.read_obj(addr).expect("idx");
-            self.mem.write_obj(i.wrapping_add(SIZE), addr).expect("idx");
-        }
-        GuestMemory::get_slices(self.mem, addr, count, access)
-    }
-}
-
 /// However many frames a hold is offered, the chains it walks (and stages) are bounded per
 /// hold, not per frame: against a ring that never holds a usable buffer, 64 frames once
 /// walked 64 × 2 rings' worth of chains under the queue lock.
@@ -479,9 +472,16 @@ fn a_hold_walks_a_bounded_number_of_bad_chains() {
     // Every avail entry is 0: descriptor 0, readable — a bad chain in an RX ring.
     let d = RawDescriptor::from(Descriptor::new(BUF, BUF_LEN, 0, 0));
     mem.write_obj(d, vq.desc_table_addr()).expect("desc");
-    let flooding = Flooding {
+    // Its driver publishes a whole ring's worth more of them every time the device reads
+    // the avail index: the most a receiver can make a sender walk.
+    let idx = GuestAddress(vq.avail_addr().0 + 2);
+    let flooding = OnIdxRead {
         mem: &mem,
         avail: vq.avail_addr().0,
+        hook: || {
+            let i: u16 = mem.read_obj(idx).expect("idx");
+            mem.write_obj(i.wrapping_add(SIZE), idx).expect("idx");
+        },
     };
     let t = grants_of(&mem);
     let g = t.read();
